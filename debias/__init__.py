@@ -1,0 +1,38 @@
+"""debias: audit text-to-image diffusion models for gender bias across professions, and fix it.
+
+The public API mirrors the command line verbs (``audit``, ``fix``, ``report``, ``edit``).
+Names are imported lazily so that ``import debias`` and ``debias --help`` stay fast and do not
+pull in torch until a model is actually used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "DebiasError": "debias.errors",
+    "load_pipeline": "debias.models",
+    "find_cross_attention": "debias.models",
+    "fingerprint": "debias.models",
+    "edit_matrix": "debias.editing",
+    "bake_edit": "debias.editing",
+    "revert_edit": "debias.editing",
+    "save_edit": "debias.editing",
+    "load_edit": "debias.editing",
+    "audit": "debias.audit",
+    "fix": "debias.fix",
+    "render_report": "debias.report",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'debias' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
