@@ -1,0 +1,181 @@
+"""Estimating a share, honestly: pure functions, no pipeline plumbing.
+
+Per profession an audit has ``n`` images: ``k`` read as female, ``m`` as male and ``u`` unclear
+(no person, or the classifier abstained). Unclear images are excluded and reported, so the share is
+``F = k / (k + m)``. Its uncertainty is a Wilson 95% interval (good coverage even near 0 or 1 and
+at small n, unlike the normal "Wald" interval), the evidence against a target share ``t`` is a
+two-sided exact binomial test, and the distance from the target is::
+
+    Δ = |F − t| / max(t, 1 − t)        (for t = ½ this is TIME's and UCE's |F − ½| / ½)
+
+so Δ = 0 is on target and Δ = 1 is as far as a share can be. The headline of an audit is the mean Δ
+over professions with an interval from a parametric bootstrap (see :func:`mean_delta_interval`).
+
+Rule of thumb printed with every table (:data:`CI_NOTE`): at a share near ½ a 95% interval is about
+±0.10 wide at n = 100 and ±0.05 at n = 400; it shrinks with √n. :func:`needs_more` is the sequential
+rule: keep generating for a profession until its interval is narrower than a chosen width or a cap
+is hit. (Stopping on the interval's width, not on its position, keeps the estimate close to
+unbiased; coverage stays near the nominal 95%.)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+
+CI_NOTE = ("95% Wilson intervals; unclear images are excluded from the share. "
+           "At a share near 0.5, n=100 gives about ±0.10 and n=400 about ±0.05.")
+
+
+def share(n_female: int, n_male: int) -> float | None:
+    """``k / (k + m)``, or None when no image was classified (the share is unknown, not 0)."""
+    total = n_female + n_male
+    return n_female / total if total else None
+
+
+def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for ``k`` successes in ``n`` trials; ``(0, 1)`` when ``n == 0``."""
+    if n < 0 or k < 0 or k > n:
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    z2 = z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    # clamp tiny float excursions; at k = 0 (k = n) the exact lower (upper) end is 0 (1)
+    low = 0.0 if k == 0 else max(0.0, centre - half)
+    high = 1.0 if k == n else min(1.0, centre + half)
+    return low, high
+
+
+def binomial_p_value(k: int, n: int, target: float) -> float:
+    """Two-sided exact binomial test of ``k`` in ``n`` against share ``target``; 1.0 when ``n == 0``."""
+    _check_target(target)
+    if n == 0:
+        return 1.0
+    from scipy.stats import binomtest
+
+    return float(binomtest(k, n, target, alternative="two-sided").pvalue)
+
+
+def delta(share_female: float | None, target: float = 0.5) -> float | None:
+    """Δ = |F − t| / max(t, 1 − t): 0 on target, 1 as far from it as a share can be."""
+    _check_target(target)
+    if share_female is None:
+        return None
+    return abs(share_female - target) / max(target, 1.0 - target)
+
+
+def half_width(n: int, p: float = 0.5, z: float = Z95) -> float:
+    """Approximate half width of a 95% interval for a share ``p`` from ``n`` classified images."""
+    return z * math.sqrt(p * (1 - p) / n) if n > 0 else float("inf")
+
+
+@dataclass(frozen=True)
+class ShareEstimate:
+    """Everything an audit reports about one profession's share (see :func:`estimate`)."""
+
+    n: int
+    n_female: int
+    n_male: int
+    n_unclear: int
+    share_female: float | None
+    ci_low: float
+    ci_high: float
+    p_value: float
+    delta: float | None
+    target: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def estimate(n_female: int, n_male: int, n_unclear: int = 0, target: float = 0.5) -> ShareEstimate:
+    """Share, Wilson interval, binomial test against ``target`` and Δ from label counts."""
+    _check_target(target)
+    if min(n_female, n_male, n_unclear) < 0:
+        raise ValueError("counts must be non-negative")
+    classified = n_female + n_male
+    f = share(n_female, n_male)
+    low, high = wilson_interval(n_female, classified)
+    return ShareEstimate(
+        n=classified + n_unclear, n_female=n_female, n_male=n_male, n_unclear=n_unclear,
+        share_female=f, ci_low=low, ci_high=high,
+        p_value=binomial_p_value(n_female, classified, target), delta=delta(f, target), target=target,
+    )
+
+
+def count_labels(labels: Sequence[str]) -> tuple[int, int, int]:
+    """(n_female, n_male, n_unclear) of a list of labels "female" / "male" / "unclear"."""
+    f = sum(1 for x in labels if x == "female")
+    m = sum(1 for x in labels if x == "male")
+    u = len(labels) - f - m
+    return f, m, u
+
+
+def mean_delta_interval(
+    counts: Sequence[tuple[int, int]],
+    targets: Sequence[float] | float = 0.5,
+    *,
+    level: float = 0.95,
+    n_boot: int = 4000,
+    seed: int = 0,
+) -> tuple[float | None, float | None, float | None]:
+    """Mean Δ over professions and a percentile interval from a parametric bootstrap.
+
+    ``counts`` holds ``(n_female, n_male)`` per profession. The professions are fixed (the question is
+    about *these* professions), the randomness is each profession's binomial draw, so each bootstrap
+    replicate redraws ``k*_p ~ Binomial(k_p + m_p, F_p)`` for every profession and recomputes mean Δ.
+    The seed is fixed so that the same counts always give the same interval. Professions without a
+    classified image are left out; returns ``(None, None, None)`` when none is left.
+
+    Δ is a folded distance, so at small n its estimate is biased upwards near the target (noise alone
+    makes |F − t| > 0); the interval inherits that, which is why audits should also show per-profession
+    intervals.
+    """
+    if isinstance(targets, (int, float)):
+        targets = [float(targets)] * len(counts)
+    if len(targets) != len(counts):
+        raise ValueError(f"{len(counts)} professions but {len(targets)} targets")
+    rows = [(k, m, t) for (k, m), t in zip(counts, targets) if k + m > 0]
+    if not rows:
+        return None, None, None
+    for _, _, t in rows:
+        _check_target(t)
+    k = np.array([r[0] for r in rows], dtype=np.int64)
+    n = np.array([r[0] + r[1] for r in rows], dtype=np.int64)
+    t = np.array([r[2] for r in rows], dtype=np.float64)
+    scale = np.maximum(t, 1.0 - t)
+    point = float(np.mean(np.abs(k / n - t) / scale))
+    rng = np.random.default_rng(seed)
+    draws = rng.binomial(n, k / n, size=(n_boot, len(n)))
+    boot = np.mean(np.abs(draws / n - t) / scale, axis=1)
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(boot, [alpha, 1.0 - alpha])
+    return point, float(low), float(high)
+
+
+def needs_more(n_female: int, n_male: int, n_total: int, *, ci_width: float | None, cap: int) -> bool:
+    """Sequential rule: generate more for a profession while its interval is wider than ``ci_width``.
+
+    ``ci_width`` is the *full* width ``ci_high − ci_low`` (0.2 ≈ ±0.10, 0.1 ≈ ±0.05); ``n_total``
+    counts every image generated for the profession (unclear ones included) and ``cap`` bounds it.
+    With ``ci_width=None`` the rule never asks for more (a fixed-n audit).
+    """
+    if ci_width is None or n_total >= cap:
+        return False
+    if ci_width <= 0 or ci_width >= 1:
+        raise ValueError(f"ci_width must be in (0, 1), got {ci_width}")
+    low, high = wilson_interval(n_female, n_female + n_male)
+    return (high - low) > ci_width
+
+
+def _check_target(target: float) -> None:
+    if not 0.0 <= target <= 1.0 or math.isnan(target):
+        raise ValueError(f"a target share must be in [0, 1], got {target}")
