@@ -25,8 +25,10 @@ This module keeps the math pure (:func:`edit_matrix`, :func:`joint_edit_matrix`,
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -136,17 +138,23 @@ def edit_matrix(
 
     eye = torch.eye(d, dtype=torch.float64, device=C.device)
     Cw = C * w[:, None]
-    # Σ w_i c*_i c_iᵀ = C*ᵀ diag(w) C  and  Σ w_i c_i c_iᵀ = Cᵀ diag(w) C   (rows are token embeddings)
-    numerator = lam * eye + C_star.T @ Cw
+    # Rows are token embeddings: Σ w_i c_i c_iᵀ = Cᵀ diag(w) C and Σ w_i c*_i c_iᵀ = C*ᵀ diag(w) C.
     denominator = lam * eye + C.T @ Cw
+    gram = None
     if preserve is not None:
         P = _check_rows("preserve", preserve, d).to(C.device)
         if P.shape[0] and beta > 0:
             gram = beta * (P.T @ P)
-            numerator = numerator + gram
             denominator = denominator + gram
-    # M = N D⁻¹  ⇔  D Mᵀ = Nᵀ  (D is symmetric positive definite for λ > 0).
-    M = torch.linalg.solve(denominator, numerator.T).T
+    if C.shape[0] < d:
+        # N − D = Σ w_i (c*_i − c_i) c_iᵀ (λI and the preserve terms cancel), so
+        # M = N D⁻¹ = I + (C* − C)ᵀ diag(w) C D⁻¹: a solve with n right-hand sides instead of d, and
+        # the edit M − I is computed directly rather than as a difference of two near-equal terms.
+        V = torch.linalg.solve(denominator, C.T)  # D⁻¹ Cᵀ (D is symmetric positive definite for λ > 0)
+        M = eye + ((C_star - C) * w[:, None]).T @ V.T
+    else:
+        numerator = lam * eye + C_star.T @ Cw + (gram if gram is not None else 0.0)
+        M = torch.linalg.solve(denominator, numerator.T).T  # M = N D⁻¹  ⇔  D Mᵀ = Nᵀ
     return M.to(out_dtype)
 
 
@@ -267,3 +275,428 @@ def align_tokens(src_tokens: Sequence[str], dst_tokens: Sequence[str], *, end_to
             break
         mapping.append(dst_end + k)
     return mapping
+
+
+# --------------------------------------------------------------------------------------------------
+# Prompts → edit rows (pipeline plumbing)
+# --------------------------------------------------------------------------------------------------
+
+
+class _Captured(Exception):
+    """Raised from a hook to stop the pipeline once the denoiser has run once."""
+
+
+def _capture_size(pipe) -> int:
+    """A small image side that every supported denoiser accepts (an 8×8 latent)."""
+    return int(getattr(pipe, "vae_scale_factor", 8)) * 8
+
+
+def encode_conditioning(pipe, prompts: Sequence[str]) -> torch.Tensor:
+    """What the cross-attention K/V projections actually receive for each prompt: ``[n, L, d]``.
+
+    The pipeline itself encodes the prompts (no guidance, so no unconditional rows) and runs its
+    denoiser once on a tiny latent while forward hooks record the input of every edited ``to_k`` /
+    ``to_v``; the pipeline is stopped right after that first denoiser call. This captures the
+    conditioning after any transformation the denoiser applies first (PixArt's caption projection,
+    SDXL's concatenated encoders), and checks that every edited layer sees the same tensor, which is
+    what makes one matrix ``M`` (and the conditioning shortcut) valid.
+
+    Raises:
+        EditError: when layers receive different conditioning (e.g. per-layer ``norm_cross``).
+    """
+    from debias.models import denoiser, find_cross_attention
+
+    prompts = list(prompts)
+    if not prompts:
+        raise EditError("encode_conditioning needs at least one prompt.")
+    if getattr(pipe, "_debias_transform_active", False):
+        raise EditError("encode_conditioning was called inside conditioning_transform(); encode the prompts outside it.")
+    projections = find_cross_attention(pipe)
+    seen: dict[str, torch.Tensor] = {}
+
+    def record(name: str):
+        def hook(_module, args):
+            if name not in seen:
+                seen[name] = args[0].detach()
+        return hook
+
+    def stop(_module, _args, _output):
+        raise _Captured
+
+    handles = [p.module.register_forward_pre_hook(record(p.name)) for p in projections]
+    handles.append(denoiser(pipe).register_forward_hook(stop))
+    call: dict[str, Any] = dict(prompt=prompts, num_inference_steps=1, guidance_scale=1.0, output_type="latent",
+                                height=_capture_size(pipe), width=_capture_size(pipe))
+    accepted = inspect.signature(pipe.__call__).parameters
+    if "use_resolution_binning" in accepted:  # PixArt: keep the tiny capture size as it is
+        call["use_resolution_binning"] = False
+    if "clean_caption" in accepted:  # PixArt: the prompt as typed (caption cleaning needs extra packages)
+        call["clean_caption"] = False
+    try:
+        with torch.no_grad():
+            pipe(**call)
+    except _Captured:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [p.name for p in projections if p.name not in seen]
+    if missing:
+        raise EditError(f"{len(missing)} cross-attention layers did not run during a denoiser call "
+                        f"(e.g. {missing[0]}); this model is not supported by the TIME edit.")
+    first = seen[projections[0].name]
+    for p in projections[1:]:
+        other = seen[p.name]
+        if other.shape != first.shape or not torch.allclose(other, first, rtol=1e-5, atol=1e-6):
+            raise EditError(
+                f"cross-attention layers receive different conditioning ({projections[0].name} vs {p.name}), e.g. "
+                "because of a per-layer norm_cross; one shared edit matrix does not apply to this model.")
+    if first.shape[0] != len(prompts):
+        raise EditError(f"expected conditioning for {len(prompts)} prompts, the denoiser saw a batch of {first.shape[0]}.")
+    return first.to(torch.float32)
+
+
+def prompt_tokens(pipe, prompt: str, length: int) -> list[str]:
+    """The tokens of ``prompt`` as the pipeline's (first) tokenizer pads them to ``length`` positions."""
+    tokenizer = pipe.tokenizer
+    ids = tokenizer(prompt, padding="max_length", max_length=length, truncation=True).input_ids
+    return tokenizer.convert_ids_to_tokens(ids)
+
+
+def edit_rows(
+    pipe,
+    source: str,
+    destination: str,
+    augmentations: Sequence[str] = DEFAULT_AUGMENTATIONS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Aligned token rows ``(C, C_star)`` for one source → destination edit, each ``[n, d]``.
+
+    The bare prompts and each augmentation (``template.format(prompt)``) are encoded; every source
+    token (padding included) is paired with its aligned destination token (:func:`align_tokens`).
+    """
+    for template in augmentations:
+        if "{}" not in template:
+            raise EditError(f"augmentation template {template!r} has no '{{}}' where the prompt goes.")
+    sources = [source] + [t.format(source) for t in augmentations]
+    destinations = [destination] + [t.format(destination) for t in augmentations]
+    embeddings = encode_conditioning(pipe, sources + destinations)
+    length = embeddings.shape[1]
+    end = getattr(pipe.tokenizer, "eos_token", None)
+    rows, rows_star = [], []
+    for k, (src, dst) in enumerate(zip(sources, destinations)):
+        mapping = align_tokens(prompt_tokens(pipe, src, length), prompt_tokens(pipe, dst, length), end_token=end)
+        rows.append(embeddings[k, : len(mapping)])
+        rows_star.append(embeddings[len(sources) + k, mapping])
+    return torch.cat(rows), torch.cat(rows_star)
+
+
+def edit_from_prompts(
+    pipe,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    lam: float | None = None,
+    lam_relative: float | None = None,
+    augmentations: Sequence[str] = DEFAULT_AUGMENTATIONS,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """One edit matrix for all ``(source, destination)`` pairs with a common λ; returns ``(M, info)``.
+
+    Give either ``lam`` (absolute) or ``lam_relative`` (in units of :func:`lambda_scale` of all
+    source rows). ``info`` holds both λs, the scale, the row count and the pairs, for edit files.
+    """
+    if (lam is None) == (lam_relative is None):
+        raise EditError("give exactly one of lam (absolute) and lam_relative.")
+    if not pairs:
+        raise EditError("no source/destination pairs to edit.")
+    C_parts, S_parts = [], []
+    for source, destination in pairs:
+        C, S = edit_rows(pipe, source, destination, augmentations)
+        C_parts.append(C)
+        S_parts.append(S)
+    C, C_star = torch.cat(C_parts), torch.cat(S_parts)
+    scale = lambda_scale(C)
+    if lam is None:
+        lam = _check_lambda(lam_relative, "lam_relative") * scale
+    M = edit_matrix(C.double(), C_star.double(), lam)
+    info = {"lambda": float(lam), "lambda_relative": float(lam) / scale, "lambda_scale": scale, "rows": int(C.shape[0]),
+            "pairs": [[s, d] for s, d in pairs], "augmentations": list(augmentations)}
+    return M, info
+
+
+# --------------------------------------------------------------------------------------------------
+# Applying an edit: bake / revert / conditioning transform
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_matrix(pipe, M: torch.Tensor) -> list:
+    from debias.models import find_cross_attention
+
+    projections = find_cross_attention(pipe)
+    d = projections[0].in_features
+    if not isinstance(M, torch.Tensor) or M.shape != (d, d):
+        shape = tuple(M.shape) if isinstance(M, torch.Tensor) else type(M).__name__
+        raise EditError(f"the edit matrix has shape {shape} but this model's cross-attention reads width {d}; "
+                        "the edit was made for a different model.")
+    if not torch.isfinite(M).all():
+        raise EditError("the edit matrix contains NaN or Inf values.")
+    return projections
+
+
+def edited_weights(pipe, M: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``W @ M`` for every K/V projection, from the original weights, in the weights' dtype.
+
+    Computed in at least float32 (half-precision weights are multiplied in float32, then cast).
+    """
+    from debias.models import original_weights
+
+    _check_matrix(pipe, M)
+    out = {}
+    for name, W in original_weights(pipe).items():
+        work = torch.promote_types(W.dtype, torch.float32)
+        out[name] = (W.to(work) @ M.to(device=W.device, dtype=work)).to(W.dtype)
+    return out
+
+
+def bake_edit(pipe, M: torch.Tensor) -> None:
+    """Write ``W @ M`` into every cross-attention ``to_k`` / ``to_v`` weight.
+
+    ``W`` is always the original weight (baking twice does not compound); the originals are kept on
+    the pipe so :func:`revert_edit` restores them bit for bit.
+    """
+    projections = _check_matrix(pipe, M)
+    new = edited_weights(pipe, M)
+    _set_weights(pipe, projections, new)
+    pipe._debias_edit_matrix = M.detach().clone()
+
+
+def _set_weights(pipe, projections, new: dict[str, torch.Tensor]) -> None:
+    if getattr(pipe, _ORIGINALS_ATTR, None) is None:
+        setattr(pipe, _ORIGINALS_ATTR, {p.name: p.module.weight.detach().clone() for p in projections})
+    with torch.no_grad():
+        for p in projections:
+            p.module.weight.copy_(new[p.name])
+
+
+def revert_edit(pipe) -> None:
+    """Restore the original K/V weights saved by :func:`bake_edit` / :func:`load_edit` (bit-exact)."""
+    from debias.models import find_cross_attention
+
+    originals = getattr(pipe, _ORIGINALS_ATTR, None)
+    if originals is None:
+        return
+    with torch.no_grad():
+        for p in find_cross_attention(pipe):
+            p.module.weight.copy_(originals[p.name])
+    setattr(pipe, _ORIGINALS_ATTR, None)
+    pipe._debias_edit_matrix = None
+
+
+def is_edited(pipe) -> bool:
+    """Whether an edit is baked into the pipe's weights."""
+    return getattr(pipe, _ORIGINALS_ATTR, None) is not None
+
+
+@contextlib.contextmanager
+def conditioning_transform(pipe, M: torch.Tensor) -> Iterator[None]:
+    """Generate as if the edit ``M`` were baked, without touching any weight.
+
+    Inside the ``with`` block the conditioning the K/V projections read is replaced by ``c @ Mᵀ``
+    (exactly what ``W @ M`` computes from ``c``). For UNets this is a forward pre-hook on the
+    denoiser's ``encoder_hidden_states`` (which under guidance holds the unconditional rows too, so
+    they are transformed as the baked model would); for PixArt it is applied after the caption
+    projection. This is how a λ search tries many edits cheaply::
+
+        with conditioning_transform(pipe, M):
+            images = pipe(prompts, generator=generators).images
+    """
+    from debias.models import denoiser
+
+    _check_matrix(pipe, M)
+    if getattr(pipe, "_debias_transform_active", False):
+        raise EditError("conditioning_transform() is already active on this pipeline; combine edits into one matrix.")
+    net = denoiser(pipe)
+    for name, module in net.named_modules():
+        if getattr(module, "is_cross_attention", False) and getattr(module, "norm_cross", None) is not None:
+            raise EditError(f"{name} normalises the conditioning before its K/V projections (norm_cross), so the "
+                            "conditioning shortcut is not exact here; bake the edit with bake_edit() instead.")
+    cache: dict[tuple, torch.Tensor] = {}
+
+    def transform(c: torch.Tensor) -> torch.Tensor:
+        key = (c.device, c.dtype)
+        if key not in cache:
+            cache[key] = M.to(device=c.device, dtype=c.dtype).T.contiguous()
+        return c @ cache[key]
+
+    projection = getattr(net, "caption_projection", None)
+    if isinstance(projection, torch.nn.Module):
+        handle = projection.register_forward_hook(lambda _m, _a, out: transform(out))
+    else:
+        position = list(inspect.signature(net.forward).parameters).index("encoder_hidden_states")
+
+        def pre_hook(_module, args, kwargs):
+            if kwargs.get("encoder_hidden_states") is not None:
+                kwargs = {**kwargs, "encoder_hidden_states": transform(kwargs["encoder_hidden_states"])}
+            elif len(args) > position and args[position] is not None:
+                args = (*args[:position], transform(args[position]), *args[position + 1:])
+            return args, kwargs
+
+        handle = net.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    pipe._debias_transform_active = True
+    try:
+        yield
+    finally:
+        handle.remove()
+        pipe._debias_transform_active = False
+
+
+# --------------------------------------------------------------------------------------------------
+# Edit files
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedEdit:
+    """An edit file read back: the compact matrix, its metadata (JSON fields decoded) and its path."""
+
+    matrix: torch.Tensor
+    metadata: dict[str, Any]
+    path: Path
+    weights: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+
+def _encode_metadata(metadata: dict[str, Any]) -> dict[str, str]:
+    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
+
+
+def _decode_metadata(raw: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        try:
+            out[key] = json.loads(value)
+        except (json.JSONDecodeError, TypeError):
+            out[key] = value
+    return out
+
+
+def save_edit(path: str | Path, pipe, M: torch.Tensor, *, metadata: dict[str, Any] | None = None) -> Path:
+    """Write an edit file (safetensors), atomically.
+
+    Keys are the full module names of the edited weights relative to the denoiser
+    (``…attn2.to_k.weight``), so ``pipe.unet.load_state_dict(sd, strict=False)`` applies it as
+    UCE's files do; the compact ``M`` is stored under ``"debias.edit_matrix"``. The safetensors
+    metadata (strings; structures JSON-encoded) records the method, the base model spec, revision
+    and fingerprint of the original weights, the debias version, and whatever the caller passes
+    (λ per edit, prompts, ...).
+    """
+    from safetensors.torch import save_file
+
+    from debias import __version__
+    from debias.io import atomic_write
+    from debias.models import denoiser, fingerprint
+
+    tensors = {f"{name}.weight": w.detach().to("cpu").contiguous() for name, w in edited_weights(pipe, M).items()}
+    tensors[MATRIX_KEY] = M.detach().to("cpu").contiguous()
+    net = denoiser(pipe)
+    meta: dict[str, Any] = {
+        "format": "debias-edit",
+        "format_version": 1,
+        "method": "TIME",
+        "base_model": getattr(pipe, "_debias_spec", None),
+        "revision": getattr(pipe, "_debias_revision", None),
+        "fingerprint": fingerprint(pipe),
+        "denoiser": "unet" if getattr(pipe, "unet", None) is net else "transformer",
+        "conditioning_width": int(M.shape[0]),
+        "debias_version": __version__,
+    }
+    meta.update(metadata or {})
+    encoded = _encode_metadata(meta)
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=encoded))
+
+
+def read_edit(path: str | Path) -> LoadedEdit:
+    """Read an edit file without a pipeline (matrix, metadata and the edited weights)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise EditError(f"edit file {path} does not exist; write one with `debias edit --out {path.name}`.")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            raw = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise EditError(f"{path} is not a readable safetensors edit file ({err}).") from err
+    if MATRIX_KEY not in tensors or raw.get("format") != "debias-edit":
+        raise EditError(f"{path} is not a debias edit file (no {MATRIX_KEY!r} tensor or format metadata).")
+    matrix = tensors.pop(MATRIX_KEY)
+    return LoadedEdit(matrix=matrix, metadata=_decode_metadata(raw), path=path, weights=tensors)
+
+
+def load_edit(pipe, path: str | Path, *, bake: bool = True, check_fingerprint: bool = True) -> LoadedEdit:
+    """Read an edit file, check it was made for this model, and (by default) bake it into ``pipe``.
+
+    The fingerprint of the file's base weights must equal this pipe's (original) K/V fingerprint:
+    an edit of one model is meaningless on another. The stored edited weights are copied in as they
+    are (bit-identical to what :func:`save_edit` wrote); :func:`revert_edit` undoes it.
+
+    Raises:
+        EditError: missing or foreign file, or a different base model.
+    """
+    from debias.models import find_cross_attention, fingerprint
+
+    edit = read_edit(path)
+    if check_fingerprint:
+        theirs = edit.metadata.get("fingerprint")
+        ours = fingerprint(pipe)
+        if theirs != ours:
+            raise EditError(
+                f"{edit.path} was made for a different base model (spec {edit.metadata.get('base_model')!r}, "
+                f"fingerprint {str(theirs)[:23]}…) than the loaded one ({getattr(pipe, '_debias_spec', None)!r}, "
+                f"{ours[:23]}…); load the model it was made for (same weights and dtype) or re-run `debias edit` "
+                "on this one.")
+    projections = _check_matrix(pipe, edit.matrix)
+    names = {f"{p.name}.weight" for p in projections}
+    if set(edit.weights) != names:
+        missing = sorted(names - set(edit.weights))[:3]
+        raise EditError(f"{edit.path} does not hold the same K/V layers as this model (e.g. missing {missing}).")
+    if bake:
+        new = {p.name: edit.weights[f"{p.name}.weight"].to(p.module.weight.device, p.module.weight.dtype)
+               for p in projections}
+        _set_weights(pipe, projections, new)
+        pipe._debias_edit_matrix = edit.matrix.clone()
+    return edit
+
+
+def save_pipeline(pipe, folder: str | Path, *, metadata: dict[str, Any] | None = None) -> Path:
+    """Write the (edited) pipeline as a diffusers folder (safetensors) that ``from_pretrained`` loads.
+
+    The folder is written next to its destination and moved into place, so a crash leaves either the
+    old folder or the new one. ``debias_edit.json`` in it records how it was made.
+    """
+    import shutil
+    import tempfile
+
+    from debias.io import atomic_write_json
+
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()) and not (folder / "model_index.json").is_file():
+        raise EditError(f"--save-pipeline {folder}: the folder exists and is not a diffusers pipeline; "
+                        "choose a new or empty folder.")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        if metadata is not None:
+            atomic_write_json(tmp / "debias_edit.json", metadata)
+        old = None
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+

@@ -1,0 +1,253 @@
+"""Loading pipelines and finding the layers a TIME edit changes.
+
+``load_pipeline`` accepts a hub id, a local diffusers folder, or ``"mini"`` (the built-in model).
+``find_cross_attention`` finds the cross-attention ``to_k`` / ``to_v`` projections by what they are
+(attention modules that read the text conditioning), not by the module names of one model, so the
+same code serves SD 1.x, SD 2.x, SDXL and PixArt. ``fingerprint`` identifies the original K/V
+weights, so an edit file can refuse a model it was not made for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from debias.errors import ModelLoadError
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+}
+_PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
+
+
+@dataclass
+class KVProjection:
+    """One cross-attention key or value projection that reads the text conditioning."""
+
+    name: str          # full module name inside the denoiser, e.g. "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"
+    kind: str          # "to_k" or "to_v"
+    module: nn.Linear
+    in_features: int   # width of the conditioning it reads
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------
+
+
+def _resolve_dtype(torch_dtype: Any) -> torch.dtype | None:
+    if torch_dtype is None or isinstance(torch_dtype, torch.dtype):
+        return torch_dtype
+    dtype = _DTYPES.get(str(torch_dtype).lower().replace("torch.", ""))
+    if dtype is None:
+        raise ModelLoadError(f"unknown dtype {torch_dtype!r}; use one of float32, float16, bfloat16.")
+    return dtype
+
+
+def _mini_dir() -> Path:
+    try:
+        from debias.mini import PIPELINE_DIR  # lazy: the mini package is only needed for "mini"
+    except ImportError as err:
+        raise ModelLoadError(f"the built-in mini model is not available in this install ({err}); "
+                             "reinstall debias or pass --model with a local diffusers folder.") from err
+    path = Path(PIPELINE_DIR)
+    if not (path / "model_index.json").is_file():
+        raise ModelLoadError(f"the built-in mini model's weights are missing at {path}; reinstall debias "
+                             "(or train them: see debias/mini) or pass --model with a local diffusers folder.")
+    return path
+
+
+def _check_local_folder(path: Path, spec: str, allow_pickle: bool) -> None:
+    if path.is_file():
+        raise ModelLoadError(f"--model {spec!r} is a single file; debias loads diffusers folders (with model_index.json) "
+                             "or hub ids. Convert single-file checkpoints with diffusers' conversion scripts first.")
+    if not (path / "model_index.json").is_file():
+        raise ModelLoadError(f"--model {spec!r}: the folder {path} has no model_index.json, so it is not a diffusers "
+                             "pipeline folder; pass the folder that contains model_index.json (e.g. written by "
+                             "save_pretrained or `debias edit --save-pipeline`).")
+    if allow_pickle:
+        return
+    weight_files = [p for p in path.rglob("*") if p.is_file() and (p.suffix in _PICKLE_SUFFIXES or p.suffix == ".safetensors")]
+    pickles = [p for p in weight_files if p.suffix in _PICKLE_SUFFIXES]
+    components_with_safe = {p.parent for p in weight_files if p.suffix == ".safetensors"}
+    unsafe_only = sorted({str(p.parent.relative_to(path)) for p in pickles if p.parent not in components_with_safe})
+    if unsafe_only:
+        raise ModelLoadError(
+            f"--model {spec!r}: the folder holds only pickle weights (.bin/.ckpt) for {', '.join(unsafe_only)}, and "
+            "debias loads only safetensors by default because pickle files can run code when loaded. If you trust "
+            "this model, pass --allow-pickle (allow_pickle=True), or convert the weights to safetensors.")
+
+
+def _explain_load_failure(spec: str, err: BaseException, allow_pickle: bool) -> str:
+    name = type(err).__name__
+    text = str(err)
+    if "Gated" in name or "gated" in text.lower() or "401" in text or "403" in text:
+        what = ("it is gated or private: accept its licence on the hub and log in with `huggingface-cli login` "
+                "(or set HF_TOKEN), then retry.")
+    elif "RepositoryNotFound" in name or "404" in text or "not a valid model identifier" in text or "HFValidation" in name:
+        what = "no such model was found: check the id (owner/name) or pass a local diffusers folder."
+    elif not allow_pickle and ("safetensors" in text.lower() or "use_safetensors" in text):
+        what = ("it has no safetensors weights, and pickle weights are refused by default because they can run "
+                "code when loaded; if you trust it, pass --allow-pickle (allow_pickle=True).")
+    else:
+        what = ("it could not be read from the hub or the local cache. Offline? Pass a local diffusers folder, or "
+                "fill the cache on a connected machine and set HF_HUB_OFFLINE=1; gated models need "
+                "`huggingface-cli login`; otherwise check the id.")
+    return f"could not load model {spec!r}: {what} ({name}: {text.splitlines()[0] if text else ''})"
+
+
+def load_pipeline(
+    spec: str,
+    *,
+    device: str | torch.device | None = None,
+    torch_dtype: Any = None,
+    revision: str | None = None,
+    allow_pickle: bool = False,
+):
+    """Load a diffusers pipeline from a hub id, a local folder, or ``"mini"`` (the built-in model).
+
+    Only safetensors weights are loaded unless ``allow_pickle=True``: pickle files can run
+    arbitrary code. The progress bar is disabled (debias shows its own progress).
+
+    Raises:
+        ModelLoadError: not found, offline without a cache, gated, or pickle-only weights; the message
+            says what to do.
+    """
+    from diffusers import DiffusionPipeline
+
+    dtype = _resolve_dtype(torch_dtype)
+    is_mini = spec == "mini"
+    source = str(_mini_dir()) if is_mini else spec
+    local = Path(os.path.expanduser(source))
+    if is_mini or local.exists():
+        _check_local_folder(local, spec, allow_pickle)
+        source = str(local)
+    elif spec.startswith((".", "/", "~")) or spec.count("/") > 1:  # a path, not an "owner/name" hub id
+        raise ModelLoadError(f"--model {spec!r}: no such folder. Pass an existing diffusers folder or a hub id "
+                             "like 'CompVis/stable-diffusion-v1-4'.")
+
+    kwargs: dict[str, Any] = {"use_safetensors": not allow_pickle}
+    if dtype is not None:
+        kwargs["torch_dtype"] = dtype
+    if revision is not None:
+        kwargs["revision"] = revision
+    try:
+        pipe = DiffusionPipeline.from_pretrained(source, **kwargs)
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError, EnvironmentError) as err:
+        raise ModelLoadError(_explain_load_failure(spec, err, allow_pickle)) from err
+    except Exception as err:  # huggingface_hub errors are not all OSErrors across versions
+        if type(err).__module__.startswith(("huggingface_hub", "requests", "httpx", "urllib3")):
+            raise ModelLoadError(_explain_load_failure(spec, err, allow_pickle)) from err
+        raise
+    if device is not None:
+        pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    pipe._debias_spec = spec
+    from_hub = not (is_mini or local.exists())
+    pipe._debias_revision = revision if revision is not None or not from_hub else _cached_revision(spec)
+    pipe._debias_is_mini = is_mini
+    return pipe
+
+
+def _cached_revision(spec: str) -> str | None:
+    """The commit hash of a hub model's cached snapshot, when it can be found without a network call."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(spec, local_files_only=True))
+        return path.name if path.parent.name == "snapshots" else None
+    except Exception:  # noqa: BLE001 - the revision is informative only
+        return None
+
+
+def model_info(pipe, spec: str | None = None) -> dict[str, Any]:
+    """What a run record says about the model: ``{"spec", "fingerprint", "revision", "is_mini", "class"}``."""
+    spec = spec if spec is not None else getattr(pipe, "_debias_spec", None)
+    return {
+        "spec": spec,
+        "fingerprint": fingerprint(pipe),
+        "revision": getattr(pipe, "_debias_revision", None),
+        "is_mini": bool(getattr(pipe, "_debias_is_mini", spec == "mini")),
+        "class": type(pipe).__name__,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Finding the layers
+# --------------------------------------------------------------------------------------------------
+
+
+def denoiser(pipe) -> nn.Module:
+    """The network that reads the text conditioning: ``pipe.unet`` or ``pipe.transformer``."""
+    for attr in ("unet", "transformer"):
+        module = getattr(pipe, attr, None)
+        if isinstance(module, nn.Module):
+            return module
+    raise ModelLoadError(f"{type(pipe).__name__} has neither a UNet nor a transformer denoiser; "
+                         "debias edits text-to-image pipelines such as Stable Diffusion, SDXL and PixArt.")
+
+
+def conditioning_width(pipe) -> int:
+    """Width of the conditioning the denoiser's cross-attention reads (after any caption projection)."""
+    net = denoiser(pipe)
+    width = getattr(net.config, "cross_attention_dim", None)
+    if isinstance(width, (list, tuple)):
+        width = width[0] if len(set(width)) == 1 else None
+    if isinstance(width, int):
+        return width
+    encoder = getattr(pipe, "text_encoder", None)
+    if encoder is not None:
+        return int(encoder.config.hidden_size)
+    raise ModelLoadError(f"cannot tell the conditioning width of {type(net).__name__}.")
+
+
+def find_cross_attention(pipe) -> list[KVProjection]:
+    """All cross-attention ``to_k`` / ``to_v`` projections that read the text conditioning.
+
+    Found by what they are: attention modules flagged ``is_cross_attention`` whose K/V input width
+    equals the conditioning width (this excludes, e.g., image-prompt adapters). Order is the
+    denoiser's module order, so names and fingerprints are stable.
+    """
+    net = denoiser(pipe)
+    width = conditioning_width(pipe)
+    found: list[KVProjection] = []
+    for name, module in net.named_modules():
+        if not getattr(module, "is_cross_attention", False):
+            continue
+        for kind in ("to_k", "to_v"):
+            proj = getattr(module, kind, None)
+            if isinstance(proj, nn.Linear) and proj.in_features == width:
+                found.append(KVProjection(name=f"{name}.{kind}", kind=kind, module=proj, in_features=proj.in_features))
+    if not found:
+        raise ModelLoadError(f"no cross-attention K/V projections of width {width} found in {type(net).__name__}; "
+                             "TIME needs a denoiser whose cross-attention reads the text encoder output.")
+    return found
+
+
+def original_weights(pipe) -> dict[str, torch.Tensor]:
+    """The unedited K/V weights by module name (the saved originals if an edit is baked in)."""
+    saved = getattr(pipe, "_debias_original_kv", None)
+    if saved is not None:
+        return dict(saved)
+    return {p.name: p.module.weight.detach() for p in find_cross_attention(pipe)}
+
+
+def fingerprint(pipe) -> str:
+    """``"sha256:…"`` of the original K/V weights (names, dtypes, shapes and bytes), stable across runs."""
+    digest = hashlib.sha256()
+    for name, weight in original_weights(pipe).items():
+        tensor = weight.detach().to("cpu").contiguous()
+        digest.update(name.encode())
+        digest.update(f"|{str(tensor.dtype)}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return "sha256:" + digest.hexdigest()
