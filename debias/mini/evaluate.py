@@ -1,0 +1,130 @@
+"""Measure the mini model against its planted ground truth.
+
+``python -m debias.mini.evaluate [--n 200]`` prints, per profession: the planted female share, the
+share the pixel-rule oracle reads off generated images, the share the mini CLIP reads, their
+agreement on generated people, and the generation speed. The same functions serve ``train.py``
+(its closing measurements) and the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import world
+
+
+def generate(pipe, prompt: str, n: int, seed: int = 0, steps: int = 10, guidance: float = 1.0,
+             batch_size: int = 64) -> np.ndarray:
+    """``n`` images of one prompt as uint8 [n,32,32,3]; batch b uses seed ``seed + b``."""
+    import torch
+
+    out = []
+    for b, start in enumerate(range(0, n, batch_size)):
+        k = min(batch_size, n - start)
+        gen = torch.Generator().manual_seed(seed + b)
+        with torch.no_grad():
+            imgs = pipe([prompt] * k, num_inference_steps=steps, guidance_scale=guidance, generator=gen,
+                        height=world.SIZE, width=world.SIZE, output_type="np").images
+        out.append(np.clip(np.rint(imgs * 255), 0, 255).astype(np.uint8))
+    return np.concatenate(out)
+
+
+def clip_gender(model, tokenizer, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """P(female) per image from the mini CLIP, zero-shot over "a photo of a woman" / "... a man"."""
+    import torch
+
+    labels = [world.TUNING_TEMPLATE.format("a " + world.PERSON_WORDS[g]) for g in ("female", "male")]
+    ids = tokenizer(labels, padding="max_length", max_length=tokenizer.model_max_length,
+                    return_tensors="pt").input_ids
+    probs = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            x = torch.from_numpy(images[start : start + batch_size]).float().permute(0, 3, 1, 2) / 127.5 - 1
+            logits = model(input_ids=ids, pixel_values=x).logits_per_image
+            probs.append(logits.softmax(-1)[:, 0].numpy())
+    return np.concatenate(probs)
+
+
+def measure_professions(pipe, model, tokenizer, n: int = 64, seed: int = 0, steps: int = 10,
+                        guidance: float = 1.0, template: str = world.TUNING_TEMPLATE,
+                        batch_size: int = 64) -> tuple[list[dict], float]:
+    """Per-profession rows (planted / oracle / CLIP share, agreement) and images per second."""
+    rows, seconds, count = [], 0.0, 0
+    for prof in world.PROFESSIONS:
+        t0 = time.perf_counter()
+        imgs = generate(pipe, template.format(prof.phrase), n, seed, steps, guidance, batch_size)
+        seconds += time.perf_counter() - t0
+        count += n
+        oracle = np.asarray(world.oracle_gender(imgs))
+        p_female = clip_gender(model, tokenizer, imgs)
+        clip = np.where(p_female > 0.5, "female", "male")
+        people = oracle != "unclear"
+        rows.append({
+            "profession": prof.name,
+            "planted": prof.planted_share,
+            "oracle": float((oracle[people] == "female").mean()) if people.any() else None,
+            "clip": float((clip == "female").mean()),
+            "agreement": float((clip[people] == oracle[people]).mean()) if people.any() else None,
+            "unclear": float((~people).mean()),
+            "profession_read": float(np.mean([p == prof.name for p in world.oracle_profession(imgs)])),
+        })
+    return rows, count / max(seconds, 1e-9)
+
+
+def format_table(rows: list[dict], images_per_s: float) -> str:
+    lines = [f"{'profession':<10} {'planted':>7} {'oracle':>7} {'clip':>7} {'agree':>7} {'unclear':>7} {'prof':>5}"]
+    for r in rows:
+        f = {k: ("-" if v is None else f"{v:.2f}") for k, v in r.items() if k != "profession"}
+        lines.append(f"{r['profession']:<10} {f['planted']:>7} {f['oracle']:>7} {f['clip']:>7} "
+                     f"{f['agreement']:>7} {f['unclear']:>7} {f['profession_read']:>5}")
+    lines.append(f"generation: {images_per_s:.1f} images/s")
+    return "\n".join(lines)
+
+
+def load(weights: str | Path | None = None):
+    """(pipeline, CLIP model, CLIP tokenizer) of a mini-model folder (default: the shipped weights)."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPModel, CLIPTokenizer
+
+    from . import CLASSIFIER_DIR, PIPELINE_DIR
+
+    root = Path(weights) if weights else None
+    pipe_dir = root / "pipeline" if root else PIPELINE_DIR
+    cls_dir = root / "classifier" if root else CLASSIFIER_DIR
+    pipe = StableDiffusionPipeline.from_pretrained(pipe_dir, torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    model = CLIPModel.from_pretrained(cls_dir, torch_dtype=torch.float32).eval()
+    return pipe, model, CLIPTokenizer.from_pretrained(cls_dir)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from diffusers import DPMSolverMultistepScheduler  # noqa: F401  (the default sampler)
+
+    from ..threads import set_threads
+    from . import SAMPLER
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=200, help="images per profession")
+    ap.add_argument("--weights", default=None, help="a mini-model folder (default: the shipped weights)")
+    ap.add_argument("--guidance", type=float, default=None)
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    set_threads(args.threads)
+    pipe, model, tok = load(args.weights)
+    steps = args.steps or SAMPLER["steps"]
+    guidance = SAMPLER["guidance"] if args.guidance is None else args.guidance
+    rows, ips = measure_professions(pipe, model, tok, n=args.n, seed=args.seed, steps=steps, guidance=guidance)
+    print(f"sampler: {type(pipe.scheduler).__name__}, {steps} steps, guidance {guidance}, n={args.n}, "
+          f"template {world.TUNING_TEMPLATE!r}")
+    print(format_table(rows, ips))
+
+
+if __name__ == "__main__":
+    main()
