@@ -134,9 +134,13 @@ def load_pipeline(
         raise ModelLoadError(f"--model {spec!r}: no such folder. Pass an existing diffusers folder or a hub id "
                              "like 'CompVis/stable-diffusion-v1-4'.")
 
-    kwargs: dict[str, Any] = {"use_safetensors": not allow_pickle}
+    # None: safetensors where present, pickle otherwise (only when the user allowed it)
+    kwargs: dict[str, Any] = {"use_safetensors": None if allow_pickle else True}
     if dtype is not None:
-        kwargs["torch_dtype"] = dtype
+        # diffusers renamed torch_dtype to dtype; pass whichever this version reads
+        from diffusers.pipelines import pipeline_utils
+
+        kwargs["dtype" if "_resolve_dtype" in vars(pipeline_utils) else "torch_dtype"] = dtype
     if revision is not None:
         kwargs["revision"] = revision
     try:

@@ -185,3 +185,180 @@ def test_align_rejects_destination_without_source_words() -> None:
         align_tokens(src, dst)
     text = str(info.value)
     assert "nurse</w>" in text and "doctor</w>" in text and "source tokens" in text
+
+
+# ---- on a tiny SD 1.x pipeline: rows, bake / transform / revert, edit files ------------------------
+
+from pathlib import Path  # noqa: E402
+
+from debias.editing import (  # noqa: E402
+    MATRIX_KEY,
+    bake_edit,
+    conditioning_transform,
+    edit_from_prompts,
+    edit_rows,
+    encode_conditioning,
+    is_edited,
+    load_edit,
+    read_edit,
+    revert_edit,
+    save_edit,
+    save_pipeline,
+)
+from debias.models import denoiser, find_cross_attention, fingerprint  # noqa: E402
+from tiny_models import tiny_sd1  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def sd1():
+    pipe = tiny_sd1()
+    pipe._debias_spec = "tiny-sd1"
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def nurse_edit(sd1):
+    return edit_from_prompts(sd1, [("a nurse", "a male nurse")], lam_relative=0.05)
+
+
+def _kv(pipe) -> dict[str, torch.Tensor]:
+    return {p.name: p.module.weight.detach().clone() for p in find_cross_attention(pipe)}
+
+
+def test_edit_rows_pairs_aligned_tokens(sd1) -> None:
+    C, C_star = edit_rows(sd1, "an attendant", "a female attendant")
+    # 4 prompts (bare + 3 augmentations) × 77 positions, minus the one padding position that the
+    # inserted word pushes past the end in each
+    assert C.shape == C_star.shape == (4 * 76, 32)
+    emb = encode_conditioning(sd1, ["an attendant", "a female attendant"])
+    # (batches of different size differ in the last float bits)
+    assert torch.allclose(C[:76], emb[0, :76], atol=1e-5)
+    # <start>, an→a, attendant, <end>, then padding in order; "female" (position 2) is skipped
+    assert torch.allclose(C_star[:76], emb[1, [0, 1, 3, 4, *range(5, 77)]], atol=1e-5)
+    assert not torch.allclose(C_star[:76], emb[1, :76], atol=1e-2)
+    C_bare, _ = edit_rows(sd1, "an attendant", "a female attendant", augmentations=())
+    assert C_bare.shape == (76, 32)
+
+
+def test_edit_rows_rejects_unrelated_destination(sd1) -> None:
+    with pytest.raises(EditError, match="does not contain the source's words"):
+        edit_rows(sd1, "a nurse", "a male doctor", augmentations=())
+
+
+def test_edit_from_prompts_reports_both_lambdas(sd1, nurse_edit) -> None:
+    M, info = nurse_edit
+    assert info["lambda_relative"] == pytest.approx(0.05)
+    assert info["lambda"] == pytest.approx(0.05 * info["lambda_scale"])
+    C, C_star = edit_rows(sd1, "a nurse", "a male nurse")
+    assert _rel(M, edit_matrix(C.double(), C_star.double(), info["lambda"]).float()) < 1e-6
+    with pytest.raises(EditError, match="exactly one"):
+        edit_from_prompts(sd1, [("a nurse", "a male nurse")])
+
+
+def _unet_output(pipe, prompt: str, guidance: float) -> torch.Tensor:
+    return pipe(prompt, num_inference_steps=2, guidance_scale=guidance, height=64, width=64, output_type="latent",
+                generator=torch.Generator().manual_seed(0)).images
+
+
+@pytest.mark.parametrize("guidance", [1.0, 5.0])
+def test_bake_and_transform_agree_and_revert_is_bit_exact(sd1, nurse_edit, guidance: float) -> None:
+    M, _ = nurse_edit
+    originals = _kv(sd1)
+    base = _unet_output(sd1, "a nurse", guidance)
+    with conditioning_transform(sd1, M):
+        transformed = _unet_output(sd1, "a nurse", guidance)
+    assert all(torch.equal(w, originals[n]) for n, w in _kv(sd1).items())  # the transform writes no weight
+    bake_edit(sd1, M)
+    assert is_edited(sd1)
+    baked = _unet_output(sd1, "a nurse", guidance)
+    revert_edit(sd1)
+    assert not is_edited(sd1)
+    assert all(torch.equal(w, originals[n]) for n, w in _kv(sd1).items())
+    assert torch.equal(_unet_output(sd1, "a nurse", guidance), base)
+    change = float((baked - base).abs().max())
+    gap = float((baked - transformed).abs().max())
+    assert change > 1e-2, "the edit should move the source prompt's output"
+    assert gap < 1e-3 * change  # float32 rounding only (guidance amplifies it)
+
+
+def test_bake_twice_does_not_compound(sd1, nurse_edit) -> None:
+    M, _ = nurse_edit
+    bake_edit(sd1, M)
+    once = _kv(sd1)
+    bake_edit(sd1, M)
+    assert all(torch.equal(w, once[n]) for n, w in _kv(sd1).items())
+    revert_edit(sd1)
+
+
+def test_transform_refuses_nesting_and_wrong_shape(sd1, nurse_edit) -> None:
+    M, _ = nurse_edit
+    with conditioning_transform(sd1, M):
+        with pytest.raises(EditError, match="already active"):
+            with conditioning_transform(sd1, M):
+                pass
+        with pytest.raises(EditError, match="inside conditioning_transform"):
+            encode_conditioning(sd1, ["a nurse"])
+    with pytest.raises(EditError, match="shape"):
+        bake_edit(sd1, torch.eye(7))
+
+
+def test_save_and_load_edit_roundtrip(sd1, nurse_edit, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    M, info = nurse_edit
+    path = save_edit(tmp_path / "nurse.safetensors", sd1, M, metadata={"edits": [{"source": "a nurse", "lambda": 1.5}]})
+    bake_edit(sd1, M)
+    baked = _kv(sd1)
+    revert_edit(sd1)
+
+    edit = load_edit(sd1, path)
+    assert all(torch.equal(w, baked[n]) for n, w in _kv(sd1).items())
+    assert torch.equal(edit.matrix, M)
+    meta = edit.metadata
+    assert meta["method"] == "TIME" and meta["base_model"] == "tiny-sd1" and meta["fingerprint"] == fingerprint(sd1)
+    assert meta["edits"] == [{"source": "a nurse", "lambda": 1.5}] and meta["debias_version"]
+    revert_edit(sd1)
+
+    # the plain diffusers route: keys are module names relative to the UNet
+    originals = _kv(sd1)
+    state = load_file(str(path))
+    assert MATRIX_KEY in state
+    result = sd1.unet.load_state_dict(state, strict=False)
+    assert result.unexpected_keys == [MATRIX_KEY]
+    assert all(torch.equal(w, baked[n]) for n, w in _kv(sd1).items())
+    sd1.unet.load_state_dict({f"{n}.weight": w for n, w in originals.items()}, strict=False)
+    assert all(torch.equal(w, originals[n]) for n, w in _kv(sd1).items())
+
+
+def test_load_edit_refuses_another_base_model(sd1, nurse_edit, tmp_path: Path) -> None:
+    M, _ = nurse_edit
+    path = save_edit(tmp_path / "nurse.safetensors", sd1, M, metadata={})
+    other = tiny_sd1(seed=1)
+    before = _kv(other)
+    with pytest.raises(EditError, match="different base model"):
+        load_edit(other, path)
+    assert all(torch.equal(w, before[n]) for n, w in _kv(other).items())
+    with pytest.raises(EditError, match="does not exist"):
+        load_edit(sd1, tmp_path / "missing.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(EditError, match="not a readable"):
+        read_edit(tmp_path / "junk.safetensors")
+
+
+def test_save_pipeline_writes_a_loadable_edited_folder(sd1, nurse_edit, tmp_path: Path) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    M, _ = nurse_edit
+    bake_edit(sd1, M)
+    baked = _kv(sd1)
+    try:
+        folder = save_pipeline(sd1, tmp_path / "edited", metadata={"lambda": 1.0})
+        save_pipeline(sd1, folder)  # overwriting a pipeline folder is allowed
+    finally:
+        revert_edit(sd1)
+    loaded = StableDiffusionPipeline.from_pretrained(folder, use_safetensors=True)
+    assert all(torch.equal(w, baked[n]) for n, w in _kv(loaded).items())
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "notes.txt").write_text("keep me")
+    with pytest.raises(EditError, match="not a diffusers pipeline"):
+        save_pipeline(sd1, tmp_path / "precious")
