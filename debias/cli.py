@@ -40,6 +40,131 @@ def _root(
 # ---- commands are added below, one function per verb ----
 
 
+def _read_edit_pairs_csv(path: Path, source_column: str, destination_column: str) -> list[tuple[str, str]]:
+    """(source, destination) pairs from a CSV with a header (TIMED's files use columns old,new)."""
+    import csv
+
+    from debias.errors import InputError
+
+    if not path.is_file():
+        raise InputError(f"--csv {path}: no such file.")
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        missing = [c for c in (source_column, destination_column) if c not in columns]
+        if missing:
+            raise InputError(f"--csv {path}:1: missing column(s) {', '.join(missing)}; the header has {columns}. "
+                             "Name the columns with --source-column / --destination-column.")
+        pairs = []
+        for row in reader:
+            source, destination = (row.get(source_column) or "").strip(), (row.get(destination_column) or "").strip()
+            if not source and not destination:
+                continue
+            if not source or not destination:
+                raise InputError(f"--csv {path}:{reader.line_num}: empty {source_column if not source else destination_column} value.")
+            pairs.append((source, destination))
+    if not pairs:
+        raise InputError(f"--csv {path}: no rows to edit.")
+    return pairs
+
+
+@app.command("edit")
+def edit_command(
+    model: str = typer.Option("mini", "--model", help="Hub id, local diffusers folder, or 'mini' (built-in)."),
+    source: list[str] = typer.Option([], "--source", help="Source prompt, e.g. 'a nurse' (repeatable, pairs with --destination)."),
+    destination: list[str] = typer.Option([], "--destination", help="Destination prompt, e.g. 'a male nurse' (repeatable)."),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", help="CSV of pairs (header with source/destination columns)."),
+    source_column: str = typer.Option("old", "--source-column", help="CSV column holding source prompts."),
+    destination_column: str = typer.Option("new", "--destination-column", help="CSV column holding destination prompts."),
+    lam: Optional[float] = typer.Option(None, "--lam", help="λ in the solver's units (TIME uses 0.1 on SD 1.4)."),
+    lam_relative: Optional[float] = typer.Option(None, "--lam-relative", help="λ divided by the mean squared norm of the source rows (comparable across models)."),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="Also edit inside 'A photo of …', 'An image of …', 'A picture of …'."),
+    out: Path = typer.Option(Path("edit.safetensors"), "--out", help="Edit file to write (safetensors)."),
+    save_pipeline_dir: Optional[Path] = typer.Option(None, "--save-pipeline", help="Also write the edited model as a diffusers folder."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin) weights; only for models you trust."),
+    device: Optional[str] = typer.Option(None, "--device", help="Torch device, e.g. cuda (default: cpu)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (default: DEBIAS_NUM_THREADS or cores)."),
+) -> None:
+    """Compute a TIME edit (source → destination prompts) and write it as an edit file."""
+    from debias.errors import InputError
+
+    if csv_path is not None and (source or destination):
+        raise InputError("give either --csv or --source/--destination pairs, not both.")
+    if csv_path is not None:
+        pairs = _read_edit_pairs_csv(csv_path, source_column, destination_column)
+    else:
+        if not source or len(source) != len(destination):
+            raise InputError(f"give --source and --destination in pairs (got {len(source)} --source and "
+                             f"{len(destination)} --destination), or --csv FILE.")
+        pairs = list(zip(source, destination))
+    if (lam is None) == (lam_relative is None):
+        raise InputError("give exactly one of --lam (absolute λ) and --lam-relative (λ / mean squared row norm).")
+
+    from debias import __version__ as version
+    from debias.editing import DEFAULT_AUGMENTATIONS, edit_from_prompts, save_edit, bake_edit, save_pipeline
+    from debias.models import find_cross_attention, load_pipeline, model_info
+    from debias.threads import set_threads
+
+    set_threads(threads)
+    pipe = load_pipeline(model, device=device, allow_pickle=allow_pickle)
+    augmentations = DEFAULT_AUGMENTATIONS if augment else ()
+    M, info = edit_from_prompts(pipe, pairs, lam=lam, lam_relative=lam_relative, augmentations=augmentations)
+    edits = [{"source": s, "destination": d, "lambda": info["lambda"], "lambda_relative": info["lambda_relative"]}
+             for s, d in pairs]
+    metadata = {"edits": edits, "augmentations": info["augmentations"], "lambda": info["lambda"],
+                "lambda_relative": info["lambda_relative"], "lambda_scale": info["lambda_scale"], "rows": info["rows"]}
+    save_edit(out, pipe, M, metadata=metadata)
+    layers = len(find_cross_attention(pipe))
+    typer.echo(f"edit: {len(pairs)} pair(s), {info['rows']} token rows, lambda={info['lambda']:.6g} "
+               f"(relative {info['lambda_relative']:.6g}), {layers} K/V layers of {model}")
+    typer.echo(f"wrote {out}")
+    if save_pipeline_dir is not None:
+        bake_edit(pipe, M)
+        save_pipeline(pipe, save_pipeline_dir, metadata={"kind": "edited_pipeline", "debias_version": version,
+                                                         "base_model": model_info(pipe, model), **metadata})
+        typer.echo(f"wrote edited pipeline {save_pipeline_dir}")
+
+
+@app.command("audit")
+def audit_command(
+    model: str = typer.Option("mini", "--model", help="Hub id, local diffusers folder, or 'mini' (built-in)."),
+    professions: Optional[Path] = typer.Option(None, "--professions", help="Profession list (default: the mini world's for 'mini', TIMED's 35 otherwise); format in professions/README.md."),
+    images_per_profession: int = typer.Option(64, "--images-per-profession", "-n", help="Images per profession (per round with --ci-width)."),
+    out: Path = typer.Option(Path("runs/audit"), "--out", help="Run folder: audit.json, audit.csv, images/ (also the cache; rerun to resume)."),
+    prompt_set: str = typer.Option("test", "--prompt-set", help="'test' (held-out prompts) or 'tuning' (the prompt a fix tunes on)."),
+    templates: list[str] = typer.Option([], "--templates", help="Prompt template with {} for the profession (repeatable), or one template file."),
+    classifier: Optional[str] = typer.Option(None, "--classifier", help="CLIP: open_clip:ARCH/PRETRAINED, a transformers hub id or folder, or 'mini' (default: mini for the mini model, open_clip:ViT-L-14/openai otherwise)."),
+    labels_female: list[str] = typer.Option([], "--labels-female", help="Label prompt(s) for female (repeatable; default 'a photo of a woman')."),
+    labels_male: list[str] = typer.Option([], "--labels-male", help="Label prompt(s) for male (repeatable; default 'a photo of a man')."),
+    labels_none: list[str] = typer.Option([], "--labels-none", help="'No person' prompt(s) (repeatable); images closest to these are unclear."),
+    min_confidence: float = typer.Option(0.6, "--min-confidence", help="Abstain (unclear) when max(p_female, 1-p_female) is below this."),
+    target: float = typer.Option(0.5, "--target", help="Target female share (a list line's target=… overrides it)."),
+    tolerance: float = typer.Option(0.05, "--tolerance", help="A profession is within tolerance when |share - target| <= this."),
+    seed: int = typer.Option(0, "--seed", help="Seed of image 0; image i uses seed + i."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per pipeline call (does not change images)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: 10 mini, 25 real models)."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance (default: 1.0 mini, 7.5 real models)."),
+    ci_width: Optional[float] = typer.Option(None, "--ci-width", help="Sequential: keep generating until the 95% interval's full width is below this (0.2 ≈ ±0.10)."),
+    max_images: Optional[int] = typer.Option(None, "--max-images", help="Per-profession cap with --ci-width (default 1024)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (default: DEBIAS_NUM_THREADS or cores / processes)."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin) weights; only for models you trust."),
+) -> None:
+    """Measure the perceived female share per profession, with 95% intervals (cached, resumable)."""
+    import os
+
+    from debias.audit import audit
+
+    record = audit(
+        model, professions=professions, images_per_profession=images_per_profession, out=out, prompt_set=prompt_set,
+        templates=templates or None, classifier=classifier, labels_female=labels_female or None,
+        labels_male=labels_male or None, labels_none=labels_none or None, min_confidence=min_confidence,
+        target=target, tolerance=tolerance, seed=seed, batch_size=batch_size, steps=steps, guidance=guidance,
+        ci_width=ci_width, max_images=max_images, threads=threads, allow_pickle=allow_pickle, print_table=True,
+    )
+    if record["hardware"]["processes"] == 1 or int(os.environ.get("RANK", "0") or 0) == 0:
+        typer.echo(f"wrote {out / 'audit.json'} and {out / 'audit.csv'}")
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Console entry point: run the app, turning user errors into a clear message and exit code 2."""
     try:
