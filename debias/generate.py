@@ -1,0 +1,424 @@
+"""Seeded, batched, cached and resumable generation (and classification) of work items.
+
+A **work item** is a ``(prompt, seed)`` pair. Each image gets its own
+``torch.Generator("cpu").manual_seed(seed)`` (the pipeline takes one generator per image), so an image
+depends on nothing else: not the batch size, not the order, not how many processes share the work.
+That makes three things exact:
+
+* **caching and resuming** — every finished image is written atomically as a PNG under the run
+  folder, then one line is appended to an index. The key hashes everything the image depends on: the
+  model's K/V fingerprint (plus its current K/V weights if an edit is baked in), the edit applied on
+  the fly (hash of ``M``, or none), the sampler settings, the prompt and the seed. A rerun, or a run
+  resumed after Ctrl-C or ``kill -9``, redoes nothing finished; a torn last index line is ignored.
+  Labels are cached too, keyed by image and classifier, so changing the classifier re-reads the PNGs
+  instead of regenerating them.
+* **splitting across processes** — under ``accelerate launch`` each process takes the items whose
+  index modulo the world size is its rank, writes its own index file, and after a barrier every
+  process reads all index files, so all of them return the same results as one process would.
+* **the fix's search** — :func:`measure` is what a λ search calls many times with the same seeds
+  (common random numbers) and an edit matrix applied through
+  :func:`debias.editing.conditioning_transform`.
+
+Layout of a cache folder::
+
+    images/<key>.png          one 8-bit RGB PNG per work item
+    index/rank<r>.jsonl       {"type": "image", "key", "prompt", "seed", "image", "oracle"?}
+                              {"type": "label", "key", "classifier", "label", "p_female"}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from debias.errors import InputError
+
+CACHE_VERSION = 1
+
+REAL_SAMPLER = {"scheduler": "DPMSolverMultistepScheduler", "steps": 25, "guidance": 7.5}
+"""Defaults for real models: a multistep DPM-Solver at 25 steps and classifier-free guidance 7.5."""
+
+
+# ------------------------------------------------------------------------------------------ settings
+@dataclass(frozen=True)
+class SamplerSettings:
+    """Everything about sampling that changes an image (batch size does not, so it is not here)."""
+
+    scheduler: str
+    steps: int
+    guidance: float
+    height: int
+    width: int
+    dtype: str
+    device: str  # device type ("cpu", "cuda"): kernels differ, so images may differ in the last bit
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _pipe_device(pipe) -> torch.device:
+    device = getattr(pipe, "device", None)
+    return device if isinstance(device, torch.device) else torch.device("cpu")
+
+
+def _pipe_dtype(pipe) -> torch.dtype:
+    for attr in ("unet", "transformer"):
+        module = getattr(pipe, attr, None)
+        if isinstance(module, torch.nn.Module):
+            return next(module.parameters()).dtype
+    return torch.float32
+
+
+def default_resolution(pipe) -> int:
+    """The pipeline's native image size: the denoiser's sample size times the VAE's scale factor."""
+    net = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    sample = getattr(getattr(net, "config", None), "sample_size", None)
+    scale = getattr(pipe, "vae_scale_factor", 8)
+    if isinstance(sample, (list, tuple)):
+        sample = sample[0]
+    return int(sample * scale) if sample else 512
+
+
+def default_settings(
+    pipe,
+    *,
+    is_mini: bool,
+    steps: int | None = None,
+    guidance: float | None = None,
+    scheduler: str | None = None,
+    height: int | None = None,
+    width: int | None = None,
+) -> SamplerSettings:
+    """Default sampling for a pipeline: the mini model's ``SAMPLER``, else DPM-Solver 25 steps, 7.5."""
+    if is_mini:
+        from debias.mini import SAMPLER
+
+        base = {"scheduler": SAMPLER["scheduler"], "steps": SAMPLER["steps"], "guidance": SAMPLER["guidance"]}
+        size = (SAMPLER["height"], SAMPLER["width"])
+    else:
+        base = dict(REAL_SAMPLER)
+        size = (default_resolution(pipe),) * 2
+    if steps is not None and steps < 1:
+        raise InputError(f"--steps must be at least 1, got {steps}")
+    return SamplerSettings(
+        scheduler=scheduler or base["scheduler"],
+        steps=int(steps if steps is not None else base["steps"]),
+        guidance=float(guidance if guidance is not None else base["guidance"]),
+        height=int(height or size[0]),
+        width=int(width or size[1]),
+        dtype=str(_pipe_dtype(pipe)).replace("torch.", ""),
+        device=_pipe_device(pipe).type,
+    )
+
+
+def default_batch_size(pipe, is_mini: bool) -> int:
+    """Images per pipeline call: the mini model's default, 8 on a GPU, 4 on a CPU."""
+    if is_mini:
+        from debias.mini import SAMPLER
+
+        return int(SAMPLER.get("batch_size", 64))
+    return 8 if _pipe_device(pipe).type == "cuda" else 4
+
+
+def use_scheduler(pipe, name: str) -> None:
+    """Swap the pipeline's scheduler for the diffusers class ``name`` (same config), if it differs."""
+    if type(pipe.scheduler).__name__ == name:
+        return
+    import diffusers
+
+    cls = getattr(diffusers, name, None)
+    if cls is None or not hasattr(cls, "from_config"):
+        raise InputError(f"unknown scheduler {name!r}; use a diffusers scheduler class name such as "
+                         f"'DPMSolverMultistepScheduler'")
+    pipe.scheduler = cls.from_config(pipe.scheduler.config)
+
+
+# ------------------------------------------------------------------------------------------- hashing
+def _sha256(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def edit_id(M: torch.Tensor | None) -> str | None:
+    """``"sha256:…"`` of an edit matrix (float64 bytes and shape), or None for no edit."""
+    if M is None:
+        return None
+    t = M.detach().to("cpu", torch.float64).contiguous()
+    digest = hashlib.sha256(f"{tuple(t.shape)}|".encode())
+    digest.update(t.numpy().tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def model_key(pipe) -> str:
+    """What identifies the model's weights for the cache: its fingerprint, plus the current K/V
+    weights when an edit has been baked in (the fingerprint names the *original* weights)."""
+    cached = getattr(pipe, "_debias_cache_key", None)
+    baked = getattr(pipe, "_debias_original_kv", None) is not None
+    if cached is not None and not baked:
+        return cached
+    from debias.models import find_cross_attention, fingerprint
+
+    key = fingerprint(pipe)
+    if baked:
+        digest = hashlib.sha256()
+        for proj in find_cross_attention(pipe):
+            w = proj.module.weight.detach().to("cpu").contiguous()
+            digest.update(proj.name.encode())
+            digest.update(w.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return f"{key}+baked:{digest.hexdigest()}"
+    pipe._debias_cache_key = key
+    return key
+
+
+def item_key(model: str, edit: str | None, settings: SamplerSettings, prompt: str, seed: int) -> str:
+    """The cache key of one image (hex, 32 characters)."""
+    return _sha256({"v": CACHE_VERSION, "model": model, "edit": edit, "sampler": settings.to_dict(),
+                    "prompt": prompt, "seed": int(seed)})[:32]
+
+
+# --------------------------------------------------------------------------------------------- cache
+class ImageCache:
+    """PNG files plus append-only JSON-lines index files (one per process) under ``root``."""
+
+    def __init__(self, root: str | os.PathLike, rank: int = 0):
+        self.root = Path(root)
+        self.rank = rank
+        self.images: dict[str, dict] = {}  # key -> image record
+        self.labels: dict[tuple[str, str], dict] = {}  # (key, classifier id) -> label record
+        self.load()
+
+    @property
+    def index_path(self) -> Path:
+        return self.root / "index" / f"rank{self.rank}.jsonl"
+
+    def image_path(self, key: str) -> Path:
+        return self.root / "images" / f"{key}.png"
+
+    def load(self) -> None:
+        """(Re)read every index file; torn or unreadable lines and records without a PNG are ignored."""
+        self.images.clear()
+        self.labels.clear()
+        for path in sorted((self.root / "index").glob("*.jsonl")):
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line torn by kill -9
+                if not isinstance(rec, dict) or "key" not in rec:
+                    continue
+                if rec.get("type") == "image":
+                    if self.image_path(rec["key"]).is_file():
+                        self.images[rec["key"]] = rec
+                elif rec.get("type") == "label":
+                    self.labels[(rec["key"], rec.get("classifier", ""))] = rec
+
+    def _append(self, records: Sequence[dict]) -> None:
+        path = self.index_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+b") as fh:
+            fh.seek(0, os.SEEK_END)
+            if fh.tell() > 0:  # after a torn write the last line has no newline: start a fresh one
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":
+                    fh.write(b"\n")
+            fh.write(b"".join(json.dumps(r, allow_nan=False).encode() + b"\n" for r in records))
+            fh.flush()
+
+    def put_images(self, records: Sequence[dict], images: np.ndarray) -> None:
+        """Write PNGs atomically, then their index records (so a record never points at nothing)."""
+        from PIL import Image
+
+        from debias.io import atomic_write
+
+        for rec, img in zip(records, images):
+            atomic_write(self.image_path(rec["key"]), lambda p, img=img: Image.fromarray(img).save(p, format="PNG"))
+        records = [{"type": "image", **r} for r in records]
+        self._append(records)
+        for r in records:
+            self.images[r["key"]] = r
+
+    def put_labels(self, records: Sequence[dict]) -> None:
+        records = [{"type": "label", **r} for r in records]
+        self._append(records)
+        for r in records:
+            self.labels[(r["key"], r["classifier"])] = r
+
+    def read_images(self, keys: Sequence[str]) -> np.ndarray:
+        from PIL import Image
+
+        return np.stack([np.asarray(Image.open(self.image_path(k)).convert("RGB")) for k in keys])
+
+
+# --------------------------------------------------------------------------------------- distributed
+@dataclass(frozen=True)
+class Distributed:
+    """Which share of the work items this process does, and how to wait for the others."""
+
+    rank: int = 0
+    world_size: int = 1
+    barrier: Callable[[], None] = field(default=lambda: None, compare=False)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def distributed_from_env() -> Distributed:
+    """One process, or the ``accelerate launch`` group this process belongs to (from its env vars)."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return Distributed()
+    from accelerate import PartialState
+
+    state = PartialState()
+    return Distributed(rank=state.process_index, world_size=state.num_processes, barrier=state.wait_for_everyone)
+
+
+# ------------------------------------------------------------------------------------------- measure
+@dataclass
+class SampleResult:
+    """One work item after generation and classification."""
+
+    prompt: str
+    seed: int
+    key: str
+    image: str  # path relative to the cache root
+    label: str  # "female" | "male" | "unclear"
+    p_female: float
+    oracle: str | None = None  # mini model only: the pixel-rule oracle's label
+    reused: bool = False  # the image was in the cache before this call
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Pipeline output in [0, 1] (N, H, W, 3) → uint8, the exact pixels written to the PNG."""
+    return np.clip(np.rint(np.asarray(images, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
+
+
+def generate_images(pipe, prompts: Sequence[str], seeds: Sequence[int], settings: SamplerSettings) -> np.ndarray:
+    """One pipeline call: ``len(prompts)`` images, image i drawn from its own generator seeded ``seeds[i]``."""
+    generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+    with torch.inference_mode():
+        out = pipe(prompt=list(prompts), generator=generators, num_inference_steps=settings.steps,
+                   guidance_scale=settings.guidance, height=settings.height, width=settings.width,
+                   output_type="np")
+    return to_uint8(out.images)
+
+
+def _progress(total: int, enabled: bool, description: str):
+    if not enabled or total == 0:
+        return nullcontext(None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        transient=True)
+    return progress
+
+
+def measure(
+    pipe,
+    classifier,
+    items: Sequence[tuple[str, int]],
+    *,
+    settings: SamplerSettings,
+    cache: ImageCache,
+    edit: torch.Tensor | None = None,
+    batch_size: int = 8,
+    oracle: Callable[[np.ndarray], list[str]] | None = None,
+    dist: Distributed | None = None,
+    progress: bool = True,
+    description: str = "generating",
+) -> list[SampleResult]:
+    """Generate (or reuse) and classify every ``(prompt, seed)`` item; results in ``items`` order.
+
+    ``classifier`` is a :class:`debias.classify.ZeroShotClassifier` (anything with ``cache_id`` and
+    ``classify(uint8 NHWC) -> (labels, p_female)``). ``edit`` is an optional d×d matrix applied
+    through :func:`debias.editing.conditioning_transform` (no weight is written). ``oracle`` labels
+    images by ground truth (the mini world's ``oracle_gender``). Under ``dist`` with several
+    processes, this process does items ``i % world_size == rank`` and every process returns all results.
+    """
+    dist = dist or Distributed()
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    use_scheduler(pipe, settings.scheduler)
+    mkey, ekey = model_key(pipe), edit_id(edit)
+    keys = [item_key(mkey, ekey, settings, p, s) for p, s in items]
+    unique: dict[str, tuple[str, int]] = {}
+    for k, item in zip(keys, items):
+        unique.setdefault(k, item)
+
+    cache.load()
+    dist.barrier()  # every process has seen the same cache before anyone writes to it
+    cached_before = {k for k in unique if k in cache.images}
+    order = list(unique)
+    mine = [k for i, k in enumerate(order) if i % dist.world_size == dist.rank]
+    to_generate = [k for k in mine if k not in cache.images]
+    to_label = [k for k in mine if k in cache.images and (k, classifier.cache_id) not in cache.labels]
+
+    bar = _progress(len(to_generate) + len(to_label), progress and dist.is_main, description)
+    with bar as prog:
+        task = prog.add_task(description, total=len(to_generate) + len(to_label)) if prog else None
+        for start in range(0, len(to_generate), batch_size):
+            batch = to_generate[start:start + batch_size]
+            prompts = [unique[k][0] for k in batch]
+            seeds = [unique[k][1] for k in batch]
+            images = _generate(pipe, prompts, seeds, settings, edit)
+            oracles = oracle(images) if oracle is not None else [None] * len(batch)
+            cache.put_images([_image_record(k, p, s, cache, o) for k, p, s, o in zip(batch, prompts, seeds, oracles)],
+                             images)
+            _label(cache, classifier, batch, images)
+            if prog:
+                prog.advance(task, len(batch))
+        for start in range(0, len(to_label), batch_size):
+            batch = to_label[start:start + batch_size]
+            _label(cache, classifier, batch, cache.read_images(batch))
+            if prog:
+                prog.advance(task, len(batch))
+
+    if dist.world_size > 1:
+        dist.barrier()  # everyone's images and labels are on disk
+        cache.load()
+    results = []
+    for k, (prompt, seed) in zip(keys, items):
+        img, lab = cache.images[k], cache.labels[(k, classifier.cache_id)]
+        results.append(SampleResult(prompt=prompt, seed=int(seed), key=k, image=img["image"], label=lab["label"],
+                                    p_female=float(lab["p_female"]), oracle=img.get("oracle"),
+                                    reused=k in cached_before))
+    return results
+
+
+def _generate(pipe, prompts, seeds, settings, edit) -> np.ndarray:
+    if edit is None:
+        return generate_images(pipe, prompts, seeds, settings)
+    from debias.editing import conditioning_transform
+
+    with conditioning_transform(pipe, edit):
+        return generate_images(pipe, prompts, seeds, settings)
+
+
+def _image_record(key: str, prompt: str, seed: int, cache: ImageCache, oracle: str | None) -> dict:
+    rec = {"key": key, "prompt": prompt, "seed": int(seed), "image": f"images/{key}.png"}
+    if oracle is not None:
+        rec["oracle"] = oracle
+    return rec
+
+
+def _label(cache: ImageCache, classifier, keys: Sequence[str], images: np.ndarray) -> None:
+    labels, p_female = classifier.classify(images)
+    p = p_female.tolist() if hasattr(p_female, "tolist") else list(p_female)
+    cache.put_labels([{"key": k, "classifier": classifier.cache_id, "label": lab, "p_female": round(float(pf), 6)}
+                      for k, lab, pf in zip(keys, labels, p)])
+
+
+def work_items(prompts: Sequence[str], start: int, count: int, seed_base: int = 0) -> list[tuple[str, int]]:
+    """Items ``start .. start+count-1`` of one profession: image i uses ``prompts[i % len]`` and seed ``seed_base + i``.
+
+    The same seeds serve every profession and every edit (common random numbers), and growing a
+    profession's sample later (sequential stopping) only appends items.
+    """
+    return [(prompts[i % len(prompts)], seed_base + i) for i in range(start, start + count)]
