@@ -85,6 +85,58 @@ def format_table(rows: list[dict], images_per_s: float) -> str:
     return "\n".join(lines)
 
 
+def lambda_sweep(pipe, source: str = "a nurse", destination: str = "a male nurse",
+                 lams: tuple[float, ...] = (1e4, 3e3, 1e3, 300.0, 100.0, 30.0, 10.0), n: int = 64, seed: int = 0,
+                 steps: int = 10, guidance: float = 1.0, other: str = "a teacher") -> list[dict]:
+    """TIME edit ``source → destination`` at each λ (as a conditioning transform, weights untouched).
+
+    Per λ: the oracle's female share of the edited prompt, of another profession (should stay put)
+    and of the destination itself. Same seeds at every λ (common random numbers), so the curve is
+    smooth; λ = inf is the unedited model.
+    """
+    from ..editing import conditioning_transform, edit_from_prompts
+
+    def share(prompt: str) -> float:
+        labels = np.asarray(world.oracle_gender(generate(pipe, prompt, n, seed, steps, guidance)))
+        people = labels != "unclear"
+        return float((labels[people] == "female").mean()) if people.any() else float("nan")
+
+    tpl = world.TUNING_TEMPLATE
+    rows = [{"lambda": float("inf"), "source": share(tpl.format(source)), "other": share(tpl.format(other)),
+             "destination": share(tpl.format(destination))}]
+    for lam in lams:
+        M, _ = edit_from_prompts(pipe, [(source, destination)], lam=lam, augmentations=world.AUGMENTATIONS)
+        with conditioning_transform(pipe, M.float()):
+            rows.append({"lambda": lam, "source": share(tpl.format(source)), "other": share(tpl.format(other)),
+                         "destination": share(tpl.format(destination))})
+    return rows
+
+
+def format_sweep(rows: list[dict], source: str, destination: str, other: str) -> str:
+    lines = [f"TIME edit {source!r} -> {destination!r}: oracle female share of {world.TUNING_TEMPLATE!r}",
+             f"{'lambda':>8} {source:>14} {other:>14} {destination:>14}"]
+    for r in rows:
+        lines.append(f"{r['lambda']:>8.0f} {r['source']:>14.2f} {r['other']:>14.2f} {r['destination']:>14.2f}")
+    return "\n".join(lines)
+
+
+def sample_grid(pipe, path: str | Path, per_row: int = 10, seed: int = 0, steps: int = 10,
+                guidance: float = 1.0, scale: int = 3) -> Path:
+    """Save a PNG grid: one row per profession (tuning template) plus one of objects."""
+    from PIL import Image
+
+    from ..io import atomic_write
+
+    rows = [generate(pipe, world.TUNING_TEMPLATE.format(p.phrase), per_row, seed, steps, guidance)
+            for p in world.PROFESSIONS]
+    objects = [generate(pipe, prompt, per_row // len(world.OBJECT_PROMPTS) + 1, seed, steps, guidance)
+               for prompt in world.OBJECT_PROMPTS]
+    rows.append(np.concatenate(objects)[:per_row])
+    grid = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
+    image = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
 def load(weights: str | Path | None = None):
     """(pipeline, CLIP model, CLIP tokenizer) of a mini-model folder (default: the shipped weights)."""
     import torch
@@ -96,9 +148,9 @@ def load(weights: str | Path | None = None):
     root = Path(weights) if weights else None
     pipe_dir = root / "pipeline" if root else PIPELINE_DIR
     cls_dir = root / "classifier" if root else CLASSIFIER_DIR
-    pipe = StableDiffusionPipeline.from_pretrained(pipe_dir, torch_dtype=torch.float32)
+    pipe = StableDiffusionPipeline.from_pretrained(pipe_dir, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    model = CLIPModel.from_pretrained(cls_dir, torch_dtype=torch.float32).eval()
+    model = CLIPModel.from_pretrained(cls_dir, dtype=torch.float32).eval()
     return pipe, model, CLIPTokenizer.from_pretrained(cls_dir)
 
 
@@ -115,6 +167,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--grid", default=None, metavar="PNG", help="also save a grid of samples")
+    ap.add_argument("--sweep", action="store_true", help="also sweep λ of a TIME edit a nurse -> a male nurse")
     args = ap.parse_args(argv)
     set_threads(args.threads)
     pipe, model, tok = load(args.weights)
@@ -124,6 +178,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"sampler: {type(pipe.scheduler).__name__}, {steps} steps, guidance {guidance}, n={args.n}, "
           f"template {world.TUNING_TEMPLATE!r}")
     print(format_table(rows, ips))
+    if args.grid:
+        print(f"wrote {sample_grid(pipe, args.grid, seed=args.seed, steps=steps, guidance=guidance)}")
+    if args.sweep:
+        sweep = lambda_sweep(pipe, n=min(args.n, 64), seed=args.seed, steps=steps, guidance=guidance)
+        print(format_sweep(sweep, "a nurse", "a male nurse", "a teacher"))
 
 
 if __name__ == "__main__":

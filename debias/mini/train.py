@@ -358,6 +358,31 @@ def save_all(out: Path, pipe, clip_model, tokenizer, tok_dir: Path, info: dict) 
     atomic_write_json(out / "world.json", info)
 
 
+def export_weights(src: Path, dst: Path) -> int:
+    """Copy a trained folder for shipping: UNet and VAE weights in float16, the rest as trained.
+
+    float16 halves the two big parts at no visible cost; the text encoder and the classifier stay
+    float32 because transformers would otherwise load them as float16 by default, which a plain
+    ``from_pretrained(folder)`` on CPU must not get. Returns the size in bytes.
+    """
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    src, dst = Path(src), Path(dst)
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+    for sub, cls in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL)):
+        model = cls.from_pretrained(src / "pipeline" / sub, torch_dtype=torch.float32)
+        shutil.rmtree(dst / "pipeline" / sub)
+        model.to(torch.float16).save_pretrained(dst / "pipeline" / sub, safe_serialization=True)
+    info = json.loads((src / "world.json").read_text())
+    info["measurements"]["size_bytes"] = folder_size(dst)
+    info["storage"] = {"unet": "float16", "vae": "float16", "text_encoder": "float32", "classifier": "float32"}
+    atomic_write_json(dst / "world.json", info)
+    return folder_size(dst)
+
+
 # -------------------------------------------------------------------------------------- main
 STEPS = {"full": dict(clip_steps=400, clip_batch=256, vae_steps=600, vae_batch=32, latents=16384,
                       unet_steps=2400, unet_batch=32, eval_n=64),
@@ -378,10 +403,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--smoke", action="store_true", help="every stage for a few steps (seconds)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--export-from", default=None, metavar="DIR",
+                    help="no training: copy the trained folder DIR to --out for shipping (UNet/VAE in float16)")
     for key, value in STEPS["full"].items():
         ap.add_argument("--" + key.replace("_", "-"), type=int, default=None, help=f"default {value}")
     args = ap.parse_args(argv)
     threads = set_threads(args.threads)
+    if args.export_from:
+        size = export_weights(Path(args.export_from), Path(args.out))
+        print(f"exported {args.export_from} -> {args.out} ({size / 1e6:.1f} MB)")
+        return json.loads((Path(args.out) / "world.json").read_text())
     settings = dict(STEPS["smoke" if args.smoke else "full"])
     for key in settings:
         if getattr(args, key) is not None:
