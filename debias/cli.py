@@ -165,6 +165,19 @@ def audit_command(
         typer.echo(f"wrote {out / 'audit.json'} and {out / 'audit.csv'}")
 
 
+@app.command("report")
+def report_command(
+    run_dirs: list[Path] = typer.Argument(..., help="An audit folder, a fix folder, or two audit folders (before, then after).", show_default=False),
+    out: Optional[Path] = typer.Option(None, "--out", help="HTML file to write (default: RUN_DIR/report.html; for two audits AFTER_DIR/compare_report.html). report.json and report.csv go beside it."),
+) -> None:
+    """Render the self-contained HTML report (offline, one file) from the JSON in run folders; no model is loaded."""
+    from debias.report import render_report, twin_paths
+
+    path = render_report(run_dirs, out)
+    json_path, csv_path = twin_paths(path)
+    typer.echo(f"wrote {path} (numbers in {json_path.name}, {csv_path.name})")
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Console entry point: run the app, turning user errors into a clear message and exit code 2."""
     try:
