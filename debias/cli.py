@@ -99,6 +99,9 @@ def edit_command(
         pairs = list(zip(source, destination))
     if (lam is None) == (lam_relative is None):
         raise InputError("give exactly one of --lam (absolute λ) and --lam-relative (λ / mean squared row norm).")
+    for option, value in (("--lam", lam), ("--lam-relative", lam_relative)):
+        if value is not None and not value > 0:
+            raise InputError(f"{option} must be positive (larger keeps the model closer to the original), got {value}.")
 
     from debias import __version__ as version
     from debias.editing import DEFAULT_AUGMENTATIONS, edit_from_prompts, save_edit, bake_edit, save_pipeline

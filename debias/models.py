@@ -87,21 +87,29 @@ def _check_local_folder(path: Path, spec: str, allow_pickle: bool) -> None:
 
 
 def _explain_load_failure(spec: str, err: BaseException, allow_pickle: bool) -> str:
-    name = type(err).__name__
-    text = str(err)
-    if "Gated" in name or "gated" in text.lower() or "401" in text or "403" in text:
+    """Say why a hub/cache load failed and what to do, from the exception chain (not the spec's own text)."""
+    chain, seen = [], err
+    while seen is not None and len(chain) < 8:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    names = " ".join(type(e).__name__ for e in chain)
+    text = " ".join(str(e) for e in chain).replace(spec, "<model>")
+    if "GatedRepo" in names or "gated" in text.lower() or " 401 " in f" {text} " or " 403 " in f" {text} ":
         what = ("it is gated or private: accept its licence on the hub and log in with `huggingface-cli login` "
                 "(or set HF_TOKEN), then retry.")
-    elif "RepositoryNotFound" in name or "404" in text or "not a valid model identifier" in text or "HFValidation" in name:
+    elif "RepositoryNotFound" in names or "HFValidation" in names or "not a valid model identifier" in text:
         what = "no such model was found: check the id (owner/name) or pass a local diffusers folder."
-    elif not allow_pickle and ("safetensors" in text.lower() or "use_safetensors" in text):
+    elif not allow_pickle and "safetensors" in text.lower() and "not fully cached" not in text:
         what = ("it has no safetensors weights, and pickle weights are refused by default because they can run "
                 "code when loaded; if you trust it, pass --allow-pickle (allow_pickle=True).")
     else:
         what = ("it could not be read from the hub or the local cache. Offline? Pass a local diffusers folder, or "
                 "fill the cache on a connected machine and set HF_HUB_OFFLINE=1; gated models need "
                 "`huggingface-cli login`; otherwise check the id.")
-    return f"could not load model {spec!r}: {what} ({name}: {text.splitlines()[0] if text else ''})"
+    detail = str(err).splitlines()[0] if str(err) else ""
+    if len(detail) > 200:
+        detail = detail[:200] + "…"
+    return f"could not load model {spec!r}: {what} ({type(err).__name__}: {detail})"
 
 
 def load_pipeline(

@@ -201,3 +201,26 @@ def test_mini_spec_loads_the_built_in_folder(sd1_folder: Path, monkeypatch: pyte
     fake.PIPELINE_DIR = sd1_folder.parent / "missing"
     with pytest.raises(ModelLoadError, match="mini model's weights are missing"):
         load_pipeline("mini")
+
+
+@pytest.mark.parametrize(
+    "error_name, text, expected",
+    [
+        ("GatedRepoError", "Access to model is restricted.", "huggingface-cli login"),
+        ("RepositoryNotFoundError", "404 Client Error.", "check the id"),
+        ("OSError", "the model is not fully cached locally", "HF_HUB_OFFLINE=1"),
+        ("OSError", "no file named diffusion_pytorch_model.safetensors found", "--allow-pickle"),
+    ],
+)
+def test_load_failures_are_explained(error_name: str, text: str, expected: str) -> None:
+    from debias.models import _explain_load_failure
+
+    cause = type(error_name, (Exception,), {})(text)
+    try:
+        try:
+            raise cause
+        except Exception as inner:
+            raise OSError(f"Cannot load model owner/gated-name: {text}") from inner
+    except OSError as err:
+        message = _explain_load_failure("owner/gated-name", err, allow_pickle=False)
+    assert expected in message and "'owner/gated-name'" in message
