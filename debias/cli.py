@@ -111,7 +111,8 @@ def edit_command(
     set_threads(threads)
     pipe = load_pipeline(model, device=device, allow_pickle=allow_pickle)
     augmentations = DEFAULT_AUGMENTATIONS if augment else ()
-    M, info = edit_from_prompts(pipe, pairs, lam=lam, lam_relative=lam_relative, augmentations=augmentations)
+    M, info = edit_from_prompts(pipe, pairs, lam=lam, lam_relative=lam_relative, augmentations=augmentations,
+                                progress=True)
     edits = [{"source": s, "destination": d, "lambda": info["lambda"], "lambda_relative": info["lambda_relative"]}
              for s, d in pairs]
     metadata = {"edits": edits, "augmentations": info["augmentations"], "lambda": info["lambda"],

@@ -397,6 +397,7 @@ def edit_from_prompts(
     lam: float | None = None,
     lam_relative: float | None = None,
     augmentations: Sequence[str] = DEFAULT_AUGMENTATIONS,
+    progress: bool = False,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """One edit matrix for all ``(source, destination)`` pairs with a common λ; returns ``(M, info)``.
 
@@ -408,7 +409,12 @@ def edit_from_prompts(
     if not pairs:
         raise EditError("no source/destination pairs to edit.")
     C_parts, S_parts = [], []
-    for source, destination in pairs:
+    iterator: Iterable[tuple[str, str]] = pairs
+    if progress and len(pairs) > 1:
+        from rich.progress import track
+
+        iterator = track(pairs, description="encoding edit prompts", transient=True)
+    for source, destination in iterator:
         C, S = edit_rows(pipe, source, destination, augmentations)
         C_parts.append(C)
         S_parts.append(S)

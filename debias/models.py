@@ -255,7 +255,12 @@ def original_weights(pipe) -> dict[str, torch.Tensor]:
 
 
 def fingerprint(pipe) -> str:
-    """``"sha256:…"`` of the original K/V weights (names, dtypes, shapes and bytes), stable across runs."""
+    """``"sha256:…"`` of the original K/V weights (names, dtypes, shapes and bytes), stable across runs.
+
+    It names the exact weights an edit was computed from, so the same model loaded in another dtype
+    (float16 instead of float32) has another fingerprint, and an edit file made on one is refused on
+    the other. After an edit is baked the fingerprint still names the originals.
+    """
     digest = hashlib.sha256()
     for name, weight in original_weights(pipe).items():
         tensor = weight.detach().to("cpu").contiguous()

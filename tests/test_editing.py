@@ -205,7 +205,7 @@ from debias.editing import (  # noqa: E402
     save_edit,
     save_pipeline,
 )
-from debias.models import denoiser, find_cross_attention, fingerprint  # noqa: E402
+from debias.models import find_cross_attention, fingerprint  # noqa: E402
 from tiny_models import tiny_sd1  # noqa: E402
 
 
