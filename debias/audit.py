@@ -84,12 +84,18 @@ def audit(
 
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     _check_options(images_per_profession, target, tolerance, ci_width, max_images, batch_size)
+    if prompt_set not in ("tuning", "test"):
+        raise InputError(f"--prompt-set must be 'tuning' or 'test', got {prompt_set!r}")
     n_threads = set_threads(threads)
+    # read the user's files before loading anything, so a typo fails in a second, not after a download
+    listed = read_professions(professions) if isinstance(professions, (str, os.PathLike)) else professions
+    if templates:
+        templates = templates_from_option(list(templates))
     dist = distributed_from_env()
     pipe, spec, is_mini = _pipeline(model, allow_pickle, dist)
     from debias.models import model_info
 
-    entries = _professions(professions, is_mini)
+    entries = _professions(listed, is_mini)
     chosen_templates, prompt_set_name = _templates(templates, prompt_set, is_mini)
     tokenizer = getattr(pipe, "tokenizer", None)
     if tokenizer is not None:
@@ -182,7 +188,7 @@ def _professions(professions, is_mini: bool) -> list[ProfessionEntry]:
 
 def _templates(templates: Sequence[str] | None, prompt_set: str, is_mini: bool) -> tuple[tuple[str, ...], str]:
     if templates:
-        return templates_from_option(list(templates)), "custom"
+        return tuple(templates), "custom"
     chosen = (mini_templates() if is_mini else TIMED_TEMPLATES).get(prompt_set)
     return chosen, prompt_set
 

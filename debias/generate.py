@@ -276,7 +276,8 @@ def distributed_from_env() -> Distributed:
         return Distributed()
     from accelerate import PartialState
 
-    state = PartialState()
+    # cpu=True selects accelerate's multi-CPU (gloo) state when there is no GPU to share the work
+    state = PartialState(cpu=not torch.cuda.is_available())
     return Distributed(rank=state.process_index, world_size=state.num_processes, barrier=state.wait_for_everyone)
 
 

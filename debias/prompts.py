@@ -231,7 +231,7 @@ def check_prompt_lengths(entries: Sequence[ProfessionEntry], templates: Sequence
     for entry in entries:
         for template in templates:
             prompt = template.replace("{}", entry.phrase)
-            n = len(tokenizer(prompt, truncation=False).input_ids)
+            n = len(tokenizer(prompt, truncation=False, verbose=False).input_ids)
             if n > limit:
                 raise InputError(f"{entry.source or entry.phrase}: prompt {prompt!r} (template {template!r}) is "
                                  f"{n} tokens but the text encoder reads at most {limit}; shorten the "

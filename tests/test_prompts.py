@@ -97,7 +97,7 @@ class _WordTokenizer:
 
     model_max_length = 8
 
-    def __call__(self, text: str, truncation: bool = False):
+    def __call__(self, text: str, truncation: bool = False, verbose: bool = True):
         class _Out:
             input_ids = [0] + [1] * len(text.split()) + [2]
 

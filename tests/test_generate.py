@@ -1,0 +1,175 @@
+"""Seeded generation: images independent of batch size and order, the cache, resume, edits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from audit_helpers import HalfClassifier, load_tiny
+from debias.generate import (
+    ImageCache, default_settings, edit_id, generate_images, item_key, measure, model_key, use_scheduler, work_items,
+)
+
+ITEMS = work_items(["a photo of a nurse", "a nurse working"], 0, 6) + work_items(["a photo of a pilot"], 0, 6)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    pipe, _ = load_tiny()
+    settings = default_settings(pipe, is_mini=False, steps=3)
+    return pipe, HalfClassifier(), settings
+
+
+def _pixels(cache: ImageCache, results) -> np.ndarray:
+    return cache.read_images([r.key for r in results])
+
+
+def _run(tiny, root: Path, items=ITEMS, batch_size: int = 4, **kw):
+    pipe, clf, settings = tiny
+    cache = ImageCache(root)
+    return cache, measure(pipe, clf, items, settings=settings, cache=cache, batch_size=batch_size, progress=False, **kw)
+
+
+def test_defaults_for_real_and_mini_models(tiny) -> None:
+    pipe, _, _ = tiny
+    real = default_settings(pipe, is_mini=False)
+    assert (real.scheduler, real.steps, real.guidance) == ("DPMSolverMultistepScheduler", 25, 7.5)
+    assert real.height == real.width == 16  # the tiny pipeline's native size (SD 1.x gives 512)
+    from debias.mini import SAMPLER
+
+    mini = default_settings(pipe, is_mini=True)
+    assert (mini.scheduler, mini.steps, mini.guidance, mini.height) == (
+        SAMPLER["scheduler"], SAMPLER["steps"], SAMPLER["guidance"], SAMPLER["height"])
+    use_scheduler(pipe, "DPMSolverMultistepScheduler")
+    assert type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
+
+
+def test_same_seeds_same_images_and_numbers(tiny, tmp_path: Path) -> None:
+    c1, r1 = _run(tiny, tmp_path / "a")
+    c2, r2 = _run(tiny, tmp_path / "b")
+    assert [(r.label, r.p_female, r.key) for r in r1] == [(r.label, r.p_female, r.key) for r in r2]
+    assert np.array_equal(_pixels(c1, r1), _pixels(c2, r2))
+    # different seeds give different images (the test could fail if seeds were ignored)
+    assert not np.array_equal(_pixels(c1, r1)[0], _pixels(c1, r1)[1])
+    labels = {r.label for r in r1}
+    assert {"female", "male"} <= labels
+
+
+def test_batch_size_and_order_do_not_change_images(tiny, tmp_path: Path) -> None:
+    c1, r1 = _run(tiny, tmp_path / "b1", batch_size=1)
+    c4, r4 = _run(tiny, tmp_path / "b4", batch_size=4)
+    reversed_items = list(reversed(ITEMS))
+    cr, rr = _run(tiny, tmp_path / "rev", items=reversed_items, batch_size=5)
+    rr = list(reversed(rr))
+    assert [(r.key, r.label, r.p_female) for r in r1] == [(r.key, r.label, r.p_female) for r in r4]
+    assert [(r.key, r.label, r.p_female) for r in r1] == [(r.key, r.label, r.p_female) for r in rr]
+    p1, p4, pr = _pixels(c1, r1), _pixels(c4, r4), _pixels(cr, rr)
+    # float kernels may differ with the batch shape in the last bit; after 8-bit rounding images agree
+    assert np.abs(p1.astype(int) - p4.astype(int)).max() <= 1
+    assert np.abs(p1.astype(int) - pr.astype(int)).max() <= 1
+    assert (p1 == p4).mean() > 0.999
+
+
+def test_one_generator_per_image(tiny) -> None:
+    pipe, _, settings = tiny
+    together = generate_images(pipe, ["a photo of a nurse"] * 2, [5, 6], settings)
+    alone = generate_images(pipe, ["a photo of a nurse"], [6], settings)
+    assert np.abs(together[1].astype(int) - alone[0].astype(int)).max() <= 1
+
+
+def test_cache_reuses_everything_and_survives_torn_lines(tiny, tmp_path: Path) -> None:
+    pipe, clf, settings = tiny
+    cache, first = _run(tiny, tmp_path)
+    assert not any(r.reused for r in first)
+    # a torn last line (kill -9 mid-write) must be ignored, and the next append starts a fresh line
+    with open(cache.index_path, "ab") as fh:
+        fh.write(b'{"type": "image", "key": "abc')
+    calls = []
+    original = pipe.__class__.__call__
+
+    def counting(self, *args, **kwargs):
+        calls.append(len(kwargs.get("prompt", [])))
+        return original(self, *args, **kwargs)
+
+    pipe.__class__.__call__ = counting
+    try:
+        cache2, second = _run(tiny, tmp_path)
+        assert calls == []  # nothing regenerated
+        assert all(r.reused for r in second)
+        assert [(r.label, r.p_female) for r in first] == [(r.label, r.p_female) for r in second]
+        # two new items: only they are generated, appended after the torn line
+        more = ITEMS + [("a photo of a nurse", 100), ("a photo of a nurse", 101)]
+        _, third = _run(tiny, tmp_path, items=more)
+        assert sum(calls) == 2 and [r.reused for r in third].count(False) == 2
+    finally:
+        pipe.__class__.__call__ = original
+    lines = cache.index_path.read_text().splitlines()
+    assert sum(1 for ln in lines if ln.startswith('{"type": "image", "key": "abc')) == 1
+    assert json.loads(lines[-1])["type"] == "label"
+
+
+def test_changing_the_classifier_relabels_without_regenerating(tiny, tmp_path: Path) -> None:
+    pipe, clf, settings = tiny
+    cache, first = _run(tiny, tmp_path)
+
+    class Flipped(HalfClassifier):
+        cache_id = "half-flipped"
+
+        def classify(self, images):
+            labels, p = super().classify(images)
+            return [{"female": "male", "male": "female"}.get(x, x) for x in labels], 1 - p
+
+    second = measure(pipe, Flipped(), ITEMS, settings=settings, cache=ImageCache(tmp_path), progress=False)
+    assert all(r.reused for r in second)
+    assert [r.p_female for r in second] == pytest.approx([1 - r.p_female for r in first], abs=2e-6)
+
+
+def test_keys_depend_on_everything_that_changes_an_image(tiny) -> None:
+    pipe, _, settings = tiny
+    base = item_key("m", None, settings, "a photo of a nurse", 0)
+    assert base == item_key("m", None, settings, "a photo of a nurse", 0)
+    assert base != item_key("m", None, settings, "a photo of a nurse", 1)
+    assert base != item_key("m", None, settings, "a photo of a pilot", 0)
+    assert base != item_key("m2", None, settings, "a photo of a nurse", 0)
+    assert base != item_key("m", "sha256:x", settings, "a photo of a nurse", 0)
+    from dataclasses import replace
+
+    assert base != item_key("m", None, replace(settings, steps=4), "a photo of a nurse", 0)
+    eye = torch.eye(4)
+    assert edit_id(eye) == edit_id(eye.clone()) != edit_id(2 * eye)
+    assert edit_id(None) is None
+
+
+def test_edit_is_applied_and_keyed(tiny, tmp_path: Path) -> None:
+    from debias.models import conditioning_width
+
+    pipe, clf, settings = tiny
+    d = conditioning_width(pipe)
+    items = ITEMS[:4]
+    cache, plain = _run(tiny, tmp_path, items=items)
+    _, same = _run(tiny, tmp_path, items=items, edit=torch.eye(d, dtype=torch.float64))
+    g = torch.Generator().manual_seed(0)
+    M = torch.eye(d, dtype=torch.float64) + 0.5 * torch.randn(d, d, generator=g, dtype=torch.float64)
+    _, edited = _run(tiny, tmp_path, items=items, edit=M)
+    assert {r.key for r in plain}.isdisjoint({r.key for r in same})  # the identity is still an edit key
+    assert np.abs(_pixels(cache, plain).astype(int) - _pixels(cache, same).astype(int)).max() <= 1
+    assert np.abs(_pixels(cache, plain).astype(int) - _pixels(cache, edited).astype(int)).mean() > 1.0
+
+
+def test_baked_weights_change_the_model_key(tiny) -> None:
+    from debias.editing import bake_edit, revert_edit
+    from debias.models import conditioning_width
+
+    pipe, _, _ = tiny
+    before = model_key(pipe)
+    d = conditioning_width(pipe)
+    bake_edit(pipe, 1.1 * torch.eye(d))
+    try:
+        assert model_key(pipe) != before
+    finally:
+        revert_edit(pipe)
+    assert model_key(pipe).split("+")[0] == before
