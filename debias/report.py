@@ -223,13 +223,20 @@ def _pick_samples(before: list[dict], after: list[dict] | None, k: int) -> list[
 # --------------------------------------------------------------------------- building the report data
 
 
+SUMMARY_KEYS = {"kind", "professions", "mean_delta", "mean_delta_ci_low", "mean_delta_ci_high", "within_tolerance",
+                "templates"}
+
+
 def _method(data: dict) -> dict:
-    """What a reviewer needs to repeat the measurement, copied from one audit.json."""
-    keys = ["model", "edit", "classifier", "generation", "prompt_set", "target", "tolerance", "versions",
-            "hardware", "started_at", "finished_at", "wall_seconds", "images_generated", "images_reused",
-            "debias_version"]
-    method = {k: data.get(k) for k in keys if k in data}
-    method["templates"] = derive_templates(data["professions"])
+    """What a reviewer needs to repeat the measurement: every setting in one audit.json, as recorded."""
+    method = {k: v for k, v in data.items() if k not in SUMMARY_KEYS}
+    recorded = data.get("templates")
+    if isinstance(recorded, list) and recorded and all(isinstance(t, str) for t in recorded):
+        method["templates"] = list(recorded)
+        method["templates_source"] = "audit.json"
+    else:
+        method["templates"] = derive_templates(data["professions"])
+        method["templates_source"] = "derived from the prompts"
     return method
 
 
@@ -265,9 +272,19 @@ def _paired_rows(before: dict, after: dict, fix: dict | None, target: float, tol
         for side, src in (("before", pb), ("after", pa)):
             for src_key, key in PAIRED.items():
                 row[f"{key}_{side}"] = src.get(src_key)
-        for key in FIX_NUMBERS:  # fix.json is the record of the fix; audits fill in what it lacks
-            if pf.get(key) is not None:
-                row[key] = pf[key]
+        for side in ("before", "after"):
+            # fix.json is the record of the fix; a share and its interval and Δ come from one source, never mixed
+            block = [f"{k}_{side}" for k in ("share", "ci_low", "ci_high", "delta")]
+            if pf.get(f"share_{side}") is not None:
+                audit_share = _f(row[f"share_{side}"])
+                if audit_share is not None and abs(audit_share - float(pf[f"share_{side}"])) > 1e-9:
+                    warnings.append(f"{name}: fix.json gives share_{side} {float(pf[f'share_{side}']):.3f} but "
+                                    f"{side}/audit.json gives {audit_share:.3f}; the table shows fix.json's.")
+                for key in block:
+                    row[key] = pf.get(key)
+        for key, value in pf.items():  # the fix's other per-profession fields, same names
+            if key not in row and key not in ("search", "joint") and not isinstance(value, (list, dict)):
+                row[key] = value
         if fix is not None:
             for key in FIX_FIELDS:
                 row[key] = pf.get(key)
@@ -404,7 +421,12 @@ def build_report(run_dirs: Sequence[str | Path]) -> tuple[dict, dict]:
         rows = sorted(_audit_rows(data, target, tol), key=lambda r: _sort_key(r, "delta"))
         sides = [""]
         summary.update({k: data.get(k) for k in ("mean_delta", "mean_delta_ci_low", "mean_delta_ci_high")})
-        summary["within_tolerance"] = _count(r["within_tolerance"] for r in rows)
+        computed = _count(r["within_tolerance"] for r in rows)
+        recorded = data.get("within_tolerance")
+        summary["within_tolerance"] = recorded if isinstance(recorded, int) else computed
+        if isinstance(recorded, int) and recorded != computed:
+            warnings.append(f"audit.json records {recorded} professions within tolerance, but the table's shares give "
+                            f"{computed} (|share − target| ≤ {tol:g}); the summary shows audit.json's count.")
         summary["typical_ci_half_width"] = _half_width(rows, "ci_low", "ci_high")
         summary["median_n"] = _median_int(rows, "n")
         unclear_src = [(r["profession"], r.get("n_unclear"), r.get("n")) for r in rows]
@@ -433,6 +455,9 @@ def build_report(run_dirs: Sequence[str | Path]) -> tuple[dict, dict]:
             warnings.append("The two runs differ in " + ", ".join(diffs) + "; a before/after difference may come "
                             "from these settings and not only from the edit. Compare runs made with the same settings.")
         unclear_src = [(r["profession"], r.get(f"n_unclear_{s}"), r.get(f"n_{s}")) for r in rows for s in ("before", "after")]
+    agreements = [_f(p.get("agreement")) for p in runs[next(iter(runs))][1]["professions"]]
+    agreements = [x for x in agreements if x is not None]
+    summary["classifier_oracle_agreement"] = round(statistics.fmean(agreements), 4) if agreements else None
     summary["n_professions"] = len(rows)
     summary["verdicts"] = _verdicts(rows, sides)
     summary["conclusion"] = _conclusion(kind, summary, rows)
@@ -480,8 +505,9 @@ def build_report(run_dirs: Sequence[str | Path]) -> tuple[dict, dict]:
 
     method: dict[str, Any] = {"runs": {side: _method(d) for side, (_, d) in runs.items()}}
     if fix is not None:
-        method["fix"] = {k: fix.get(k) for k in ("budget", "edit_file", "versions", "hardware", "started_at",
-                                                    "finished_at", "wall_seconds", "debias_version") if k in fix}
+        skip = {"kind", "professions", "side_effects", "before", "after"}
+        method["fix"] = {k: v for k, v in fix.items()
+                         if k not in skip and not k.startswith(("mean_delta", "within_tolerance"))}
 
     report = {
         "kind": kind,
@@ -581,17 +607,18 @@ def _flatten(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return [(prefix, obj)]
 
 
-def _method_table(method_runs: dict) -> list[dict]:
+def _method_table(method_runs: dict, prefix: str = "method.runs") -> list[dict]:
     """Rows (setting, value per run), in first-seen order, marking settings that differ between runs."""
     cols = list(method_runs)
-    flat = {c: dict(_flatten({k: v for k, v in method_runs[c].items() if k != "templates"})) for c in cols}
+    hidden = ("templates", "templates_source")
+    flat = {c: dict(_flatten({k: v for k, v in method_runs[c].items() if k not in hidden})) for c in cols}
     keys = list(dict.fromkeys(k for c in cols for k in flat[c]))
     volatile = ("started_at", "finished_at", "wall_seconds", "images_generated", "images_reused", "edit", "model.fingerprint")
     rows = []
     for key in keys:
         values = [flat[c].get(key) for c in cols]
         differs = len(cols) > 1 and any(v != values[0] for v in values) and not key.startswith(volatile)
-        rows.append({"key": key, "cells": [{"col": c, "value": v, "data_key": f"method.runs.{c}.{key}"}
+        rows.append({"key": key, "cells": [{"col": c, "value": v, "data_key": f"{prefix}.{c}.{key}"}
                                            for c, v in zip(cols, values)], "differs": differs})
     return rows
 
@@ -608,7 +635,8 @@ def render_html(report: dict, assets: dict) -> str:
     template = env.get_template("report.html.j2")
     has_planted = report["summary"]["is_mini"] or any(
         row.get("planted_share") is not None for row in report["professions"])
-    return template.render(r=report, a=assets, method_table=_method_table(report["method"]["runs"]),
+    fix_table = _method_table({"fix": report["method"]["fix"]}, "method") if "fix" in report["method"] else []
+    return template.render(r=report, a=assets, method_table=_method_table(report["method"]["runs"]), fix_table=fix_table,
                            status_text=STATUS_TEXT, has_planted=has_planted)
 
 
