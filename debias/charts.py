@@ -85,7 +85,10 @@ def share_chart(
                    label=f"target {target:g} ± {tolerance:g}")
         ax.axvline(target, color=BAND_COLOR, lw=1)
         ys = list(range(n))
-        series = [(before, BEFORE_COLOR, before_label, -0.17 if after else 0.0, "o", "white")]
+        if after is None:  # one run: a single, filled series
+            series = [(before, AFTER_COLOR, before_label, 0.0, "o", AFTER_COLOR)]
+        else:
+            series = [(before, BEFORE_COLOR, before_label, -0.17, "o", "white")]
         if after is not None:
             series.append((after, AFTER_COLOR, after_label, 0.17, "o", AFTER_COLOR))
         for values, color, name, dy, marker, face in series:
@@ -100,6 +103,10 @@ def share_chart(
                 hi.append(h - s if h is not None else 0.0)
             ax.errorbar(xs, y2, xerr=[lo, hi], fmt=marker, ms=4, color=color, mfc=face, mew=1.1,
                         elinewidth=1.1, capsize=0, label=f"{name} (95% interval)")
+        for y, b, a in zip(ys, before, after or [(None, None, None)] * n):
+            if _num(b[0]) is None and _num(a[0]) is None:
+                ax.text(0.5, y, "no classified images", ha="center", va="center", fontsize=7, color=BEFORE_COLOR,
+                        style="italic")
         if planted is not None and any(p is not None for p in planted):
             px = [(p, y) for y, p in zip(ys, planted) if p is not None]
             ax.scatter([p for p, _ in px], [y for _, y in px], marker="x", s=22, color=PLANTED_COLOR,

@@ -545,7 +545,7 @@ def _add_charts(report: dict, assets: dict) -> None:
     if report["kind"] == "audit":
         before = [(r["share_female"], r["ci_low"], r["ci_high"]) for r in rows]
         after = None
-        names = ("audit", "")
+        names = ("share female", "")
     else:
         before = [(r["share_before"], r["ci_low_before"], r["ci_high_before"]) for r in rows]
         after = [(r["share_after"], r["ci_low_after"], r["ci_high_after"]) for r in rows]

@@ -55,6 +55,8 @@ def test_three_kinds_render_with_default_outputs(rendered):
         names = {row["profession"] for row in r["report"]["professions"]}
         csv_rows = r["csv"].read_text(encoding="utf-8").splitlines()
         assert len(csv_rows) == 1 + len(names)
+        header = csv_rows[0].split(",")
+        assert set(header) <= set(r["report"]["professions"][0]) and "profession" in header  # same names as JSON
         # nothing half-written is left behind
         assert not list(r["html_path"].parent.glob(".*.tmp"))
     assert set(r["profession"] for r in audit["report"]["professions"]) == set(runs.MINI_PROFESSIONS)
@@ -252,3 +254,23 @@ def test_cli_report(rendered, tmp_path, capsys):
         main(["report", str(tmp_path / "nope")])
     assert exc.value.code == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_charts_are_inline_pngs_and_skip_empty_searches():
+    from debias import charts
+
+    def png_size(uri: str) -> tuple[int, int]:
+        assert uri.startswith("data:image/png;base64,")
+        return Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).size
+
+    w, h = png_size(charts.share_chart(["a $x$", "b"], [(0.2, 0.1, 0.3), (None, None, None)],
+                                       [(0.5, 0.4, 0.6), (0.45, 0.3, 0.6)], 0.5, 0.05, planted=[0.2, None]))
+    w2, h2 = png_size(charts.share_chart([f"p{i}" for i in range(30)], [(0.5, 0.4, 0.6)] * 30, None, 0.5, 0.05))
+    assert w == w2 and h2 > 2 * h  # taller with more professions, same width
+    pts = [{"x": 10.0, "n_female": 5, "n_male": 5}, {"x": 100.0, "n_female": 9, "n_male": 1}]
+    assert png_size(charts.search_chart("nurse", pts, 30.0, 0.5, 0.05, 0.9))[0] > 300
+    assert charts.search_chart("nurse", [], None, 0.5, 0.05) is None
+    assert charts.search_chart("nurse", [{"x": 0.0, "n_female": 1, "n_male": 1},
+                                         {"x": 5.0, "n_female": 0, "n_male": 0}], None, 0.5, 0.05) is None
+    lo, hi = charts.wilson_interval(50, 100)
+    assert abs(lo - 0.4038) < 1e-3 and abs(hi - 0.5962) < 1e-3  # textbook Wilson interval
