@@ -130,6 +130,7 @@ def search_chart(
     tolerance: float,
     share_unedited: float | None = None,
     x_label: str = "λ (relative)",
+    fitted: tuple[float | None, float | None, float | None] | None = None,
 ) -> str | None:
     """Share vs λ on a log axis for one profession's search, with the chosen λ_p marked.
 
@@ -154,7 +155,12 @@ def search_chart(
             ax.errorbar([p["x"]], [s], yerr=[[s - lo], [hi - s]], fmt="o", color=AFTER_COLOR,
                         ms=2.5 + 1.2 * math.sqrt(k + m) / 4, elinewidth=0.8, alpha=0.85)
         if _num(chosen) and chosen > 0:
-            ax.axvline(chosen, color=PLANTED_COLOR, lw=1.1, ls="--", label=f"chosen {chosen:.3g}")
+            ax.axvline(chosen, color=PLANTED_COLOR, lw=1.1, ls="--", label=rf"$\lambda_p$ = {chosen:.3g}")
+            fs, flo, fhi = (_num(v) for v in (fitted or (None, None, None)))
+            if fs is not None:
+                err = [[fs - flo], [fhi - fs]] if flo is not None and fhi is not None else None
+                ax.errorbar([chosen], [fs], yerr=err, fmt="D", ms=4, color=PLANTED_COLOR, elinewidth=1.2,
+                            capsize=2, label=r"fit at $\lambda_p$", zorder=6)
         ax.set_xscale("log")
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel(x_label)
