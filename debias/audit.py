@@ -314,7 +314,8 @@ def print_summary(record: dict[str, Any], file=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(file=file or sys.stdout)
+    stream = file or sys.stdout
+    console = Console(file=stream, width=None if stream.isatty() else 110)
     mini = record["model"].get("is_mini")
     table = Table(title=f"Audit of {record['model'].get('spec')} ({record['prompt_set']} prompts)")
     for col in ("profession", "n", "unclear", "share female", "95% CI", "p", "Δ"):
