@@ -192,6 +192,7 @@ class ImageCache:
         self.rank = rank
         self.images: dict[str, dict] = {}  # key -> image record
         self.labels: dict[tuple[str, str], dict] = {}  # (key, classifier id) -> label record
+        self._read_upto: dict[Path, int] = {}  # bytes of each index file already read
         self.load()
 
     @property
@@ -202,11 +203,19 @@ class ImageCache:
         return self.root / "images" / f"{key}.png"
 
     def load(self) -> None:
-        """(Re)read every index file; torn or unreadable lines and records without a PNG are ignored."""
-        self.images.clear()
-        self.labels.clear()
+        """Read what is new in every index file (other processes append to theirs).
+
+        Only complete lines are read; a torn line (kill -9 mid-write) is skipped once the next
+        append has ended it. Records whose PNG is missing are ignored.
+        """
         for path in sorted((self.root / "index").glob("*.jsonl")):
-            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            start = self._read_upto.get(path, 0)
+            with open(path, "rb") as fh:
+                fh.seek(start)
+                data = fh.read()
+            end = data.rfind(b"\n") + 1  # stop after the last complete line
+            self._read_upto[path] = start + end
+            for line in data[:end].decode("utf-8", errors="replace").splitlines():
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError:
