@@ -274,3 +274,19 @@ def test_charts_are_inline_pngs_and_skip_empty_searches():
                                          {"x": 5.0, "n_female": 0, "n_male": 0}], None, 0.5, 0.05) is None
     lo, hi = charts.wilson_interval(50, 100)
     assert abs(lo - 0.4038) < 1e-3 and abs(hi - 0.5962) < 1e-3  # textbook Wilson interval
+
+
+def test_mixed_targets_get_one_verdict_each(tmp_path):
+    folder = runs.make_audit(tmp_path / "a")
+    data = json.loads((folder / "audit.json").read_text())
+    data["professions"][0]["target"] = 0.9  # nurse at 0.89 is within ±0.05 of its own target
+    (folder / "audit.json").write_text(json.dumps(data))
+    html_path = render_report([folder])
+    report = json.loads(twin_paths(html_path)[0].read_text())
+    assert report["summary"]["verdicts"] == [
+        {"target": 0.5, "n_professions": 3, "within_tolerance": 1},
+        {"target": 0.9, "n_professions": 1, "within_tolerance": 1}]
+    assert report["summary"]["within_tolerance"] == 2 and "target 0.5/0.9" in report["summary"]["conclusion"]
+    page = pagecheck.parse(html_path.read_text())
+    keys = {k["key"] for k in page.keys}
+    assert {"summary.verdicts.0.within_tolerance", "summary.verdicts.1.within_tolerance"} <= keys

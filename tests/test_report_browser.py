@@ -97,3 +97,22 @@ def test_prints_to_a_multi_page_pdf(report, tmp_path):
     boxes = re.findall(rb"/MediaBox\s*\[\s*0\s+0\s+([\d.]+)\s+([\d.]+)\s*\]", data)
     assert len(boxes) == pages
     assert all(abs(float(w) - 595.3) < 1 and abs(float(h) - 841.9) < 1 for w, h in boxes)
+
+
+def test_clicking_a_header_sorts_the_table(report, tmp_path):
+    """The inline script sorts by a column's data-sort values (here Δ after, ascending, then descending)."""
+    html = report["html"].read_text(encoding="utf-8")
+    click = ("<script>var th = document.querySelectorAll('table.results th')[2];"
+             "th.click(); th.click();</script></body>")
+    page_path = tmp_path / "clicked.html"
+    page_path.write_text(html.replace("</body>", click), encoding="utf-8")
+    proc = _run("--dump-dom", page_path.as_uri())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    page = pagecheck.parse(proc.stdout)
+    order = [a["data-profession"] for t, a in page.attrs_seen if t == "tr" and "data-profession" in a]
+    rows = {r["profession"]: r for r in report["data"]["professions"]}
+    deltas = [rows[name]["delta_after"] for name in order]
+    assert deltas == sorted(deltas, reverse=True) and len(set(deltas)) > 1  # second click: descending
+    assert order != [r["profession"] for r in report["data"]["professions"]]  # not the printed order (by Δ before)
+    headers = [a for t, a in page.attrs_seen if t == "th" and a.get("aria-sort")]
+    assert [h["aria-sort"] for h in headers] == ["descending"]
