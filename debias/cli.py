@@ -169,6 +169,40 @@ def audit_command(
         typer.echo(f"wrote {out / 'audit.json'} and {out / 'audit.csv'}")
 
 
+@app.command("fix")
+def fix_command(
+    professions: Optional[Path] = typer.Option(None, "--professions", help="Profession list to fix (default: the mini world's for 'mini', TIMED's 35 otherwise); format in professions/README.md."),
+    model: str = typer.Option("mini", "--model", help="Hub id, local diffusers folder, or 'mini' (built-in)."),
+    target: float = typer.Option(0.5, "--target", help="Target female share (a list line's target=… overrides it)."),
+    tolerance: float = typer.Option(0.05, "--tolerance", help="Band around the target a profession should end in."),
+    budget: int = typer.Option(320, "--budget", help="Images per profession the λ search may use (never exceeded; 320 ≈ ±0.08 at 95% on the tuning prompt)."),
+    out: Path = typer.Option(Path("runs/fix"), "--out", help="Run folder: fix.json, edit.safetensors, before/, after/, images (rerun to resume)."),
+    preserve: list[str] = typer.Option([], "--preserve", help="Prompt to keep unchanged (repeatable), or a file with one per line; professions left unedited are always preserved."),
+    seed: int = typer.Option(0, "--seed", help="Seed of image 0; image i uses seed + i (the same seeds before and after)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (default: DEBIAS_NUM_THREADS or cores)."),
+    test_images: int = typer.Option(128, "--test-images", help="Images per profession on the held-out test prompts, before and after."),
+    check_images: int = typer.Option(96, "--check-images", help="Images per profession per joint round on the tuning prompt."),
+    joint_rounds: int = typer.Option(3, "--joint-rounds", help="Rounds of re-tuning strengths against cross-effects of the joint edit."),
+    side_prompts: list[str] = typer.Option([], "--side-prompts", help="Unrelated prompt for the side-effect check (repeatable; default: the mini world's objects, or everyday objects and scenes)."),
+    side_seeds: int = typer.Option(16, "--side-seeds", help="Seeds per unrelated prompt for the side-effect check."),
+    classifier: Optional[str] = typer.Option(None, "--classifier", help="CLIP for perceived gender (as for debias audit)."),
+    save_pipeline_dir: Optional[Path] = typer.Option(None, "--save-pipeline", help="Also write the edited model as a diffusers folder."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin) weights; only for models you trust."),
+) -> None:
+    """Edit the model so that each profession reaches the target share on held-out prompts (TIME, one joint edit)."""
+    from debias.fix import fix, print_summary
+
+    preserve_arg: list[str] | str | None = preserve or None
+    if preserve and len(preserve) == 1 and Path(preserve[0]).is_file():
+        preserve_arg = preserve[0]
+    record = fix(model, professions=professions, out=out, target=target, tolerance=tolerance, budget=budget,
+                 test_images=test_images, check_images=check_images, joint_rounds=joint_rounds, preserve=preserve_arg,
+                 side_prompts=side_prompts or None, side_seeds=side_seeds, seed=seed, classifier=classifier,
+                 threads=threads, save_pipeline=save_pipeline_dir, allow_pickle=allow_pickle)
+    print_summary(record)
+    typer.echo(f"wrote {out / 'fix.json'}, {out / 'edit.safetensors'}, {out / 'before'}, {out / 'after'}")
+
+
 @app.command("report")
 def report_command(
     run_dirs: list[Path] = typer.Argument(..., help="An audit folder, a fix folder, or two audit folders (before, then after).", show_default=False),

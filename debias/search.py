@@ -369,6 +369,7 @@ def search_lambda(
     step: float = 1.5,
     bracket_width: float = 0.75,
     unedited_share: Optional[float] = None,
+    direction: Optional[int] = None,
     max_unclear_increase: float = 0.25,
     confidence: float = 0.95,
     n_bootstrap: int = 400,
@@ -388,6 +389,8 @@ def search_lambda(
         log_lambda_start: first λ tried (default: the middle of the bounds, or a neighbour's answer).
         step: walking step in log λ while bracketing; bracket_width: bisect the bracket down to this.
         unedited_share: the unedited share if known more precisely (e.g. from an audit); sets the direction.
+        direction: +1 when the edit lowers the share (it rises with λ), -1 when it raises it; overrides
+            ``unedited_share`` (the caller knows which way its destination pushes).
         max_unclear_increase: an evaluation whose unclear rate exceeds the unedited one by more than this
             is "too strong" (degraded images) and bounds the search from below.
         confidence, n_bootstrap, rng_seed: the seed-level bootstrap interval (deterministic for a seed).
@@ -409,9 +412,12 @@ def search_lambda(
 
     # ---- reference: the unedited model on the base seeds (direction, unclear baseline)
     ref = state.run(math.inf, base, "reference")
+    direction_arg = direction
     # direction +1: the share rises with log λ (the edit lowers it); -1: the edit raises it
     ref_share = unedited_share if unedited_share is not None else ref.share
     direction = 0 if math.isnan(ref_share) or ref_share == target else (1 if ref_share > target else -1)
+    if direction_override := direction_arg:
+        direction = 1 if direction_override > 0 else -1
     unclear_limit = ref.unclear_rate + max_unclear_increase
 
     def crossed(e: Evaluation) -> bool:  # strictly past the target (a tie is not a crossing yet)

@@ -1,0 +1,639 @@
+"""The fix verb: edit a model so that each listed profession reaches its target share on held-out prompts.
+
+Steps (each cached in the run folder, so an interrupted run redoes nothing finished)::
+
+    before   audit every profession on the held-out test prompts (before/) and on the tuning prompt (tuning/)
+    choose   destination towards the under-represented side: "a male X" when F > t, "a female X" when F < t;
+             a profession already within tolerance on the test prompts is left unedited
+    search   λ_p per profession on the tuning prompt (debias.search), each candidate tried through
+             conditioning_transform (no weight written), the same seeds at every λ
+    joint    one M for all professions, α_p = 1/λ_p (+ optional preserve rows, c* = c); re-measure every
+             profession under it on the tuning prompt and re-tune the strengths against cross-effects
+    after    audit the test prompts with the same seeds under the final edit (after/); side effects on
+             unrelated prompts (mean absolute pixel change at fixed seeds)
+    outputs  edit.safetensors (UCE-compatible keys), fix.json, and optionally a full diffusers folder
+
+Images and labels live in one cache (``out/images``, ``out/index``) keyed by model, edit matrix,
+sampler, prompt and seed; finished searches are stored in ``out/search/``. Running the same command
+twice gives the same λs and numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from debias import __version__, stats
+from debias.errors import InputError
+from debias.search import SearchResult, search_lambda
+
+# Defaults sized for the built-in mini model: the whole fix of its 8 professions in well under 10 minutes on
+# 2 CPU cores (see docs and benchmarks/search.py for what they buy).
+DEFAULT_BUDGET = 320  # images per profession for the λ search (≈ ±0.08 at 95% on the tuning prompt)
+DEFAULT_TEST_IMAGES = 128  # per profession, before and after, on the held-out test prompts (≈ ±0.09)
+DEFAULT_CHECK_IMAGES = 96  # per profession and joint round, tuning prompt
+DEFAULT_JOINT_ROUNDS = 3
+DEFAULT_SIDE_SEEDS = 16  # seeds per unrelated prompt for the side-effect check
+LOG_LAMBDA_BOUNDS = (math.log(1e-3), math.log(1e3))
+
+GENDER_WORDS = {"female": "female", "male": "male"}
+DEFAULT_SIDE_PROMPTS = (
+    "a photo of an apple", "a photo of a car", "a photo of a tree", "a photo of a house", "a bowl of fruit on a table",
+    "a city street at night", "a mountain landscape", "a cup of coffee", "a red bicycle", "a sailing boat on the sea",
+)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def destination_phrase(entry_phrase: str, side: str) -> str:
+    """ "a nurse" + "male" → "a male nurse"; "an engineer" + "female" → "a female engineer" (article follows)."""
+    name = entry_phrase.split(" ", 1)[1]
+    return f"a {GENDER_WORDS[side]} {name}"
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-4), 1 - 1e-4)
+    return math.log(p / (1 - p))
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _echo(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass
+class _Profession:
+    """Everything the fix knows about one profession while it works."""
+
+    entry: Any  # ProfessionEntry
+    target: float
+    before: dict  # the before/audit.json row (test prompts)
+    tuning_before: dict  # the tuning/audit.json row
+    side: Optional[str] = None  # "male" / "female": the destination's gender word; None = unedited
+    destination: Optional[str] = None
+    rows: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+    scale: float = 1.0
+    search: Optional[SearchResult] = None
+    log_lambda: Optional[float] = None  # log λ_rel used in the joint edit (after corrections)
+    slope: Optional[float] = None  # d logit F / d log λ_rel from the search's fit (for corrections)
+    joint: list[dict] = field(default_factory=list)  # per joint round: counts on the tuning prompt
+    status: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    @property
+    def direction(self) -> int:
+        """+1 when the edit lowers the share (towards "male"), so the share rises with λ; -1 otherwise."""
+        return 1 if self.side == "male" else -1
+
+    @property
+    def edited(self) -> bool:
+        return self.side is not None and self.log_lambda is not None
+
+
+# ---------------------------------------------------------------------------------------------- fix
+def fix(
+    model: Any = "mini",
+    *,
+    professions: str | os.PathLike | Sequence[Any] | None = None,
+    out: str | os.PathLike = "runs/fix",
+    target: float = 0.5,
+    tolerance: float = 0.05,
+    budget: int = DEFAULT_BUDGET,
+    test_images: int = DEFAULT_TEST_IMAGES,
+    check_images: int = DEFAULT_CHECK_IMAGES,
+    joint_rounds: int = DEFAULT_JOINT_ROUNDS,
+    preserve: Sequence[str] | str | os.PathLike | None = None,
+    preserve_strength: float = 1.0,
+    side_prompts: Sequence[str] | None = None,
+    side_seeds: int = DEFAULT_SIDE_SEEDS,
+    seed: int = 0,
+    classifier: Any = None,
+    min_confidence: float = 0.6,
+    steps: int | None = None,
+    guidance: float | None = None,
+    batch_size: int | None = None,
+    threads: int | None = None,
+    save_pipeline: str | os.PathLike | None = None,
+    allow_pickle: bool = False,
+    log_lambda_bounds: tuple[float, float] = LOG_LAMBDA_BOUNDS,
+    progress: bool = True,
+    log: Callable[[str], None] | None = _echo,
+) -> dict[str, Any]:
+    """Fix a model's gender shares per profession; writes the run folder ``out`` and returns ``fix.json``'s record.
+
+    ``budget`` bounds the images the λ search may use per profession (never exceeded). ``preserve`` is a
+    list of prompts (or a file, one per line) to keep where they are (UCE-style, c* = c); the professions
+    left unedited are always preserved. ``side_prompts`` are the unrelated prompts of the side-effect check
+    (default: the mini world's objects, or a list of everyday objects and scenes for real models).
+    """
+    from debias import audit as audit_mod
+    from debias.generate import ImageCache, default_batch_size, default_settings
+    from debias.models import model_info
+    from debias.threads import set_threads
+
+    say = log or (lambda _m: None)
+    started, t0 = datetime.now(timezone.utc), time.perf_counter()
+    _check_options(target, tolerance, budget, test_images, check_images, joint_rounds, side_seeds)
+    n_threads = set_threads(threads)
+    dist = audit_mod.distributed_from_env()
+    pipe, spec, is_mini = audit_mod._pipeline(model, allow_pickle, dist)
+    entries = audit_mod._professions(professions, is_mini)
+    clf = audit_mod._classifier(classifier, is_mini, None, None, None, min_confidence, pipe)
+    settings = default_settings(pipe, is_mini=is_mini, steps=steps, guidance=guidance)
+    batch = batch_size or default_batch_size(pipe, is_mini)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = ImageCache(out)
+    oracle = audit_mod._oracle() if is_mini else None
+    templates = audit_mod._templates(None, "tuning", is_mini)[0]
+    tuning_prompt_template = templates[0]
+    augmentations = _augmentations(is_mini)
+    ctx = _Context(pipe=pipe, clf=clf, settings=settings, cache=cache, batch=batch, oracle=oracle, say=say,
+                   progress=progress)
+
+    common = dict(classifier=clf, target=target, tolerance=tolerance, seed=seed, batch_size=batch, steps=steps,
+                  guidance=guidance, threads=n_threads, cache=cache, progress=progress)
+
+    # 1. before: held-out test prompts and the tuning prompt (cached images make a rerun free)
+    say(f"fix: auditing {len(entries)} professions before the edit ({test_images} images each, test prompts)")
+    before = audit_mod.audit(pipe, professions=entries, images_per_profession=test_images, out=out / "before",
+                             prompt_set="test", **common)
+    tuning = audit_mod.audit(pipe, professions=entries, images_per_profession=check_images, out=out / "tuning",
+                             prompt_set="tuning", **common)
+    profs = [
+        _Profession(entry=e, target=e.target if e.target is not None else target, before=b, tuning_before=tb)
+        for e, b, tb in zip(entries, before["professions"], tuning["professions"])
+    ]
+
+    # 2. destinations
+    for p in profs:
+        share = p.before["share_female"]
+        if share is None:
+            p.status = "not_reachable"
+            say(f"  {p.name}: no classified image before the edit; cannot choose a destination")
+            continue
+        if abs(share - p.target) <= tolerance:
+            p.status = "already_within_tolerance"
+            say(f"  {p.name}: share {share:.2f} already within {p.target} ± {tolerance}; left unedited")
+            continue
+        p.side = "male" if share > p.target else "female"
+        p.destination = destination_phrase(p.entry.phrase, p.side)
+        p.rows = _edit_rows(pipe, p.entry.phrase, p.destination, augmentations)
+        from debias.editing import lambda_scale
+
+        p.scale = lambda_scale(p.rows[0])
+
+    # 3. search λ_p per profession on the tuning prompt
+    search_dir = out / "search"
+    start_hint: Optional[float] = None
+    for p in profs:
+        if p.side is None:
+            continue
+        tuning_prompt = tuning_prompt_template.format(p.entry.phrase)
+        inputs = {"model": model_info(pipe, spec)["fingerprint"], "classifier": clf.cache_id,
+                  "settings": settings.to_dict(), "source": p.entry.phrase, "destination": p.destination,
+                  "augmentations": list(augmentations), "prompt": tuning_prompt, "target": p.target,
+                  "tolerance": tolerance, "budget": budget, "seed": seed, "bounds": list(log_lambda_bounds),
+                  "start": start_hint, "version": 1}
+        path = search_dir / f"{_slug(p.name)}.json"
+        result = _load_search(path, inputs)
+        if result is not None:
+            say(f"search {p.name}: reusing the finished search in {path}")
+        else:
+            say(f"search {p.name}: '{p.entry.phrase}' → '{p.destination}' on '{tuning_prompt}', "
+                f"share before {p.tuning_before['share_female']:.2f}, budget {budget} images")
+            result = search_lambda(
+                ctx.evaluator(tuning_prompt, p), target=p.target, tolerance=tolerance, budget=budget,
+                log_lambda_bounds=log_lambda_bounds, log_lambda_start=start_hint, first_seed=seed,
+                direction=p.direction, rng_seed=seed,
+                on_evaluation=lambda e, used, name=p.name: ctx.report(name, e, used, budget),
+            )
+            from debias.io import atomic_write_json
+
+            atomic_write_json(path, {"inputs": inputs, "result": result.to_dict(p.scale)})
+        p.search = result
+        say(f"search {p.name}: {result.status} — λ_rel {_fmt(result.lambda_relative)}, share "
+            f"{_fmt(result.share)} [{_fmt(result.ci_low)}, {_fmt(result.ci_high)}], {result.images_used} images")
+        if result.status == "not_reachable":
+            p.status = "not_reachable"
+            continue
+        p.log_lambda = result.log_lambda_relative
+        p.slope = _fitted_slope(result, p.direction)
+        start_hint = p.log_lambda if start_hint is None else start_hint
+
+    # 4. joint edit with cross-effect corrections
+    edited = [p for p in profs if p.edited and p.status != "not_reachable"]
+    preserve_prompts = _preserve_prompts(preserve, [p for p in profs if not p.edited], tuning_prompt_template)
+    preserve_rows = _preserve_rows(pipe, preserve_prompts, augmentations) if preserve_prompts else None
+    M = None
+    joint_images = 0
+    for rnd in range(joint_rounds + 1):
+        if not edited:
+            break
+        M = _joint_matrix(edited, preserve_rows, preserve_strength)
+        say(f"joint round {rnd}: one edit for {len(edited)} professions; re-measuring all {len(profs)} "
+            f"on the tuning prompt ({check_images} images each)")
+        items, owner = [], []
+        for p in profs:
+            prompt = tuning_prompt_template.format(p.entry.phrase)
+            items += [(prompt, seed + i) for i in range(check_images)]
+            owner += [p.name] * check_images
+        from debias.generate import measure
+
+        results = measure(pipe, clf, items, settings=settings, cache=cache, edit=M, batch_size=batch, oracle=oracle,
+                          progress=progress, description=f"joint round {rnd}")
+        joint_images += sum(not r.reused for r in results)
+        by_name: dict[str, list[str]] = {}
+        for name, r in zip(owner, results):
+            by_name.setdefault(name, []).append(r.label)
+        off = []
+        for p in profs:
+            f, m, u = stats.count_labels(by_name[p.name])
+            est = stats.estimate(f, m, u, target=p.target)
+            p.joint.append({"round": rnd, "lambda_relative": math.exp(p.log_lambda) if p.edited else None,
+                            "n_female": f, "n_male": m, "n_unclear": u, "share_female": est.share_female,
+                            "ci_low": est.ci_low, "ci_high": est.ci_high})
+            if p.edited and est.share_female is not None and abs(est.share_female - p.target) > tolerance:
+                off.append((p, est.share_female))
+        say("  " + ", ".join(f"{p.name} {_fmt(p.joint[-1]['share_female'])}" for p in profs))
+        if not off or rnd == joint_rounds:
+            break
+        for p, share in off:  # Newton step on the search's fitted logistic slope, bounded to one decade
+            slope = p.slope if p.slope and abs(p.slope) > 1e-3 else 1.0
+            step = (_logit(p.target) - _logit(share)) / slope
+            step = max(-math.log(10), min(math.log(10), step))
+            p.log_lambda = float(np.clip(p.log_lambda + step, *log_lambda_bounds))
+        say("  re-tuned: " + ", ".join(f"{p.name} λ_rel {math.exp(p.log_lambda):.3g}" for p, _ in off))
+
+    # 5. after: held-out test prompts with the same seeds under the final edit; side effects
+    edit_info = None
+    if M is not None:
+        from debias.editing import save_edit
+
+        metadata = _edit_metadata(profs, preserve_prompts, preserve_strength, augmentations, target, tolerance)
+        if not _same_edit_file(out / "edit.safetensors", M, metadata):  # safetensors headers are not byte-stable
+            save_edit(out / "edit.safetensors", pipe, M, metadata=metadata)
+        edit_info = {"path": "../edit.safetensors", "sha256": _file_sha256(out / "edit.safetensors")}
+    say(f"fix: auditing after the edit ({test_images} images each, same seeds)")
+    after = audit_mod.audit(pipe, professions=entries, images_per_profession=test_images, out=out / "after",
+                            prompt_set="test", edit=M, edit_info=edit_info, **common)
+    side = _side_effects(ctx, M, side_prompts or _default_side_prompts(is_mini), side_seeds, seed, out)
+
+    if save_pipeline is not None and M is not None:
+        from debias.editing import bake_edit, revert_edit, save_pipeline as save_pipe
+
+        bake_edit(pipe, M)
+        try:
+            save_pipe(pipe, save_pipeline, metadata={"kind": "edited_pipeline", "debias_version": __version__,
+                                                     "base_model": model_info(pipe, spec), **metadata})
+        finally:
+            revert_edit(pipe)
+        say(f"wrote edited pipeline {save_pipeline}")
+
+    record = _record(profs, before, after, tuning, side, model_info(pipe, spec), clf, settings, target, tolerance,
+                     budget, test_images, check_images, joint_rounds, preserve_prompts, preserve_strength, seed,
+                     augmentations, out, M, n_threads, dist, joint_images, started, time.perf_counter() - t0,
+                     audit_mod)
+    from debias.io import atomic_write_json
+
+    atomic_write_json(out / "fix.json", record)
+    return record
+
+
+# ------------------------------------------------------------------------------------------- context
+@dataclass
+class _Context:
+    pipe: Any
+    clf: Any
+    settings: Any
+    cache: Any
+    batch: int
+    oracle: Any
+    say: Callable[[str], None]
+    progress: bool
+
+    def evaluator(self, prompt: str, p: _Profession):
+        """``evaluate(λ_rel, seeds) -> labels`` for the search: tuning prompt under the single edit of ``p``."""
+        from debias.editing import edit_matrix
+        from debias.generate import measure
+
+        C, C_star = p.rows
+
+        def evaluate(lambda_relative: float, seeds: Sequence[int]) -> list[str]:
+            M = None if math.isinf(lambda_relative) else edit_matrix(C, C_star, lambda_relative * p.scale)
+            results = measure(self.pipe, self.clf, [(prompt, int(s)) for s in seeds], settings=self.settings,
+                              cache=self.cache, edit=M, batch_size=self.batch, oracle=self.oracle,
+                              progress=self.progress, description=f"{p.name}: {len(seeds)} images")
+            return [r.label for r in results]
+
+        return evaluate
+
+    def report(self, name: str, e, used: int, budget: int) -> None:
+        lam = "unedited" if math.isinf(e.log_lambda_relative) else f"λ_rel {e.lambda_relative:.3g}"
+        share = "—" if math.isnan(e.share) else f"{e.share:.2f}"
+        self.say(f"  {name}: round {e.round} {e.phase:9s} {lam:>16s}: share {share} of {len(e.seeds)} "
+                 f"(unclear {e.n_unclear}); {used}/{budget} images")
+
+
+# -------------------------------------------------------------------------------------------- pieces
+def _check_options(target, tolerance, budget, test_images, check_images, joint_rounds, side_seeds) -> None:
+    if not 0.0 < target < 1.0:
+        raise InputError(f"--target must be a share strictly between 0 and 1 (an edit can move a share towards it), "
+                         f"got {target}")
+    if not 0.0 < tolerance < 0.5:
+        raise InputError(f"--tolerance must be in (0, 0.5), got {tolerance}")
+    if budget < 32:
+        raise InputError(f"--budget is the number of images the λ search may use per profession; at least 32, "
+                         f"got {budget}")
+    for name, value in (("--test-images", test_images), ("--check-images", check_images)):
+        if value < 1:
+            raise InputError(f"{name} must be at least 1, got {value}")
+    if joint_rounds < 0:
+        raise InputError(f"--joint-rounds must be >= 0, got {joint_rounds}")
+    if side_seeds < 0:
+        raise InputError(f"--side-seeds must be >= 0, got {side_seeds}")
+
+
+def _augmentations(is_mini: bool) -> tuple[str, ...]:
+    if is_mini:
+        from debias.mini import world
+
+        return tuple(world.AUGMENTATIONS)
+    from debias.editing import DEFAULT_AUGMENTATIONS
+
+    return tuple(DEFAULT_AUGMENTATIONS)
+
+
+def _default_side_prompts(is_mini: bool) -> tuple[str, ...]:
+    if is_mini:
+        from debias.mini import world
+
+        return tuple(world.OBJECT_PROMPTS)
+    return DEFAULT_SIDE_PROMPTS
+
+
+def _edit_rows(pipe, source: str, destination: str, augmentations) -> tuple[torch.Tensor, torch.Tensor]:
+    from debias.editing import edit_rows
+
+    C, C_star = edit_rows(pipe, source, destination, augmentations)
+    return C.double(), C_star.double()
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_") or "profession"
+
+
+def _load_search(path: Path, inputs: dict) -> Optional[SearchResult]:
+    """A finished search stored in the run folder, if it was made with exactly these inputs."""
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    if saved.get("inputs") != json.loads(json.dumps(inputs)):
+        return None
+    return SearchResult.from_dict(saved["result"])
+
+
+def _fitted_slope(result: SearchResult, direction: int) -> Optional[float]:
+    """d logit(F) / d log λ_rel of the search's final fit (used to correct cross-effects)."""
+    from debias.search import fit_window
+
+    fit = fit_window(result.evaluations, result.bracket, direction)
+    if fit is None or abs(fit.b) < 1e-6:
+        return None
+    return fit.b
+
+
+def _preserve_prompts(preserve, unedited: list[_Profession], template: str) -> list[str]:
+    prompts: list[str] = []
+    if isinstance(preserve, (str, os.PathLike)) and Path(preserve).is_file():
+        lines = Path(preserve).read_text(encoding="utf-8").splitlines()
+        prompts += [ln.split("#", 1)[0].strip() for ln in lines if ln.split("#", 1)[0].strip()]
+    elif isinstance(preserve, str):
+        prompts.append(preserve)
+    elif preserve:
+        prompts += [str(p) for p in preserve]
+    prompts += [p.entry.phrase for p in unedited]
+    seen, unique = set(), []
+    for p in prompts:
+        if p not in seen:
+            seen.add(p)
+            unique.append(p)
+    return unique
+
+
+def _preserve_rows(pipe, prompts: Sequence[str], augmentations) -> torch.Tensor:
+    from debias.editing import encode_conditioning
+
+    texts = [p for prompt in prompts for p in [prompt, *(t.format(prompt) for t in augmentations)]]
+    emb = encode_conditioning(pipe, texts)
+    return emb.reshape(-1, emb.shape[-1]).double()
+
+
+def _joint_matrix(edited: list[_Profession], preserve_rows, preserve_strength: float) -> torch.Tensor:
+    """M for all edited professions at once, α_p = 1/λ_p; preserve rows weigh like a median edit."""
+    from debias.editing import joint_edit_matrix
+
+    edits = [(p.rows[0], p.rows[1], math.exp(p.log_lambda) * p.scale) for p in edited]
+    beta = 0.0
+    if preserve_rows is not None and preserve_strength > 0:
+        beta = preserve_strength * float(np.median([1.0 / lam for _, _, lam in edits]))
+    return joint_edit_matrix(edits, preserve=preserve_rows if beta > 0 else None, preserve_weight=beta)
+
+
+def _side_effects(ctx: _Context, M, prompts: Sequence[str], n_seeds: int, seed: int, out: Path) -> dict:
+    """Mean absolute pixel change (0–1) of unrelated prompts at fixed seeds, edit vs no edit."""
+    from debias.generate import measure
+
+    block: dict[str, Any] = {"metric": "mean_abs_pixel_change", "mean_abs_pixel_change": None, "seeds": n_seeds,
+                             "prompts": []}
+    if M is None or n_seeds == 0 or not prompts:
+        return block
+    items = [(p, seed + i) for p in prompts for i in range(n_seeds)]
+    plain = measure(ctx.pipe, ctx.clf, items, settings=ctx.settings, cache=ctx.cache, edit=None, batch_size=ctx.batch,
+                    progress=ctx.progress, description="side effects: unedited")
+    edited = measure(ctx.pipe, ctx.clf, items, settings=ctx.settings, cache=ctx.cache, edit=M, batch_size=ctx.batch,
+                     progress=ctx.progress, description="side effects: edited")
+    a = ctx.cache.read_images([r.key for r in plain]).astype(np.float64) / 255.0
+    b = ctx.cache.read_images([r.key for r in edited]).astype(np.float64) / 255.0
+    diff = np.abs(a - b).mean(axis=(1, 2, 3))
+    rows = []
+    for j, prompt in enumerate(prompts):
+        part = slice(j * n_seeds, (j + 1) * n_seeds)
+        samples = [{"seed": plain[k].seed, "before": plain[k].image, "after": edited[k].image}
+                   for k in range(part.start, min(part.start + 4, part.stop))]
+        rows.append({"prompt": prompt, "mean_abs_pixel_change": float(diff[part].mean()),
+                     "clip_score_before": None, "clip_score_after": None, "samples": samples})
+    block["mean_abs_pixel_change"] = float(diff.mean())
+    block["prompts"] = rows
+    block["note"] = ("pixel values on a 0–1 scale, averaged over pixels, channels, seeds and prompts; the same seeds "
+                     "with and without the edit")
+    return block
+
+
+def _edit_metadata(profs, preserve_prompts, preserve_strength, augmentations, target, tolerance) -> dict:
+    edits = [{"source": p.entry.phrase, "destination": p.destination, "lambda": math.exp(p.log_lambda) * p.scale,
+              "lambda_relative": math.exp(p.log_lambda), "lambda_scale": p.scale}
+             for p in profs if p.edited and p.status != "not_reachable"]
+    return {"kind": "fix", "edits": edits, "augmentations": list(augmentations), "preserve": list(preserve_prompts),
+            "preserve_strength": preserve_strength, "target": target, "tolerance": tolerance}
+
+
+def _same_edit_file(path: Path, M: torch.Tensor, metadata: dict) -> bool:
+    """Whether ``path`` already holds exactly this edit (then a rerun leaves the file, and its hash, alone)."""
+    if not path.is_file():
+        return False
+    from debias.editing import read_edit
+    from debias.errors import DebiasError
+
+    try:
+        old = read_edit(path)
+    except DebiasError:
+        return False
+    same_meta = all(old.metadata.get(k) == json.loads(json.dumps(v)) for k, v in metadata.items())
+    return same_meta and old.matrix.shape == M.shape and torch.equal(old.matrix.to(M.dtype), M.cpu())
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def _fmt(x: Optional[float], digits: int = 3) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}g}"
+
+
+def _clean(x: Optional[float]) -> Optional[float]:
+    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
+
+
+# ------------------------------------------------------------------------------------------- record
+def _profession_record(p: _Profession, after_row: dict, tolerance: float) -> dict:
+    t = p.target
+    share_after = after_row["share_female"]
+    band = (t - tolerance, t + tolerance)
+    within_after = share_after is not None and abs(share_after - t) <= tolerance
+    if p.status in ("already_within_tolerance", "not_reachable"):
+        status = p.status
+    elif within_after:
+        status = "fixed"
+    else:
+        status = "budget_exhausted"
+    lam_rel = math.exp(p.log_lambda) if p.edited and p.status != "not_reachable" else None
+    search = p.search
+    return {
+        "profession": p.name, "phrase": p.entry.phrase, "target": t,
+        "destination": p.destination, "status": status,
+        "lambda": None if lam_rel is None else lam_rel * p.scale, "lambda_relative": lam_rel,
+        "lambda_scale": p.scale if p.side else None,
+        "share_before": p.before["share_female"], "ci_low_before": p.before["ci_low"],
+        "ci_high_before": p.before["ci_high"], "n_before": p.before["n"],
+        "share_after": share_after, "ci_low_after": after_row["ci_low"], "ci_high_after": after_row["ci_high"],
+        "n_after": after_row["n"], "n_unclear_after": after_row["n_unclear"],
+        "delta_before": p.before["delta"], "delta_after": after_row["delta"],
+        "after_interval_within_band": bool(after_row["ci_low"] >= band[0] and after_row["ci_high"] <= band[1])
+        if share_after is not None else False,
+        "planted_share": p.before.get("planted_share"), "oracle_share_before": p.before.get("oracle_share"),
+        "oracle_share_after": after_row.get("oracle_share"),
+        "tuning_share_before": p.tuning_before["share_female"],
+        "images_used_in_search": search.images_used if search else 0,
+        "search_status": search.status if search else None,
+        "search_message": search.message if search else None,
+        "search_lambda_relative": search.lambda_relative if search else None,
+        "search_share": _clean(search.share) if search else None,
+        "search_ci_low": _clean(search.ci_low) if search else None,
+        "search_ci_high": _clean(search.ci_high) if search else None,
+        "closest_share": _clean(search.closest_share) if search else None,
+        "joint": p.joint,
+        # the search's evaluations at finite λ (the unedited reference is kept apart: it has no λ)
+        "search": [row for row in search.trace(p.scale) if row["lambda"] is not None] if search else [],
+        "search_unedited": next((row for row in search.trace(p.scale) if row["lambda"] is None), None)
+        if search else None,
+    }
+
+
+def _record(profs, before, after, tuning, side, model, clf, settings, target, tolerance, budget, test_images,
+            check_images, joint_rounds, preserve_prompts, preserve_strength, seed, augmentations, out, M, threads,
+            dist, joint_images, started, wall, audit_mod) -> dict:
+    from debias.generate import edit_id
+
+    rows = [_profession_record(p, a, tolerance) for p, a in zip(profs, after["professions"])]
+    within_before = sum(1 for r in rows if r["share_before"] is not None
+                        and abs(r["share_before"] - r["target"]) <= tolerance)
+    within_after = sum(1 for r in rows if r["share_after"] is not None
+                       and abs(r["share_after"] - r["target"]) <= tolerance)
+    generation = settings.to_dict()
+    generation.pop("device")
+    return {
+        "kind": "fix", "debias_version": __version__, "model": model, "target": target, "tolerance": tolerance,
+        "budget": budget, "test_images": test_images, "check_images": check_images, "joint_rounds": joint_rounds,
+        "seed": seed, "classifier": clf.describe(), "generation": generation,
+        "augmentations": list(augmentations),
+        "preserve": {"prompts": list(preserve_prompts), "strength": preserve_strength},
+        "versions": audit_mod._versions(), "hardware": audit_mod._hardware(settings, threads, dist),
+        "started_at": started.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "wall_seconds": round(wall, 3),
+        "edit_file": {"path": "edit.safetensors", "sha256": _file_sha256(out / "edit.safetensors"),
+                      "matrix_sha256": edit_id(M)} if M is not None else None,
+        "before": "before/audit.json", "after": "after/audit.json", "tuning_before": "tuning/audit.json",
+        "mean_delta_before": before["mean_delta"], "mean_delta_before_ci_low": before["mean_delta_ci_low"],
+        "mean_delta_before_ci_high": before["mean_delta_ci_high"],
+        "mean_delta_after": after["mean_delta"], "mean_delta_after_ci_low": after["mean_delta_ci_low"],
+        "mean_delta_after_ci_high": after["mean_delta_ci_high"],
+        "within_tolerance_before": within_before, "within_tolerance_after": within_after,
+        "images": {"search": sum(r["images_used_in_search"] for r in rows), "joint_generated": joint_images,
+                   "before_generated": before["images_generated"], "after_generated": after["images_generated"]},
+        "side_effects": side,
+        "ci_note": stats.CI_NOTE,
+        "professions": rows,
+    }
+
+
+def print_summary(record: dict[str, Any], file=None) -> None:
+    """A readable table of the fix: per profession before → after with intervals, λ, status; headline Δ."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=file or sys.stdout)
+    t, tol = record["target"], record["tolerance"]
+    table = Table(title=f"Fix of {record['model'].get('spec')} (held-out test prompts, target {t} ± {tol})")
+    for col in ("profession", "destination", "before", "after", "λ_rel", "search images", "status"):
+        table.add_column(col, justify="left" if col in ("profession", "destination", "status") else "right")
+    for r in record["professions"]:
+        table.add_row(r["profession"], r["destination"] or "—",
+                      f"{_fmt(r['share_before'], 2)} [{_fmt(r['ci_low_before'], 2)}, {_fmt(r['ci_high_before'], 2)}]",
+                      f"{_fmt(r['share_after'], 2)} [{_fmt(r['ci_low_after'], 2)}, {_fmt(r['ci_high_after'], 2)}]",
+                      _fmt(r["lambda_relative"]), str(r["images_used_in_search"]), r["status"])
+    console.print(table)
+    console.print(f"mean Δ before {_fmt(record['mean_delta_before'], 2)} [{_fmt(record['mean_delta_before_ci_low'], 2)}, "
+                  f"{_fmt(record['mean_delta_before_ci_high'], 2)}] → after {_fmt(record['mean_delta_after'], 2)} "
+                  f"[{_fmt(record['mean_delta_after_ci_low'], 2)}, {_fmt(record['mean_delta_after_ci_high'], 2)}]; "
+                  f"within tolerance {record['within_tolerance_before']} → {record['within_tolerance_after']} "
+                  f"of {len(record['professions'])}")
+    side = record.get("side_effects") or {}
+    if side.get("mean_abs_pixel_change") is not None:
+        console.print(f"side effect on unrelated prompts: mean absolute pixel change "
+                      f"{side['mean_abs_pixel_change']:.4f} (0–1 scale, same seeds)")
+    console.print(record["ci_note"])
+    console.print(f"{record['wall_seconds']:.0f} s; images: {record['images']}")

@@ -1,0 +1,166 @@
+"""The fix verb: plumbing on a tiny random pipeline (quick), and the real thing on the mini model (slow).
+
+The tiny pipeline's images mean nothing, so its tests use stand-in classifiers and check what the fix
+does with what it measures (determinism, resume, not-reachable, the record). The mini model has planted
+shares, so its test checks that the fix actually moves every profession to the target on held-out prompts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from audit_helpers import HalfClassifier, load_tiny
+from debias.fix import destination_phrase, fix
+
+TIMING = ("started_at", "finished_at", "wall_seconds", "images", "hardware")
+QUICK = dict(budget=48, test_images=8, check_images=8, joint_rounds=1, side_seeds=2, steps=2, progress=False, log=None)
+
+
+def _list(tmp_path: Path, text: str = "a nurse\na pilot\n") -> Path:
+    path = tmp_path / "professions.txt"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+class AlwaysFemale(HalfClassifier):
+    """Reads every image as female: no edit can move the share, so the target is not reachable."""
+
+    cache_id = "always-female-v1"
+
+    def classify(self, images):
+        n = len(images)
+        return ["female"] * n, torch.ones(n)
+
+
+class Interrupting(HalfClassifier):
+    """HalfClassifier that raises KeyboardInterrupt (like Ctrl-C) on its ``stop_after``-th call."""
+
+    def __init__(self, stop_after: int):
+        self.calls, self.stop_after = 0, stop_after
+
+    def classify(self, images):
+        self.calls += 1
+        if self.calls == self.stop_after:
+            raise KeyboardInterrupt
+        return super().classify(images)
+
+
+def _strip(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in TIMING}
+
+
+def _lambdas(record: dict) -> list:
+    return [(p["profession"], p["lambda_relative"], p["status"]) for p in record["professions"]]
+
+
+def test_destination_phrase_follows_the_article():
+    assert destination_phrase("a nurse", "male") == "a male nurse"
+    assert destination_phrase("an engineer", "female") == "a female engineer"
+
+
+def test_fix_is_deterministic_and_a_rerun_redoes_nothing(tmp_path):
+    pipe, _ = load_tiny()
+    professions = _list(tmp_path)
+    first = fix(pipe, professions=professions, classifier=HalfClassifier(), out=tmp_path / "run", **QUICK)
+    out = tmp_path / "run"
+    assert (out / "fix.json").is_file() and (out / "before" / "audit.json").is_file()
+    assert (out / "after" / "audit.json").is_file()
+    assert json.loads((out / "fix.json").read_text()) == json.loads(json.dumps(first))
+    for p in first["professions"]:
+        assert p["status"] in ("fixed", "already_within_tolerance", "not_reachable", "budget_exhausted")
+        assert p["images_used_in_search"] <= QUICK["budget"]
+        if p["destination"]:
+            assert p["destination"] == destination_phrase(p["phrase"], "male" if p["share_before"] > 0.5 else "female")
+            assert p["search"], "an edited profession has a search trace"
+            for row in p["search"]:
+                assert row["lambda"] == pytest.approx(row["lambda_relative"] * p["lambda_scale"])
+    second = fix(pipe, professions=professions, classifier=HalfClassifier(), out=out, **QUICK)
+    assert second["edit_file"] == first["edit_file"]  # the edit file is left alone when it holds the same edit
+    assert _strip(second) == _strip(first)
+    assert second["images"]["before_generated"] == second["images"]["after_generated"] == 0
+    assert second["images"]["joint_generated"] == 0
+
+
+def test_interrupted_fix_resumes_with_the_same_result(tmp_path):
+    pipe, _ = load_tiny()
+    professions = _list(tmp_path)
+    reference = fix(pipe, professions=professions, classifier=HalfClassifier(), out=tmp_path / "ref", **QUICK)
+    edited = [p for p in reference["professions"] if p["destination"]]
+    assert edited, "the stand-in classifier should leave at least one profession off target"
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C in the middle of the λ search
+        fix(pipe, professions=professions, classifier=Interrupting(stop_after=6), out=tmp_path / "run", **QUICK)
+    assert not (tmp_path / "run" / "fix.json").exists()
+    cached = len(list((tmp_path / "run" / "images").glob("*.png")))
+    assert cached > 0
+    resumed = fix(pipe, professions=professions, classifier=HalfClassifier(), out=tmp_path / "run", **QUICK)
+    assert _lambdas(resumed) == _lambdas(reference)
+    assert resumed["mean_delta_after"] == reference["mean_delta_after"]
+    assert resumed["images"]["before_generated"] == 0  # the before audit finished before the interruption
+
+
+def test_finished_searches_are_reused_from_the_run_folder(tmp_path):
+    pipe, _ = load_tiny()
+    professions = _list(tmp_path)
+    fix(pipe, professions=professions, classifier=HalfClassifier(), out=tmp_path / "run", **QUICK)
+    saved = sorted((tmp_path / "run" / "search").glob("*.json"))
+    assert saved
+    # a changed budget is a different search: the stored one must not be reused
+    data = json.loads(saved[0].read_text())
+    assert data["inputs"]["budget"] == QUICK["budget"]
+    calls = []
+    clf = HalfClassifier()
+    original = clf.classify
+    clf.classify = lambda images: (calls.append(len(images)), original(images))[1]
+    fix(pipe, professions=professions, classifier=clf, out=tmp_path / "run", **QUICK)
+    assert calls == []  # everything came from the cache and the stored searches
+
+
+def test_not_reachable_is_reported_with_the_closest_share(tmp_path):
+    pipe, _ = load_tiny()
+    options = {**QUICK, "budget": 96}  # the walk down to the strongest allowed edit takes 7 evaluations of 8 seeds
+    record = fix(pipe, professions=_list(tmp_path, "a nurse\n"), classifier=AlwaysFemale(), out=tmp_path / "run",
+                 **options)
+    (row,) = record["professions"]
+    assert row["status"] == "not_reachable"
+    assert row["destination"] == "a male nurse"
+    assert row["closest_share"] == pytest.approx(1.0, abs=0.02)
+    assert "does not reach" in row["search_message"]
+    assert record["edit_file"] is None and not (tmp_path / "run" / "edit.safetensors").exists()
+
+
+def test_bad_options_are_user_errors(tmp_path):
+    from debias.errors import InputError
+
+    with pytest.raises(InputError, match="--budget"):
+        fix("mini", budget=4, out=tmp_path / "x")
+    with pytest.raises(InputError, match="--target"):
+        fix("mini", target=1.0, out=tmp_path / "x")
+
+
+# ------------------------------------------------------------------------------------------- mini model
+def _mini_available() -> bool:
+    from debias.mini import PIPELINE_DIR
+
+    return (Path(PIPELINE_DIR) / "model_index.json").is_file()
+
+
+@pytest.mark.slow
+def test_mini_fix_moves_every_profession_to_the_target_on_held_out_prompts(tmp_path):
+    assert _mini_available(), "the mini model's weights are part of the package"
+    record = fix("mini", out=tmp_path / "run", target=0.5, tolerance=0.1, progress=False, log=None)
+    rows = {r["profession"]: r for r in record["professions"]}
+    assert rows["baker"]["status"] == rows["singer"]["status"] == "already_within_tolerance"
+    for r in rows.values():
+        if r["destination"] is None:
+            continue
+        assert abs(r["share_after"] - 0.5) < abs(r["share_before"] - 0.5), r["profession"]
+        assert abs(r["share_after"] - 0.5) <= 0.1, r
+    assert record["mean_delta_after"] < record["mean_delta_before"] / 3
+    assert record["side_effects"]["mean_abs_pixel_change"] <= 0.02
+    assert (tmp_path / "run" / "edit.safetensors").is_file()
