@@ -34,7 +34,7 @@ import os
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -312,12 +312,18 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 def generate_images(pipe, prompts: Sequence[str], seeds: Sequence[int], settings: SamplerSettings) -> np.ndarray:
     """One pipeline call: ``len(prompts)`` images, image i drawn from its own generator seeded ``seeds[i]``."""
+    return _pipeline_call(pipe, prompts, seeds, settings)[0]
+
+
+def _pipeline_call(pipe, prompts, seeds, settings) -> tuple[np.ndarray, list[bool]]:
+    """Images and, per image, whether a safety checker blanked it (such an image shows no one: unclear)."""
     generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
     with torch.inference_mode():
         out = pipe(prompt=list(prompts), generator=generators, num_inference_steps=settings.steps,
                    guidance_scale=settings.guidance, height=settings.height, width=settings.width,
                    output_type="np")
-    return to_uint8(out.images)
+    flags = getattr(out, "nsfw_content_detected", None) or [False] * len(prompts)
+    return to_uint8(out.images), [bool(f) for f in flags]
 
 
 def _progress(total: int, enabled: bool, description: str):
@@ -377,10 +383,10 @@ def measure(
             batch = to_generate[start:start + batch_size]
             prompts = [unique[k][0] for k in batch]
             seeds = [unique[k][1] for k in batch]
-            images = _generate(pipe, prompts, seeds, settings, edit)
+            images, blanked = _generate(pipe, prompts, seeds, settings, edit)
             oracles = oracle(images) if oracle is not None else [None] * len(batch)
-            cache.put_images([_image_record(k, p, s, cache, o) for k, p, s, o in zip(batch, prompts, seeds, oracles)],
-                             images)
+            cache.put_images([_image_record(k, p, s, o, b)
+                              for k, p, s, o, b in zip(batch, prompts, seeds, oracles, blanked)], images)
             _label(cache, classifier, batch, images)
             if prog:
                 prog.advance(task, len(batch))
@@ -402,25 +408,28 @@ def measure(
     return results
 
 
-def _generate(pipe, prompts, seeds, settings, edit) -> np.ndarray:
+def _generate(pipe, prompts, seeds, settings, edit) -> tuple[np.ndarray, list[bool]]:
     if edit is None:
-        return generate_images(pipe, prompts, seeds, settings)
+        return _pipeline_call(pipe, prompts, seeds, settings)
     from debias.editing import conditioning_transform
 
     with conditioning_transform(pipe, edit):
-        return generate_images(pipe, prompts, seeds, settings)
+        return _pipeline_call(pipe, prompts, seeds, settings)
 
 
-def _image_record(key: str, prompt: str, seed: int, cache: ImageCache, oracle: str | None) -> dict:
+def _image_record(key: str, prompt: str, seed: int, oracle: str | None, blanked: bool) -> dict:
     rec = {"key": key, "prompt": prompt, "seed": int(seed), "image": f"images/{key}.png"}
     if oracle is not None:
         rec["oracle"] = oracle
+    if blanked:
+        rec["blanked"] = True  # the pipeline's safety checker replaced it with a black image
     return rec
 
 
 def _label(cache: ImageCache, classifier, keys: Sequence[str], images: np.ndarray) -> None:
     labels, p_female = classifier.classify(images)
     p = p_female.tolist() if hasattr(p_female, "tolist") else list(p_female)
+    labels = ["unclear" if cache.images.get(k, {}).get("blanked") else lab for k, lab in zip(keys, labels)]
     cache.put_labels([{"key": k, "classifier": classifier.cache_id, "label": lab, "p_female": round(float(pf), 6)}
                       for k, lab, pf in zip(keys, labels, p)])
 

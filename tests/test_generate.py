@@ -173,3 +173,19 @@ def test_baked_weights_change_the_model_key(tiny) -> None:
     finally:
         revert_edit(pipe)
     assert model_key(pipe).split("+")[0] == before
+
+
+def test_images_blanked_by_a_safety_checker_are_unclear(tiny, tmp_path: Path, monkeypatch) -> None:
+    pipe, clf, settings = tiny
+    original = pipe.__class__.__call__
+
+    def flagged(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        out.nsfw_content_detected = [seed.initial_seed() == 1 for seed in kwargs["generator"]]
+        return out
+
+    _, plain = _run(tiny, tmp_path / "plain", items=ITEMS[:4])
+    assert plain[1].label != "unclear"
+    monkeypatch.setattr(pipe.__class__, "__call__", flagged)
+    _, results = _run(tiny, tmp_path / "flagged", items=ITEMS[:4])
+    assert [r.label for r in results] == [r.label if i != 1 else "unclear" for i, r in enumerate(plain)]
