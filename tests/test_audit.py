@@ -196,3 +196,25 @@ def test_cli_unknown_model_folder_and_bad_options(tmp_path: Path, capsys) -> Non
     assert "--templates" in err
     err = _cli_error(capsys, _cli_args(tmp_path / "o", _list(tmp_path), 2, ("--prompt-set", "validation")))
     assert "--prompt-set" in err
+
+
+# ------------------------------------------------------------------------------------------ mini model
+@pytest.mark.slow
+def test_mini_model_audit_reads_the_planted_bias(tmp_path: Path) -> None:
+    """On the shipped mini model the audit recovers the ordering of planted shares, and the CLIP reading
+    agrees with the pixel oracle (the ground truth of what was drawn)."""
+    from debias.prompts import ProfessionEntry
+
+    entries = [ProfessionEntry("a nurse"), ProfessionEntry("a baker"), ProfessionEntry("an engineer")]
+    rec = audit("mini", professions=entries, images_per_profession=32, out=tmp_path / "mini", prompt_set="tuning",
+                progress=False)
+    rows = {r["profession"]: r for r in rec["professions"]}
+    assert rec["model"]["is_mini"] and rec["classifier"]["backend"] == "mini-clip"
+    assert [rows[p]["planted_share"] for p in ("nurse", "baker", "engineer")] == [0.9, 0.5, 0.1]
+    assert rows["nurse"]["share_female"] > rows["baker"]["share_female"] > rows["engineer"]["share_female"]
+    assert rows["nurse"]["ci_low"] > 0.5 > rows["engineer"]["ci_high"]
+    for r in rows.values():
+        assert r["n_unclear"] <= 0.2 * r["n"]
+        assert r["agreement"] >= 0.9
+        assert abs(r["share_female"] - r["oracle_share"]) <= 0.15
+        assert all(s["oracle"] in ("female", "male", "unclear") for s in r["samples"])
