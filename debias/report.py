@@ -557,7 +557,9 @@ def _add_charts(report: dict, assets: dict) -> None:
         return
     for i, r in enumerate(rows):
         pts = r.get("search") or []
-        relative = bool(pts) and all(_f(p.get("lambda_relative")) for p in pts)
+        # relative λ is comparable across models; use it when the search and the choice record it
+        relative = _f(r.get("lambda_relative")) is not None or any(_f(p.get("lambda_relative")) for p in pts)
+        relative = relative and all(_f(p.get("lambda_relative")) for p in pts if _f(p.get("lambda")))
         xkey = "lambda_relative" if relative else "lambda"
         points = [{"x": _f(p.get(xkey)), "n_female": p.get("n_female"), "n_male": p.get("n_male")} for p in pts]
         # the search runs on the tuning prompt, so its unedited share is the tuning one where recorded
@@ -640,6 +642,9 @@ def render_html(report: dict, assets: dict) -> str:
     has_planted = report["summary"]["is_mini"] or any(
         row.get("planted_share") is not None for row in report["professions"])
     fix_table = _method_table({"fix": report["method"]["fix"]}, "method") if "fix" in report["method"] else []
+    # settings the fix shares with the measurements are shown once, in the measurement table
+    shared = dict(_flatten(report["method"]["runs"].get("before", {})))
+    fix_table = [row for row in fix_table if row["key"] not in shared or shared[row["key"]] != row["cells"][0]["value"]]
     return template.render(r=report, a=assets, method_table=_method_table(report["method"]["runs"]), fix_table=fix_table,
                            status_text=STATUS_TEXT, has_planted=has_planted)
 
