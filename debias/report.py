@@ -21,6 +21,7 @@ import datetime as _dt
 import io
 import json
 import math
+import os
 import re
 import statistics
 from pathlib import Path
@@ -514,7 +515,7 @@ def build_report(run_dirs: Sequence[str | Path]) -> tuple[dict, dict]:
         "report_version": 1,
         "debias_version": __version__,
         "generated_at": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-        "sources": {k: str(v) for k, v in sources.items()},
+        "sources": {k: str(Path(v).resolve()) for k, v in sources.items()},
         "summary": summary,
         "professions": rows,
         "side_effects": side_effects,
@@ -690,8 +691,14 @@ def render_report(run_dirs: list[Path], out: Path | None = None) -> Path:
         out = out / "report.html"
     json_path, csv_path = twin_paths(out)
     report["twins"] = {"json": json_path.name, "csv": csv_path.name}
+    # sources relative to the report, so a copied folder still names its inputs correctly
+    report["sources"] = {k: os.path.relpath(v, out.resolve().parent) for k, v in report["sources"].items()}
     html = render_html(report, assets)
-    atomic_write_json(json_path, report)
-    atomic_write_text(csv_path, _csv_text(report["professions"]))
-    atomic_write_text(out, html)
+    try:
+        atomic_write_json(json_path, report)
+        atomic_write_text(csv_path, _csv_text(report["professions"]))
+        atomic_write_text(out, html)
+    except OSError as err:
+        raise InputError(f"{err.filename or out}: cannot write the report ({err.strerror}); "
+                         "choose a writable place with --out.") from None
     return out

@@ -216,6 +216,8 @@ def test_missing_images_render_with_a_warning(tmp_path):
 def test_out_option_and_twin_names(rendered, tmp_path):
     out = render_report(rendered["audit"]["dirs"], tmp_path / "sub" / "audit.html")
     assert out == tmp_path / "sub" / "audit.html" and (tmp_path / "sub" / "audit.report.json").is_file()
+    sources = json.loads((tmp_path / "sub" / "audit.report.json").read_text())["sources"]
+    assert (out.parent / sources["audit"]).resolve() == (rendered["audit"]["dirs"][0] / "audit.json").resolve()
     # the run's own audit.json is never overwritten by a twin
     out2 = render_report(rendered["audit"]["dirs"], rendered["audit"]["dirs"][0] / "audit.html")
     assert json.loads((out2.parent / "audit.json").read_text())["kind"] == "audit"
@@ -242,6 +244,9 @@ def test_clear_errors(tmp_path, rendered):
     shutil.rmtree(broken_fix / "after")
     with pytest.raises(InputError, match="after audit 'after/audit.json', which is missing"):
         render_report([broken_fix])
+    audit_dir = rendered["audit"]["dirs"][0]
+    with pytest.raises(InputError, match="cannot write the report .*--out"):
+        render_report([audit_dir], audit_dir / "audit.json" / "r.html")  # a file where a folder should be
 
 
 def test_cli_report(rendered, tmp_path, capsys):
