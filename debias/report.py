@@ -42,8 +42,6 @@ AUDIT_NUMBERS = ["target", "n", "n_female", "n_male", "n_unclear", "share_female
 PAIRED = {"share_female": "share", "ci_low": "ci_low", "ci_high": "ci_high", "delta": "delta",
           "p_value": "p_value", "n": "n", "n_female": "n_female", "n_male": "n_male",
           "n_unclear": "n_unclear", "oracle_share": "oracle_share"}
-FIX_NUMBERS = ["share_before", "ci_low_before", "ci_high_before", "share_after", "ci_low_after",
-               "ci_high_after", "delta_before", "delta_after"]
 FIX_FIELDS = ["destination", "status", "lambda", "lambda_relative", "images_used_in_search"]
 STATUS_TEXT = {"fixed": "fixed", "already_within_tolerance": "already within tolerance",
                "not_reachable": "not reachable", "budget_exhausted": "budget exhausted"}
