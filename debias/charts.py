@@ -18,6 +18,8 @@ matplotlib.use("Agg")  # no display on servers; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from debias.stats import wilson_interval  # noqa: E402
+
 BEFORE_COLOR = "#8a8f98"
 AFTER_COLOR = "#1f5fbf"
 PLANTED_COLOR = "#d9822b"
@@ -34,17 +36,6 @@ _STYLE = {
     "axes.spines.right": False,
     "svg.hashsalt": "debias",
 }
-
-
-def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval for k successes out of n (used for search points, which carry raw counts)."""
-    if n <= 0:
-        return (0.0, 1.0)
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def figure_to_data_uri(fig: Figure, dpi: int = 150) -> str:
