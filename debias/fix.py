@@ -234,7 +234,7 @@ def fix(
             p.status = "not_reachable"
             continue
         p.log_lambda = result.log_lambda_relative
-        p.slope = _fitted_slope(result, p.direction)
+        p.slope = _fitted_slope(result)
         start_hint = p.log_lambda if start_hint is None else start_hint
 
     # 4. joint edit with cross-effect corrections
@@ -269,7 +269,10 @@ def fix(
             p.joint.append({"round": rnd, "lambda_relative": math.exp(p.log_lambda) if p.edited else None,
                             "n_female": f, "n_male": m, "n_unclear": u, "share_female": est.share_female,
                             "ci_low": est.ci_low, "ci_high": est.ci_high})
-            if p.edited and est.share_female is not None and abs(est.share_female - p.target) > tolerance:
+            # re-tune only on evidence: outside the band and an interval that excludes the target (a share of a
+            # hundred images is ±0.1; chasing its noise would only add noise to λ)
+            if (p.edited and est.share_female is not None and abs(est.share_female - p.target) > tolerance
+                    and not est.ci_low <= p.target <= est.ci_high):
                 off.append((p, est.share_female))
         say("  " + ", ".join(f"{p.name} {_fmt(p.joint[-1]['share_female'])}" for p in profs))
         if not off or rnd == joint_rounds:
@@ -412,11 +415,11 @@ def _load_search(path: Path, inputs: dict) -> Optional[SearchResult]:
     return SearchResult.from_dict(saved["result"])
 
 
-def _fitted_slope(result: SearchResult, direction: int) -> Optional[float]:
+def _fitted_slope(result: SearchResult) -> Optional[float]:
     """d logit(F) / d log λ_rel of the search's final fit (used to correct cross-effects)."""
     from debias.search import fit_window
 
-    fit = fit_window(result.evaluations, result.bracket, direction)
+    fit = fit_window(result.evaluations, result.bracket, result.direction or 1)
     if fit is None or abs(fit.b) < 1e-6:
         return None
     return fit.b

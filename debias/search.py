@@ -123,6 +123,7 @@ class SearchResult:
     closest_share: float  # best share seen (observed) — what a not_reachable profession gets at most
     message: str
     evaluations: list[Evaluation] = field(default_factory=list)
+    direction: int = 0  # +1: the share rises with λ (the edit lowers it); -1: the edit raises it
 
     @property
     def lambda_relative(self) -> Optional[float]:
@@ -151,6 +152,7 @@ class SearchResult:
             "bracket_lambda_relative": [math.exp(self.bracket[0]), math.exp(self.bracket[1])],
             "closest_share": self.closest_share,
             "message": self.message,
+            "direction": self.direction,
             "search": self.trace(lambda_scale),
         }
 
@@ -169,7 +171,8 @@ class SearchResult:
         lo, hi = d["bracket_lambda_relative"]
         return cls(d["status"], d["target"], d["tolerance"], d["budget"], d["images_used"],
                    None if lam is None else math.log(lam), d["share"], d["ci_low"], d["ci_high"],
-                   (math.log(lo), math.log(hi)), d["closest_share"], d["message"], evaluations)
+                   (math.log(lo), math.log(hi)), d["closest_share"], d["message"], evaluations,
+                   d.get("direction", 0))
 
 
 # ------------------------------------------------------------------------------------- logistic fit
@@ -412,12 +415,12 @@ def search_lambda(
 
     # ---- reference: the unedited model on the base seeds (direction, unclear baseline)
     ref = state.run(math.inf, base, "reference")
-    direction_arg = direction
-    # direction +1: the share rises with log λ (the edit lowers it); -1: the edit raises it
-    ref_share = unedited_share if unedited_share is not None else ref.share
-    direction = 0 if math.isnan(ref_share) or ref_share == target else (1 if ref_share > target else -1)
-    if direction_override := direction_arg:
-        direction = 1 if direction_override > 0 else -1
+    # direction +1: the share rises with log λ (the edit lowers it); -1: the edit raises it; 0: not known yet
+    if direction:
+        direction = 1 if direction > 0 else -1
+    else:
+        ref_share = unedited_share if unedited_share is not None else ref.share
+        direction = 0 if math.isnan(ref_share) or ref_share == target else (1 if ref_share > target else -1)
     unclear_limit = ref.unclear_rate + max_unclear_increase
 
     def crossed(e: Evaluation) -> bool:  # strictly past the target (a tie is not a crossing yet)
@@ -492,7 +495,7 @@ def search_lambda(
     else:  # nothing clean at all
         return _finish(state, "not_reachable", target, tolerance, None, ref.share, math.nan, math.nan, (floor, floor),
                        "every evaluated λ gave degraded images (unclear rate jumped); the edit is too strong in the "
-                       "whole allowed range")
+                       "whole allowed range", direction)
 
     # ---- refine: fit in the window, put fresh seeds at the fitted crossing, stop on the interval
     extensions = 0
@@ -504,7 +507,7 @@ def search_lambda(
                                 confidence=confidence, n_bootstrap=n_bootstrap, rng=rng)
         if target - tolerance <= ci[0] and ci[1] <= target + tolerance:
             return _finish(state, "converged", target, tolerance, x_star, share, *ci, window,
-                           f"interval [{ci[0]:.3f}, {ci[1]:.3f}] lies within {target} ± {tolerance}")
+                           f"interval [{ci[0]:.3f}, {ci[1]:.3f}] lies within {target} ± {tolerance}", direction)
         # The base seeds' bracket can miss the population's crossing (a few seeds are a coarse sample), so
         # when the fit puts the root beyond an end of the window, or the interval there says so, widen it
         # towards the root. Going stronger stops at the floor (bound or degraded images): first crossing only.
@@ -519,7 +522,7 @@ def search_lambda(
             why = ("images degrade (unclear rate jumps) before the target is reached" if floor_hit
                    else f"the strongest allowed edit (λ_rel = {math.exp(floor):.3g}) does not reach it")
             return _finish(state, "not_reachable", target, tolerance, x_star, share, *ci, window,
-                           f"the share does not reach {target}: {why}")
+                           f"the share does not reach {target}: {why}", direction)
         if beyond_low and not stuck_low and not out_of_budget():
             extensions += 1
             x_new = max(window[0] - step, root if root is not None else -math.inf, floor)
@@ -563,7 +566,8 @@ def search_lambda(
     ci = bootstrap_interval(state.evaluations, window, direction, x_star,
                             confidence=confidence, n_bootstrap=n_bootstrap, rng=rng)
     return _finish(state, "budget_exhausted", target, tolerance, x_star, share, *ci, window,
-                   f"budget of {budget} images spent; interval [{ci[0]:.3f}, {ci[1]:.3f}] at the chosen λ")
+                   f"budget of {budget} images spent; interval [{ci[0]:.3f}, {ci[1]:.3f}] at the chosen λ",
+                   direction)
 
 
 def _choose(fit: Optional[LogisticFit], target: float, window: tuple[float, float], direction: int) -> tuple[float, float]:
@@ -578,7 +582,7 @@ def _choose(fit: Optional[LogisticFit], target: float, window: tuple[float, floa
 
 
 def _finish(state: _State, status: Status, target: float, tolerance: float, x: Optional[float], share: float,
-            ci_low: float, ci_high: float, window: tuple[float, float], message: str) -> SearchResult:
+            ci_low: float, ci_high: float, window: tuple[float, float], message: str, direction: int) -> SearchResult:
     # the share the model reaches at the chosen λ (fitted on every image in the window); for a profession that is
     # not reachable this is the closest the allowed edits get. Raw per-λ shares of a few seeds are too noisy for it.
     closest = share
@@ -586,4 +590,4 @@ def _finish(state: _State, status: Status, target: float, tolerance: float, x: O
         observed = [e.share for e in state.evaluations if not math.isnan(e.share)]
         closest = min(observed, key=lambda s: abs(s - target)) if observed else math.nan
     return SearchResult(status, target, tolerance, state.budget, state.used, x, share, ci_low, ci_high, window,
-                        closest, message, list(state.evaluations))
+                        closest, message, list(state.evaluations), direction)
