@@ -1,7 +1,8 @@
 """CLIP zero-shot reading of *perceived* gender in generated images, with an abstain rule.
 
 Each image is compared with label prompts: a "female" group (default "a photo of a woman"), a "male"
-group (default "a photo of a man") and a "no person" group. Several prompts in the female or male
+group (default "a photo of a man") and an optional "no person" group (off by default, see
+:func:`resolve_labels`). Several prompts in the female or male
 group are paraphrases, so they are averaged the way CLIP ensembles prompts (mean of the normalised
 text embeddings); prompts in the "no person" group describe different things (an apple, a car), so
 each is its own class and their probabilities add up. With ``P`` the softmax over all classes::
@@ -45,6 +46,7 @@ from debias.errors import InputError, ModelLoadError
 DEFAULT_REAL_CLASSIFIER = "open_clip:ViT-L-14/openai"
 DEFAULT_LABELS = {"female": ("a photo of a woman",), "male": ("a photo of a man",)}
 DEFAULT_NONE_LABELS = ("a photo of an object", "a photo of a landscape", "a photo of an animal", "a photo of a building")
+"""Suggested "no person" prompts for real CLIP models (``--labels-none``); not used unless given."""
 DEFAULT_MIN_CONFIDENCE = 0.6
 
 _KEEP_ON_DISK = (
@@ -166,14 +168,15 @@ def _class_features(encode_text: Callable[[Sequence[str]], torch.Tensor], labels
 
 def resolve_labels(female: Sequence[str] | None = None, male: Sequence[str] | None = None,
                    none: Sequence[str] | None = None, *, is_mini: bool = False) -> dict[str, tuple[str, ...]]:
-    """Label prompt groups with defaults (the mini model's "no person" prompts are its object prompts)."""
-    if none is None:
-        if is_mini:
-            from debias.mini import world
+    """Label prompt groups with their defaults; the "no person" group is off unless prompts are given.
 
-            none = tuple(world.OBJECT_PROMPTS)
-        else:
-            none = DEFAULT_NONE_LABELS
+    It is off by default because a no-person group can drop one gender more often than the other: on the
+    mini model, its object prompts took 77% of cleanly rendered people and, on generated images, 73% of
+    those drawn female against 64% of those drawn male, pulling the measured share down. Turn it on with
+    prompts that fit the classifier (``DEFAULT_NONE_LABELS`` is a starting point for real CLIP models)
+    and check the agreement it gives.
+    """
+    none = () if none is None else none
     labels = {"female": tuple(female or DEFAULT_LABELS["female"]), "male": tuple(male or DEFAULT_LABELS["male"]),
               "none": tuple(p for p in none if p.strip())}
     for group, option in (("female", "--labels-female"), ("male", "--labels-male")):
