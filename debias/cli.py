@@ -140,7 +140,7 @@ def audit_command(
     classifier: Optional[str] = typer.Option(None, "--classifier", help="CLIP: open_clip:ARCH/PRETRAINED, a transformers hub id or folder, or 'mini' (default: mini for the mini model, open_clip:ViT-L-14/openai otherwise)."),
     labels_female: list[str] = typer.Option([], "--labels-female", help="Label prompt(s) for female (repeatable; default 'a photo of a woman')."),
     labels_male: list[str] = typer.Option([], "--labels-male", help="Label prompt(s) for male (repeatable; default 'a photo of a man')."),
-    labels_none: list[str] = typer.Option([], "--labels-none", help="'No person' prompt(s) (repeatable; '' turns the group off); images closest to these are unclear."),
+    labels_none: list[str] = typer.Option([], "--labels-none", help="'No person' prompt(s) (repeatable; off by default); images closer to these than to a person are unclear."),
     min_confidence: float = typer.Option(0.6, "--min-confidence", help="Abstain (unclear) when max(p_female, 1-p_female) is below this."),
     target: float = typer.Option(0.5, "--target", help="Target female share (a list line's target=… overrides it)."),
     tolerance: float = typer.Option(0.05, "--tolerance", help="A profession is within tolerance when |share - target| <= this."),
