@@ -24,26 +24,48 @@ MAX_LENGTH = 16
 
 
 # --------------------------------------------------------------------------------- tokenizer
+def bpe_merges(words: list[str]) -> list[tuple[str, str]]:
+    """Byte-pair merges (CLIP's "</w>" word end) until every word is one symbol, deterministically.
+
+    Plain BPE: repeatedly merge the most frequent adjacent pair, ties broken by the pair's text
+    (the ``tokenizers`` trainer breaks ties in hash order, so its ids change from run to run).
+    """
+    from collections import Counter
+
+    pieces = [list(w[:-1]) + [w[-1] + "</w>"] for w in words]
+    merges: list[tuple[str, str]] = []
+    while any(len(p) > 1 for p in pieces):
+        counts = Counter(pair for p in pieces for pair in zip(p, p[1:]))
+        best = min(counts, key=lambda pair: (-counts[pair], pair))
+        merges.append(best)
+        for k, p in enumerate(pieces):
+            out, i = [], 0
+            while i < len(p):
+                if i + 1 < len(p) and (p[i], p[i + 1]) == best:
+                    out.append(p[i] + p[i + 1])
+                    i += 2
+                else:
+                    out.append(p[i])
+                    i += 1
+            pieces[k] = out
+    return merges
+
+
 def build_tokenizer(folder: Path):
     """A BPE tokenizer in which every mini-world word is exactly one token, as a CLIPTokenizer.
 
-    Trained with ``tokenizers`` (with CLIP's "</w>" word-end suffix) until each word is merged
-    whole; vocab.json and merges.txt are written by hand because newer transformers saves only
-    tokenizer.json, and diffusers-style loaders expect the two classic files.
+    The merges come from :func:`bpe_merges`; vocab.json and merges.txt are written by hand because
+    newer transformers saves only tokenizer.json, and classic CLIP loaders expect the two files.
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import CLIPTokenizer
 
     words = world.vocabulary()
-    tok = Tokenizer(models.BPE(unk_token=EOS, end_of_word_suffix="</w>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(vocab_size=2000, min_frequency=1, special_tokens=[BOS, EOS],
-                                  end_of_word_suffix="</w>", show_progress=False,
-                                  initial_alphabet=list("abcdefghijklmnopqrstuvwxyz"))
-    tok.train_from_iterator(words, trainer)
-    spec = json.loads(tok.to_str())["model"]
-    vocab = dict(sorted(spec["vocab"].items(), key=lambda kv: kv[1]))
-    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["merges"]]
+    pairs = bpe_merges(words)
+    merges = [f"{a} {b}" for a, b in pairs]
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    alphabet = list(letters) + [c + "</w>" for c in letters]
+    products = [a + b for a, b in pairs]
+    vocab = {tok: i for i, tok in enumerate([BOS, EOS] + alphabet + [p for p in products if p not in alphabet])}
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / "vocab.json", json.dumps(vocab, ensure_ascii=False))
     atomic_write_text(folder / "merges.txt", "#version: 0.2\n" + "\n".join(merges) + "\n")
@@ -86,7 +108,7 @@ class CaptionIds:
     def __call__(self, captions):
         import torch
 
-        missing = [c for c in set(captions) if c not in self.cache]
+        missing = sorted({c for c in captions if c not in self.cache})
         if missing:
             ids = self.tok(missing, padding="max_length", max_length=MAX_LENGTH, truncation=True,
                            return_tensors="pt").input_ids
@@ -266,7 +288,7 @@ def train_unet(text_encoder, ids_of: CaptionIds, means, stds, captions, scaling:
     text_cache: dict[str, torch.Tensor] = {}
 
     def embed(caps):
-        missing = [c for c in set(caps) if c not in text_cache]
+        missing = sorted({c for c in caps if c not in text_cache})
         if missing:
             with torch.no_grad():
                 hidden = text_encoder(ids_of(missing))[0]
