@@ -71,6 +71,7 @@ def audit(
     cache: ImageCache | None = None,
     progress: bool = True,
     print_table: bool = False,
+    write_report: bool = True,
 ) -> dict[str, Any]:
     """Audit a model; writes ``out/audit.json``, ``out/audit.csv`` and the images, returns the record.
 
@@ -78,7 +79,8 @@ def audit(
     (see :mod:`debias.classify`) or a loaded :class:`~debias.classify.ZeroShotClassifier`. ``edit`` is an
     optional d×d matrix the model is audited under (no weight written); ``edit_info`` describes it in
     the record (e.g. ``{"path": …, "sha256": …}``). ``cache`` shares an image cache between audits
-    (a fix's before/after); by default the cache is the output folder.
+    (a fix's before/after); by default the cache is the output folder. ``write_report`` also renders
+    ``out/report.html`` from the JSON just written.
     """
     from debias.threads import set_threads
 
@@ -138,6 +140,10 @@ def audit(
     )
     if dist.is_main:
         write_outputs(record, out)
+        if write_report:
+            from debias.report import render_report
+
+            render_report([out])
         if print_table:
             print_summary(record)
     return record

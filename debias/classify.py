@@ -240,6 +240,9 @@ def _load_transformers_clip(source: str, spec: str, device: torch.device):
         raise ModelLoadError(f"--classifier {spec!r}: no such folder. Pass a CLIP folder, a hub id like "
                              f"'openai/clip-vit-large-patch14', or open_clip:ARCH/PRETRAINED.")
     src = str(path) if path.exists() else source
+    from debias.models import quiet_loading
+
+    quiet_loading()
     try:
         model = CLIPModel.from_pretrained(src).eval().to(device)
         try:

@@ -166,7 +166,7 @@ def audit_command(
         ci_width=ci_width, max_images=max_images, threads=threads, allow_pickle=allow_pickle, print_table=True,
     )
     if record["hardware"]["processes"] == 1 or int(os.environ.get("RANK", "0") or 0) == 0:
-        typer.echo(f"wrote {out / 'audit.json'} and {out / 'audit.csv'}")
+        typer.echo(f"wrote {out / 'audit.json'}, {out / 'audit.csv'} and {out / 'report.html'}")
 
 
 @app.command("fix")

@@ -112,6 +112,19 @@ def _explain_load_failure(spec: str, err: BaseException, allow_pickle: bool) -> 
     return f"could not load model {spec!r}: {what} ({type(err).__name__}: {detail})"
 
 
+def quiet_loading() -> None:
+    """Turn off the per-component loading bars of diffusers and transformers.
+
+    Loading a local folder takes a second; a wall of bars hides the progress that matters (generation).
+    Hub downloads keep huggingface_hub's own download bars.
+    """
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
 def load_pipeline(
     spec: str,
     *,
@@ -151,6 +164,7 @@ def load_pipeline(
         kwargs["dtype" if "_resolve_dtype" in vars(pipeline_utils) else "torch_dtype"] = dtype
     if revision is not None:
         kwargs["revision"] = revision
+    quiet_loading()
     try:
         pipe = DiffusionPipeline.from_pretrained(source, **kwargs)
     except ModelLoadError:
