@@ -45,7 +45,11 @@ DEFAULT_TEST_IMAGES = 128  # per profession, before and after, on the held-out t
 DEFAULT_CHECK_IMAGES = 96  # per profession and joint round, tuning prompt
 DEFAULT_JOINT_ROUNDS = 3
 DEFAULT_SIDE_SEEDS = 16  # seeds per unrelated prompt for the side-effect check
-LOG_LAMBDA_BOUNDS = (math.log(1e-3), math.log(1e3))
+LOG_LAMBDA_BOUNDS = (math.log(1e-4), math.log(1e4))
+# An edit may move the conditioning of unrelated prompts by at most this (mean relative norm of ‖(M − I)c‖ over
+# their token rows). On the mini model 0.12 keeps their images within ~0.02 mean absolute pixel change; stronger
+# edits (λ_rel ≪ 1) change everything (0.15 at λ_rel = 0.001). None turns the limit off.
+DEFAULT_MAX_DRIFT = 0.12
 
 GENDER_WORDS = {"female": "female", "male": "male"}
 DEFAULT_SIDE_PROMPTS = (
@@ -89,6 +93,7 @@ class _Profession:
     search: Optional[SearchResult] = None
     log_lambda: Optional[float] = None  # log λ_rel used in the joint edit (after corrections)
     slope: Optional[float] = None  # d logit F / d log λ_rel from the search's fit (for corrections)
+    bounds: tuple[float, float] = LOG_LAMBDA_BOUNDS  # allowed log λ_rel (the side-effect limit raises the low end)
     joint: list[dict] = field(default_factory=list)  # per joint round: counts on the tuning prompt
     status: str = ""
 
@@ -132,6 +137,7 @@ def fix(
     save_pipeline: str | os.PathLike | None = None,
     allow_pickle: bool = False,
     log_lambda_bounds: tuple[float, float] = LOG_LAMBDA_BOUNDS,
+    max_drift: float | None = DEFAULT_MAX_DRIFT,
     progress: bool = True,
     log: Callable[[str], None] | None = _echo,
 ) -> dict[str, Any]:
@@ -199,6 +205,16 @@ def fix(
 
         p.scale = lambda_scale(p.rows[0])
 
+    # the strongest edit allowed per profession: unrelated prompts' conditioning may move by at most max_drift
+    probe_prompts = tuple(side_prompts or _default_side_prompts(is_mini))
+    probe = _probe_rows(pipe, probe_prompts) if max_drift is not None and probe_prompts else None
+    for p in profs:
+        if p.side is not None:
+            p.bounds = _drift_bounds(p, probe, max_drift, log_lambda_bounds)
+            if p.bounds[0] > log_lambda_bounds[0]:
+                say(f"  {p.name}: λ_rel ≥ {math.exp(p.bounds[0]):.3g} keeps unrelated prompts' conditioning within "
+                    f"{max_drift:.0%} (stronger edits would change them)")
+
     # 3. search λ_p per profession on the tuning prompt
     search_dir = out / "search"
     start_hint: Optional[float] = None
@@ -209,8 +225,8 @@ def fix(
         inputs = {"model": model_info(pipe, spec)["fingerprint"], "classifier": clf.cache_id,
                   "settings": settings.to_dict(), "source": p.entry.phrase, "destination": p.destination,
                   "augmentations": list(augmentations), "prompt": tuning_prompt, "target": p.target,
-                  "tolerance": tolerance, "budget": budget, "seed": seed, "bounds": list(log_lambda_bounds),
-                  "start": start_hint, "version": 1}
+                  "tolerance": tolerance, "budget": budget, "seed": seed, "bounds": list(p.bounds),
+                  "start": start_hint, "seeds_per_round": _seeds_per_round(p.tuning_before, budget), "version": 1}
         path = search_dir / f"{_slug(p.name)}.json"
         result = _load_search(path, inputs)
         if result is not None:
@@ -220,7 +236,8 @@ def fix(
                 f"share before {p.tuning_before['share_female']:.2f}, budget {budget} images")
             result = search_lambda(
                 ctx.evaluator(tuning_prompt, p), target=p.target, tolerance=tolerance, budget=budget,
-                log_lambda_bounds=log_lambda_bounds, log_lambda_start=start_hint, first_seed=seed,
+                log_lambda_bounds=p.bounds, log_lambda_start=start_hint, first_seed=seed,
+                seeds_per_round=_seeds_per_round(p.tuning_before, budget),
                 direction=p.direction, rng_seed=seed,
                 on_evaluation=lambda e, used, name=p.name: ctx.report(name, e, used, budget),
             )
@@ -281,7 +298,7 @@ def fix(
             slope = p.slope if p.slope and abs(p.slope) > 1e-3 else 1.0
             step = (_logit(p.target) - _logit(share)) / slope
             step = max(-math.log(10), min(math.log(10), step))
-            p.log_lambda = float(np.clip(p.log_lambda + step, *log_lambda_bounds))
+            p.log_lambda = float(np.clip(p.log_lambda + step, *p.bounds))
         say("  re-tuned: " + ", ".join(f"{p.name} λ_rel {math.exp(p.log_lambda):.3g}" for p, _ in off))
 
     # 5. after: held-out test prompts with the same seeds under the final edit; side effects
@@ -297,6 +314,9 @@ def fix(
     after = audit_mod.audit(pipe, professions=entries, images_per_profession=test_images, out=out / "after",
                             prompt_set="test", edit=M, edit_info=edit_info, **common)
     side = _side_effects(ctx, M, side_prompts or _default_side_prompts(is_mini), side_seeds, seed, out)
+    if M is not None and probe is not None:
+        side["conditioning_drift"] = conditioning_drift(M, probe)
+    side["max_drift"] = max_drift
 
     if save_pipeline is not None and M is not None:
         from debias.editing import bake_edit, revert_edit, save_pipeline as save_pipe
@@ -396,6 +416,47 @@ def _edit_rows(pipe, source: str, destination: str, augmentations) -> tuple[torc
 
     C, C_star = edit_rows(pipe, source, destination, augmentations)
     return C.double(), C_star.double()
+
+
+def _probe_rows(pipe, prompts: Sequence[str]) -> torch.Tensor:
+    from debias.editing import encode_conditioning
+
+    emb = encode_conditioning(pipe, list(prompts))
+    return emb.reshape(-1, emb.shape[-1]).double()
+
+
+def conditioning_drift(M: torch.Tensor, rows: torch.Tensor) -> float:
+    """Mean relative change ‖(M − I)c‖ / ‖c‖ of the token rows ``c`` of unrelated prompts under the edit ``M``."""
+    M = M.to(rows.dtype)
+    return float(((rows @ M.T - rows).norm(dim=1) / rows.norm(dim=1).clamp_min(1e-12)).mean())
+
+
+def _drift_bounds(p: _Profession, probe, max_drift, bounds: tuple[float, float]) -> tuple[float, float]:
+    """(low, high) log λ_rel for ``p``: low raised until the single edit moves the probe rows by ≤ max_drift."""
+    from debias.editing import edit_matrix
+
+    lo, hi = bounds
+    if probe is None or max_drift is None:
+        return bounds
+
+    def drift(x: float) -> float:
+        return conditioning_drift(edit_matrix(p.rows[0], p.rows[1], math.exp(x) * p.scale), probe)
+
+    if drift(lo) <= max_drift:
+        return bounds
+    if drift(hi) > max_drift:  # even the weakest edit is too broad: leave one unit of log λ to show it
+        return (hi - 1.0, hi)
+    for _ in range(40):  # drift falls as λ grows: bisect for the strongest allowed λ
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if drift(mid) <= max_drift else (mid, hi)
+    return (hi, bounds[1])
+
+
+def _seeds_per_round(tuning_row: dict, budget: int) -> int:
+    """Base seeds per λ so that about six images per λ are clear (unclear ones say nothing about the share)."""
+    n, unclear = tuning_row["n"], tuning_row["n_unclear"]
+    clear_rate = max((n - unclear) / n if n else 1.0, 0.2)
+    return int(min(max(8, math.ceil(6 / clear_rate)), 32, budget // 4))
 
 
 def _slug(name: str) -> str:
@@ -550,6 +611,7 @@ def _profession_record(p: _Profession, after_row: dict, tolerance: float) -> dic
         "destination": p.destination, "status": status,
         "lambda": None if lam_rel is None else lam_rel * p.scale, "lambda_relative": lam_rel,
         "lambda_scale": p.scale if p.side else None,
+        "lambda_relative_min": math.exp(p.bounds[0]) if p.side else None,  # strongest edit allowed (side effects)
         "share_before": p.before["share_female"], "ci_low_before": p.before["ci_low"],
         "ci_high_before": p.before["ci_high"], "n_before": p.before["n"],
         "share_after": share_after, "ci_low_after": after_row["ci_low"], "ci_high_after": after_row["ci_high"],

@@ -138,6 +138,7 @@ class SearchResult:
 
     def to_dict(self, lambda_scale: float = 1.0) -> dict:
         lam = self.lambda_relative
+        num = lambda v: None if v is None or not math.isfinite(v) else float(v)  # noqa: E731 — JSON has no NaN
         return {
             "status": self.status,
             "target": self.target,
@@ -146,11 +147,11 @@ class SearchResult:
             "images_used": self.images_used,
             "lambda": None if lam is None else lam * lambda_scale,
             "lambda_relative": lam,
-            "share": self.share,
-            "ci_low": self.ci_low,
-            "ci_high": self.ci_high,
+            "share": num(self.share),
+            "ci_low": num(self.ci_low),
+            "ci_high": num(self.ci_high),
             "bracket_lambda_relative": [math.exp(self.bracket[0]), math.exp(self.bracket[1])],
-            "closest_share": self.closest_share,
+            "closest_share": num(self.closest_share),
             "message": self.message,
             "direction": self.direction,
             "search": self.trace(lambda_scale),
@@ -169,9 +170,10 @@ class SearchResult:
             )
         lam = d["lambda_relative"]
         lo, hi = d["bracket_lambda_relative"]
+        nan = lambda v: math.nan if v is None else v  # noqa: E731
         return cls(d["status"], d["target"], d["tolerance"], d["budget"], d["images_used"],
-                   None if lam is None else math.log(lam), d["share"], d["ci_low"], d["ci_high"],
-                   (math.log(lo), math.log(hi)), d["closest_share"], d["message"], evaluations,
+                   None if lam is None else math.log(lam), nan(d["share"]), nan(d["ci_low"]), nan(d["ci_high"]),
+                   (math.log(lo), math.log(hi)), nan(d["closest_share"]), d["message"], evaluations,
                    d.get("direction", 0))
 
 
