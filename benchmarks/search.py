@@ -11,7 +11,8 @@ under-represented gender ("a male nurse", "a female engineer"):
   (go left/right), or 400 images were spent there (decide by the point estimate).
 * **uce** — the loop UCE's debiasing script uses: 10 fresh images per iteration, the edit's strength s
   nudged by 0.1·(F − target) per iteration (s mixes the destination in: c* = c + s·(c*_full − c) at a
-  fixed strong λ), stopping when the 10-image share is within tolerance or after 30 iterations.
+  fixed strong λ), stopping when the 10-image share is within tolerance or after 30 iterations; **uce-30**
+  is the same loop always run for its 30 iterations (300 images).
 
 Every method's final edit is then judged on 256 *fresh* seeds (never seen by any method): the final share,
 its distance to the target, and whether it lies in the band. Run::
@@ -125,7 +126,8 @@ def run_bisection(bench, prompt, C, C_star, scale, direction, target, tol, budge
     return {"images": used, "status": status, "lambda_relative": math.exp(x)}, edit_matrix(C, C_star, math.exp(x) * scale)
 
 
-def run_uce(bench, prompt, C, C_star, scale, direction, target, tol, lam_rel=1e-2, images=10, step=0.1, iterations=30):
+def run_uce(bench, prompt, C, C_star, scale, direction, target, tol, lam_rel=1e-2, images=10, step=0.1, iterations=30,
+            early_stop=True):
     from debias.editing import edit_matrix
 
     s, used, status = 0.0, 0, "iterations_exhausted"
@@ -139,7 +141,7 @@ def run_uce(bench, prompt, C, C_star, scale, direction, target, tol, lam_rel=1e-
         share, _, _ = share_of(labels)
         if share is None:
             continue
-        if abs(share - target) <= tol:
+        if early_stop and abs(share - target) <= tol:
             status = "converged"
             break
         s += step * direction * (share - target)  # more of the destination while still on the unedited side
@@ -193,7 +195,9 @@ def main(argv=None) -> None:
                           ("bisection", lambda: run_bisection(bench, prompt, C, C_star, scale, direction, args.target,
                                                               args.tolerance, args.budget)),
                           ("uce", lambda: run_uce(bench, prompt, C, C_star, scale, direction, args.target,
-                                                  args.tolerance))):
+                                                  args.tolerance)),
+                          ("uce-30", lambda: run_uce(bench, prompt, C, C_star, scale, direction, args.target,
+                                                     args.tolerance, early_stop=False))):
             t = time.perf_counter()
             info, M = run()
             verdict = judge(bench, prompt, M, args.target, args.tolerance, args.eval_seeds)
@@ -205,7 +209,7 @@ def main(argv=None) -> None:
                   f"|F−t| {verdict['abs_error']:.3f}", file=sys.stderr, flush=True)
 
     summary = {}
-    for name in ("ours", "bisection", "uce"):
+    for name in ("ours", "bisection", "uce", "uce-30"):
         mine = [r for r in rows if r["method"] == name]
         if mine:
             summary[name] = {"mean_images": float(np.mean([r["images"] for r in mine])),

@@ -248,14 +248,18 @@ def fix(
         say(f"search {p.name}: {result.status} — λ_rel {_fmt(result.lambda_relative)}, share "
             f"{_fmt(result.share)} [{_fmt(result.ci_low)}, {_fmt(result.ci_high)}], {result.images_used} images")
         if result.status == "not_reachable":
+            # still edited, at the strongest allowed λ: it moves the share as far towards the target as the
+            # limits allow (the status says it does not get there; closest_share says how close)
             p.status = "not_reachable"
-            continue
+            if result.log_lambda_relative is None or not p.search.evaluations:
+                continue
         p.log_lambda = result.log_lambda_relative
         p.slope = _fitted_slope(result)
-        start_hint = p.log_lambda if start_hint is None else start_hint
+        if result.status != "not_reachable":
+            start_hint = p.log_lambda if start_hint is None else start_hint
 
     # 4. joint edit with cross-effect corrections
-    edited = [p for p in profs if p.edited and p.status != "not_reachable"]
+    edited = [p for p in profs if p.edited]
     preserve_prompts = _preserve_prompts(preserve, [p for p in profs if not p.edited], tuning_prompt_template)
     preserve_rows = _preserve_rows(pipe, preserve_prompts, augmentations) if preserve_prompts else None
     M = None
@@ -294,12 +298,19 @@ def fix(
         say("  " + ", ".join(f"{p.name} {_fmt(p.joint[-1]['share_female'])}" for p in profs))
         if not off or rnd == joint_rounds:
             break
+        moved = []
         for p, share in off:  # Newton step on the search's fitted logistic slope, bounded to one decade
             slope = p.slope if p.slope and abs(p.slope) > 1e-3 else 1.0
             step = (_logit(p.target) - _logit(share)) / slope
             step = max(-math.log(10), min(math.log(10), step))
-            p.log_lambda = float(np.clip(p.log_lambda + step, *p.bounds))
-        say("  re-tuned: " + ", ".join(f"{p.name} λ_rel {math.exp(p.log_lambda):.3g}" for p, _ in off))
+            new = float(np.clip(p.log_lambda + step, *p.bounds))
+            if abs(new - p.log_lambda) > 1e-9:
+                p.log_lambda = new
+                moved.append(p)
+        if not moved:
+            say("  the professions still off target are at their strongest allowed edit; no further rounds")
+            break
+        say("  re-tuned: " + ", ".join(f"{p.name} λ_rel {math.exp(p.log_lambda):.3g}" for p in moved))
 
     # 5. after: held-out test prompts with the same seeds under the final edit; side effects
     edit_info = None
@@ -556,7 +567,7 @@ def _side_effects(ctx: _Context, M, prompts: Sequence[str], n_seeds: int, seed: 
 def _edit_metadata(profs, preserve_prompts, preserve_strength, augmentations, target, tolerance) -> dict:
     edits = [{"source": p.entry.phrase, "destination": p.destination, "lambda": math.exp(p.log_lambda) * p.scale,
               "lambda_relative": math.exp(p.log_lambda), "lambda_scale": p.scale}
-             for p in profs if p.edited and p.status != "not_reachable"]
+             for p in profs if p.edited]
     return {"kind": "fix", "edits": edits, "augmentations": list(augmentations), "preserve": list(preserve_prompts),
             "preserve_strength": preserve_strength, "target": target, "tolerance": tolerance}
 
@@ -604,7 +615,7 @@ def _profession_record(p: _Profession, after_row: dict, tolerance: float) -> dic
         status = "fixed"
     else:
         status = "budget_exhausted"
-    lam_rel = math.exp(p.log_lambda) if p.edited and p.status != "not_reachable" else None
+    lam_rel = math.exp(p.log_lambda) if p.edited else None
     search = p.search
     return {
         "profession": p.name, "phrase": p.entry.phrase, "target": t,

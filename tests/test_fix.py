@@ -131,7 +131,9 @@ def test_not_reachable_is_reported_with_the_closest_share(tmp_path):
     assert row["destination"] == "a male nurse"
     assert row["closest_share"] == pytest.approx(1.0, abs=0.02)
     assert "does not reach" in row["search_message"]
-    assert record["edit_file"] is None and not (tmp_path / "run" / "edit.safetensors").exists()
+    # it is still edited, as far as allowed: at the strongest λ the side-effect limit permits
+    assert row["lambda_relative"] == pytest.approx(row["lambda_relative_min"], rel=1e-6)
+    assert (tmp_path / "run" / "edit.safetensors").exists()
 
 
 def test_bad_options_are_user_errors(tmp_path):
@@ -152,15 +154,30 @@ def _mini_available() -> bool:
 
 @pytest.mark.slow
 def test_mini_fix_moves_every_profession_to_the_target_on_held_out_prompts(tmp_path):
+    """Nurse (0.86 on the mini model) and engineer (0.1) are fixed, baker (≈0.5) is left alone, and pilot — whose
+    female edit only reaches the target at edits far too strong for unrelated prompts — is reported as not
+    reachable, yet moved as far as allowed. Judged on the held-out test prompts, same seeds before and after."""
     assert _mini_available(), "the mini model's weights are part of the package"
-    record = fix("mini", out=tmp_path / "run", target=0.5, tolerance=0.1, progress=False, log=None)
+    professions = _list(tmp_path, "a nurse\na baker\na pilot\nan engineer\n")
+    out = tmp_path / "run"
+    record = fix("mini", professions=professions, out=out, target=0.5, tolerance=0.1, budget=192, test_images=96,
+                 check_images=48, joint_rounds=1, side_seeds=8, progress=False, log=None)
     rows = {r["profession"]: r for r in record["professions"]}
-    assert rows["baker"]["status"] == rows["singer"]["status"] == "already_within_tolerance"
-    for r in rows.values():
-        if r["destination"] is None:
-            continue
-        assert abs(r["share_after"] - 0.5) < abs(r["share_before"] - 0.5), r["profession"]
-        assert abs(r["share_after"] - 0.5) <= 0.1, r
-    assert record["mean_delta_after"] < record["mean_delta_before"] / 3
+    assert rows["baker"]["status"] == "already_within_tolerance" and rows["baker"]["destination"] is None
+    for name in ("nurse", "engineer", "pilot"):
+        r = rows[name]
+        assert r["destination"] == destination_phrase(r["phrase"], "male" if r["share_before"] > 0.5 else "female")
+        assert abs(r["share_after"] - 0.5) < abs(r["share_before"] - 0.5) - 0.1, r  # moved towards the target
+    for name in ("nurse", "engineer"):
+        assert rows[name]["status"] == "fixed", rows[name]
+        assert abs(rows[name]["share_after"] - 0.5) <= 0.1
+    assert rows["pilot"]["status"] == "not_reachable" and rows["pilot"]["closest_share"] < 0.45
+    assert rows["pilot"]["lambda_relative"] == pytest.approx(rows["pilot"]["lambda_relative_min"], rel=1e-6)
+    assert record["mean_delta_after"] < record["mean_delta_before"] / 2
     assert record["side_effects"]["mean_abs_pixel_change"] <= 0.02
-    assert (tmp_path / "run" / "edit.safetensors").is_file()
+    assert (out / "edit.safetensors").is_file() and (out / "after" / "audit.json").is_file()
+    # the same command again: the same λs and numbers, nothing regenerated
+    again = fix("mini", professions=professions, out=out, target=0.5, tolerance=0.1, budget=192, test_images=96,
+                check_images=48, joint_rounds=1, side_seeds=8, progress=False, log=None)
+    assert _lambdas(again) == _lambdas(record) and again["mean_delta_after"] == record["mean_delta_after"]
+    assert again["images"]["after_generated"] == 0
