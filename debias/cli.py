@@ -181,7 +181,7 @@ def fix_command(
     seed: int = typer.Option(0, "--seed", help="Seed of image 0; image i uses seed + i (the same seeds before and after)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (default: DEBIAS_NUM_THREADS or cores)."),
     test_images: int = typer.Option(128, "--test-images", help="Images per profession on the held-out test prompts, before and after."),
-    check_images: int = typer.Option(96, "--check-images", help="Images per profession per joint round on the tuning prompt."),
+    check_images: int = typer.Option(64, "--check-images", help="Images per profession per joint round on the tuning prompt."),
     joint_rounds: int = typer.Option(3, "--joint-rounds", help="Rounds of re-tuning strengths against cross-effects of the joint edit."),
     side_prompts: list[str] = typer.Option([], "--side-prompts", help="Unrelated prompt for the side-effect check (repeatable; default: the mini world's objects, or everyday objects and scenes)."),
     side_seeds: int = typer.Option(16, "--side-seeds", help="Seeds per unrelated prompt for the side-effect check."),
