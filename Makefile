@@ -18,7 +18,14 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/debias audit --model mini --professions professions/mini.txt --out $(DEMO)
+	$(VENV)/bin/debias fix --model mini --professions professions/mini.txt --out $(DEMO)
+	@echo "report: $(DEMO)/report.html"
+
+# reports/ holds the report of a fix of the built-in mini model; this regenerates it with the current code.
+sample-report: $(STAMP)
+	rm -rf runs/sample
+	$(VENV)/bin/debias fix --model mini --professions professions/mini.txt --out runs/sample
+	$(VENV)/bin/debias report runs/sample --out reports/mini-fix.html
 
 # The report tests open pages in headless Chromium (Debian package `chromium`).
 browser:
