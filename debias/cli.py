@@ -203,6 +203,7 @@ def fix_command(
                  threads=threads, save_pipeline=save_pipeline_dir, allow_pickle=allow_pickle)
     print_summary(record)
     typer.echo(f"wrote {out / 'fix.json'}, {out / 'edit.safetensors'}, {out / 'before'}, {out / 'after'}")
+    typer.echo(f"report: {out / 'report.html'}")
 
 
 @app.command("report")

@@ -349,6 +349,9 @@ def fix(
     from debias.io import atomic_write_json
 
     atomic_write_json(out / "fix.json", record)
+    from debias.report import render_report
+
+    render_report([out])
     return record
 
 
