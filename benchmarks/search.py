@@ -53,8 +53,8 @@ class Bench:
         from debias.threads import set_threads
 
         set_threads(threads)
-        self.pipe, _, is_mini = audit_mod._pipeline("mini", False, audit_mod.distributed_from_env())
-        self.clf = audit_mod._classifier(None, is_mini, None, None, None, 0.6, self.pipe)
+        self.pipe, _, is_mini = audit_mod.resolve_pipeline("mini", False, audit_mod.distributed_from_env())
+        self.clf = audit_mod.resolve_classifier(None, is_mini, None, None, None, 0.6, self.pipe)
         self.settings = default_settings(self.pipe, is_mini=True)
         self.batch = default_batch_size(self.pipe, True)
         self.cache = ImageCache(out)

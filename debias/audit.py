@@ -94,22 +94,22 @@ def audit(
     if templates:
         templates = templates_from_option(list(templates))
     dist = distributed_from_env()
-    pipe, spec, is_mini = _pipeline(model, allow_pickle, dist)
+    pipe, spec, is_mini = resolve_pipeline(model, allow_pickle, dist)
     from debias.models import model_info
 
-    entries = _professions(listed, is_mini)
-    chosen_templates, prompt_set_name = _templates(templates, prompt_set, is_mini)
+    entries = resolve_professions(listed, is_mini)
+    chosen_templates, prompt_set_name = resolve_templates(templates, prompt_set, is_mini)
     tokenizer = getattr(pipe, "tokenizer", None)
     if tokenizer is not None:
         check_prompt_lengths(entries, chosen_templates, tokenizer)
-    clf = _classifier(classifier, is_mini, labels_female, labels_male, labels_none, min_confidence, pipe)
+    clf = resolve_classifier(classifier, is_mini, labels_female, labels_male, labels_none, min_confidence, pipe)
     settings = default_settings(pipe, is_mini=is_mini, steps=steps, guidance=guidance)
     batch = batch_size or default_batch_size(pipe, is_mini)
     out = Path(out)
     cache = cache or ImageCache(out, rank=dist.rank)
     cache.rank = dist.rank
     cap = max_images or (DEFAULT_MAX_IMAGES if ci_width else images_per_profession)
-    oracle = _oracle() if is_mini else None
+    oracle = mini_oracle() if is_mini else None
 
     prompts_of = {e.phrase: profession_prompts(e, chosen_templates) for e in entries}
     results: dict[str, list[SampleResult]] = {e.phrase: [] for e in entries}
@@ -166,7 +166,8 @@ def _check_options(n: int, target: float, tolerance: float, ci_width: float | No
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
 
 
-def _pipeline(model: Any, allow_pickle: bool, dist: Distributed):
+def resolve_pipeline(model: Any, allow_pickle: bool, dist: Distributed):
+    """A loaded pipeline passes through; a spec loads (on this process's GPU when there is one, fp16 for real models)."""
     if not isinstance(model, str):
         spec = getattr(model, "_debias_spec", None)
         return model, spec, bool(getattr(model, "_debias_is_mini", spec == "mini"))
@@ -181,7 +182,8 @@ def _pipeline(model: Any, allow_pickle: bool, dist: Distributed):
     return pipe, model, bool(getattr(pipe, "_debias_is_mini", is_mini))
 
 
-def _professions(professions, is_mini: bool) -> list[ProfessionEntry]:
+def resolve_professions(professions, is_mini: bool) -> list[ProfessionEntry]:
+    """The list to audit: given entries, a list file, or the model's default (mini world's or TIMED's)."""
     if professions is None:
         return mini_professions() if is_mini else timed_professions()
     if isinstance(professions, (str, os.PathLike)):
@@ -192,14 +194,16 @@ def _professions(professions, is_mini: bool) -> list[ProfessionEntry]:
     return entries
 
 
-def _templates(templates: Sequence[str] | None, prompt_set: str, is_mini: bool) -> tuple[tuple[str, ...], str]:
+def resolve_templates(templates: Sequence[str] | None, prompt_set: str, is_mini: bool) -> tuple[tuple[str, ...], str]:
+    """User templates win (named "custom"); otherwise the tuning or test set of the mini world or TIMED."""
     if templates:
         return tuple(templates), "custom"
     chosen = (mini_templates() if is_mini else TIMED_TEMPLATES).get(prompt_set)
     return chosen, prompt_set
 
 
-def _classifier(classifier, is_mini, female, male, none, min_confidence, pipe):
+def resolve_classifier(classifier, is_mini, female, male, none, min_confidence, pipe):
+    """A loaded classifier passes through; a spec (or None: the model's default) loads on the pipeline's device."""
     if classifier is not None and not isinstance(classifier, str):
         return classifier
     from debias.classify import load_classifier
@@ -209,7 +213,8 @@ def _classifier(classifier, is_mini, female, male, none, min_confidence, pipe):
                            min_confidence=min_confidence, device=device if isinstance(device, torch.device) else None)
 
 
-def _oracle():
+def mini_oracle():
+    """The mini world's pixel-rule reader of the drawn gender cue: ground truth beside the classifier."""
     from debias.mini import world
 
     return world.oracle_gender
@@ -253,7 +258,7 @@ def _profession_row(entry: ProfessionEntry, results: list[SampleResult], target:
             "samples": samples}
 
 
-def _versions() -> dict[str, str]:
+def package_versions() -> dict[str, str]:
     import diffusers
     import transformers
 
@@ -261,7 +266,7 @@ def _versions() -> dict[str, str]:
             "diffusers": diffusers.__version__, "transformers": transformers.__version__}
 
 
-def _hardware(settings, threads: int, dist: Distributed) -> dict[str, Any]:
+def hardware_info(settings, threads: int, dist: Distributed) -> dict[str, Any]:
     if settings.device == "cuda" and torch.cuda.is_available():
         name = torch.cuda.get_device_name(0)
     else:
@@ -286,7 +291,7 @@ def _record(*, entries, results, target, tolerance, is_mini, model, classifier, 
         "classifier": classifier.describe(), "generation": generation,
         "target": target, "tolerance": tolerance, "prompt_set": prompt_set, "templates": list(templates),
         "stopping": stopping, "ci_note": stats.CI_NOTE,
-        "versions": _versions(), "hardware": _hardware(settings, threads, dist),
+        "versions": package_versions(), "hardware": hardware_info(settings, threads, dist),
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "wall_seconds": round(wall, 3),
         "images_generated": sum(not r.reused for r in all_results),

@@ -160,16 +160,16 @@ def fix(
     _check_options(target, tolerance, budget, test_images, check_images, joint_rounds, side_seeds)
     n_threads = set_threads(threads)
     dist = audit_mod.distributed_from_env()
-    pipe, spec, is_mini = audit_mod._pipeline(model, allow_pickle, dist)
-    entries = audit_mod._professions(professions, is_mini)
-    clf = audit_mod._classifier(classifier, is_mini, None, None, None, min_confidence, pipe)
+    pipe, spec, is_mini = audit_mod.resolve_pipeline(model, allow_pickle, dist)
+    entries = audit_mod.resolve_professions(professions, is_mini)
+    clf = audit_mod.resolve_classifier(classifier, is_mini, None, None, None, min_confidence, pipe)
     settings = default_settings(pipe, is_mini=is_mini, steps=steps, guidance=guidance)
     batch = batch_size or default_batch_size(pipe, is_mini)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cache = ImageCache(out)
-    oracle = audit_mod._oracle() if is_mini else None
-    templates = audit_mod._templates(None, "tuning", is_mini)[0]
+    oracle = audit_mod.mini_oracle() if is_mini else None
+    templates = audit_mod.resolve_templates(None, "tuning", is_mini)[0]
     tuning_prompt_template = templates[0]
     augmentations = _augmentations(is_mini)
     ctx = _Context(pipe=pipe, clf=clf, settings=settings, cache=cache, batch=batch, oracle=oracle, say=say,
@@ -672,7 +672,7 @@ def _record(profs, before, after, tuning, side, model, clf, settings, target, to
         "seed": seed, "classifier": clf.describe(), "generation": generation,
         "augmentations": list(augmentations),
         "preserve": {"prompts": list(preserve_prompts), "strength": preserve_strength},
-        "versions": audit_mod._versions(), "hardware": audit_mod._hardware(settings, threads, dist),
+        "versions": audit_mod.package_versions(), "hardware": audit_mod.hardware_info(settings, threads, dist),
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "wall_seconds": round(wall, 3),
         "edit_file": {"path": "edit.safetensors", "sha256": _file_sha256(out / "edit.safetensors"),
