@@ -13,6 +13,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+def _default_mode() -> int:
+    """Permissions a plain ``open(path, "w")`` would give (``mkstemp`` makes files private, 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` and move the result onto ``path`` in one step."""
     path = Path(path)
@@ -22,6 +29,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
+        os.chmod(tmp_path, _default_mode())
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
