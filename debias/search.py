@@ -38,6 +38,8 @@ from typing import Callable, Literal, Optional, Sequence
 
 import numpy as np
 
+from debias.stats import wilson_bounds
+
 Label = str  # "female" | "male" | "unclear"
 Evaluate = Callable[[float, Sequence[int]], Sequence[Label]]
 Status = Literal["converged", "not_reachable", "budget_exhausted"]
@@ -320,14 +322,8 @@ def z_score(confidence: float) -> float:
 
 
 def wilson_interval(share: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a proportion ``share`` observed on ``n`` trials."""
-    if n <= 0:
-        return 0.0, 1.0
-    z = z_score(confidence)
-    denom = 1 + z * z / n
-    center = (share + z * z / (2 * n)) / denom
-    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, center - half), min(1.0, center + half)
+    """Wilson score interval for a proportion ``share`` observed on ``n`` trials, at any confidence."""
+    return wilson_bounds(share, n, z_score(confidence))
 
 
 # ---------------------------------------------------------------------------------------- the search

@@ -38,20 +38,28 @@ def share(n_female: int, n_male: int) -> float | None:
     return n_female / total if total else None
 
 
+def wilson_bounds(share: float, n: float, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval around an observed proportion ``share`` on ``n`` trials.
+
+    Takes a proportion rather than counts so a fitted share (the λ search's logistic fit) can use it too.
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    z2 = z * z
+    centre = (share + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(share * (1 - share) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     """Wilson score interval for ``k`` successes in ``n`` trials; ``(0, 1)`` when ``n == 0``."""
     if n < 0 or k < 0 or k > n:
         raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
     if n == 0:
         return 0.0, 1.0
-    p = k / n
-    z2 = z * z
-    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    # clamp tiny float excursions; at k = 0 (k = n) the exact lower (upper) end is 0 (1)
-    low = 0.0 if k == 0 else max(0.0, centre - half)
-    high = 1.0 if k == n else min(1.0, centre + half)
-    return low, high
+    low, high = wilson_bounds(k / n, n, z)
+    # at k = 0 (k = n) the exact lower (upper) end is 0 (1); clamp float excursions
+    return (0.0 if k == 0 else low), (1.0 if k == n else high)
 
 
 def binomial_p_value(k: int, n: int, target: float) -> float:
