@@ -593,10 +593,9 @@ def save_edit(path: str | Path, pipe, M: torch.Tensor, *, metadata: dict[str, An
     and fingerprint of the original weights, the debias version, and whatever the caller passes
     (λ per edit, prompts, ...).
     """
-    from safetensors.torch import save_file
 
     from debias import __version__
-    from debias.io import atomic_write
+    from debias.io import atomic_write_bytes
     from debias.models import denoiser, fingerprint
 
     tensors = {f"{name}.weight": w.detach().to("cpu").contiguous() for name, w in edited_weights(pipe, M).items()}
@@ -615,7 +614,27 @@ def save_edit(path: str | Path, pipe, M: torch.Tensor, *, metadata: dict[str, An
     }
     meta.update(metadata or {})
     encoded = _encode_metadata(meta)
-    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=encoded))
+    return atomic_write_bytes(path, _stable_safetensors(tensors, encoded))
+
+
+def _stable_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """safetensors bytes whose header lists the metadata in sorted order.
+
+    safetensors writes ``__metadata__`` from a hash map, so the same edit saved twice gets different bytes
+    and a different file hash; a report cites that hash, so it must depend on the edit alone. Reordering
+    keys of the compact JSON header keeps its length, so the tensor offsets stay valid.
+    """
+    from safetensors.torch import save
+
+    raw = save(tensors, metadata=metadata)
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    ordered = {"__metadata__": header.pop("__metadata__"), **dict(sorted(header.items()))}
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(text) > n:  # cannot happen for a reordering of the same compact JSON; keep the library's bytes
+        return raw
+    return raw[:8] + text.ljust(n, b" ") + raw[8 + n :]
 
 
 def read_edit(path: str | Path) -> LoadedEdit:

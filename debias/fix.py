@@ -320,8 +320,7 @@ def fix(
         from debias.editing import save_edit
 
         metadata = _edit_metadata(profs, preserve_prompts, preserve_strength, augmentations, target, tolerance)
-        if not _same_edit_file(out / "edit.safetensors", M, metadata):  # safetensors headers are not byte-stable
-            save_edit(out / "edit.safetensors", pipe, M, metadata=metadata)
+        save_edit(out / "edit.safetensors", pipe, M, metadata=metadata)  # same edit, same bytes: reruns keep the hash
         edit_info = {"path": "../edit.safetensors", "sha256": _file_sha256(out / "edit.safetensors")}
     say(f"fix: auditing after the edit ({test_images} images each, same seeds)")
     after = audit_mod.audit(pipe, professions=entries, images_per_profession=test_images, out=out / "after",
@@ -575,21 +574,6 @@ def _edit_metadata(profs, preserve_prompts, preserve_strength, augmentations, ta
              for p in profs if p.edited]
     return {"kind": "fix", "edits": edits, "augmentations": list(augmentations), "preserve": list(preserve_prompts),
             "preserve_strength": preserve_strength, "target": target, "tolerance": tolerance}
-
-
-def _same_edit_file(path: Path, M: torch.Tensor, metadata: dict) -> bool:
-    """Whether ``path`` already holds exactly this edit (then a rerun leaves the file, and its hash, alone)."""
-    if not path.is_file():
-        return False
-    from debias.editing import read_edit
-    from debias.errors import DebiasError
-
-    try:
-        old = read_edit(path)
-    except DebiasError:
-        return False
-    same_meta = all(old.metadata.get(k) == json.loads(json.dumps(v)) for k, v in metadata.items())
-    return same_meta and old.matrix.shape == M.shape and torch.equal(old.matrix.to(M.dtype), M.cpu())
 
 
 def _file_sha256(path: Path) -> str:

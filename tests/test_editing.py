@@ -345,6 +345,15 @@ def test_load_edit_refuses_another_base_model(sd1, nurse_edit, tmp_path: Path) -
         read_edit(tmp_path / "junk.safetensors")
 
 
+def test_the_same_edit_saves_to_the_same_bytes(sd1, nurse_edit, tmp_path: Path) -> None:
+    """A report cites the edit file's hash, so it must depend on the edit alone (not on header order)."""
+    M, _ = nurse_edit
+    meta = {f"key{i}": i for i in range(12)}
+    paths = [save_edit(tmp_path / f"e{i}.safetensors", sd1, M, metadata=meta) for i in range(4)]
+    assert len({p.read_bytes() for p in paths}) == 1
+    assert read_edit(paths[0]).metadata["key7"] == 7
+
+
 def test_save_pipeline_writes_a_loadable_edited_folder(sd1, nurse_edit, tmp_path: Path) -> None:
     from diffusers import StableDiffusionPipeline
 
