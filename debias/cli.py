@@ -185,6 +185,7 @@ def fix_command(
     joint_rounds: int = typer.Option(3, "--joint-rounds", help="Rounds of re-tuning strengths against cross-effects of the joint edit."),
     side_prompts: list[str] = typer.Option([], "--side-prompts", help="Unrelated prompt for the side-effect check (repeatable; default: the mini world's objects, or everyday objects and scenes)."),
     side_seeds: int = typer.Option(16, "--side-seeds", help="Seeds per unrelated prompt for the side-effect check."),
+    anchor_strength: float = typer.Option(100.0, "--anchor-strength", help="Weight of the anchors (the bare tuning templates and the empty prompt, kept fixed so the edit moves only what the profession adds); 0 turns them off."),
     max_drift: float = typer.Option(0.12, "--max-drift", help="Strongest edit allowed: unrelated prompts' conditioning may move by at most this (relative norm); 0 turns the limit off."),
     classifier: Optional[str] = typer.Option(None, "--classifier", help="CLIP for perceived gender (as for debias audit)."),
     save_pipeline_dir: Optional[Path] = typer.Option(None, "--save-pipeline", help="Also write the edited model as a diffusers folder."),
@@ -198,7 +199,7 @@ def fix_command(
         preserve_arg = preserve[0]
     record = fix(model, professions=professions, out=out, target=target, tolerance=tolerance, budget=budget,
                  test_images=test_images, check_images=check_images, joint_rounds=joint_rounds, preserve=preserve_arg,
-                 side_prompts=side_prompts or None, side_seeds=side_seeds, max_drift=max_drift or None, seed=seed,
+                 anchor_strength=anchor_strength, side_prompts=side_prompts or None, side_seeds=side_seeds, max_drift=max_drift or None, seed=seed,
                  classifier=classifier,
                  threads=threads, save_pipeline=save_pipeline_dir, allow_pickle=allow_pickle)
     print_summary(record)

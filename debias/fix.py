@@ -52,6 +52,11 @@ LOG_LAMBDA_BOUNDS = (math.log(1e-4), math.log(1e4))
 # their token rows). On the mini model 0.12 keeps their images within ~0.02 mean absolute pixel change; stronger
 # edits (λ_rel ≪ 1) change everything (0.15 at λ_rel = 0.001). None turns the limit off.
 DEFAULT_MAX_DRIFT = 0.12
+# Anchors: the bare tuning templates ("a photo of", …) and the empty prompt, kept where they are (c* = c) with this
+# weight relative to one edit row. They hold the context every prompt shares (template words, end and padding
+# tokens) in place, so the edit moves what the profession word adds and not what all prompts have in common. On the
+# mini model, at the same conditioning drift of unrelated prompts the edit then moves its own prompt ~1.6× further.
+DEFAULT_ANCHOR_STRENGTH = 100.0
 
 GENDER_WORDS = {"female": "female", "male": "male"}
 DEFAULT_SIDE_PROMPTS = (
@@ -127,6 +132,7 @@ def fix(
     joint_rounds: int = DEFAULT_JOINT_ROUNDS,
     preserve: Sequence[str] | str | os.PathLike | None = None,
     preserve_strength: float = 1.0,
+    anchor_strength: float = DEFAULT_ANCHOR_STRENGTH,
     side_prompts: Sequence[str] | None = None,
     side_seeds: int = DEFAULT_SIDE_SEEDS,
     seed: int = 0,
@@ -147,7 +153,8 @@ def fix(
 
     ``budget`` bounds the images the λ search may use per profession (never exceeded). ``preserve`` is a
     list of prompts (or a file, one per line) to keep where they are (UCE-style, c* = c); the professions
-    left unedited are always preserved. ``side_prompts`` are the unrelated prompts of the side-effect check
+    left unedited are always preserved. ``anchor_strength`` weighs the anchors (the bare tuning templates and
+    the empty prompt, kept fixed in the search and the joint edit alike; 0 turns them off). ``side_prompts`` are the unrelated prompts of the side-effect check
     (default: the mini world's objects, or a list of everyday objects and scenes for real models).
     """
     from debias import audit as audit_mod
@@ -157,7 +164,7 @@ def fix(
 
     say = log or (lambda _m: None)
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
-    _check_options(target, tolerance, budget, test_images, check_images, joint_rounds, side_seeds)
+    _check_options(target, tolerance, budget, test_images, check_images, joint_rounds, side_seeds, anchor_strength)
     n_threads = set_threads(threads)
     dist = audit_mod.distributed_from_env()
     pipe, spec, is_mini = audit_mod.resolve_pipeline(model, allow_pickle, dist)
@@ -172,8 +179,10 @@ def fix(
     templates = audit_mod.resolve_templates(None, "tuning", is_mini)[0]
     tuning_prompt_template = templates[0]
     augmentations = _augmentations(is_mini)
+    anchor_prompts = anchor_prompts_for(augmentations) if anchor_strength > 0 else []
+    anchors = _Anchors(_probe_rows(pipe, anchor_prompts), anchor_strength) if anchor_prompts else None
     ctx = _Context(pipe=pipe, clf=clf, settings=settings, cache=cache, batch=batch, oracle=oracle, say=say,
-                   progress=progress)
+                   progress=progress, anchors=anchors)
 
     common = dict(classifier=clf, target=target, tolerance=tolerance, seed=seed, batch_size=batch, steps=steps,
                   guidance=guidance, threads=n_threads, cache=cache, progress=progress)
@@ -212,7 +221,7 @@ def fix(
     probe = _probe_rows(pipe, probe_prompts) if max_drift is not None and probe_prompts else None
     for p in profs:
         if p.side is not None:
-            p.bounds = _drift_bounds(p, probe, max_drift, log_lambda_bounds)
+            p.bounds = _drift_bounds(p, probe, max_drift, log_lambda_bounds, anchors)
             if p.bounds[0] > log_lambda_bounds[0]:
                 say(f"  {p.name}: λ_rel ≥ {math.exp(p.bounds[0]):.3g} keeps unrelated prompts' conditioning within "
                     f"{max_drift:.0%} (stronger edits would change them)")
@@ -226,9 +235,10 @@ def fix(
         tuning_prompt = tuning_prompt_template.format(p.entry.phrase)
         inputs = {"model": model_info(pipe, spec)["fingerprint"], "classifier": clf.cache_id,
                   "settings": settings.to_dict(), "source": p.entry.phrase, "destination": p.destination,
-                  "augmentations": list(augmentations), "prompt": tuning_prompt, "target": p.target,
+                  "augmentations": list(augmentations), "anchors": anchor_prompts,
+                  "anchor_strength": anchor_strength, "prompt": tuning_prompt, "target": p.target,
                   "tolerance": tolerance, "budget": budget, "seed": seed, "bounds": list(p.bounds),
-                  "start": start_hint, "seeds_per_round": _seeds_per_round(p.tuning_before, budget), "version": 1}
+                  "start": start_hint, "seeds_per_round": _seeds_per_round(p.tuning_before, budget), "version": 2}
         path = search_dir / f"{_slug(p.name)}.json"
         result = _load_search(path, inputs)
         if result is not None:
@@ -269,7 +279,7 @@ def fix(
     for rnd in range(joint_rounds + 1):
         if not edited:
             break
-        M = _joint_matrix(edited, preserve_rows, preserve_strength)
+        M = _joint_matrix(edited, preserve_rows, preserve_strength, anchors)
         say(f"joint round {rnd}: one edit for {len(edited)} professions; re-measuring all {len(profs)} "
             f"on the tuning prompt ({check_images} images each)")
         items, owner = [], []
@@ -319,7 +329,8 @@ def fix(
     if M is not None:
         from debias.editing import save_edit
 
-        metadata = _edit_metadata(profs, preserve_prompts, preserve_strength, augmentations, target, tolerance)
+        metadata = _edit_metadata(profs, preserve_prompts, preserve_strength, anchor_prompts, anchor_strength,
+                                  augmentations, target, tolerance)
         save_edit(out / "edit.safetensors", pipe, M, metadata=metadata)  # same edit, same bytes: reruns keep the hash
         edit_info = {"path": "../edit.safetensors", "sha256": _file_sha256(out / "edit.safetensors")}
     say(f"fix: auditing after the edit ({test_images} images each, same seeds)")
@@ -342,8 +353,8 @@ def fix(
         say(f"wrote edited pipeline {save_pipeline}")
 
     record = _record(profs, before, after, tuning, side, model_info(pipe, spec), clf, settings, target, tolerance,
-                     budget, test_images, check_images, joint_rounds, preserve_prompts, preserve_strength, seed,
-                     augmentations, out, M, n_threads, dist, joint_images, started, time.perf_counter() - t0,
+                     budget, test_images, check_images, joint_rounds, preserve_prompts, preserve_strength,
+                     anchor_prompts, anchor_strength, seed, augmentations, out, M, n_threads, dist, joint_images, started, time.perf_counter() - t0,
                      audit_mod)
     from debias.io import atomic_write_json
 
@@ -365,16 +376,14 @@ class _Context:
     oracle: Any
     say: Callable[[str], None]
     progress: bool
+    anchors: Optional["_Anchors"] = None
 
     def evaluator(self, prompt: str, p: _Profession):
         """``evaluate(λ_rel, seeds) -> labels`` for the search: tuning prompt under the single edit of ``p``."""
-        from debias.editing import edit_matrix
         from debias.generate import measure
 
-        C, C_star = p.rows
-
         def evaluate(lambda_relative: float, seeds: Sequence[int]) -> list[str]:
-            M = None if math.isinf(lambda_relative) else edit_matrix(C, C_star, lambda_relative * p.scale)
+            M = None if math.isinf(lambda_relative) else single_matrix(p, math.log(lambda_relative), self.anchors)
             results = measure(self.pipe, self.clf, [(prompt, int(s)) for s in seeds], settings=self.settings,
                               cache=self.cache, edit=M, batch_size=self.batch, oracle=self.oracle,
                               progress=self.progress, description=f"{p.name}: {len(seeds)} images")
@@ -390,7 +399,8 @@ class _Context:
 
 
 # -------------------------------------------------------------------------------------------- pieces
-def _check_options(target, tolerance, budget, test_images, check_images, joint_rounds, side_seeds) -> None:
+def _check_options(target, tolerance, budget, test_images, check_images, joint_rounds, side_seeds,
+                   anchor_strength) -> None:
     if not 0.0 < target < 1.0:
         raise InputError(f"--target must be a share strictly between 0 and 1 (an edit can move a share towards it), "
                          f"got {target}")
@@ -406,6 +416,9 @@ def _check_options(target, tolerance, budget, test_images, check_images, joint_r
         raise InputError(f"--joint-rounds must be >= 0, got {joint_rounds}")
     if side_seeds < 0:
         raise InputError(f"--side-seeds must be >= 0, got {side_seeds}")
+    if not (math.isfinite(anchor_strength) and anchor_strength >= 0):
+        raise InputError(f"--anchor-strength must be a finite number >= 0 (0 turns the anchors off), "
+                         f"got {anchor_strength}")
 
 
 def _augmentations(is_mini: bool) -> tuple[str, ...]:
@@ -424,6 +437,30 @@ def _default_side_prompts(is_mini: bool) -> tuple[str, ...]:
 
         return tuple(world.OBJECT_PROMPTS)
     return DEFAULT_SIDE_PROMPTS
+
+
+def anchor_prompts_for(augmentations: Sequence[str]) -> list[str]:
+    """The bare templates ("a photo of {}" → "a photo of") and the empty prompt: context that every prompt shares."""
+    prompts = [t.replace("{}", " ").strip() for t in augmentations] + [""]
+    return list(dict.fromkeys(" ".join(p.split()) for p in prompts))
+
+
+@dataclass(frozen=True)
+class _Anchors:
+    """Conditioning rows kept fixed by every edit of a fix, and their weight relative to one edit row."""
+
+    rows: torch.Tensor
+    strength: float
+
+
+def single_matrix(p: _Profession, log_lambda_relative: float, anchors: Optional[_Anchors]) -> torch.Tensor:
+    """M of ``p``'s edit alone at λ_rel (with the anchors), as the search tries it."""
+    from debias.editing import edit_matrix
+
+    lam = math.exp(log_lambda_relative) * p.scale
+    if anchors is None:
+        return edit_matrix(p.rows[0], p.rows[1], lam)
+    return edit_matrix(p.rows[0], p.rows[1], lam, preserve=anchors.rows, preserve_weight=anchors.strength)
 
 
 def _edit_rows(pipe, source: str, destination: str, augmentations) -> tuple[torch.Tensor, torch.Tensor]:
@@ -446,16 +483,15 @@ def conditioning_drift(M: torch.Tensor, rows: torch.Tensor) -> float:
     return float(((rows @ M.T - rows).norm(dim=1) / rows.norm(dim=1).clamp_min(1e-12)).mean())
 
 
-def _drift_bounds(p: _Profession, probe, max_drift, bounds: tuple[float, float]) -> tuple[float, float]:
+def _drift_bounds(p: _Profession, probe, max_drift, bounds: tuple[float, float],
+                  anchors: Optional[_Anchors] = None) -> tuple[float, float]:
     """(low, high) log λ_rel for ``p``: low raised until the single edit moves the probe rows by ≤ max_drift."""
-    from debias.editing import edit_matrix
-
     lo, hi = bounds
     if probe is None or max_drift is None:
         return bounds
 
     def drift(x: float) -> float:
-        return conditioning_drift(edit_matrix(p.rows[0], p.rows[1], math.exp(x) * p.scale), probe)
+        return conditioning_drift(single_matrix(p, x, anchors), probe)
 
     if drift(lo) <= max_drift:
         return bounds
@@ -527,15 +563,22 @@ def _preserve_rows(pipe, prompts: Sequence[str], augmentations) -> torch.Tensor:
     return emb.reshape(-1, emb.shape[-1]).double()
 
 
-def _joint_matrix(edited: list[_Profession], preserve_rows, preserve_strength: float) -> torch.Tensor:
-    """M for all edited professions at once, α_p = 1/λ_p; preserve rows weigh like a median edit."""
+def _joint_matrix(edited: list[_Profession], preserve_rows, preserve_strength: float,
+                  anchors: Optional[_Anchors] = None) -> torch.Tensor:
+    """M for all edited professions at once, α_p = 1/λ_p; preserve rows and anchors weigh against a median edit.
+
+    A weight β on rows P is the same as weight 1 on rows √β·P, so both kinds of kept rows go in as one block.
+    With one profession this is exactly :func:`single_matrix`, so the joint edit starts where the search ended.
+    """
     from debias.editing import joint_edit_matrix
 
     edits = [(p.rows[0], p.rows[1], math.exp(p.log_lambda) * p.scale) for p in edited]
-    beta = 0.0
-    if preserve_rows is not None and preserve_strength > 0:
-        beta = preserve_strength * float(np.median([1.0 / lam for _, _, lam in edits]))
-    return joint_edit_matrix(edits, preserve=preserve_rows if beta > 0 else None, preserve_weight=beta)
+    unit = float(np.median([1.0 / lam for _, _, lam in edits]))
+    kept = [(preserve_rows, preserve_strength)] + ([(anchors.rows, anchors.strength)] if anchors else [])
+    blocks = [rows * math.sqrt(strength * unit) for rows, strength in kept if rows is not None and strength > 0]
+    if not blocks:
+        return joint_edit_matrix(edits)
+    return joint_edit_matrix(edits, preserve=torch.cat(blocks), preserve_weight=1.0)
 
 
 def _side_effects(ctx: _Context, M, prompts: Sequence[str], n_seeds: int, seed: int, out: Path) -> dict:
@@ -568,12 +611,14 @@ def _side_effects(ctx: _Context, M, prompts: Sequence[str], n_seeds: int, seed: 
     return block
 
 
-def _edit_metadata(profs, preserve_prompts, preserve_strength, augmentations, target, tolerance) -> dict:
+def _edit_metadata(profs, preserve_prompts, preserve_strength, anchor_prompts, anchor_strength, augmentations,
+                   target, tolerance) -> dict:
     edits = [{"source": p.entry.phrase, "destination": p.destination, "lambda": math.exp(p.log_lambda) * p.scale,
               "lambda_relative": math.exp(p.log_lambda), "lambda_scale": p.scale}
              for p in profs if p.edited]
     return {"kind": "fix", "edits": edits, "augmentations": list(augmentations), "preserve": list(preserve_prompts),
-            "preserve_strength": preserve_strength, "target": target, "tolerance": tolerance}
+            "preserve_strength": preserve_strength, "anchors": list(anchor_prompts),
+            "anchor_strength": anchor_strength, "target": target, "tolerance": tolerance}
 
 
 def _file_sha256(path: Path) -> str:
@@ -639,7 +684,8 @@ def _profession_record(p: _Profession, after_row: dict, tolerance: float) -> dic
 
 
 def _record(profs, before, after, tuning, side, model, clf, settings, target, tolerance, budget, test_images,
-            check_images, joint_rounds, preserve_prompts, preserve_strength, seed, augmentations, out, M, threads,
+            check_images, joint_rounds, preserve_prompts, preserve_strength, anchor_prompts, anchor_strength, seed,
+            augmentations, out, M, threads,
             dist, joint_images, started, wall, audit_mod) -> dict:
     from debias.generate import edit_id
 
@@ -656,6 +702,7 @@ def _record(profs, before, after, tuning, side, model, clf, settings, target, to
         "seed": seed, "classifier": clf.describe(), "generation": generation,
         "augmentations": list(augmentations),
         "preserve": {"prompts": list(preserve_prompts), "strength": preserve_strength},
+        "anchors": {"prompts": list(anchor_prompts), "strength": anchor_strength},
         "versions": audit_mod.package_versions(), "hardware": audit_mod.hardware_info(settings, threads, dist),
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "wall_seconds": round(wall, 3),

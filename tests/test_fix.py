@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from audit_helpers import HalfClassifier, load_tiny
-from debias.fix import destination_phrase, fix
+from debias.fix import _Anchors, _joint_matrix, _Profession, anchor_prompts_for, destination_phrase, fix, single_matrix
 
 TIMING = ("started_at", "finished_at", "wall_seconds", "images", "hardware")
 QUICK = dict(budget=48, test_images=8, check_images=8, joint_rounds=1, side_seeds=2, steps=2, progress=False, log=None)
@@ -62,6 +62,39 @@ def _lambdas(record: dict) -> list:
 def test_destination_phrase_follows_the_article():
     assert destination_phrase("a nurse", "male") == "a male nurse"
     assert destination_phrase("an engineer", "female") == "a female engineer"
+
+
+def test_anchor_prompts_are_the_bare_templates_and_the_empty_prompt():
+    templates = ("a photo of {}", "an image of {}", "{} at work", "a photo of  {}")
+    assert anchor_prompts_for(templates) == ["a photo of", "an image of", "at work", ""]
+
+
+def _profession_with_rows(seed: int, log_lambda: float) -> _Profession:
+    g = torch.Generator().manual_seed(seed)
+    C = torch.randn(12, 16, generator=g, dtype=torch.float64)
+    p = _Profession(entry=None, target=0.5, before={}, tuning_before={}, side="male")
+    p.rows, p.scale, p.log_lambda = (C, C + 0.5 * torch.randn(12, 16, generator=g, dtype=torch.float64)), 16.0, log_lambda
+    return p
+
+
+def test_anchors_keep_shared_context_fixed_while_the_edit_still_moves_its_rows():
+    p = _profession_with_rows(0, math.log(0.1))
+    shared = torch.randn(6, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    anchors = _Anchors(shared, 100.0)
+    plain, anchored = single_matrix(p, p.log_lambda, None), single_matrix(p, p.log_lambda, anchors)
+
+    def moved(M, rows):
+        return float((rows @ M.T - rows).norm(dim=1).mean())
+
+    assert moved(anchored, shared) < moved(plain, shared) / 10
+    C, C_star = p.rows
+    assert float((C @ anchored.T - C_star).norm()) < 0.9 * float((C - C_star).norm())  # still edits
+    # one profession: the joint edit is exactly the matrix the search tried
+    torch.testing.assert_close(_joint_matrix([p], None, 1.0, anchors), anchored)
+    # two professions: anchors weigh against the median edit strength, the same way for both
+    q = _profession_with_rows(2, math.log(0.1))
+    joint = _joint_matrix([p, q], None, 1.0, anchors)
+    assert moved(joint, shared) < moved(_joint_matrix([p, q], None, 1.0, None), shared) / 10
 
 
 def test_fix_is_deterministic_and_a_rerun_redoes_nothing(tmp_path):
