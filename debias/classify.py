@@ -35,7 +35,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -102,6 +102,7 @@ class ZeroShotClassifier:
     min_confidence: float = DEFAULT_MIN_CONFIDENCE
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     batch_size: int = 64
+    encode_text: Optional[Callable[[Sequence[str]], torch.Tensor]] = None  # texts -> features (CLIP score)
 
     @property
     def abstain_rule(self) -> str:
@@ -135,6 +136,23 @@ class ZeroShotClassifier:
             logits = self.logit_scale * feats @ self.class_features.to(self.device).T
             out.append(logits.softmax(dim=-1).cpu())
         return torch.cat(out) if out else torch.zeros(0, self.class_features.shape[0])
+
+    @torch.inference_mode()
+    def clip_score(self, images: torch.Tensor | np.ndarray, prompt: str) -> torch.Tensor:
+        """CLIP score per image against ``prompt``: 100 · cosine(image, text) (the torchmetrics convention).
+
+        A fix should leave unrelated prompts' images as well matched to their prompt as before; this is
+        the number that says so on models where pixels alone cannot (a changed image may still fit).
+        """
+        if self.encode_text is None:
+            raise ValueError(f"classifier {self.model!r} has no text encoder, so it cannot compute CLIP scores")
+        text = self.encode_text([prompt]).float().to(self.device)
+        text = text / text.norm(dim=-1, keepdim=True)
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            feats = self.encode_images(self.preprocess(images[start:start + self.batch_size]).to(self.device)).float()
+            out.append((100.0 * (feats / feats.norm(dim=-1, keepdim=True)) @ text[0]).cpu())
+        return torch.cat(out) if out else torch.zeros(0)
 
     def classify(self, images: torch.Tensor | np.ndarray) -> tuple[list[str], torch.Tensor]:
         """Labels ("female" / "male" / "unclear") and p_female per image."""
@@ -226,7 +244,8 @@ def load_classifier(
         feats = _class_features(encode_text, labels)
     return ZeroShotClassifier(backend=backend, model=spec, encode_images=encode_images, preprocess=preprocess,
                               class_features=feats, logit_scale=logit_scale, labels=labels,
-                              min_confidence=min_confidence, device=device, batch_size=batch_size)
+                              min_confidence=min_confidence, device=device, batch_size=batch_size,
+                              encode_text=encode_text)
 
 
 def _load_transformers_clip(source: str, spec: str, device: torch.device):

@@ -594,17 +594,25 @@ def _side_effects(ctx: _Context, M, prompts: Sequence[str], n_seeds: int, seed: 
                     progress=ctx.progress, description="side effects: unedited")
     edited = measure(ctx.pipe, ctx.clf, items, settings=ctx.settings, cache=ctx.cache, edit=M, batch_size=ctx.batch,
                      progress=ctx.progress, description="side effects: edited")
-    a = ctx.cache.read_images([r.key for r in plain]).astype(np.float64) / 255.0
-    b = ctx.cache.read_images([r.key for r in edited]).astype(np.float64) / 255.0
-    diff = np.abs(a - b).mean(axis=(1, 2, 3))
+    a_u8 = ctx.cache.read_images([r.key for r in plain])
+    b_u8 = ctx.cache.read_images([r.key for r in edited])
+    diff = np.abs(a_u8.astype(np.float64) - b_u8.astype(np.float64)).mean(axis=(1, 2, 3)) / 255.0
+    scoring = getattr(ctx.clf, "encode_text", None) is not None
     rows = []
     for j, prompt in enumerate(prompts):
         part = slice(j * n_seeds, (j + 1) * n_seeds)
         samples = [{"seed": plain[k].seed, "before": plain[k].image, "after": edited[k].image}
                    for k in range(part.start, min(part.start + 4, part.stop))]
+        score_before = float(ctx.clf.clip_score(a_u8[part], prompt).mean()) if scoring else None
+        score_after = float(ctx.clf.clip_score(b_u8[part], prompt).mean()) if scoring else None
         rows.append({"prompt": prompt, "mean_abs_pixel_change": float(diff[part].mean()),
-                     "clip_score_before": None, "clip_score_after": None, "samples": samples})
+                     "clip_score_before": score_before, "clip_score_after": score_after, "samples": samples})
     block["mean_abs_pixel_change"] = float(diff.mean())
+    if scoring:
+        block["clip_score_before"] = float(np.mean([r["clip_score_before"] for r in rows]))
+        block["clip_score_after"] = float(np.mean([r["clip_score_after"] for r in rows]))
+        block["clip_score_note"] = (f"100 · cosine(image, prompt) under {ctx.clf.model}, averaged over seeds; the "
+                                    f"same seeds with and without the edit")
     block["prompts"] = rows
     block["note"] = ("pixel values on a 0–1 scale, averaged over pixels, channels, seeds and prompts; the same seeds "
                      "with and without the edit")

@@ -107,3 +107,18 @@ def test_loading_errors_say_what_to_do(tmp_path: Path) -> None:
         load_classifier("open_clip:ViT-B-32")
     with pytest.raises(InputError, match="min-confidence"):
         load_classifier("mini", min_confidence=0.3)
+
+
+def test_clip_score_ranks_the_matching_prompt_first() -> None:
+    """The mini CLIP scores rendered objects higher against their own prompt than against another's."""
+    from debias.mini import world
+
+    rng = np.random.default_rng(0)
+    clf = load_classifier("mini")
+    for name, phrase in world.OBJECTS.items():
+        images = np.stack([world.render(name, None, rng, world.TUNING_TEMPLATE) for _ in range(8)])
+        own = clf.clip_score(images, world.TUNING_TEMPLATE.format(phrase))
+        assert own.shape == (8,) and torch.all(own.abs() <= 100.0)
+        for other_name, other in world.OBJECTS.items():
+            if other_name != name:
+                assert own.mean() > clf.clip_score(images, world.TUNING_TEMPLATE.format(other)).mean() + 5, (name, other)
