@@ -58,6 +58,7 @@ DEFAULT_MAX_DRIFT = 0.12
 # mini model, at the same conditioning drift of unrelated prompts the edit then moves its own prompt ~1.6× further.
 DEFAULT_ANCHOR_STRENGTH = 100.0
 
+UNEDITED = "already_within_tolerance"
 GENDER_WORDS = {"female": "female", "male": "male"}
 DEFAULT_SIDE_PROMPTS = (
     "a photo of an apple", "a photo of a car", "a photo of a tree", "a photo of a house", "a bowl of fruit on a table",
@@ -102,6 +103,7 @@ class _Profession:
     slope: Optional[float] = None  # d logit F / d log λ_rel from the search's fit (for corrections)
     bounds: tuple[float, float] = LOG_LAMBDA_BOUNDS  # allowed log λ_rel (the side-effect limit raises the low end)
     joint: list[dict] = field(default_factory=list)  # per joint round: counts on the tuning prompt
+    joined_round: Optional[int] = None  # left unedited, then joined the edit after this joint round (cross-effect)
     status: str = ""
 
     @property
@@ -206,15 +208,10 @@ def fix(
             say(f"  {p.name}: no classified image before the edit; cannot choose a destination")
             continue
         if abs(share - p.target) <= tolerance:
-            p.status = "already_within_tolerance"
+            p.status = UNEDITED
             say(f"  {p.name}: share {share:.2f} already within {p.target} ± {tolerance}; left unedited")
             continue
-        p.side = "male" if share > p.target else "female"
-        p.destination = destination_phrase(p.entry.phrase, p.side)
-        p.rows = _edit_rows(pipe, p.entry.phrase, p.destination, augmentations)
-        from debias.editing import lambda_scale
-
-        p.scale = lambda_scale(p.rows[0])
+        _choose_destination(p, share, pipe, augmentations)
 
     # the strongest edit allowed per profession: unrelated prompts' conditioning may move by at most max_drift
     probe_prompts = tuple(side_prompts or _default_side_prompts(is_mini))
@@ -304,15 +301,27 @@ def fix(
                             "ci_low": est.ci_low, "ci_high": est.ci_high})
             # re-tune only on evidence: outside the band and an interval that excludes the target (a share of a
             # hundred images is ±0.1; chasing its noise would only add noise to λ)
-            if (p.edited and est.share_female is not None and abs(est.share_female - p.target) > tolerance
-                    and not est.ci_low <= p.target <= est.ci_high):
+            if (est.share_female is not None and abs(est.share_female - p.target) > tolerance
+                    and not est.ci_low <= p.target <= est.ci_high and (p.edited or p.status == UNEDITED)):
                 off.append((p, est.share_female))
         say("  " + ", ".join(f"{p.name} {_fmt(p.joint[-1]['share_female'])}" for p in profs))
         if not off or rnd == joint_rounds:
             break
-        moved = []
+        # a profession left unedited that the others' edits pushed out of the band joins the edit
+        joiners = [(p, share) for p, share in off if not p.edited]
+        for p, share in joiners:
+            _join(p, share, rnd, edited, pipe, augmentations, probe, max_drift, log_lambda_bounds, anchors)
+            edited.append(p)
+            say(f"  {p.name}: pushed to {share:.2f} by the other edits; joins the edit towards '{p.destination}' "
+                f"at λ_rel {math.exp(p.log_lambda):.3g}")
+        if joiners:
+            preserve_prompts = _preserve_prompts(preserve, [p for p in profs if not p.edited], tuning_prompt_template)
+            preserve_rows = _preserve_rows(pipe, preserve_prompts, augmentations) if preserve_prompts else None
+        moved = [p for p, _ in joiners]
         for p, share in off:  # Newton step on the search's fitted logistic slope, bounded to one decade
-            slope = p.slope if p.slope and abs(p.slope) > 1e-3 else 1.0
+            if p.joined_round == rnd:
+                continue
+            slope = p.slope if p.slope and abs(p.slope) > 1e-3 else float(p.direction)
             step = (_logit(p.target) - _logit(share)) / slope
             step = max(-math.log(10), min(math.log(10), step))
             new = float(np.clip(p.log_lambda + step, *p.bounds))
@@ -363,6 +372,49 @@ def fix(
 
     render_report([out])
     return record
+
+
+def _choose_destination(p: _Profession, share: float, pipe, augmentations) -> None:
+    from debias.editing import lambda_scale
+
+    p.side = "male" if share > p.target else "female"
+    p.destination = destination_phrase(p.entry.phrase, p.side)
+    p.rows = _edit_rows(pipe, p.entry.phrase, p.destination, augmentations)
+    p.scale = lambda_scale(p.rows[0])
+
+
+def edit_reach(p: _Profession, log_lambda_relative: float, anchors: Optional["_Anchors"]) -> float:
+    """How far ``p``'s edit alone carries its own rows towards the destination: ‖(M − I)C‖ / ‖C* − C‖ (0 … ~1)."""
+    C, C_star = p.rows
+    M = single_matrix(p, log_lambda_relative, anchors)
+    return float((C @ M.T - C).norm() / (C_star - C).norm().clamp_min(1e-12))
+
+
+def _join(p: _Profession, share: float, rnd: int, edited: list[_Profession], pipe, augmentations, probe, max_drift,
+          bounds: tuple[float, float], anchors: Optional["_Anchors"]) -> None:
+    """Give an unedited profession that the joint edit pushed out of the band an edit of its own, without a search.
+
+    Its strength comes from the professions already tuned: each of them needed its edit to reach a fraction
+    ``reach_q`` of the way to its destination to shift the logit of its share by ``L_q``. The joiner needs a
+    shift of logit(t) − logit(share), so it gets the λ whose reach is that shift at the median logit per reach
+    (found on the matrices alone, no images); later rounds correct it with the median fitted slope.
+    """
+    _choose_destination(p, share, pipe, augmentations)
+    p.bounds = _drift_bounds(p, probe, max_drift, bounds, anchors)
+    per_reach = [abs(_logit(q.target) - _logit(q.tuning_before["share_female"])) / max(edit_reach(q, q.log_lambda, anchors), 1e-6)
+                 for q in edited if q.tuning_before.get("share_female") is not None]
+    needed = abs(_logit(p.target) - _logit(share)) / (float(np.median(per_reach)) if per_reach else 4.0)
+    lo, hi = p.bounds
+    if edit_reach(p, lo, anchors) <= needed:
+        x = lo
+    else:
+        for _ in range(40):  # reach falls as λ grows
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if edit_reach(p, mid, anchors) > needed else (lo, mid)
+        x = (lo + hi) / 2
+    p.log_lambda, p.joined_round, p.status = x, rnd, ""
+    slopes = [abs(q.slope) for q in edited if q.slope]
+    p.slope = p.direction * (float(np.median(slopes)) if slopes else 1.0)
 
 
 # ------------------------------------------------------------------------------------------- context
@@ -684,6 +736,7 @@ def _profession_record(p: _Profession, after_row: dict, tolerance: float) -> dic
         "search_ci_high": _clean(search.ci_high) if search else None,
         "closest_share": _clean(search.closest_share) if search else None,
         "joint": p.joint,
+        "joined_round": p.joined_round,  # left unedited, then edited after this joint round (cross-effect); or None
         # the search's evaluations at finite λ (the unedited reference is kept apart: it has no λ)
         "search": [row for row in search.trace(p.scale) if row["lambda"] is not None] if search else [],
         "search_unedited": next((row for row in search.trace(p.scale) if row["lambda"] is None), None)

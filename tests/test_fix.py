@@ -16,7 +16,9 @@ import pytest
 import torch
 
 from audit_helpers import HalfClassifier, load_tiny
-from debias.fix import _Anchors, _joint_matrix, _Profession, anchor_prompts_for, destination_phrase, fix, single_matrix
+from debias import fix as fix_module
+from debias.fix import (_Anchors, _join, _joint_matrix, _Profession, anchor_prompts_for, destination_phrase, edit_reach,
+                         fix, single_matrix)
 
 TIMING = ("started_at", "finished_at", "wall_seconds", "images", "hardware")
 QUICK = dict(budget=48, test_images=8, check_images=8, joint_rounds=1, side_seeds=2, steps=2, progress=False, log=None)
@@ -95,6 +97,23 @@ def test_anchors_keep_shared_context_fixed_while_the_edit_still_moves_its_rows()
     q = _profession_with_rows(2, math.log(0.1))
     joint = _joint_matrix([p, q], None, 1.0, anchors)
     assert moved(joint, shared) < moved(_joint_matrix([p, q], None, 1.0, None), shared) / 10
+
+
+def test_a_profession_pushed_out_of_the_band_joins_with_a_calibrated_strength(monkeypatch):
+    """The joiner's edit must carry it as far (in reach per logit) as the tuned professions' edits carried them."""
+    q = _profession_with_rows(0, math.log(0.3))
+    q.tuning_before, q.slope = {"share_female": 0.8}, 1.5  # the tuned edit moved 0.8 → 0.5: logit shift 1.386
+    joiner = _profession_with_rows(1, 0.0)
+    joiner.side, joiner.log_lambda, joiner.status = None, None, "already_within_tolerance"
+    joiner.entry = type("Entry", (), {"phrase": "a singer", "name": "singer"})()
+    monkeypatch.setattr(fix_module, "_edit_rows", lambda pipe, src, dst, aug: _profession_with_rows(1, 0.0).rows)
+    _join(joiner, 0.62, 2, [q], None, (), None, None, (math.log(1e-4), math.log(1e4)), None)
+    assert joiner.edited and joiner.side == "male" and joiner.destination == "a male singer"
+    assert joiner.joined_round == 2 and joiner.status == "" and joiner.slope == pytest.approx(1.5)
+    per_reach = math.log(0.8 / 0.2) / edit_reach(q, q.log_lambda, None)
+    needed = math.log(0.62 / 0.38) / per_reach
+    assert edit_reach(joiner, joiner.log_lambda, None) == pytest.approx(needed, rel=1e-3)
+    assert 0 < needed < edit_reach(q, q.log_lambda, None)  # a smaller push needs a weaker edit
 
 
 def test_fix_is_deterministic_and_a_rerun_redoes_nothing(tmp_path):
