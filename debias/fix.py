@@ -724,6 +724,8 @@ def _profession_record(p: _Profession, after_row: dict, tolerance: float) -> dic
         "delta_before": p.before["delta"], "delta_after": after_row["delta"],
         "after_interval_within_band": bool(after_row["ci_low"] >= band[0] and after_row["ci_high"] <= band[1])
         if share_after is not None else False,
+        "after_interval_overlaps_band": bool(after_row["ci_low"] <= band[1] and after_row["ci_high"] >= band[0])
+        if share_after is not None else False,
         "planted_share": p.before.get("planted_share"), "oracle_share_before": p.before.get("oracle_share"),
         "oracle_share_after": after_row.get("oracle_share"),
         "tuning_share_before": p.tuning_before["share_female"],
@@ -775,6 +777,7 @@ def _record(profs, before, after, tuning, side, model, clf, settings, target, to
         "mean_delta_after": after["mean_delta"], "mean_delta_after_ci_low": after["mean_delta_ci_low"],
         "mean_delta_after_ci_high": after["mean_delta_ci_high"],
         "within_tolerance_before": within_before, "within_tolerance_after": within_after,
+        "after_intervals_overlapping_band": sum(r["after_interval_overlaps_band"] for r in rows),
         "images": {"search": sum(r["images_used_in_search"] for r in rows), "joint_generated": joint_images,
                    "before_generated": before["images_generated"], "after_generated": after["images_generated"]},
         "side_effects": side,
@@ -803,7 +806,8 @@ def print_summary(record: dict[str, Any], file=None) -> None:
                   f"{_fmt(record['mean_delta_before_ci_high'], 2)}] → after {_fmt(record['mean_delta_after'], 2)} "
                   f"[{_fmt(record['mean_delta_after_ci_low'], 2)}, {_fmt(record['mean_delta_after_ci_high'], 2)}]; "
                   f"within tolerance {record['within_tolerance_before']} → {record['within_tolerance_after']} "
-                  f"of {len(record['professions'])}")
+                  f"of {len(record['professions'])}; after intervals reaching the band "
+                  f"{record.get('after_intervals_overlapping_band', '—')} of {len(record['professions'])}")
     side = record.get("side_effects") or {}
     if side.get("mean_abs_pixel_change") is not None:
         console.print(f"side effect on unrelated prompts: mean absolute pixel change "
