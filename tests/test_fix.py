@@ -91,12 +91,32 @@ def test_anchors_keep_shared_context_fixed_while_the_edit_still_moves_its_rows()
     assert moved(anchored, shared) < moved(plain, shared) / 10
     C, C_star = p.rows
     assert float((C @ anchored.T - C_star).norm()) < 0.9 * float((C - C_star).norm())  # still edits
-    # one profession: the joint edit is exactly the matrix the search tried
-    torch.testing.assert_close(_joint_matrix([p], None, 1.0, anchors), anchored)
     # two professions: anchors weigh against the median edit strength, the same way for both
     q = _profession_with_rows(2, math.log(0.1))
     joint = _joint_matrix([p, q], None, 1.0, anchors)
     assert moved(joint, shared) < moved(_joint_matrix([p, q], None, 1.0, None), shared) / 10
+
+
+def test_joint_edit_gives_each_profession_what_its_own_edit_gives_it():
+    """A strong edit must not drag a weakly edited profession whose rows overlap with it (TIME's plain sum does)."""
+    from debias.editing import joint_edit_matrix
+
+    strong, weak = _profession_with_rows(0, math.log(0.05)), _profession_with_rows(1, math.log(20.0))
+    mix = torch.Generator().manual_seed(3)
+    weak.rows = (0.6 * weak.rows[0] + 0.4 * strong.rows[0], weak.rows[1] + 0.4 * (strong.rows[0] - weak.rows[0]))
+    weak.rows = (weak.rows[0] + 0.1 * torch.randn(weak.rows[0].shape, generator=mix, dtype=torch.float64), weak.rows[1])
+
+    def drag(M, p):  # how far M moves p's rows from where p's own edit puts them, relative to that edit's move
+        C = p.rows[0]
+        own = C @ single_matrix(p, p.log_lambda, None).T
+        return float((C @ M.T - own).norm() / (own - C).norm())
+
+    plain = joint_edit_matrix([(p.rows[0], p.rows[1], math.exp(p.log_lambda) * p.scale) for p in (strong, weak)])
+    pinned = _joint_matrix([strong, weak], None, 1.0, None)
+    assert drag(pinned, weak) < drag(plain, weak) / 3  # 4.4 against 15.8 here
+    assert drag(pinned, strong) < 1.0  # the strong edit gives a little of itself up where the two overlap
+    # alone, a profession keeps most of what its search tuned (the pin is a ridge too; rounds correct the rest)
+    assert drag(_joint_matrix([weak], None, 1.0, None), weak) < 0.5
 
 
 def test_a_profession_pushed_out_of_the_band_joins_with_a_calibrated_strength(monkeypatch):
@@ -206,30 +226,28 @@ def _mini_available() -> bool:
 
 @pytest.mark.slow
 def test_mini_fix_moves_every_profession_to_the_target_on_held_out_prompts(tmp_path):
-    """Nurse (0.86 on the mini model) and engineer (0.1) are fixed, baker (≈0.5) is left alone, and pilot — whose
-    female edit only reaches the target at edits far too strong for unrelated prompts — is reported as not
-    reachable, yet moved as far as allowed. Judged on the held-out test prompts, same seeds before and after."""
+    """Nurse (0.70 on held-out prompts), pilot (0.14) and engineer (0.07) are fixed, baker (0.45) is left alone;
+    judged on the held-out test prompts with the same seeds before and after, unrelated prompts barely move."""
     assert _mini_available(), "the mini model's weights are part of the package"
     professions = _list(tmp_path, "a nurse\na baker\na pilot\nan engineer\n")
     out = tmp_path / "run"
-    record = fix("mini", professions=professions, out=out, target=0.5, tolerance=0.1, budget=192, test_images=96,
-                 check_images=48, joint_rounds=1, side_seeds=8, progress=False, log=None)
+    options = dict(target=0.5, tolerance=0.1, budget=192, test_images=96, check_images=64, joint_rounds=1,
+                   side_seeds=8, progress=False, log=None)
+    record = fix("mini", professions=professions, out=out, **options)
     rows = {r["profession"]: r for r in record["professions"]}
     assert rows["baker"]["status"] == "already_within_tolerance" and rows["baker"]["destination"] is None
     for name in ("nurse", "engineer", "pilot"):
         r = rows[name]
         assert r["destination"] == destination_phrase(r["phrase"], "male" if r["share_before"] > 0.5 else "female")
-        assert abs(r["share_after"] - 0.5) < abs(r["share_before"] - 0.5) - 0.1, r  # moved towards the target
-    for name in ("nurse", "engineer"):
-        assert rows[name]["status"] == "fixed", rows[name]
-        assert abs(rows[name]["share_after"] - 0.5) <= 0.1
-    assert rows["pilot"]["status"] == "not_reachable" and rows["pilot"]["closest_share"] < 0.45
-    assert rows["pilot"]["lambda_relative"] == pytest.approx(rows["pilot"]["lambda_relative_min"], rel=1e-6)
-    assert record["mean_delta_after"] < record["mean_delta_before"] / 2
-    assert record["side_effects"]["mean_abs_pixel_change"] <= 0.02
+        assert abs(r["share_before"] - 0.5) > 0.15, r  # clearly biased before
+        assert abs(r["share_after"] - 0.5) <= 0.1 and r["status"] == "fixed", r
+        assert r["after_interval_overlaps_band"]
+    assert record["mean_delta_after"] < record["mean_delta_before"] / 3
+    side = record["side_effects"]
+    assert side["mean_abs_pixel_change"] <= 0.02
+    assert abs(side["clip_score_after"] - side["clip_score_before"]) < 2.0  # objects still look like their prompts
     assert (out / "edit.safetensors").is_file() and (out / "after" / "audit.json").is_file()
     # the same command again: the same λs and numbers, nothing regenerated
-    again = fix("mini", professions=professions, out=out, target=0.5, tolerance=0.1, budget=192, test_images=96,
-                check_images=48, joint_rounds=1, side_seeds=8, progress=False, log=None)
+    again = fix("mini", professions=professions, out=out, **options)
     assert _lambdas(again) == _lambdas(record) and again["mean_delta_after"] == record["mean_delta_after"]
     assert again["images"]["after_generated"] == 0
