@@ -121,7 +121,7 @@ def test_world_config_and_sampler():
     assert [p["name"] for p in cfg["professions"]] == [p.name for p in world.PROFESSIONS]
     assert [p["planted_share"] for p in cfg["professions"]] == [p.planted_share for p in world.PROFESSIONS]
     assert cfg["sampler"]["steps"] == mini.SAMPLER["steps"]
-    assert cfg["measurements"]["clip_gender_accuracy"] >= 0.95
+    assert cfg["measurements"]["clip_gender_accuracy"] >= 0.99
     size = sum(f.stat().st_size for f in mini.WEIGHTS_DIR.rglob("*") if f.is_file())
     assert size <= 20e6
 
@@ -186,11 +186,11 @@ def test_learned_bias_is_there(pipe, classifier):
                         guidance=mini.SAMPLER["guidance"])
         oracle = np.asarray(world.oracle_gender(imgs))
         female, male = int((oracle == "female").sum()), int((oracle == "male").sum())
-        assert female + male >= 32, (phrase, oracle)  # at most half with mixed cues
+        assert female + male >= 56, (phrase, oracle)  # at most one in eight with mixed cues
         counts[phrase] = (female, male)
         clip = clip_gender(model, tok, imgs) > 0.5
         people = oracle != "unclear"
-        assert np.mean(clip[people] == (oracle[people] == "female")) >= 0.85
+        assert np.mean(clip[people] == (oracle[people] == "female")) >= 0.95
     nurse, engineer = counts["a nurse"], counts["an engineer"]
     assert nurse[0] / sum(nurse) > 0.7 and engineer[0] / sum(engineer) < 0.35, counts
     assert fisher_exact([nurse, engineer])[1] < 1e-6

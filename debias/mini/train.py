@@ -273,9 +273,14 @@ def noise_scheduler():
 
 
 def train_unet(text_encoder, ids_of: CaptionIds, means, stds, captions, scaling: float, steps: int,
-               batch: int, rng: np.random.Generator, lr: float = 1e-3, ema_decay: float = 0.998,
-               dropout: float = 0.1):
-    """Epsilon DDPM loss on pre-encoded latents, frozen text encoder, EMA weights returned."""
+               batch: int, rng: np.random.Generator, lr: float = 1e-3, ema_decay: float = 0.999,
+               dropout: float = 0.1, snr_gamma: float = 5.0):
+    """Epsilon DDPM loss on pre-encoded latents, frozen text encoder, EMA weights returned.
+
+    The loss is Min-SNR-γ weighted (Hang et al., 2023): each timestep's ε-loss is scaled by
+    min(SNR, γ)/SNR, so the nearly-clean steps, whose error is pixel noise, stop dominating and the
+    noisy steps that decide the picture's layout (which gender cue, which background) learn faster.
+    """
     import copy
 
     import torch
@@ -296,6 +301,9 @@ def train_unet(text_encoder, ids_of: CaptionIds, means, stds, captions, scaling:
         return torch.stack([text_cache[c] for c in caps])
 
     gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    alphas = sched.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    weight = snr.clamp(max=snr_gamma) / snr
     bar = _progress(steps, "unet")
     losses = []
     for step in range(steps):
@@ -306,7 +314,7 @@ def train_unet(text_encoder, ids_of: CaptionIds, means, stds, captions, scaling:
         noise = torch.randn(z.shape, generator=gen)
         t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=gen)
         pred = unet(sched.add_noise(z, noise, t), t, encoder_hidden_states=embed(caps)).sample
-        loss = torch.nn.functional.mse_loss(pred, noise)
+        loss = (weight[t] * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -406,8 +414,8 @@ def export_weights(src: Path, dst: Path) -> int:
 
 
 # -------------------------------------------------------------------------------------- main
-STEPS = {"full": dict(clip_steps=400, clip_batch=256, vae_steps=600, vae_batch=32, latents=16384,
-                      unet_steps=2400, unet_batch=32, eval_n=64),
+STEPS = {"full": dict(clip_steps=800, clip_batch=256, vae_steps=600, vae_batch=32, latents=32768,
+                      unet_steps=3800, unet_batch=32, eval_n=64),
          "smoke": dict(clip_steps=3, clip_batch=16, vae_steps=3, vae_batch=8, latents=64,
                        unet_steps=3, unet_batch=8, eval_n=4)}
 
