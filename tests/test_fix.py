@@ -226,7 +226,7 @@ def _mini_available() -> bool:
 
 @pytest.mark.slow
 def test_mini_fix_moves_every_profession_to_the_target_on_held_out_prompts(tmp_path):
-    """Nurse (0.70 on held-out prompts), pilot (0.14) and engineer (0.07) are fixed, baker (0.45) is left alone;
+    """Nurse (0.70 on held-out prompts), pilot (0.14) and engineer (0.07) are fixed, baker (0.45) ends in the band;
     judged on the held-out test prompts with the same seeds before and after, unrelated prompts barely move."""
     assert _mini_available(), "the mini model's weights are part of the package"
     professions = _list(tmp_path, "a nurse\na baker\na pilot\nan engineer\n")
@@ -235,7 +235,14 @@ def test_mini_fix_moves_every_profession_to_the_target_on_held_out_prompts(tmp_p
                    side_seeds=8, progress=False, log=None)
     record = fix("mini", professions=professions, out=out, **options)
     rows = {r["profession"]: r for r in record["professions"]}
-    assert rows["baker"]["status"] == "already_within_tolerance" and rows["baker"]["destination"] is None
+    baker = rows["baker"]  # near parity: left alone when inside the band, unless the others' edits push it out
+    if abs(baker["share_before"] - 0.5) > 0.1:
+        assert baker["status"] == "fixed" and baker["joined_round"] is None, baker
+    elif baker["destination"] is None:
+        assert baker["status"] == "already_within_tolerance", baker
+    else:  # joined the edit after a joint round showed it pushed out of the band
+        assert baker["joined_round"] == 0 and baker["status"] == "fixed" and baker["images_used_in_search"] == 0
+    assert abs(baker["share_after"] - 0.5) <= 0.1
     for name in ("nurse", "engineer", "pilot"):
         r = rows[name]
         assert r["destination"] == destination_phrase(r["phrase"], "male" if r["share_before"] > 0.5 else "female")
