@@ -39,8 +39,8 @@ from debias.errors import InputError
 from debias.search import SearchResult, search_lambda
 
 # Defaults sized for the built-in mini model: the whole fix of its 8 professions is 5,500-8,500 images (before and
-# after audits 2 × 8 × 128, tuning audit 8 × 128, searches ≤ 320 per edited profession, one to three joint measurements
-# of 8 × 128, side effects 4 × 16 × 2), 5-8 minutes at the mini model's ~18 images/s on 2 cores. What they buy: each
+# after audits 2 × 8 × 128, tuning audit 8 × 128, searches ≤ 320 per edited profession, one to three joint
+# measurements of 8 × 128, side effects 4 × 16 × 2), 5-8 minutes at the mini model's ~18 images/s on 2 cores. What they buy: each
 # profession's held-out share to about ±0.09 (95%) before and after, λ_p to about ±0.08 on the tuning prompt, and
 # joint rounds that see a cross-effect of ±0.09.
 DEFAULT_BUDGET = 320  # images per profession for the λ search (≈ ±0.08 at 95% on the tuning prompt)
@@ -159,8 +159,9 @@ def fix(
     ``budget`` bounds the images the λ search may use per profession (never exceeded). ``preserve`` is a
     list of prompts (or a file, one per line) to keep where they are (UCE-style, c* = c); the professions
     left unedited are always preserved. ``anchor_strength`` weighs the anchors (the bare tuning templates and
-    the empty prompt, kept fixed in the search and the joint edit alike; 0 turns them off). ``side_prompts`` are the unrelated prompts of the side-effect check
-    (default: the mini world's objects, or a list of everyday objects and scenes for real models).
+    the empty prompt, kept fixed in the search and the joint edit alike; 0 turns them off). ``side_prompts``
+    are the unrelated prompts of the side-effect check (default: the mini world's objects, or a list of
+    everyday objects and scenes for real models).
     """
     from debias import audit as audit_mod
     from debias.generate import ImageCache, default_batch_size, default_settings
@@ -366,8 +367,8 @@ def fix(
 
     record = _record(profs, before, after, tuning, side, model_info(pipe, spec), clf, settings, target, tolerance,
                      budget, test_images, check_images, joint_rounds, preserve_prompts, preserve_strength,
-                     anchor_prompts, anchor_strength, seed, augmentations, out, M, n_threads, dist, joint_images, started, time.perf_counter() - t0,
-                     audit_mod)
+                     anchor_prompts, anchor_strength, seed, augmentations, out, M, n_threads, dist, joint_images,
+                     started, time.perf_counter() - t0, audit_mod)
     from debias.io import atomic_write_json
 
     atomic_write_json(out / "fix.json", record)
@@ -404,7 +405,8 @@ def _join(p: _Profession, share: float, rnd: int, edited: list[_Profession], pip
     """
     _choose_destination(p, share, pipe, augmentations)
     p.bounds = _drift_bounds(p, probe, max_drift, bounds, anchors)
-    per_reach = [abs(_logit(q.target) - _logit(q.tuning_before["share_female"])) / max(edit_reach(q, q.log_lambda, anchors), 1e-6)
+    per_reach = [abs(_logit(q.target) - _logit(q.tuning_before["share_female"]))
+                 / max(edit_reach(q, q.log_lambda, anchors), 1e-6)
                  for q in edited if q.tuning_before.get("share_female") is not None]
     needed = abs(_logit(p.target) - _logit(share)) / (float(np.median(per_reach)) if per_reach else 4.0)
     lo, hi = p.bounds
@@ -623,13 +625,13 @@ def _joint_matrix(edited: list[_Profession], preserve_rows, preserve_strength: f
     """One M that gives every edited profession's rows what its own tuned edit gives them.
 
     Each profession's search tuned λ_p for its edit *alone*. Summing the edits with strengths 1/λ_p (TIME's
-    joint form) lets the strong edits drag the rows of the weak ones: on the mini model a weakly edited
-    profession's conditioning moved 1.5-5× as far as its own edit moves it. So the joint edit instead pins
-    each profession's rows C_p to their single-edit image C_p M_pᵀ, all with one strong weight (λ_rel =
-    ``JOINT_PIN_LAMBDA_RELATIVE``), and reconciles the pins by least squares where rows overlap; that cut the
-    drag to 0.1-0.6 of each edit (1.5 for the most weakly edited one) and the conditioning drift of unrelated prompts from
-    0.127 to 0.085. Preserve rows and anchors weigh against the same unit (a weight β on rows P is weight 1 on
-    √β·P, so they go in as one block).
+    joint form) lets strong edits drag the rows of weak ones: on the mini model the joint edit moved a
+    profession's tuning prompt away from where its own edit puts it by 0.1-5.4 times that edit's size (worst
+    for the weakest edits). So the joint edit instead pins each profession's rows C_p to their single-edit
+    image C_p M_pᵀ, all with one strong weight (λ_rel = ``JOINT_PIN_LAMBDA_RELATIVE``), and reconciles the pins
+    by least squares where rows overlap: that cut the miss to 0.13-0.63 (1.46 for the weakest edit) and the
+    conditioning drift of unrelated prompts from 0.127 to 0.085. Preserve rows and anchors weigh against the
+    same unit (a weight β on rows P is weight 1 on √β·P, so they go in as one block).
     """
     from debias.editing import joint_edit_matrix
 
