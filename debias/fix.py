@@ -50,13 +50,14 @@ DEFAULT_JOINT_ROUNDS = 2
 DEFAULT_SIDE_SEEDS = 16  # seeds per unrelated prompt for the side-effect check
 LOG_LAMBDA_BOUNDS = (math.log(1e-4), math.log(1e4))
 # An edit may move the conditioning of unrelated prompts by at most this (mean relative norm of ‖(M − I)c‖ over
-# their token rows). On the mini model 0.12 keeps their images within ~0.02 mean absolute pixel change; stronger
-# edits (λ_rel ≪ 1) change everything (0.15 at λ_rel = 0.001). None turns the limit off.
+# their token rows). On the mini model the demo's joint edit moves them by 0.086 and their images by 0.005 mean
+# absolute pixel change (0–1); without a limit the strongest edits change every prompt. None turns the limit off.
 DEFAULT_MAX_DRIFT = 0.12
 # Anchors: the bare tuning templates ("a photo of", …) and the empty prompt, kept where they are (c* = c) with this
 # weight relative to one edit row. They hold the context every prompt shares (template words, end and padding
 # tokens) in place, so the edit moves what the profession word adds and not what all prompts have in common. On the
-# mini model, at the same conditioning drift of unrelated prompts the edit then moves its own prompt ~1.6× further.
+# mini model, at a drift of unrelated prompts ≤ 0.12 the edit then moves its own prompt 1.5× (nurse) to 1.6×
+# (engineer) as far.
 DEFAULT_ANCHOR_STRENGTH = 100.0
 # How strongly the joint edit holds each profession's rows at what its own tuned edit gives them (see _joint_matrix).
 JOINT_PIN_LAMBDA_RELATIVE = 1.0
@@ -349,7 +350,7 @@ def fix(
     say(f"fix: auditing after the edit ({test_images} images each, same seeds)")
     after = audit_mod.audit(pipe, professions=entries, images_per_profession=test_images, out=out / "after",
                             prompt_set="test", edit=M, edit_info=edit_info, **common)
-    side = _side_effects(ctx, M, side_prompts or _default_side_prompts(is_mini), side_seeds, seed, out)
+    side = _side_effects(ctx, M, probe_prompts, side_seeds, seed, out)
     if M is not None and probe is not None:
         side["conditioning_drift"] = conditioning_drift(M, probe)
     side["max_drift"] = max_drift
@@ -409,15 +410,8 @@ def _join(p: _Profession, share: float, rnd: int, edited: list[_Profession], pip
                  / max(edit_reach(q, q.log_lambda, anchors), 1e-6)
                  for q in edited if q.tuning_before.get("share_female") is not None]
     needed = abs(_logit(p.target) - _logit(share)) / (float(np.median(per_reach)) if per_reach else 4.0)
-    lo, hi = p.bounds
-    if edit_reach(p, lo, anchors) <= needed:
-        x = lo
-    else:
-        for _ in range(40):  # reach falls as λ grows
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if edit_reach(p, mid, anchors) > needed else (lo, mid)
-        x = (lo + hi) / 2
-    p.log_lambda, p.joined_round, p.status = x, rnd, ""
+    x = _first_at_most(lambda y: edit_reach(p, y, anchors), *p.bounds, needed)
+    p.log_lambda, p.joined_round, p.status = (p.bounds[1] if x is None else x), rnd, ""
     slopes = [abs(q.slope) for q in edited if q.slope]
     p.slope = p.direction * (float(np.median(slopes)) if slopes else 1.0)
 
@@ -550,14 +544,26 @@ def _drift_bounds(p: _Profession, probe, max_drift, bounds: tuple[float, float],
     def drift(x: float) -> float:
         return conditioning_drift(single_matrix(p, x, anchors), probe)
 
-    if drift(lo) <= max_drift:
-        return bounds
-    if drift(hi) > max_drift:  # even the weakest edit is too broad: leave one unit of log λ to show it
+    strongest = _first_at_most(drift, lo, hi, max_drift)
+    if strongest is None:  # even the weakest edit is too broad: leave one unit of log λ to show it
         return (hi - 1.0, hi)
-    for _ in range(40):  # drift falls as λ grows: bisect for the strongest allowed λ
+    return (strongest, hi)
+
+
+def _first_at_most(f: Callable[[float], float], lo: float, hi: float, level: float) -> Optional[float]:
+    """The smallest x in [lo, hi] with f(x) <= level, for f falling as x grows (None: not even at hi).
+
+    Both uses are functions of log λ that fall as the edit weakens (drift of unrelated prompts, an edit's reach),
+    so this finds the strongest edit that stays within a limit.
+    """
+    if f(lo) <= level:
+        return lo
+    if f(hi) > level:
+        return None
+    for _ in range(40):
         mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if drift(mid) <= max_drift else (mid, hi)
-    return (hi, bounds[1])
+        lo, hi = (lo, mid) if f(mid) <= level else (mid, hi)
+    return hi
 
 
 def _seeds_per_round(tuning_row: dict, budget: int) -> int:
@@ -613,11 +619,7 @@ def _preserve_prompts(preserve, unedited: list[_Profession], template: str) -> l
 
 
 def _preserve_rows(pipe, prompts: Sequence[str], augmentations) -> torch.Tensor:
-    from debias.editing import encode_conditioning
-
-    texts = [p for prompt in prompts for p in [prompt, *(t.format(prompt) for t in augmentations)]]
-    emb = encode_conditioning(pipe, texts)
-    return emb.reshape(-1, emb.shape[-1]).double()
+    return _probe_rows(pipe, [p for prompt in prompts for p in [prompt, *(t.format(prompt) for t in augmentations)]])
 
 
 def _joint_matrix(edited: list[_Profession], preserve_rows, preserve_strength: float,
@@ -717,7 +719,7 @@ def _profession_record(p: _Profession, after_row: dict, tolerance: float) -> dic
     share_after = after_row["share_female"]
     band = (t - tolerance, t + tolerance)
     within_after = share_after is not None and abs(share_after - t) <= tolerance
-    if p.status in ("already_within_tolerance", "not_reachable"):
+    if p.status in (UNEDITED, "not_reachable"):
         status = p.status
     elif within_after:
         status = "fixed"
