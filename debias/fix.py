@@ -7,8 +7,9 @@ Steps (each cached in the run folder, so an interrupted run redoes nothing finis
              a profession already within tolerance on the test prompts is left unedited
     search   λ_p per profession on the tuning prompt (debias.search), each candidate tried through
              conditioning_transform (no weight written), the same seeds at every λ
-    joint    one M for all professions, α_p = 1/λ_p (+ optional preserve rows, c* = c); re-measure every
-             profession under it on the tuning prompt and re-tune the strengths against cross-effects
+    joint    one M for all professions, each pinned to what its own edit gives it (+ anchors and preserve rows,
+             c* = c); re-measure every profession under it on the tuning prompt with fresh seeds each round and
+             re-tune the strengths against cross-effects from all rounds pooled
     after    audit the test prompts with the same seeds under the final edit (after/); side effects on
              unrelated prompts (mean absolute pixel change at fixed seeds)
     outputs  edit.safetensors (UCE-compatible keys), fix.json, and optionally a full diffusers folder
@@ -42,7 +43,7 @@ from debias.search import SearchResult, search_lambda
 # after audits 2 × 8 × 128, tuning audit 8 × 128, searches ≤ 320 per edited profession, one to three joint
 # measurements of 8 × 128, side effects 4 × 16 × 2), 5-8 minutes at the mini model's ~18 images/s on 2 cores. What they buy: each
 # profession's held-out share to about ±0.09 (95%) before and after, λ_p to about ±0.08 on the tuning prompt, and
-# joint rounds that see a cross-effect of ±0.09.
+# joint rounds that see a cross-effect of ±0.09 (±0.06 once two rounds are pooled).
 DEFAULT_BUDGET = 320  # images per profession for the λ search (≈ ±0.08 at 95% on the tuning prompt)
 DEFAULT_TEST_IMAGES = 128  # per profession, before and after, on the held-out test prompts (≈ ±0.09)
 DEFAULT_CHECK_IMAGES = 128  # per profession and joint round, tuning prompt (≈ ±0.09)
@@ -60,7 +61,9 @@ DEFAULT_MAX_DRIFT = 0.12
 # (engineer) as far.
 DEFAULT_ANCHOR_STRENGTH = 100.0
 # How strongly the joint edit holds each profession's rows at what its own tuned edit gives them (see _joint_matrix).
-JOINT_PIN_LAMBDA_RELATIVE = 1.0
+JOINT_PIN_LAMBDA_RELATIVE = 0.03
+# A joint round re-tunes a profession only when its λ would move by more than this (in log λ, i.e. 1%).
+MIN_CORRECTION = 0.01
 
 UNEDITED = "already_within_tolerance"
 GENDER_WORDS = {"female": "female", "male": "male"}
@@ -283,11 +286,12 @@ def fix(
             break
         M = _joint_matrix(edited, preserve_rows, preserve_strength, anchors)
         say(f"joint round {rnd}: one edit for {len(edited)} professions; re-measuring all {len(profs)} "
-            f"on the tuning prompt ({check_images} images each)")
+            f"on the tuning prompt ({check_images} fresh seeds each)")
+        first = seed + rnd * check_images  # fresh seeds every round: pooled over rounds, the noise averages out
         items, owner = [], []
         for p in profs:
             prompt = tuning_prompt_template.format(p.entry.phrase)
-            items += [(prompt, seed + i) for i in range(check_images)]
+            items += [(prompt, first + i) for i in range(check_images)]
             owner += [p.name] * check_images
         from debias.generate import measure
 
@@ -297,44 +301,40 @@ def fix(
         by_name: dict[str, list[str]] = {}
         for name, r in zip(owner, results):
             by_name.setdefault(name, []).append(r.label)
-        off = []
+        pushed_out = []
         for p in profs:
             f, m, u = stats.count_labels(by_name[p.name])
             est = stats.estimate(f, m, u, target=p.target)
             p.joint.append({"round": rnd, "lambda_relative": math.exp(p.log_lambda) if p.edited else None,
-                            "n_female": f, "n_male": m, "n_unclear": u, "share_female": est.share_female,
-                            "ci_low": est.ci_low, "ci_high": est.ci_high})
-            # re-tune only on evidence: outside the band and an interval that excludes the target (a share of a
-            # hundred images is ±0.1; chasing its noise would only add noise to λ)
-            if (est.share_female is not None and abs(est.share_female - p.target) > tolerance
-                    and not est.ci_low <= p.target <= est.ci_high and (p.edited or p.status == UNEDITED)):
-                off.append((p, est.share_female))
+                            "first_seed": first, "n_female": f, "n_male": m, "n_unclear": u,
+                            "share_female": est.share_female, "ci_low": est.ci_low, "ci_high": est.ci_high})
+            # an unedited profession joins only on evidence: outside the band and an interval that excludes the
+            # target (a share of a hundred images is ±0.1; chasing its noise would edit a profession for nothing)
+            if (not p.edited and p.status == UNEDITED and est.share_female is not None
+                    and abs(est.share_female - p.target) > tolerance and not est.ci_low <= p.target <= est.ci_high):
+                pushed_out.append((p, est.share_female))
         say("  " + ", ".join(f"{p.name} {_fmt(p.joint[-1]['share_female'])}" for p in profs))
-        if not off or rnd == joint_rounds:
+        if rnd == joint_rounds:
             break
         # a profession left unedited that the others' edits pushed out of the band joins the edit
-        joiners = [(p, share) for p, share in off if not p.edited]
-        for p, share in joiners:
+        for p, share in pushed_out:
             _join(p, share, rnd, edited, pipe, augmentations, probe, max_drift, log_lambda_bounds, anchors)
             edited.append(p)
             say(f"  {p.name}: pushed to {share:.2f} by the other edits; joins the edit towards '{p.destination}' "
                 f"at λ_rel {math.exp(p.log_lambda):.3g}")
-        if joiners:
+        if pushed_out:
             preserve_prompts = _preserve_prompts(preserve, [p for p in profs if not p.edited], tuning_prompt_template)
             preserve_rows = _preserve_rows(pipe, preserve_prompts, augmentations) if preserve_prompts else None
-        moved = [p for p, _ in joiners]
-        for p, share in off:  # Newton step on the search's fitted logistic slope, bounded to one decade
+        moved = [p for p, _ in pushed_out]
+        for p in edited:
             if p.joined_round == rnd:
                 continue
-            slope = p.slope if p.slope and abs(p.slope) > 1e-3 else float(p.direction)
-            step = (_logit(p.target) - _logit(share)) / slope
-            step = max(-math.log(10), min(math.log(10), step))
-            new = float(np.clip(p.log_lambda + step, *p.bounds))
-            if abs(new - p.log_lambda) > 1e-9:
+            new = pooled_correction(p)
+            if abs(new - p.log_lambda) > MIN_CORRECTION:
                 p.log_lambda = new
                 moved.append(p)
         if not moved:
-            say("  the professions still off target are at their strongest allowed edit; no further rounds")
+            say("  every edited profession sits where its measurements put the target; no further rounds")
             break
         say("  re-tuned: " + ", ".join(f"{p.name} λ_rel {math.exp(p.log_lambda):.3g}" for p in moved))
 
@@ -414,6 +414,27 @@ def _join(p: _Profession, share: float, rnd: int, edited: list[_Profession], pip
     p.log_lambda, p.joined_round, p.status = (p.bounds[1] if x is None else x), rnd, ""
     slopes = [abs(q.slope) for q in edited if q.slope]
     p.slope = p.direction * (float(np.median(slopes)) if slopes else 1.0)
+
+
+def pooled_correction(p: _Profession) -> float:
+    """log λ_rel at which the joint edit should put ``p`` on its target, from every joint round it was edited in.
+
+    The joint edit shifts ``p``'s curve (cross-effects) but hardly bends it, so the rounds are fitted as one
+    logistic curve with the search's slope and a free intercept; the new λ is where that curve meets the target.
+    Each round measures fresh seeds, so the estimate sharpens with every round instead of chasing the noise of
+    the last one. The step is bounded to one decade of λ and to the profession's allowed range.
+    """
+    from debias.search import fit_intercept
+
+    rounds = [j for j in p.joint if j["lambda_relative"] is not None and j["n_female"] + j["n_male"] > 0]
+    if not rounds:
+        return p.log_lambda
+    slope = p.slope if p.slope and abs(p.slope) > 1e-3 else float(p.direction)
+    x = [math.log(j["lambda_relative"]) for j in rounds]
+    a = fit_intercept(x, [j["n_female"] for j in rounds], [j["n_female"] + j["n_male"] for j in rounds], slope,
+                      center=p.log_lambda)
+    step = float(np.clip((_logit(p.target) - a) / slope, -math.log(10), math.log(10)))
+    return float(np.clip(p.log_lambda + step, *p.bounds))
 
 
 # ------------------------------------------------------------------------------------------- context
@@ -631,8 +652,10 @@ def _joint_matrix(edited: list[_Profession], preserve_rows, preserve_strength: f
     profession's tuning prompt away from where its own edit puts it by 0.1-5.4 times that edit's size (worst
     for the weakest edits). So the joint edit instead pins each profession's rows C_p to their single-edit
     image C_p M_pᵀ, all with one strong weight (λ_rel = ``JOINT_PIN_LAMBDA_RELATIVE``), and reconciles the pins
-    by least squares where rows overlap: that cut the miss to 0.13-0.63 (1.46 for the weakest edit) and the
-    conditioning drift of unrelated prompts from 0.127 to 0.085. Preserve rows and anchors weigh against the
+    by least squares where rows overlap. The pin must be strong: on the mini model's demo edit a pin at
+    λ_rel = 1 delivered only 59-99% of each single edit's move (the pin is a ridge too), at 0.03 it delivers
+    88-102% and misses where the single edit puts the rows by 0.06-0.38 of that move (0.13-0.54 at 1), with
+    the same drift of unrelated prompts (0.090). Preserve rows and anchors weigh against the
     same unit (a weight β on rows P is weight 1 on √β·P, so they go in as one block).
     """
     from debias.editing import joint_edit_matrix
@@ -792,6 +815,7 @@ def _record(profs, before, after, tuning, side, model, clf, settings, target, to
         "mean_delta_before_ci_high": before["mean_delta_ci_high"],
         "mean_delta_after": after["mean_delta"], "mean_delta_after_ci_low": after["mean_delta_ci_low"],
         "mean_delta_after_ci_high": after["mean_delta_ci_high"],
+        "mean_delta_noise_floor_after": after.get("mean_delta_noise_floor"),
         "within_tolerance_before": within_before, "within_tolerance_after": within_after,
         "after_intervals_overlapping_band": sum(r["after_interval_overlaps_band"] for r in rows),
         "images": {"search": sum(r["images_used_in_search"] for r in rows), "joint_generated": joint_images,
@@ -820,8 +844,9 @@ def print_summary(record: dict[str, Any], file=None) -> None:
     console.print(table)
     console.print(f"mean Δ before {_fmt(record['mean_delta_before'], 2)} [{_fmt(record['mean_delta_before_ci_low'], 2)}, "
                   f"{_fmt(record['mean_delta_before_ci_high'], 2)}] → after {_fmt(record['mean_delta_after'], 2)} "
-                  f"[{_fmt(record['mean_delta_after_ci_low'], 2)}, {_fmt(record['mean_delta_after_ci_high'], 2)}]; "
-                  f"within tolerance {record['within_tolerance_before']} → {record['within_tolerance_after']} "
+                  f"[{_fmt(record['mean_delta_after_ci_low'], 2)}, {_fmt(record['mean_delta_after_ci_high'], 2)}] "
+                  f"(a perfect edit would read {_fmt(record.get('mean_delta_noise_floor_after'), 2)} on as many "
+                  f"images); within tolerance {record['within_tolerance_before']} → {record['within_tolerance_after']} "
                   f"of {len(record['professions'])}; after intervals reaching the band "
                   f"{record.get('after_intervals_overlapping_band', '—')} of {len(record['professions'])}")
     side = record.get("side_effects") or {}

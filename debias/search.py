@@ -256,6 +256,27 @@ def fit_logistic_batch(
     return params[:, 0], params[:, 1], center
 
 
+def fit_intercept(x: Sequence[float], female: Sequence[float], clear: Sequence[float], slope: float,
+                  center: float, iterations: int = 50) -> float:
+    """Intercept ``a`` of logit P(female | x) = a + slope·(x − center), the slope held fixed (maximum likelihood).
+
+    For re-measurements of one curve at a few points after its slope is known (the joint edit's rounds):
+    one parameter from every image at every point, instead of trusting the last point alone.
+    """
+    x = np.asarray(x, dtype=float) - center
+    female, clear = np.asarray(female, dtype=float), np.asarray(clear, dtype=float)
+    a = 0.0
+    for _ in range(iterations):
+        p = _sigmoid(a + slope * x)
+        grad = float((female - clear * p).sum()) - a / _PRIOR_SD_INTERCEPT**2
+        hess = float((clear * p * (1 - p)).sum()) + 1 / _PRIOR_SD_INTERCEPT**2
+        step = float(np.clip(grad / hess, -5.0, 5.0))
+        a += step
+        if abs(step) < 1e-10:
+            break
+    return a
+
+
 # ------------------------------------------------------------------------------------------ the data
 
 

@@ -14,6 +14,7 @@ from debias.search import (
     Evaluation,
     SearchResult,
     bootstrap_interval,
+    fit_intercept,
     fit_logistic_batch,
     search_lambda,
 )
@@ -71,6 +72,17 @@ def test_logistic_fit_recovers_parameters_and_respects_monotonicity():
     a, b, _ = fit_logistic_batch(x, p * clear, clear, direction=-1)
     assert b[0] == 0.0
     assert 1 / (1 + math.exp(-a[0])) == pytest.approx(p.mean(), abs=0.01)
+
+
+def test_intercept_fit_with_known_slope_pools_every_point():
+    x = np.array([-0.4, 0.1, 0.5])
+    p = 1 / (1 + np.exp(-(-0.8 + 2.0 * (x - 0.1))))
+    clear = np.full(3, 5000.0)
+    assert fit_intercept(x, p * clear, clear, slope=2.0, center=0.1) == pytest.approx(-0.8, abs=0.03)
+    # one point alone says the same; a wrong slope is absorbed as well as one parameter can
+    assert fit_intercept(x[:1], p[:1] * 5000, clear[:1], slope=2.0, center=0.1) == pytest.approx(-0.8, abs=0.05)
+    # no clear image: the prior keeps the intercept at 0 instead of running off
+    assert fit_intercept(x, np.zeros(3), np.zeros(3), slope=2.0, center=0.0) == 0.0
 
 
 def test_bootstrap_resamples_seeds_not_images():
