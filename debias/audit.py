@@ -297,6 +297,8 @@ def _record(*, entries, results, target, tolerance, is_mini, model, classifier, 
         "images_generated": sum(not r.reused for r in all_results),
         "images_reused": sum(r.reused for r in all_results),
         "mean_delta": point, "mean_delta_ci_low": low, "mean_delta_ci_high": high,
+        "mean_delta_noise_floor": stats.mean_delta_noise_floor([r["n_female"] + r["n_male"] for r in rows],
+                                                               [r["target"] for r in rows]),
         "within_tolerance": sum(1 for r in rows if r["delta"] is not None and r["delta"] * max(r["target"], 1 - r["target"]) <= tolerance),
         "professions": rows,
     }
@@ -343,7 +345,8 @@ def print_summary(record: dict[str, Any], file=None) -> None:
     console.print(table)
     console.print(f"mean Δ = {_fmt(record['mean_delta'])} "
                   f"[{_fmt(record['mean_delta_ci_low'])}, {_fmt(record['mean_delta_ci_high'])}] "
-                  f"(target {record['target']}; 0 = on target, 1 = all one gender)")
+                  f"(target {record['target']}; 0 = on target, 1 = all one gender; an unbiased model would read "
+                  f"{_fmt(record.get('mean_delta_noise_floor'))} on as many images)")
     console.print(record["ci_note"])
     console.print(f"images generated {record['images_generated']}, reused from cache {record['images_reused']}; "
                   f"{record['wall_seconds']:.1f} s")

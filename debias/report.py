@@ -223,7 +223,7 @@ def _pick_samples(before: list[dict], after: list[dict] | None, k: int) -> list[
 
 
 SUMMARY_KEYS = {"kind", "professions", "mean_delta", "mean_delta_ci_low", "mean_delta_ci_high", "within_tolerance",
-                "templates"}
+                "mean_delta_noise_floor", "templates"}
 
 
 def _method(data: dict) -> dict:
@@ -419,7 +419,8 @@ def build_report(run_dirs: Sequence[str | Path]) -> tuple[dict, dict]:
         data = runs["audit"][1]
         rows = sorted(_audit_rows(data, target, tol), key=lambda r: _sort_key(r, "delta"))
         sides = [""]
-        summary.update({k: data.get(k) for k in ("mean_delta", "mean_delta_ci_low", "mean_delta_ci_high")})
+        summary.update({k: data.get(k) for k in ("mean_delta", "mean_delta_ci_low", "mean_delta_ci_high",
+                                                  "mean_delta_noise_floor")})
         computed = _count(r["within_tolerance"] for r in rows)
         recorded = data.get("within_tolerance")
         summary["within_tolerance"] = recorded if isinstance(recorded, int) else computed
@@ -439,6 +440,7 @@ def build_report(run_dirs: Sequence[str | Path]) -> tuple[dict, dict]:
                 key = f"mean_delta_{side}{stat}"
                 value = (fix or {}).get(key)
                 summary[key] = value if value is not None else src.get(f"mean_delta{stat}")
+            summary[f"mean_delta_noise_floor_{side}"] = src.get("mean_delta_noise_floor")
         for side in ("before", "after"):
             computed = _count(r[f"within_tolerance_{side}"] for r in rows)
             recorded = (fix or {}).get(f"within_tolerance_{side}")

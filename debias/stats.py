@@ -9,7 +9,8 @@ two-sided exact binomial test, and the distance from the target is::
     Δ = |F − t| / max(t, 1 − t)        (for t = ½ this is TIME's and UCE's |F − ½| / ½)
 
 so Δ = 0 is on target and Δ = 1 is as far as a share can be. The headline of an audit is the mean Δ
-over professions with an interval from a parametric bootstrap (see :func:`mean_delta_interval`).
+over professions with an interval from a parametric bootstrap (see :func:`mean_delta_interval`), shown
+next to the mean Δ a perfect model would read on as many images (:func:`mean_delta_noise_floor`).
 
 Rule of thumb printed with every table (:data:`CI_NOTE`): at a share near ½ a 95% interval is about
 ±0.10 wide at n = 100 and ±0.05 at n = 400; it shrinks with √n. :func:`needs_more` is the sequential
@@ -125,6 +126,28 @@ def count_labels(labels: Sequence[str]) -> tuple[int, int, int]:
     m = sum(1 for x in labels if x == "male")
     u = len(labels) - f - m
     return f, m, u
+
+
+def mean_delta_noise_floor(ns: Sequence[int], targets: Sequence[float] | float = 0.5) -> float | None:
+    """Mean Δ that a *perfect* model (every share exactly on target) would show on ``ns`` classified images.
+
+    Δ folds the noise of a share into distance, so a measured mean Δ can never be read below this: at t = ½ it
+    is about 0.8/√n (0.07 at n = 128, 0.035 at n = 512). Exact over the binomial, not the normal approximation.
+    Professions with n = 0 are left out; None when none is left.
+    """
+    from scipy.stats import binom
+
+    if isinstance(targets, (int, float)):
+        targets = [float(targets)] * len(ns)
+    if len(targets) != len(ns):
+        raise ValueError(f"{len(ns)} professions but {len(targets)} targets")
+    floors = []
+    for n, t in zip(ns, targets):
+        _check_target(t)
+        if n > 0:
+            k = np.arange(n + 1)
+            floors.append(float(np.sum(binom.pmf(k, n, t) * np.abs(k / n - t))) / max(t, 1 - t))
+    return float(np.mean(floors)) if floors else None
 
 
 def mean_delta_interval(

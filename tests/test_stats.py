@@ -107,3 +107,20 @@ def test_needs_more_sequential_rule() -> None:
     n = next(n for n in range(2, 400, 2) if not stats.needs_more(n // 2, n // 2, n, ci_width=0.2, cap=10_000))
     assert 90 <= n <= 100
     assert math.isclose(stats.half_width(n), 0.1, abs_tol=0.005)
+
+
+def test_mean_delta_noise_floor_is_what_an_unbiased_model_reads() -> None:
+    # simulate unbiased professions at n = 128 and n = 512: the measured mean Δ averages to the floor
+    rng = np.random.default_rng(0)
+    for n in (128, 512):
+        draws = rng.binomial(n, 0.5, size=200_000)
+        simulated = float(np.mean(np.abs(draws / n - 0.5) / 0.5))
+        assert stats.mean_delta_noise_floor([n]) == pytest.approx(simulated, rel=0.01)
+        assert stats.mean_delta_noise_floor([n]) == pytest.approx(0.8 / math.sqrt(n), rel=0.03)
+    # a target of 0.3 scales by max(t, 1 − t); professions without a classified image are left out
+    draws = rng.binomial(100, 0.3, size=200_000)
+    assert stats.mean_delta_noise_floor([100, 0], [0.3, 0.5]) == pytest.approx(
+        float(np.mean(np.abs(draws / 100 - 0.3) / 0.7)), rel=0.01)
+    assert stats.mean_delta_noise_floor([0]) is None
+    with pytest.raises(ValueError):
+        stats.mean_delta_noise_floor([10, 10], [0.5])
