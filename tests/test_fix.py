@@ -252,12 +252,12 @@ def _mini_available() -> bool:
 
 @pytest.mark.slow
 def test_mini_fix_moves_every_profession_to_the_target_on_held_out_prompts(tmp_path):
-    """Nurse (0.70 on held-out prompts), pilot (0.14) and engineer (0.07) are fixed, baker (0.45) ends in the band;
-    judged on the held-out test prompts with the same seeds before and after, unrelated prompts barely move."""
+    """Nurse (0.70 on held-out prompts), pilot (0.17) and engineer (0.06) are fixed, baker (0.44) ends in the band;
+    judged on 192 held-out images each (±0.07) with the same seeds before and after; unrelated prompts barely move."""
     assert _mini_available(), "the mini model's weights are part of the package"
     professions = _list(tmp_path, "a nurse\na baker\na pilot\nan engineer\n")
     out = tmp_path / "run"
-    options = dict(target=0.5, tolerance=0.1, budget=192, test_images=96, check_images=64, joint_rounds=1,
+    options = dict(target=0.5, tolerance=0.1, budget=192, test_images=192, check_images=64, joint_rounds=1,
                    side_seeds=8, progress=False, log=None)
     record = fix("mini", professions=professions, out=out, **options)
     rows = {r["profession"]: r for r in record["professions"]}
