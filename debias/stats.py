@@ -131,8 +131,9 @@ def count_labels(labels: Sequence[str]) -> tuple[int, int, int]:
 def mean_delta_noise_floor(ns: Sequence[int], targets: Sequence[float] | float = 0.5) -> float | None:
     """Mean Δ that a *perfect* model (every share exactly on target) would show on ``ns`` classified images.
 
-    Δ folds the noise of a share into distance, so a measured mean Δ can never be read below this: at t = ½ it
-    is about 0.8/√n (0.07 at n = 128, 0.035 at n = 512). Exact over the binomial, not the normal approximation.
+    Δ folds the noise of a share into distance, so even a perfect model reads this much on average (one draw may
+    read less): at t = ½ it is about 0.8/√n (0.07 at n = 128, 0.035 at n = 512). Exact over the binomial, not
+    the normal approximation.
     Professions with n = 0 are left out; None when none is left.
     """
     from scipy.stats import binom
