@@ -2,13 +2,14 @@
 
 Steps (each cached in the run folder, so an interrupted run redoes nothing finished)::
 
-    before   audit every profession on the held-out test prompts (before/) and on the tuning prompt (tuning/)
+    before   audit every profession on the held-out test prompts (before/) and on the tuning prompts (tuning/:
+             validation templates that neither the edit nor the test set contains)
     choose   destination towards the under-represented side: "a male X" when F > t, "a female X" when F < t;
              a profession already within tolerance on the test prompts is left unedited
-    search   λ_p per profession on the tuning prompt (debias.search), each candidate tried through
-             conditioning_transform (no weight written), the same seeds at every λ
+    search   λ_p per profession on the tuning prompts pooled (debias.search), each candidate tried through
+             conditioning_transform (no weight written), the same seeds (and prompts) at every λ
     joint    one M for all professions, each pinned to what its own edit gives it (+ anchors and preserve rows,
-             c* = c); re-measure every profession under it on the tuning prompt with fresh seeds each round and
+             c* = c); re-measure every profession under it on the tuning prompts with fresh seeds each round and
              re-tune the strengths against cross-effects from all rounds pooled
     after    audit the test prompts with the same seeds under the final edit (after/); side effects on
              unrelated prompts (mean absolute pixel change at fixed seeds)
@@ -30,23 +31,24 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
 
 from debias import __version__, stats
 from debias.errors import InputError
+from debias.prompts import profession_prompts, templates_from_option
 from debias.search import SearchResult, search_lambda
 
 # Defaults sized for the built-in mini model: the whole fix of its 8 professions is 5,500-8,500 images (before and
 # after audits 2 × 8 × 128, tuning audit 8 × 128, searches ≤ 320 per edited profession, one to three joint
 # measurements of 8 × 128, side effects 4 × 16 × 2), 5-8 minutes at the mini model's ~18 images/s on 2 cores. What they buy: each
-# profession's held-out share to about ±0.09 (95%) before and after, λ_p to about ±0.08 on the tuning prompt, and
+# profession's held-out share to about ±0.09 (95%) before and after, λ_p to about ±0.08 on the tuning prompts, and
 # joint rounds that see a cross-effect of ±0.09 (±0.06 once two rounds are pooled).
-DEFAULT_BUDGET = 320  # images per profession for the λ search (≈ ±0.08 at 95% on the tuning prompt)
+DEFAULT_BUDGET = 320  # images per profession for the λ search (≈ ±0.08 at 95% on the tuning prompts)
 DEFAULT_TEST_IMAGES = 128  # per profession, before and after, on the held-out test prompts (≈ ±0.09)
-DEFAULT_CHECK_IMAGES = 128  # per profession and joint round, tuning prompt (≈ ±0.09)
+DEFAULT_CHECK_IMAGES = 128  # per profession and joint round, tuning prompts (≈ ±0.09)
 DEFAULT_JOINT_ROUNDS = 2
 DEFAULT_SIDE_SEEDS = 16  # seeds per unrelated prompt for the side-effect check
 LOG_LAMBDA_BOUNDS = (math.log(1e-4), math.log(1e4))
@@ -54,7 +56,7 @@ LOG_LAMBDA_BOUNDS = (math.log(1e-4), math.log(1e4))
 # their token rows). On the mini model the demo's joint edit moves them by 0.086 and their images by 0.005 mean
 # absolute pixel change (0–1); without a limit the strongest edits change every prompt. None turns the limit off.
 DEFAULT_MAX_DRIFT = 0.12
-# Anchors: the bare tuning templates ("a photo of", …) and the empty prompt, kept where they are (c* = c) with this
+# Anchors: the bare augmentation templates ("a photo of", …) and the empty prompt, kept where they are (c* = c) with this
 # weight relative to one edit row. They hold the context every prompt shares (template words, end and padding
 # tokens) in place, so the edit moves what the profession word adds and not what all prompts have in common. On the
 # mini model, at a drift of unrelated prompts ≤ 0.12 the edit then moves its own prompt 1.5× (nurse) to 1.6×
@@ -109,7 +111,7 @@ class _Profession:
     log_lambda: Optional[float] = None  # log λ_rel used in the joint edit (after corrections)
     slope: Optional[float] = None  # d logit F / d log λ_rel from the search's fit (for corrections)
     bounds: tuple[float, float] = LOG_LAMBDA_BOUNDS  # allowed log λ_rel (the side-effect limit raises the low end)
-    joint: list[dict] = field(default_factory=list)  # per joint round: counts on the tuning prompt
+    joint: list[dict] = field(default_factory=list)  # per joint round: counts on the tuning prompts
     joined_round: Optional[int] = None  # left unedited, then joined the edit after this joint round (cross-effect)
     status: str = ""
 
@@ -139,6 +141,7 @@ def fix(
     test_images: int = DEFAULT_TEST_IMAGES,
     check_images: int = DEFAULT_CHECK_IMAGES,
     joint_rounds: int = DEFAULT_JOINT_ROUNDS,
+    tuning_templates: Sequence[str] | None = None,
     preserve: Sequence[str] | str | os.PathLike | None = None,
     preserve_strength: float = 1.0,
     anchor_strength: float = DEFAULT_ANCHOR_STRENGTH,
@@ -160,9 +163,11 @@ def fix(
 ) -> dict[str, Any]:
     """Fix a model's gender shares per profession; writes the run folder ``out`` and returns ``fix.json``'s record.
 
-    ``budget`` bounds the images the λ search may use per profession (never exceeded). ``preserve`` is a
+    ``budget`` bounds the images the λ search may use per profession (never exceeded). ``tuning_templates``
+    are the prompts the strengths are tuned on (default: the model family's validation templates); image i of
+    a profession uses template i mod their number, so the search and the joint rounds pool them. ``preserve`` is a
     list of prompts (or a file, one per line) to keep where they are (UCE-style, c* = c); the professions
-    left unedited are always preserved. ``anchor_strength`` weighs the anchors (the bare tuning templates and
+    left unedited are always preserved. ``anchor_strength`` weighs the anchors (the bare augmentation templates and
     the empty prompt, kept fixed in the search and the joint edit alike; 0 turns them off). ``side_prompts``
     are the unrelated prompts of the side-effect check (default: the mini world's objects, or a list of
     everyday objects and scenes for real models).
@@ -175,6 +180,8 @@ def fix(
     say = log or (lambda _m: None)
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     _check_options(target, tolerance, budget, test_images, check_images, joint_rounds, side_seeds, anchor_strength)
+    if tuning_templates:  # read before loading anything, so a typo fails in a second, not after a download
+        tuning_templates = templates_from_option(list(tuning_templates), "--tuning-templates")
     n_threads = set_threads(threads)
     dist = audit_mod.distributed_from_env()
     pipe, spec, is_mini = audit_mod.resolve_pipeline(model, allow_pickle, dist)
@@ -186,8 +193,7 @@ def fix(
     out.mkdir(parents=True, exist_ok=True)
     cache = ImageCache(out)
     oracle = audit_mod.mini_oracle() if is_mini else None
-    templates = audit_mod.resolve_templates(None, "tuning", is_mini)[0]
-    tuning_prompt_template = templates[0]
+    templates = _tuning_templates(tuning_templates, is_mini, audit_mod)
     augmentations = _augmentations(is_mini)
     anchor_prompts = anchor_prompts_for(augmentations) if anchor_strength > 0 else []
     anchors = _Anchors(_probe_rows(pipe, anchor_prompts), anchor_strength) if anchor_prompts else None
@@ -197,12 +203,12 @@ def fix(
     common = dict(classifier=clf, target=target, tolerance=tolerance, seed=seed, batch_size=batch, steps=steps,
                   guidance=guidance, threads=n_threads, cache=cache, progress=progress)
 
-    # 1. before: held-out test prompts and the tuning prompt (cached images make a rerun free)
+    # 1. before: held-out test prompts and the tuning prompts (cached images make a rerun free)
     say(f"fix: auditing {len(entries)} professions before the edit ({test_images} images each, test prompts)")
     before = audit_mod.audit(pipe, professions=entries, images_per_profession=test_images, out=out / "before",
                              prompt_set="test", **common)
     tuning = audit_mod.audit(pipe, professions=entries, images_per_profession=check_images, out=out / "tuning",
-                             prompt_set="tuning", **common)
+                             prompt_set="tuning", templates=tuning_templates, **common)
     profs = [
         _Profession(entry=e, target=e.target if e.target is not None else target, before=b, tuning_before=tb)
         for e, b, tb in zip(entries, before["professions"], tuning["professions"])
@@ -231,28 +237,28 @@ def fix(
                 say(f"  {p.name}: λ_rel ≥ {math.exp(p.bounds[0]):.3g} keeps unrelated prompts' conditioning within "
                     f"{max_drift:.0%} (stronger edits would change them)")
 
-    # 3. search λ_p per profession on the tuning prompt
+    # 3. search λ_p per profession on the tuning prompts
     search_dir = out / "search"
     start_hint: Optional[float] = None
     for p in profs:
         if p.side is None:
             continue
-        tuning_prompt = tuning_prompt_template.format(p.entry.phrase)
+        tuning_prompts = profession_prompts(p.entry, templates)
         inputs = {"model": model_info(pipe, spec)["fingerprint"], "classifier": clf.cache_id,
                   "settings": settings.to_dict(), "source": p.entry.phrase, "destination": p.destination,
                   "augmentations": list(augmentations), "anchors": anchor_prompts,
-                  "anchor_strength": anchor_strength, "prompt": tuning_prompt, "target": p.target,
+                  "anchor_strength": anchor_strength, "prompts": tuning_prompts, "target": p.target,
                   "tolerance": tolerance, "budget": budget, "seed": seed, "bounds": list(p.bounds),
-                  "start": start_hint, "seeds_per_round": _seeds_per_round(p.tuning_before, budget), "version": 2}
+                  "start": start_hint, "seeds_per_round": _seeds_per_round(p.tuning_before, budget), "version": 3}
         path = search_dir / f"{_slug(p.name)}.json"
         result = _load_search(path, inputs)
         if result is not None:
             say(f"search {p.name}: reusing the finished search in {path}")
         else:
-            say(f"search {p.name}: '{p.entry.phrase}' → '{p.destination}' on '{tuning_prompt}', "
+            say(f"search {p.name}: '{p.entry.phrase}' → '{p.destination}' on {_quoted(tuning_prompts)}, "
                 f"share before {p.tuning_before['share_female']:.2f}, budget {budget} images")
             result = search_lambda(
-                ctx.evaluator(tuning_prompt, p), target=p.target, tolerance=tolerance, budget=budget,
+                ctx.evaluator(tuning_prompts, p, seed), target=p.target, tolerance=tolerance, budget=budget,
                 log_lambda_bounds=p.bounds, log_lambda_start=start_hint, first_seed=seed,
                 seeds_per_round=_seeds_per_round(p.tuning_before, budget),
                 direction=p.direction, rng_seed=seed,
@@ -277,7 +283,7 @@ def fix(
 
     # 4. joint edit with cross-effect corrections
     edited = [p for p in profs if p.edited]
-    preserve_prompts = _preserve_prompts(preserve, [p for p in profs if not p.edited], tuning_prompt_template)
+    preserve_prompts = _preserve_prompts(preserve, [p for p in profs if not p.edited])
     preserve_rows = _preserve_rows(pipe, preserve_prompts, augmentations) if preserve_prompts else None
     M = None
     joint_images = 0
@@ -286,12 +292,11 @@ def fix(
             break
         M = _joint_matrix(edited, preserve_rows, preserve_strength, anchors)
         say(f"joint round {rnd}: one edit for {len(edited)} professions; re-measuring all {len(profs)} "
-            f"on the tuning prompt ({check_images} fresh seeds each)")
+            f"on the tuning prompts ({check_images} fresh seeds each)")
         first = seed + rnd * check_images  # fresh seeds every round: pooled over rounds, the noise averages out
         items, owner = [], []
         for p in profs:
-            prompt = tuning_prompt_template.format(p.entry.phrase)
-            items += [(prompt, first + i) for i in range(check_images)]
+            items += tuning_items(profession_prompts(p.entry, templates), range(first, first + check_images), seed)
             owner += [p.name] * check_images
         from debias.generate import measure
 
@@ -323,7 +328,7 @@ def fix(
             say(f"  {p.name}: pushed to {share:.2f} by the other edits; joins the edit towards '{p.destination}' "
                 f"at λ_rel {math.exp(p.log_lambda):.3g}")
         if pushed_out:
-            preserve_prompts = _preserve_prompts(preserve, [p for p in profs if not p.edited], tuning_prompt_template)
+            preserve_prompts = _preserve_prompts(preserve, [p for p in profs if not p.edited])
             preserve_rows = _preserve_rows(pipe, preserve_prompts, augmentations) if preserve_prompts else None
         moved = [p for p, _ in pushed_out]
         for p in edited:
@@ -368,7 +373,7 @@ def fix(
 
     record = _record(profs, before, after, tuning, side, model_info(pipe, spec), clf, settings, target, tolerance,
                      budget, test_images, check_images, joint_rounds, preserve_prompts, preserve_strength,
-                     anchor_prompts, anchor_strength, seed, augmentations, out, M, n_threads, dist, joint_images,
+                     anchor_prompts, anchor_strength, seed, augmentations, templates, out, M, n_threads, dist, joint_images,
                      started, time.perf_counter() - t0, audit_mod)
     from debias.io import atomic_write_json
 
@@ -450,13 +455,13 @@ class _Context:
     progress: bool
     anchors: Optional["_Anchors"] = None
 
-    def evaluator(self, prompt: str, p: _Profession):
-        """``evaluate(λ_rel, seeds) -> labels`` for the search: tuning prompt under the single edit of ``p``."""
+    def evaluator(self, prompts: Sequence[str], p: _Profession, seed_base: int):
+        """``evaluate(λ_rel, seeds) -> labels`` for the search: tuning prompts under the single edit of ``p``."""
         from debias.generate import measure
 
         def evaluate(lambda_relative: float, seeds: Sequence[int]) -> list[str]:
             M = None if math.isinf(lambda_relative) else single_matrix(p, math.log(lambda_relative), self.anchors)
-            results = measure(self.pipe, self.clf, [(prompt, int(s)) for s in seeds], settings=self.settings,
+            results = measure(self.pipe, self.clf, tuning_items(prompts, seeds, seed_base), settings=self.settings,
                               cache=self.cache, edit=M, batch_size=self.batch, oracle=self.oracle,
                               progress=self.progress, description=f"{p.name}: {len(seeds)} images")
             return [r.label for r in results]
@@ -491,6 +496,31 @@ def _check_options(target, tolerance, budget, test_images, check_images, joint_r
     if not (math.isfinite(anchor_strength) and anchor_strength >= 0):
         raise InputError(f"--anchor-strength must be a finite number >= 0 (0 turns the anchors off), "
                          f"got {anchor_strength}")
+
+
+def tuning_items(prompts: Sequence[str], seeds: Iterable[int], seed_base: int) -> list[tuple[str, int]]:
+    """``(prompt, seed)`` per seed: seed ``seed_base + i`` always takes ``prompts[i % len]``, as the audit does.
+
+    A seed keeps its prompt at every λ and in every joint round (common random numbers), and the tuning
+    audit's unedited images are the search's images at λ = ∞.
+    """
+    return [(prompts[(int(s) - seed_base) % len(prompts)], int(s)) for s in seeds]
+
+
+def _tuning_templates(given: tuple[str, ...] | None, is_mini: bool, audit_mod) -> tuple[str, ...]:
+    """The templates λ_p is tuned on; a test template among them would let the search see the final judge."""
+    templates = given or audit_mod.resolve_templates(None, "tuning", is_mini)[0]
+    test = audit_mod.resolve_templates(None, "test", is_mini)[0]
+    shared = [t for t in templates if t.lower() in {x.lower() for x in test}]
+    if shared:
+        raise InputError(f"--tuning-templates: {shared[0]!r} is one of the held-out test templates "
+                         f"({', '.join(repr(t) for t in test)}); tuning on it would grade the fix on prompts it "
+                         "was tuned on. Choose validation templates that the test set does not contain.")
+    return templates
+
+
+def _quoted(prompts: Sequence[str]) -> str:
+    return ", ".join(f"'{p}'" for p in prompts)
 
 
 def _augmentations(is_mini: bool) -> tuple[str, ...]:
@@ -621,7 +651,7 @@ def _fitted_slope(result: SearchResult) -> Optional[float]:
     return fit.b
 
 
-def _preserve_prompts(preserve, unedited: list[_Profession], template: str) -> list[str]:
+def _preserve_prompts(preserve, unedited: list[_Profession]) -> list[str]:
     prompts: list[str] = []
     if isinstance(preserve, (str, os.PathLike)) and Path(preserve).is_file():
         lines = Path(preserve).read_text(encoding="utf-8").splitlines()
@@ -787,7 +817,7 @@ def _profession_record(p: _Profession, after_row: dict, tolerance: float) -> dic
 
 def _record(profs, before, after, tuning, side, model, clf, settings, target, tolerance, budget, test_images,
             check_images, joint_rounds, preserve_prompts, preserve_strength, anchor_prompts, anchor_strength, seed,
-            augmentations, out, M, threads,
+            augmentations, templates, out, M, threads,
             dist, joint_images, started, wall, audit_mod) -> dict:
     from debias.generate import edit_id
 
@@ -803,6 +833,7 @@ def _record(profs, before, after, tuning, side, model, clf, settings, target, to
         "budget": budget, "test_images": test_images, "check_images": check_images, "joint_rounds": joint_rounds,
         "seed": seed, "classifier": clf.describe(), "generation": generation,
         "augmentations": list(augmentations),
+        "tuning_templates": list(templates),
         "preserve": {"prompts": list(preserve_prompts), "strength": preserve_strength},
         "anchors": {"prompts": list(anchor_prompts), "strength": anchor_strength},
         "versions": audit_mod.package_versions(), "hardware": audit_mod.hardware_info(settings, threads, dist),

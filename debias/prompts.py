@@ -197,18 +197,18 @@ def read_templates(path: str | Path) -> tuple[str, ...]:
     return tuple(out)
 
 
-def templates_from_option(values: Sequence[str]) -> tuple[str, ...]:
-    """``--templates``: either templates ("a photo of {}" ...) or the path of one template file."""
+def templates_from_option(values: Sequence[str], option: str = "--templates") -> tuple[str, ...]:
+    """``--templates`` (or ``option``): either templates ("a photo of {}" ...) or the path of one template file."""
     if len(values) == 1 and "{}" not in values[0]:
         return read_templates(values[0])
     if not values:
-        raise InputError("--templates: give at least one template, e.g. 'a photo of {}'")
+        raise InputError(f"{option}: give at least one template, e.g. 'a photo of {{}}'")
     seen: set[str] = set()
     out = []
     for value in values:
-        check_template(value)
+        check_template(value, option)
         if value in seen:
-            raise InputError(f"--templates: {value!r} is given twice")
+            raise InputError(f"{option}: {value!r} is given twice")
         seen.add(value)
         out.append(value)
     return tuple(out)

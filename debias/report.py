@@ -563,7 +563,7 @@ def _add_charts(report: dict, assets: dict) -> None:
         relative = relative and all(_f(p.get("lambda_relative")) for p in pts if _f(p.get("lambda")))
         xkey = "lambda_relative" if relative else "lambda"
         points = [{"x": _f(p.get(xkey)), "n_female": p.get("n_female"), "n_male": p.get("n_male")} for p in pts]
-        # the search runs on the tuning prompt, so its unedited share is the tuning one where recorded
+        # the search runs on the tuning prompts, so its unedited share is the tuning one where recorded
         unedited = _f(r.get("tuning_share_before"))
         unedited = _f(r.get("share_before")) if unedited is None else unedited
         fitted = (r.get("search_share"), r.get("search_ci_low"), r.get("search_ci_high"))
