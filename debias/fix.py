@@ -31,13 +31,14 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
 from debias import __version__, stats
 from debias.errors import InputError
+from debias.generate import items_for_seeds, measure, work_items
 from debias.prompts import profession_prompts, templates_from_option
 from debias.search import SearchResult, search_lambda
 
@@ -295,10 +296,9 @@ def fix(
             f"on the tuning prompts ({check_images} fresh seeds each)")
         first = seed + rnd * check_images  # fresh seeds every round: pooled over rounds, the noise averages out
         items, owner = [], []
-        for p in profs:
-            items += tuning_items(profession_prompts(p.entry, templates), range(first, first + check_images), seed)
+        for p in profs:  # the tuning audit's pairing of seeds and templates, continued
+            items += work_items(profession_prompts(p.entry, templates), rnd * check_images, check_images, seed)
             owner += [p.name] * check_images
-        from debias.generate import measure
 
         results = measure(pipe, clf, items, settings=settings, cache=cache, edit=M, batch_size=batch, oracle=oracle,
                           progress=progress, description=f"joint round {rnd}")
@@ -457,11 +457,9 @@ class _Context:
 
     def evaluator(self, prompts: Sequence[str], p: _Profession, seed_base: int):
         """``evaluate(λ_rel, seeds) -> labels`` for the search: tuning prompts under the single edit of ``p``."""
-        from debias.generate import measure
-
         def evaluate(lambda_relative: float, seeds: Sequence[int]) -> list[str]:
             M = None if math.isinf(lambda_relative) else single_matrix(p, math.log(lambda_relative), self.anchors)
-            results = measure(self.pipe, self.clf, tuning_items(prompts, seeds, seed_base), settings=self.settings,
+            results = measure(self.pipe, self.clf, items_for_seeds(prompts, seeds, seed_base), settings=self.settings,
                               cache=self.cache, edit=M, batch_size=self.batch, oracle=self.oracle,
                               progress=self.progress, description=f"{p.name}: {len(seeds)} images")
             return [r.label for r in results]
@@ -498,20 +496,12 @@ def _check_options(target, tolerance, budget, test_images, check_images, joint_r
                          f"got {anchor_strength}")
 
 
-def tuning_items(prompts: Sequence[str], seeds: Iterable[int], seed_base: int) -> list[tuple[str, int]]:
-    """``(prompt, seed)`` per seed: seed ``seed_base + i`` always takes ``prompts[i % len]``, as the audit does.
-
-    A seed keeps its prompt at every λ and in every joint round (common random numbers), and the tuning
-    audit's unedited images are the search's images at λ = ∞.
-    """
-    return [(prompts[(int(s) - seed_base) % len(prompts)], int(s)) for s in seeds]
-
-
 def _tuning_templates(given: tuple[str, ...] | None, is_mini: bool, audit_mod) -> tuple[str, ...]:
     """The templates λ_p is tuned on; a test template among them would let the search see the final judge."""
     templates = given or audit_mod.resolve_templates(None, "tuning", is_mini)[0]
     test = audit_mod.resolve_templates(None, "test", is_mini)[0]
-    shared = [t for t in templates if t.lower() in {x.lower() for x in test}]
+    test_lower = {t.lower() for t in test}
+    shared = [t for t in templates if t.lower() in test_lower]
     if shared:
         raise InputError(f"--tuning-templates: {shared[0]!r} is one of the held-out test templates "
                          f"({', '.join(repr(t) for t in test)}); tuning on it would grade the fix on prompts it "
@@ -704,8 +694,6 @@ def _joint_matrix(edited: list[_Profession], preserve_rows, preserve_strength: f
 
 def _side_effects(ctx: _Context, M, prompts: Sequence[str], n_seeds: int, seed: int, out: Path) -> dict:
     """Mean absolute pixel change (0–1) of unrelated prompts at fixed seeds, edit vs no edit."""
-    from debias.generate import measure
-
     block: dict[str, Any] = {"metric": "mean_abs_pixel_change", "mean_abs_pixel_change": None, "seeds": n_seeds,
                              "prompts": []}
     if M is None or n_seeds == 0 or not prompts:

@@ -34,7 +34,7 @@ import os
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -440,4 +440,13 @@ def work_items(prompts: Sequence[str], start: int, count: int, seed_base: int = 
     The same seeds serve every profession and every edit (common random numbers), and growing a
     profession's sample later (sequential stopping) only appends items.
     """
-    return [(prompts[i % len(prompts)], seed_base + i) for i in range(start, start + count)]
+    return items_for_seeds(prompts, range(seed_base + start, seed_base + start + count), seed_base)
+
+
+def items_for_seeds(prompts: Sequence[str], seeds: Iterable[int], seed_base: int = 0) -> list[tuple[str, int]]:
+    """``(prompt, seed)`` for any seeds, with :func:`work_items`' pairing: seed ``seed_base + i`` takes ``prompts[i % len]``.
+
+    A seed keeps its prompt wherever it is drawn (an audit, a λ search, a joint round), so the images of
+    one seed differ only by the edit.
+    """
+    return [(prompts[(int(s) - seed_base) % len(prompts)], int(s)) for s in seeds]

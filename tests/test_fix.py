@@ -18,7 +18,7 @@ import torch
 from audit_helpers import HalfClassifier, load_tiny
 from debias import fix as fix_module
 from debias.fix import (_Anchors, _join, _joint_matrix, _Profession, anchor_prompts_for, destination_phrase, edit_reach,
-                        fix, pooled_correction, single_matrix, tuning_items)
+                        fix, pooled_correction, single_matrix)
 
 TIMING = ("started_at", "finished_at", "wall_seconds", "images", "hardware")
 QUICK = dict(budget=48, test_images=8, check_images=8, joint_rounds=1, side_seeds=2, steps=2, progress=False, log=None)
@@ -245,16 +245,6 @@ def test_bad_options_are_user_errors(tmp_path):
     with pytest.raises(InputError, match="'a painting of {}' is one of the held-out test templates"):
         fix("mini", tuning_templates=["a snapshot of {}", "a painting of {}"], out=tmp_path / "x")
     assert not (tmp_path / "x" / "fix.json").exists()
-
-
-def test_tuning_items_give_every_seed_one_prompt_as_the_audit_does():
-    from debias.generate import work_items
-
-    prompts = ["a snapshot of a nurse", "a nurse on duty", "a mural of a nurse"]
-    assert tuning_items(prompts, [5, 6, 7, 8, 12], seed_base=5) == [
-        (prompts[0], 5), (prompts[1], 6), (prompts[2], 7), (prompts[0], 8), (prompts[1], 12)]
-    # the tuning audit's unedited images are the search's images at λ = ∞ (same prompt for the same seed)
-    assert tuning_items(prompts, range(5, 5 + 10), seed_base=5) == work_items(prompts, 0, 10, seed_base=5)
 
 
 def test_search_and_joint_rounds_pool_every_tuning_template(tmp_path):

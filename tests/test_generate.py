@@ -11,7 +11,8 @@ import torch
 
 from audit_helpers import HalfClassifier, load_tiny
 from debias.generate import (
-    ImageCache, default_settings, edit_id, generate_images, item_key, measure, model_key, use_scheduler, work_items,
+    ImageCache, default_settings, edit_id, generate_images, item_key, items_for_seeds, measure, model_key, use_scheduler,
+    work_items,
 )
 
 ITEMS = work_items(["a photo of a nurse", "a nurse working"], 0, 6) + work_items(["a photo of a pilot"], 0, 6)
@@ -189,3 +190,13 @@ def test_images_blanked_by_a_safety_checker_are_unclear(tiny, tmp_path: Path, mo
     monkeypatch.setattr(pipe.__class__, "__call__", flagged)
     _, results = _run(tiny, tmp_path / "flagged", items=ITEMS[:4])
     assert [r.label for r in results] == [r.label if i != 1 else "unclear" for i, r in enumerate(plain)]
+
+
+def test_items_for_seeds_give_every_seed_the_prompt_the_audit_gives_it():
+    prompts = ["a snapshot of a nurse", "a nurse on duty", "a mural of a nurse"]
+    assert items_for_seeds(prompts, [5, 6, 7, 8, 12], seed_base=5) == [
+        (prompts[0], 5), (prompts[1], 6), (prompts[2], 7), (prompts[0], 8), (prompts[1], 12)]
+    # a λ search's unedited images are the tuning audit's images (same prompt for the same seed)
+    assert items_for_seeds(prompts, range(5, 5 + 10), seed_base=5) == work_items(prompts, 0, 10, seed_base=5)
+    # a later slice (a joint round's fresh seeds) continues the audit's cycle of templates
+    assert work_items(prompts, 4, 2, seed_base=5) == [(prompts[1], 9), (prompts[2], 10)]
