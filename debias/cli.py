@@ -179,7 +179,7 @@ def fix_command(
     out: Path = typer.Option(Path("runs/fix"), "--out", help="Run folder: fix.json, edit.safetensors, before/, after/, images (rerun to resume)."),
     tuning_templates: list[str] = typer.Option([], "--tuning-templates", help="Validation template with {} that λ_p is tuned on (repeatable), or one template file; never a test template (default: the model family's validation templates; TIMED's is 'A photo of {}')."),
     preserve: list[str] = typer.Option([], "--preserve", help="Prompt to keep unchanged (repeatable), or a file with one per line; professions left unedited are always preserved."),
-    seed: int = typer.Option(0, "--seed", help="Seed of image 0; image i uses seed + i (the same seeds before and after)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of test image 0; image i uses seed + i (the same seeds before and after); tuning, search and joint rounds use seeds from seed + 1,000,000."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (default: DEBIAS_NUM_THREADS or cores)."),
     test_images: int = typer.Option(128, "--test-images", help="Images per profession on the held-out test prompts, before and after."),
     check_images: int = typer.Option(128, "--check-images", help="Images per profession per joint round on the tuning prompts."),

@@ -3,7 +3,8 @@
 Steps (each cached in the run folder, so an interrupted run redoes nothing finished)::
 
     before   audit every profession on the held-out test prompts (before/) and on the tuning prompts (tuning/:
-             validation templates that neither the edit nor the test set contains)
+             validation templates that neither the edit nor the test set contains); the tuning side (this audit,
+             the search, the joint rounds) uses seeds disjoint from the test seeds (TUNING_SEED_OFFSET)
     choose   destination towards the under-represented side: "a male X" when F > t, "a female X" when F < t;
              a profession already within tolerance on the test prompts is left unedited
     search   λ_p per profession on the tuning prompts pooled (debias.search), each candidate tried through
@@ -68,6 +69,12 @@ DEFAULT_ANCHOR_STRENGTH = 100.0
 JOINT_PIN_LAMBDA_RELATIVE = 0.3
 # A joint round re-tunes a profession only when its λ would move by more than this (in log λ, i.e. 1%).
 MIN_CORRECTION = 0.01
+# The tuning side (tuning audit, λ search, joint rounds) draws its seeds from seed + this, the test audits from seed:
+# the strengths are judged on seeds as well as prompts they were not tuned on. A seed's starting noise decides much
+# of the perceived gender whatever the prompt says: on the mini model the per-seed count of "female" images over its
+# 8 professions has a variance of about 6 where independent draws would give 1.5, and it correlates 0.92 between
+# "a photo of …" and the held-out prompts. Tuning on the test seeds would fit their leaning and flatter the result.
+TUNING_SEED_OFFSET = 1_000_000
 
 UNEDITED = "already_within_tolerance"
 GENDER_WORDS = {"female": "female", "male": "male"}
@@ -202,15 +209,16 @@ def fix(
     ctx = _Context(pipe=pipe, clf=clf, settings=settings, cache=cache, batch=batch, oracle=oracle, say=say,
                    progress=progress, anchors=anchors)
 
-    common = dict(classifier=clf, target=target, tolerance=tolerance, seed=seed, batch_size=batch, steps=steps,
+    common = dict(classifier=clf, target=target, tolerance=tolerance, batch_size=batch, steps=steps,
                   guidance=guidance, threads=n_threads, cache=cache, progress=progress)
+    tuning_seed = seed + TUNING_SEED_OFFSET
 
     # 1. before: held-out test prompts and the tuning prompts (cached images make a rerun free)
     say(f"fix: auditing {len(entries)} professions before the edit ({test_images} images each, test prompts)")
     before = audit_mod.audit(pipe, professions=entries, images_per_profession=test_images, out=out / "before",
-                             prompt_set="test", **common)
+                             prompt_set="test", seed=seed, **common)
     tuning = audit_mod.audit(pipe, professions=entries, images_per_profession=check_images, out=out / "tuning",
-                             prompt_set="tuning", templates=tuning_templates, **common)
+                             prompt_set="tuning", templates=tuning_templates, seed=tuning_seed, **common)
     profs = [
         _Profession(entry=e, target=e.target if e.target is not None else target, before=b, tuning_before=tb)
         for e, b, tb in zip(entries, before["professions"], tuning["professions"])
@@ -250,7 +258,7 @@ def fix(
                   "settings": settings.to_dict(), "source": p.entry.phrase, "destination": p.destination,
                   "augmentations": list(augmentations), "anchors": anchor_prompts,
                   "anchor_strength": anchor_strength, "prompts": tuning_prompts, "target": p.target,
-                  "tolerance": tolerance, "budget": budget, "seed": seed, "bounds": list(p.bounds),
+                  "tolerance": tolerance, "budget": budget, "seed": tuning_seed, "bounds": list(p.bounds),
                   "start": start_hint, "seeds_per_round": _seeds_per_round(p.tuning_before, budget), "version": 3}
         path = search_dir / f"{_slug(p.name)}.json"
         result = _load_search(path, inputs)
@@ -260,8 +268,8 @@ def fix(
             say(f"search {p.name}: '{p.entry.phrase}' → '{p.destination}' on {_quoted(tuning_prompts)}, "
                 f"share before {p.tuning_before['share_female']:.2f}, budget {budget} images")
             result = search_lambda(
-                ctx.evaluator(tuning_prompts, p, seed), target=p.target, tolerance=tolerance, budget=budget,
-                log_lambda_bounds=p.bounds, log_lambda_start=start_hint, first_seed=seed,
+                ctx.evaluator(tuning_prompts, p, tuning_seed), target=p.target, tolerance=tolerance, budget=budget,
+                log_lambda_bounds=p.bounds, log_lambda_start=start_hint, first_seed=tuning_seed,
                 seeds_per_round=_seeds_per_round(p.tuning_before, budget),
                 direction=p.direction, rng_seed=seed,
                 on_evaluation=lambda e, used, name=p.name: ctx.report(name, e, used, budget),
@@ -295,10 +303,11 @@ def fix(
         M = _joint_matrix(edited, preserve_rows, preserve_strength, anchors)
         say(f"joint round {rnd}: one edit for {len(edited)} professions; re-measuring all {len(profs)} "
             f"on the tuning prompts ({check_images} fresh seeds each)")
-        first = seed + rnd * check_images  # fresh seeds every round: pooled over rounds, the noise averages out
+        first = tuning_seed + rnd * check_images  # fresh seeds every round: pooled over rounds, the noise averages out
         items, owner = [], []
         for p in profs:  # the tuning audit's pairing of seeds and templates, continued
-            items += work_items(profession_prompts(p.entry, templates), rnd * check_images, check_images, seed)
+            items += work_items(profession_prompts(p.entry, templates), rnd * check_images, check_images,
+                                tuning_seed)
             owner += [p.name] * check_images
 
         results = measure(pipe, clf, items, settings=settings, cache=cache, edit=M, batch_size=batch, oracle=oracle,
@@ -355,7 +364,7 @@ def fix(
         edit_info = {"path": "../edit.safetensors", "sha256": _file_sha256(out / "edit.safetensors")}
     say(f"fix: auditing after the edit ({test_images} images each, same seeds)")
     after = audit_mod.audit(pipe, professions=entries, images_per_profession=test_images, out=out / "after",
-                            prompt_set="test", edit=M, edit_info=edit_info, **common)
+                            prompt_set="test", edit=M, edit_info=edit_info, seed=seed, **common)
     side = _side_effects(ctx, M, probe_prompts, side_seeds, seed, out)
     if M is not None and probe is not None:
         side["conditioning_drift"] = conditioning_drift(M, probe)
@@ -832,7 +841,7 @@ def _record(profs, before, after, tuning, side, model, clf, settings, target, to
     return {
         "kind": "fix", "debias_version": __version__, "model": model, "target": target, "tolerance": tolerance,
         "budget": budget, "test_images": test_images, "check_images": check_images, "joint_rounds": joint_rounds,
-        "seed": seed, "classifier": clf.describe(), "generation": generation,
+        "seed": seed, "tuning_seed": seed + TUNING_SEED_OFFSET, "classifier": clf.describe(), "generation": generation,
         "augmentations": list(augmentations),
         "tuning_templates": list(templates),
         "preserve": {"prompts": list(preserve_prompts), "strength": preserve_strength},

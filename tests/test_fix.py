@@ -17,8 +17,8 @@ import torch
 
 from audit_helpers import HalfClassifier, load_tiny
 from debias import fix as fix_module
-from debias.fix import (_Anchors, _join, _joint_matrix, _Profession, anchor_prompts_for, destination_phrase, edit_reach,
-                        fix, pooled_correction, single_matrix)
+from debias.fix import (TUNING_SEED_OFFSET, _Anchors, _join, _joint_matrix, _Profession, anchor_prompts_for,
+                        destination_phrase, edit_reach, fix, pooled_correction, single_matrix)
 
 TIMING = ("started_at", "finished_at", "wall_seconds", "images", "hardware")
 QUICK = dict(budget=48, test_images=8, check_images=8, joint_rounds=1, side_seeds=2, steps=2, progress=False, log=None)
@@ -180,11 +180,28 @@ def test_fix_is_deterministic_and_a_rerun_redoes_nothing(tmp_path):
             assert p["search"], "an edited profession has a search trace"
             for row in p["search"]:
                 assert row["lambda"] == pytest.approx(row["lambda_relative"] * p["lambda_scale"])
+    _assert_tuning_seeds_are_not_test_seeds(first, out)
     second = fix(pipe, professions=professions, classifier=HalfClassifier(), out=out, **QUICK)
     assert second["edit_file"] == first["edit_file"]  # the edit file is left alone when it holds the same edit
     assert _strip(second) == _strip(first)
     assert second["images"]["before_generated"] == second["images"]["after_generated"] == 0
     assert second["images"]["joint_generated"] == 0
+
+
+def _assert_tuning_seeds_are_not_test_seeds(record: dict, out) -> None:
+    """Strengths are judged on seeds, as well as prompts, that the tuning never used."""
+    def sample_seeds(audit: str) -> set[int]:
+        rows = json.loads((out / audit / "audit.json").read_text())["professions"]
+        return {s["seed"] for row in rows for s in row["samples"]}
+
+    test = sample_seeds("before") | sample_seeds("after")
+    tuning = sample_seeds("tuning")
+    for p in record["professions"]:
+        tuning |= {seed for row in p["search"] for seed in row["seeds"]}
+        tuning |= {j["first_seed"] for j in p["joint"]}
+    assert record["tuning_seed"] == record["seed"] + TUNING_SEED_OFFSET
+    assert test and tuning and max(test) < record["seed"] + QUICK["test_images"] <= min(tuning)
+    assert min(tuning) == record["tuning_seed"]
 
 
 def test_interrupted_fix_resumes_with_the_same_result(tmp_path):
