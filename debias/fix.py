@@ -395,10 +395,15 @@ def fix(
 
 
 def _choose_destination(p: _Profession, share: float, pipe, augmentations) -> None:
+    set_destination(p, "male" if share > p.target else "female", pipe, augmentations)
+
+
+def set_destination(p: _Profession, side: str, pipe, augmentations) -> None:
+    """Point ``p``'s edit at "a {side} X": its destination, edit rows and λ scale."""
     from debias.editing import lambda_scale
 
-    p.side = "male" if share > p.target else "female"
-    p.destination = destination_phrase(p.entry.phrase, p.side)
+    p.side = side
+    p.destination = destination_phrase(p.entry.phrase, side)
     p.rows = _edit_rows(pipe, p.entry.phrase, p.destination, augmentations)
     p.scale = lambda_scale(p.rows[0])
 
@@ -685,8 +690,12 @@ def _joint_matrix(edited: list[_Profession], preserve_rows, preserve_strength: f
     overlap. See :func:`joint_from_pins` for how the pin strength was chosen.
     """
     pins = [(p.rows[0], p.rows[0] @ single_matrix(p, p.log_lambda, anchors).T, pin * p.scale) for p in edited]
-    kept = [(preserve_rows, preserve_strength)] + ([(anchors.rows, anchors.strength)] if anchors else [])
-    return joint_from_pins(pins, kept)
+    return joint_from_pins(pins, kept_rows(preserve_rows, preserve_strength, anchors))
+
+
+def kept_rows(preserve_rows, preserve_strength: float, anchors: Optional[_Anchors]) -> list[tuple]:
+    """The (rows, weight) blocks the joint edit keeps in place: preserve rows and anchors."""
+    return [(preserve_rows, preserve_strength)] + ([(anchors.rows, anchors.strength)] if anchors else [])
 
 
 def joint_from_pins(pins: Sequence[tuple[torch.Tensor, torch.Tensor, float]],
@@ -700,8 +709,8 @@ def joint_from_pins(pins: Sequence[tuple[torch.Tensor, torch.Tensor, float]],
     the joint rounds. ``benchmarks/joint_pin.py`` measures the extrapolation without the test prompts: pin
     three of the four edit contexts (bare prompt and augmentations), calibrate each profession on the pinned
     rows as a joint round would, and compare the joint edit with the single edits on the fourth. On the mini
-    model the error is smallest at λ_rel 0.3 in each of three runs' edits (0.047-0.050 of the single edits' move,
-    against 0.056-0.071 at 0.03 and 0.057-0.073 at 1). In images (1,024 held-out test images per profession) the
+    model the error is smallest at λ_rel 0.3 in each of four runs' edits (0.044-0.056 of the single edits' move,
+    against 0.057-0.077 at 0.03 and 0.052-0.092 at 1). In images (1,024 held-out test images per profession) the
     gap between each profession's share on the tuning prompts and on the test prompts fell from 0.052 to 0.034.
     """
     from debias.editing import joint_edit_matrix
