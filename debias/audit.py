@@ -255,7 +255,7 @@ def _profession_row(entry: ProfessionEntry, results: list[SampleResult], target:
             "target": t, "n": est.n, "n_female": est.n_female, "n_male": est.n_male, "n_unclear": est.n_unclear,
             "share_female": est.share_female, "ci_low": est.ci_low, "ci_high": est.ci_high, "p_value": est.p_value,
             "delta": est.delta, "planted_share": planted, "oracle_share": oracle_share, "agreement": agreement,
-            "samples": samples}
+            "by_prompt": stats.shares_by_prompt((r.prompt, r.label) for r in results), "samples": samples}
 
 
 def package_versions() -> dict[str, str]:

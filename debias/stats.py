@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -126,6 +126,24 @@ def count_labels(labels: Sequence[str]) -> tuple[int, int, int]:
     m = sum(1 for x in labels if x == "male")
     u = len(labels) - f - m
     return f, m, u
+
+
+def shares_by_prompt(labelled: Iterable[tuple[str, str]]) -> list[dict]:
+    """Share and Wilson interval per prompt, in the order prompts first appear.
+
+    A profession's share pools its prompts; this splits it again, because an edit tuned on one prompt can
+    carry less to another ("a painting of …") and a pooled share hides that. ``labelled``: (prompt, label) pairs.
+    """
+    labels: dict[str, list[str]] = {}
+    for prompt, label in labelled:
+        labels.setdefault(prompt, []).append(label)
+    rows = []
+    for prompt, group in labels.items():
+        f, m, u = count_labels(group)
+        low, high = wilson_interval(f, f + m)
+        rows.append({"prompt": prompt, "n": f + m + u, "n_female": f, "n_male": m, "n_unclear": u,
+                     "share_female": share(f, m), "ci_low": low, "ci_high": high})
+    return rows
 
 
 def mean_delta_noise_floor(ns: Sequence[int], targets: Sequence[float] | float = 0.5) -> float | None:

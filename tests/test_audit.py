@@ -63,6 +63,14 @@ def test_audit_writes_json_csv_and_images(tmp_path: Path) -> None:
         assert r["samples"][0]["prompt"] == f"A painting of {r['phrase']}"
         assert r["samples"][1]["prompt"] == f"{r['phrase']} working"
         assert all((out / s["image"]).is_file() for s in r["samples"])
+        # per prompt: the samples of that prompt, counted again; together they make the profession's counts
+        assert [b["prompt"] for b in r["by_prompt"]] == [t.format(r["phrase"]) for t in rec["templates"]]
+        for b in r["by_prompt"]:
+            labels = [s["label"] for s in r["samples"] if s["prompt"] == b["prompt"]]
+            assert (b["n_female"], b["n_male"], b["n_unclear"]) == (
+                labels.count("female"), labels.count("male"), labels.count("unclear"))
+        assert sum(b["n"] for b in r["by_prompt"]) == r["n"]
+        assert sum(b["n_female"] for b in r["by_prompt"]) == r["n_female"]
         k, m = r["n_female"], r["n_male"]
         if k + m:
             assert r["share_female"] == pytest.approx(k / (k + m))

@@ -71,6 +71,20 @@ def test_estimate_excludes_unclear() -> None:
     assert stats.count_labels(["female", "male", "unclear", "female"]) == (2, 1, 1)
 
 
+def test_shares_by_prompt_splits_a_pooled_share() -> None:
+    labelled = [("a painting of a nurse", "male"), ("a nurse at work", "female"), ("a painting of a nurse", "male"),
+                ("a nurse at work", "female"), ("a painting of a nurse", "female"), ("a nurse at work", "unclear")]
+    rows = stats.shares_by_prompt(labelled)
+    assert [r["prompt"] for r in rows] == ["a painting of a nurse", "a nurse at work"]  # first-seen order
+    painting, work = rows
+    assert (painting["n"], painting["n_female"], painting["n_male"], painting["n_unclear"]) == (3, 1, 2, 0)
+    assert painting["share_female"] == pytest.approx(1 / 3)
+    ci = binomtest(1, 3).proportion_ci(method="wilson")
+    assert (painting["ci_low"], painting["ci_high"]) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    assert (work["n"], work["n_female"], work["n_unclear"], work["share_female"]) == (3, 2, 1, 1.0)
+    assert stats.shares_by_prompt([("x", "unclear")])[0]["share_female"] is None
+
+
 def test_mean_delta_interval_is_seeded_and_covers() -> None:
     counts = [(58, 5), (10, 54), (30, 34)]
     point, low, high = stats.mean_delta_interval(counts, 0.5)
