@@ -248,8 +248,46 @@ def _audit_rows(data: dict, target: float, tol: float) -> list[dict]:
         row["target"] = t
         row["within_tolerance"] = within_tolerance(row["share_female"], t, tol)
         row["prompts"] = list(p.get("prompts") or [])
+        row["by_prompt"] = [{k: r.get(k) for k in ("prompt", "n", "share_female", "ci_low", "ci_high")}
+                            for r in p.get("by_prompt") or []]
         rows.append(row)
     return rows
+
+
+def _paired_prompts(before: dict, after: dict) -> list[dict]:
+    """One profession's shares per prompt, before and after side by side (matched by the prompt's text)."""
+    b = {r["prompt"]: r for r in before.get("by_prompt") or []}
+    a = {r["prompt"]: r for r in after.get("by_prompt") or []}
+    rows = []
+    for prompt in dict.fromkeys([*b, *a]):
+        row: dict[str, Any] = {"prompt": prompt}
+        for side, src in (("before", b.get(prompt, {})), ("after", a.get(prompt, {}))):
+            for key in ("share_female", "ci_low", "ci_high", "n"):
+                row[f"{PAIRED[key]}_{side}"] = src.get(key)
+        rows.append(row)
+    return rows
+
+
+def _last_joint_round(fix_row: dict) -> dict:
+    """The fix's share on its tuning prompts under the final edit (its last joint round), or an empty dict."""
+    joint = [j for j in fix_row.get("joint") or [] if isinstance(j, dict)]
+    if not joint:
+        return {}
+    last = joint[-1]
+    return {"tuning_share_after": last.get("share_female"), "tuning_ci_low_after": last.get("ci_low"),
+            "tuning_ci_high_after": last.get("ci_high"),
+            "tuning_n_after": (last.get("n_female") or 0) + (last.get("n_male") or 0) + (last.get("n_unclear") or 0)}
+
+
+def prompt_columns(rows: Sequence[dict]) -> list[str]:
+    """Headers of the per-prompt table: the k-th prompt's template where every profession agrees, else "prompt k"."""
+    width = max((len(r.get("by_prompt") or []) for r in rows), default=0)
+    headers = []
+    for k in range(width):
+        found = {derive_templates([{"profession": r["profession"], "prompts": [r["by_prompt"][k]["prompt"]]}])[0]
+                 for r in rows if len(r.get("by_prompt") or []) > k}
+        headers.append(found.pop() if len(found) == 1 else f"prompt {k + 1}")
+    return headers
 
 
 def _paired_rows(before: dict, after: dict, fix: dict | None, target: float, tol: float,
@@ -293,6 +331,9 @@ def _paired_rows(before: dict, after: dict, fix: dict | None, target: float, tol
         row["within_tolerance_after"] = within_tolerance(row["share_after"], t, tol)
         row["prompts_before"] = list(pb.get("prompts") or [])
         row["prompts_after"] = list(pa.get("prompts") or [])
+        row["by_prompt"] = _paired_prompts(pb, pa)
+        if fix is not None:
+            row.update(_last_joint_round(pf))
         rows.append(row)
     return rows
 
@@ -460,6 +501,7 @@ def build_report(run_dirs: Sequence[str | Path]) -> tuple[dict, dict]:
     agreements = [x for x in agreements if x is not None]
     summary["classifier_oracle_agreement"] = round(statistics.fmean(agreements), 4) if agreements else None
     summary["n_professions"] = len(rows)
+    summary["prompt_columns"] = prompt_columns(rows)
     summary["verdicts"] = _verdicts(rows, sides)
     summary["conclusion"] = _conclusion(kind, summary, rows)
 

@@ -176,6 +176,37 @@ def test_samples_pair_the_same_prompt_and_seed(rendered):
                 assert len(match) == 1 and match[0]["image"] == s[side]["image"] and match[0]["label"] == s[side]["label"]
 
 
+def test_shares_per_prompt_come_from_the_audits_and_the_last_joint_round(rendered):
+    fix = rendered["fix"]
+    folder = fix["dirs"][0]
+    sides = {side: {p["profession"]: p for p in _load(folder / f"{side}/audit.json")["professions"]}
+             for side in ("before", "after")}
+    last = {p["profession"]: p["joint"][-1] for p in _load(folder / "fix.json")["professions"]}
+    assert fix["report"]["summary"]["prompt_columns"] == ["a photo of a(n) {profession}",
+                                                          'a "painting" of a(n) {profession} & friends']
+    for row in fix["report"]["professions"]:
+        name = row["profession"]
+        assert (row["tuning_share_after"], row["tuning_ci_low_after"], row["tuning_ci_high_after"]) == (
+            last[name]["share_female"], last[name]["ci_low"], last[name]["ci_high"])
+        assert [c["prompt"] for c in row["by_prompt"]] == sides["before"][name]["prompts"]
+        for k, c in enumerate(row["by_prompt"]):
+            for side in ("before", "after"):
+                src = sides[side][name]["by_prompt"][k]
+                assert (c[f"share_{side}"], c[f"ci_low_{side}"], c[f"ci_high_{side}"], c[f"n_{side}"]) == (
+                    src["share_female"], src["ci_low"], src["ci_high"], src["n"])
+    assert 'id="prompts"' in fix["html"] and "tuning prompts, final edit" in fix["html"]
+    # the page shows them under their report.json keys (checked against report.json by the test above)
+    assert 'data-key="professions.0.by_prompt.1.share_after"' in fix["html"]
+
+    audit = rendered["audit"]
+    src = {p["profession"]: p for p in _load(audit["dirs"][0] / "audit.json")["professions"]}
+    for row in audit["report"]["professions"]:
+        assert [(c["prompt"], c["share_female"], c["n"]) for c in row["by_prompt"]] == [
+            (b["prompt"], b["share_female"], b["n"]) for b in src[row["profession"]]["by_prompt"]]
+    assert 'data-key="professions.0.by_prompt.0.share_female"' in audit["html"]
+    assert "tuning prompts, final edit" not in audit["html"]
+
+
 def test_compare_tolerates_null_and_missing_fields_and_warns_on_settings(rendered):
     r = rendered["compare"]
     rows = {row["profession"]: row for row in r["report"]["professions"]}
