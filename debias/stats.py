@@ -137,13 +137,9 @@ def shares_by_prompt(labelled: Iterable[tuple[str, str]]) -> list[dict]:
     labels: dict[str, list[str]] = {}
     for prompt, label in labelled:
         labels.setdefault(prompt, []).append(label)
-    rows = []
-    for prompt, group in labels.items():
-        f, m, u = count_labels(group)
-        low, high = wilson_interval(f, f + m)
-        rows.append({"prompt": prompt, "n": f + m + u, "n_female": f, "n_male": m, "n_unclear": u,
-                     "share_female": share(f, m), "ci_low": low, "ci_high": high})
-    return rows
+    keep = ("n", "n_female", "n_male", "n_unclear", "share_female", "ci_low", "ci_high")
+    return [{"prompt": prompt, **{k: v for k, v in estimate(*count_labels(group)).to_dict().items() if k in keep}}
+            for prompt, group in labels.items()]
 
 
 def mean_delta_noise_floor(ns: Sequence[int], targets: Sequence[float] | float = 0.5) -> float | None:
