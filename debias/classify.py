@@ -18,11 +18,20 @@ Backends (``--classifier``):
 * ``open_clip:ARCH/PRETRAINED`` — open_clip; the default for real models is
   ``open_clip:ViT-L-14/openai``, OpenAI's CLIP ViT-L/14: the classifier used in the TIME paper's
   gender evaluation and most later work (so numbers are comparable), strong zero-shot accuracy on
-  people, and the image tower of the family SD 1.x was trained with. ``PRETRAINED`` may be a local
-  checkpoint file.
+  people, and the image tower of the family SD 1.x was trained with. A pretrained tag is built with
+  the settings its weights were trained with (OpenAI's with QuickGELU, as open_clip's tag says; built
+  with GELU they give other features, without an error). ``PRETRAINED`` may instead be a local
+  checkpoint file, which does not say its activation, so ``ARCH`` names it: open_clip's
+  ``ARCH-quickgelu`` architectures for QuickGELU weights (OpenAI's, e.g.
+  ``open_clip:ViT-L-14-quickgelu//models/open_clip_model.safetensors``), plain ``ARCH`` for GELU.
 * a transformers CLIP hub id (``openai/clip-vit-large-patch14``) or local folder (``CLIPModel`` +
   tokenizer + ``preprocessor_config.json``);
 * ``mini`` — the built-in mini model's tiny CLIP (a transformers CLIP folder), its default.
+
+The MLP activation the built model runs is recorded in ``describe()`` (the ``classifier`` block of
+``audit.json``). A classifier that is not a local folder or file is read from the Hugging Face cache
+alone when one request shows the hub cannot be reached, so an offline machine gets the error at once
+instead of after huggingface_hub's retries.
 
 Images go in as uint8 ``[N, H, W, 3]`` arrays or tensors (exactly the pixels of the saved PNGs) and
 are preprocessed with tensor operations (resize shortest side, centre crop, normalise).
@@ -51,11 +60,18 @@ DEFAULT_MIN_CONFIDENCE = 0.6
 
 _KEEP_ON_DISK = (
     "Keep CLIP on disk: on a machine with network access run "
-    "`python -c \"import open_clip; open_clip.create_model_and_transforms('ViT-L-14', pretrained='openai')\"` "
-    "(or `huggingface-cli download openai/clip-vit-large-patch14`), copy the Hugging Face cache "
+    "`python -c \"import open_clip; open_clip.create_model('ViT-L-14-quickgelu', pretrained='openai')\"` "
+    "(or `hf download openai/clip-vit-large-patch14` for a transformers CLIP), copy the Hugging Face cache "
     "(~/.cache/huggingface) to this machine and set HF_HUB_OFFLINE=1; or pass a local folder or checkpoint: "
-    "--classifier /path/to/clip-folder or --classifier open_clip:ViT-L-14//path/to/open_clip_model.safetensors."
+    "--classifier /path/to/clip-folder or "
+    "--classifier open_clip:ViT-L-14-quickgelu//path/to/open_clip_model.safetensors (ARCH-quickgelu for "
+    "weights trained with QuickGELU, such as OpenAI's; plain ARCH, e.g. ViT-L-14, for GELU weights)."
 )
+_ACTIVATIONS = {"QuickGELU": "quick_gelu", "QuickGELUActivation": "quick_gelu", "GELU": "gelu",
+                "GELUActivation": "gelu"}
+"""Activation module classes of open_clip, torch and transformers, named as their configs name them."""
+_TAG_PREPROCESS = ("mean", "std", "interpolation")
+"""What :class:`Preprocess` takes from a pretrained tag's settings."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +119,7 @@ class ZeroShotClassifier:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     batch_size: int = 64
     encode_text: Optional[Callable[[Sequence[str]], torch.Tensor]] = None  # texts -> features (CLIP score)
+    activation: Optional[str] = None  # MLP activation of the built model: "quick_gelu", "gelu", or both joined by "+"
 
     @property
     def abstain_rule(self) -> str:
@@ -114,7 +131,7 @@ class ZeroShotClassifier:
 
     def describe(self) -> dict[str, Any]:
         """The ``classifier`` block of ``audit.json``."""
-        return {"backend": self.backend, "model": self.model,
+        return {"backend": self.backend, "model": self.model, "activation": self.activation,
                 "labels": {k: list(v) for k, v in self.labels.items()},
                 "abstain": {"rule": self.abstain_rule, "min_confidence": self.min_confidence,
                             "no_person_threshold": 0.5 if self.labels.get("none") else None}}
@@ -239,13 +256,13 @@ def load_classifier(
         else:
             source, backend = spec, "transformers"
         parts = _load_transformers_clip(source, spec, device)
-    encode_images, encode_text, preprocess, logit_scale = parts
+    encode_images, encode_text, preprocess, logit_scale, activation = parts
     with torch.inference_mode():
         feats = _class_features(encode_text, labels)
     return ZeroShotClassifier(backend=backend, model=spec, encode_images=encode_images, preprocess=preprocess,
                               class_features=feats, logit_scale=logit_scale, labels=labels,
                               min_confidence=min_confidence, device=device, batch_size=batch_size,
-                              encode_text=encode_text)
+                              encode_text=encode_text, activation=activation)
 
 
 def _load_transformers_clip(source: str, spec: str, device: torch.device):
@@ -259,19 +276,24 @@ def _load_transformers_clip(source: str, spec: str, device: torch.device):
         raise ModelLoadError(f"--classifier {spec!r}: no such folder. Pass a CLIP folder, a hub id like "
                              f"'openai/clip-vit-large-patch14', or open_clip:ARCH/PRETRAINED.")
     src = str(path) if path.exists() else source
+    unreachable = None if path.exists() else _hub_unreachable(source, "config.json")
+    cache_only = {"local_files_only": True} if unreachable else {}
     from debias.models import quiet_loading
 
     quiet_loading()
     try:
-        model = CLIPModel.from_pretrained(src).eval().to(device)
+        model = CLIPModel.from_pretrained(src, **cache_only).eval().to(device)
         try:
-            tokenizer = CLIPTokenizerFast.from_pretrained(src)
+            tokenizer = CLIPTokenizerFast.from_pretrained(src, **cache_only)
         except Exception:  # noqa: BLE001 - a slow-only tokenizer folder
-            tokenizer = CLIPTokenizer.from_pretrained(src)
+            tokenizer = CLIPTokenizer.from_pretrained(src, **cache_only)
     except (OSError, ValueError) as err:
+        if unreachable:
+            raise ModelLoadError(f"could not load classifier {spec!r}: it is not in the Hugging Face cache and the "
+                                 f"hub cannot be reached ({unreachable}). {_KEEP_ON_DISK}") from err
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ModelLoadError(f"could not load classifier {spec!r} ({first}). {_KEEP_ON_DISK}") from err
-    preprocess = _transformers_preprocess(src, model)
+    preprocess = _transformers_preprocess(src, model, cache_only)
     max_len = int(min(getattr(tokenizer, "model_max_length", 77), model.config.text_config.max_position_embeddings))
 
     def encode_text(texts: Sequence[str]) -> torch.Tensor:
@@ -282,7 +304,39 @@ def _load_transformers_clip(source: str, spec: str, device: torch.device):
     def encode_images(pixels: torch.Tensor) -> torch.Tensor:
         return _features(model.get_image_features(pixel_values=pixels.to(model.dtype)))
 
-    return encode_images, encode_text, preprocess, float(model.logit_scale.detach().exp())
+    return encode_images, encode_text, preprocess, float(model.logit_scale.detach().exp()), _activation(model)
+
+
+def _activation(model: torch.nn.Module) -> str | None:
+    """The MLP activation(s) ``model`` runs, read off its modules rather than the flags it was built from.
+
+    Weights give other features under another activation without any error, so the audit records which
+    one ran; a model with both (e.g. a timm image tower, which ignores open_clip's flag) reads "gelu+quick_gelu".
+    """
+    found = {_ACTIVATIONS[type(m).__name__] for m in model.modules() if type(m).__name__ in _ACTIVATIONS}
+    return "+".join(sorted(found)) or None
+
+
+def _hub_unreachable(repo_id: str, filename: str) -> str | None:
+    """Why the Hugging Face hub cannot be reached, from one request without retries; ``None`` if it answers.
+
+    On a network error huggingface_hub retries a file it has not cached with backoff (about 23 s a file, and
+    open_clip asks for two), so a machine without network and without HF_HUB_OFFLINE=1 would wait over a
+    minute for the error. One request tells the same at once; callers then read the cache only.
+    """
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.utils import HfHubHTTPError
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    try:
+        get_hf_file_metadata(hf_hub_url(repo_id, filename))
+    except (HfHubHTTPError, ValueError):
+        return None  # the hub answered (a missing file, a gated repo) or the id is malformed: the load reports it
+    except Exception as err:  # noqa: BLE001 - DNS, connection, proxy, TLS and timeout errors of the HTTP client
+        detail = str(err).splitlines()[0] if str(err) else ""
+        return f"{type(err).__name__}: {detail[:200]}" if detail else type(err).__name__
+    return None
 
 
 def _features(out) -> torch.Tensor:
@@ -296,7 +350,7 @@ def _features(out) -> torch.Tensor:
     raise TypeError(f"unexpected CLIP feature output {type(out).__name__}")
 
 
-def _transformers_preprocess(src: str, model) -> Preprocess:
+def _transformers_preprocess(src: str, model, hub_kwargs: dict[str, Any]) -> Preprocess:
     cfg: dict[str, Any] = {}
     path = Path(src)
     if (path / "preprocessor_config.json").is_file():
@@ -305,7 +359,7 @@ def _transformers_preprocess(src: str, model) -> Preprocess:
         try:
             from transformers import CLIPImageProcessor
 
-            cfg = CLIPImageProcessor.from_pretrained(src).to_dict()
+            cfg = CLIPImageProcessor.from_pretrained(src, **hub_kwargs).to_dict()
         except Exception:  # noqa: BLE001 - fall back to the model's own image size and CLIP's statistics
             cfg = {}
     image_size = int(model.config.vision_config.image_size)
@@ -329,29 +383,25 @@ def _transformers_preprocess(src: str, model) -> Preprocess:
 def _load_open_clip(spec: str, device: torch.device):
     import open_clip
 
-    name = spec[len("open_clip:"):]
-    arch, _, pretrained = name.partition("/")
+    arch, _, pretrained = spec[len("open_clip:"):].partition("/")
     if not arch or not pretrained:
         raise InputError(f"--classifier {spec!r}: write open_clip:ARCH/PRETRAINED, e.g. open_clip:ViT-L-14/openai")
     if arch not in open_clip.list_models():
         raise ModelLoadError(f"--classifier {spec!r}: open_clip has no architecture {arch!r} "
-                             f"(see open_clip.list_models(), e.g. ViT-L-14, ViT-H-14)")
-    checkpoint = pretrained
-    if not Path(os.path.expanduser(pretrained)).is_file():
-        cfg = open_clip.get_pretrained_cfg(arch, pretrained)
-        if not cfg:
+                             f"(see open_clip.list_models(), e.g. ViT-L-14, ViT-L-14-quickgelu, ViT-H-14)")
+    checkpoint, tag = Path(os.path.expanduser(pretrained)), {}
+    if not checkpoint.is_file():
+        tag = open_clip.get_pretrained_cfg(arch, pretrained)
+        if not tag:
             tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
             raise ModelLoadError(f"--classifier {spec!r}: unknown pretrained tag {pretrained!r} for {arch} "
                                  f"(known: {tags}) and no such checkpoint file")
-        try:
-            checkpoint = open_clip.download_pretrained(cfg)
-        except Exception as err:  # noqa: BLE001 - hub / network errors of many kinds
-            raise ModelLoadError(f"could not load classifier {spec!r}: its weights are not on disk and they "
-                                 f"cannot be downloaded ({type(err).__name__}). {_KEEP_ON_DISK}") from err
-        if not checkpoint:
-            raise ModelLoadError(f"could not load classifier {spec!r}: no weights found. {_KEEP_ON_DISK}")
+        checkpoint = _open_clip_weights(spec, tag)
     try:
-        model, _, _ = open_clip.create_model_and_transforms(arch, pretrained=str(checkpoint), device=device)
+        # with a file path open_clip ignores the tag, so its activation and preprocessing are passed here
+        model = open_clip.create_model(arch, pretrained=str(checkpoint), device=device,
+                                       force_quick_gelu=bool(tag.get("quick_gelu")),
+                                       force_preprocess_cfg={k: tag[k] for k in _TAG_PREPROCESS if k in tag})
     except Exception as err:  # noqa: BLE001
         raise ModelLoadError(f"could not load classifier {spec!r} from {checkpoint} ({type(err).__name__}: "
                              f"{err}). {_KEEP_ON_DISK}") from err
@@ -369,4 +419,44 @@ def _load_open_clip(spec: str, device: torch.device):
     def encode_images(pixels: torch.Tensor) -> torch.Tensor:
         return model.encode_image(pixels)
 
-    return encode_images, encode_text, preprocess, float(model.logit_scale.detach().exp())
+    return encode_images, encode_text, preprocess, float(model.logit_scale.detach().exp()), _activation(model)
+
+
+def _open_clip_weights(spec: str, tag: dict[str, Any]) -> str:
+    """The local path of a pretrained tag's weights: downloaded, or from the cache when the hub is unreachable."""
+    import open_clip
+
+    hub = tag.get("hf_hub", "")
+    if hub and "file" not in tag:
+        repo_id, filename = os.path.split(hub)
+        names = _open_clip_hub_files(filename)
+        unreachable = _hub_unreachable(repo_id, names[0])
+        if unreachable:
+            from huggingface_hub import try_to_load_from_cache
+
+            for name in names:
+                cached = try_to_load_from_cache(repo_id, name)
+                if isinstance(cached, str):
+                    return cached
+            raise ModelLoadError(f"could not load classifier {spec!r}: its weights ({repo_id}) are not in the "
+                                 f"Hugging Face cache and the hub cannot be reached ({unreachable}). {_KEEP_ON_DISK}")
+    try:
+        checkpoint = open_clip.download_pretrained(tag)
+    except Exception as err:  # noqa: BLE001 - hub / network errors of many kinds
+        raise ModelLoadError(f"could not load classifier {spec!r}: its weights are not on disk and they "
+                             f"cannot be downloaded ({type(err).__name__}). {_KEEP_ON_DISK}") from err
+    if not checkpoint:
+        raise ModelLoadError(f"could not load classifier {spec!r}: no weights found. {_KEEP_ON_DISK}")
+    return str(checkpoint)
+
+
+def _open_clip_hub_files(filename: str) -> list[str]:
+    """The files open_clip looks for in a tag's hub repo, safetensors first, as ``download_pretrained`` does."""
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    filename = filename or HF_WEIGHTS_NAME
+    if filename == HF_WEIGHTS_NAME:
+        return [HF_SAFE_WEIGHTS_NAME, filename]
+    if filename.endswith((".bin", ".pth")):
+        return [filename[:-4] + ".safetensors", filename]
+    return [filename]

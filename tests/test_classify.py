@@ -1,7 +1,14 @@
-"""CLIP zero-shot classification: the abstain rule, preprocessing, prompt averaging, loading errors."""
+"""CLIP zero-shot classification: the abstain rule, preprocessing, prompt averaging, loading (the activation
+weights run with, errors, no network)."""
 
 from __future__ import annotations
 
+import copy
+import importlib
+import json
+import math
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +16,7 @@ import pytest
 import torch
 
 from audit_helpers import tiny_folders
-from debias.classify import Preprocess, decide, load_classifier, resolve_labels
+from debias.classify import DEFAULT_REAL_CLASSIFIER, Preprocess, decide, load_classifier, resolve_labels
 from debias.errors import InputError, ModelLoadError
 
 
@@ -92,7 +99,7 @@ def test_transformers_clip_matches_a_direct_computation() -> None:
     assert clf.cache_id != load_classifier(str(clip_dir), min_confidence=0.7).cache_id
 
 
-def test_loading_errors_say_what_to_do(tmp_path: Path) -> None:
+def test_loading_errors_say_what_to_do(tmp_path: Path, hub_cache: Path) -> None:
     with pytest.raises(ModelLoadError, match="no config.json"):
         load_classifier(str(tmp_path))
     with pytest.raises(ModelLoadError, match="no such folder"):
@@ -122,3 +129,176 @@ def test_clip_score_ranks_the_matching_prompt_first() -> None:
         for other_name, other in world.OBJECTS.items():
             if other_name != name:
                 assert own.mean() > clf.clip_score(images, world.TUNING_TEMPLATE.format(other)).mean() + 5, (name, other)
+
+
+# ------------------------------------------------------------------ open_clip weights and their activation
+TINY_VIT = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
+            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1}}
+
+
+@pytest.fixture
+def tiny_vit_l(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """ViT-L-14 (and its -quickgelu twin) shrunk to one layer of width 64, and a random checkpoint for it.
+
+    Only the sizes change: tag resolution, activation flags and checkpoint loading run open_clip's own code.
+    """
+    import open_clip
+    from open_clip import factory
+    from safetensors.torch import save_file
+
+    monkeypatch.setitem(factory._MODEL_CONFIGS, "ViT-L-14", copy.deepcopy(TINY_VIT))
+    monkeypatch.setitem(factory._MODEL_CONFIGS, "ViT-L-14-quickgelu", {**copy.deepcopy(TINY_VIT), "quick_gelu": True})
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-L-14")
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(50.0))
+    path = tmp_path / "open_clip_model.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+@pytest.fixture
+def hub_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """An empty Hugging Face cache in place of the user's."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    return tmp_path / "hub"
+
+
+def put_in_hub_cache(cache: Path, repo_id: str, filename: str, src: Path) -> None:
+    """Leave ``src`` where downloading ``repo_id``'s ``filename`` would have (the cache's refs/snapshots layout)."""
+    repo, commit = cache / f"models--{repo_id.replace('/', '--')}", "0" * 40
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copy(src, repo / "snapshots" / commit / filename)
+
+
+def put_openai_vit_l_in_cache(cache: Path, checkpoint: Path) -> None:
+    """The checkpoint as the download of ``open_clip:ViT-L-14/openai``, located by open_clip's own tag settings."""
+    import open_clip
+
+    repo_id = open_clip.get_pretrained_cfg("ViT-L-14", "openai")["hf_hub"].rstrip("/")
+    put_in_hub_cache(cache, repo_id, "open_clip_model.safetensors", checkpoint)
+
+
+@pytest.fixture
+def built_models(monkeypatch: pytest.MonkeyPatch) -> list[torch.nn.Module]:
+    """Every model open_clip builds while the test runs (create_model, also as create_model_and_transforms calls it)."""
+    import open_clip
+    from open_clip import factory
+
+    built, create = [], factory.create_model
+
+    def spy(*args, **kwargs):
+        built.append(create(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(open_clip, "create_model", spy)
+    monkeypatch.setattr(factory, "create_model", spy)
+    return built
+
+
+def activation_classes(model: torch.nn.Module) -> set[str]:
+    return {type(m).__name__ for m in model.modules() if type(m).__name__ in ("GELU", "QuickGELU")}
+
+
+def test_default_classifier_runs_openai_weights_with_quick_gelu(tiny_vit_l: Path, hub_cache: Path,
+                                                                built_models: list) -> None:
+    """OpenAI's weights were trained with QuickGELU; built with GELU they give other features and no error."""
+    import open_clip
+
+    put_openai_vit_l_in_cache(hub_cache, tiny_vit_l)
+    clf = load_classifier(None)  # open_clip:ViT-L-14/openai, read from the cache (HF_HUB_OFFLINE=1 in tests)
+    assert clf.model == DEFAULT_REAL_CLASSIFIER and clf.logit_scale == pytest.approx(50.0)  # the cached weights
+    assert [activation_classes(m) for m in built_models] == [{"QuickGELU"}]
+    assert clf.describe()["activation"] == "quick_gelu"
+
+    images = np.random.default_rng(0).integers(0, 256, size=(3, 40, 48, 3), dtype=np.uint8)
+    pixels = clf.preprocess(images)
+    with torch.no_grad():
+        ours = clf.encode_images(pixels)
+        quick = open_clip.create_model("ViT-L-14-quickgelu", pretrained=str(tiny_vit_l)).eval().encode_image(pixels)
+        gelu = open_clip.create_model("ViT-L-14", pretrained=str(tiny_vit_l)).eval().encode_image(pixels)
+    assert torch.allclose(ours, quick, atol=1e-6)
+    assert (ours - gelu).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("arch, activation", [("ViT-L-14-quickgelu", "quick_gelu"), ("ViT-L-14", "gelu")])
+def test_local_checkpoint_runs_the_activation_its_architecture_names(tiny_vit_l: Path, built_models: list,
+                                                                     arch: str, activation: str) -> None:
+    clf = load_classifier(f"open_clip:{arch}/{tiny_vit_l}")  # an absolute path: ARCH//path
+    assert clf.backend == "open_clip" and clf.logit_scale == pytest.approx(50.0)
+    assert [activation_classes(m) for m in built_models] == [{"QuickGELU" if activation == "quick_gelu" else "GELU"}]
+    assert clf.describe()["activation"] == activation
+
+
+def test_transformers_and_mini_classifiers_record_their_activation(tmp_path: Path) -> None:
+    _, clip_dir = tiny_folders()
+    assert load_classifier(str(clip_dir)).describe()["activation"] == "quick_gelu"  # CLIPConfig's default
+    assert load_classifier("mini").describe()["activation"] == "quick_gelu"
+    mixed = Path(shutil.copytree(clip_dir, tmp_path / "clip"))
+    config = json.loads((mixed / "config.json").read_text())
+    config["vision_config"]["hidden_act"] = "gelu"
+    (mixed / "config.json").write_text(json.dumps(config))
+    assert load_classifier(str(mixed)).describe()["activation"] == "gelu+quick_gelu"
+
+
+# --------------------------------------------------------------------------------- no network
+@pytest.fixture
+def unreachable_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, list]]:
+    """HF_HUB_OFFLINE unset and every connection refused; records the requests made and the backoff sleeps.
+
+    huggingface_hub's sleeps are recorded instead of slept, so a retry loop shows up as counts, not minutes.
+    """
+    import huggingface_hub
+    from huggingface_hub.utils import _http
+
+    # the HTTP library huggingface_hub is built on (httpx or httpx2, by version)
+    http = importlib.import_module(type(huggingface_hub.get_session()).__module__.split(".")[0])
+    seen: dict[str, list] = {"requests": [], "sleeps": []}
+
+    def refuse(request):
+        seen["requests"].append(str(request.url))
+        raise http.ConnectError("[Errno 101] Network is unreachable", request=request)
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(_http, "_GLOBAL_CLIENT_FACTORY", lambda: http.Client(transport=http.MockTransport(refuse)))
+    monkeypatch.setattr(_http.time, "sleep", seen["sleeps"].append)
+    _http.close_session()
+    yield seen
+    _http.close_session()
+
+
+def hub_requests(seen: dict[str, list]) -> list[str]:
+    """Requests for models (huggingface_hub may also ask for its registry of agent harnesses, once a day)."""
+    return [url for url in seen["requests"] if "/api/agent-harnesses" not in url]
+
+
+def test_open_clip_without_network_fails_after_one_request(unreachable_hub: dict, hub_cache: Path, tiny_vit_l: Path,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(ModelLoadError) as err:
+        load_classifier("open_clip:ViT-L-14/openai")
+    assert len(hub_requests(unreachable_hub)) == 1 and unreachable_hub["sleeps"] == []
+    assert "Retrying" not in caplog.text
+    message = str(err.value)
+    assert "not in the Hugging Face cache and the hub cannot be reached (ConnectError" in message
+    assert "HF_HUB_OFFLINE=1" in message and "open_clip:ViT-L-14-quickgelu//path/to/" in message
+
+    # once the weights are in the cache, the same machine loads them, still without waiting
+    put_openai_vit_l_in_cache(hub_cache, tiny_vit_l)
+    clf = load_classifier("open_clip:ViT-L-14/openai")
+    assert clf.describe()["activation"] == "quick_gelu"
+    assert len(hub_requests(unreachable_hub)) == 2 and unreachable_hub["sleeps"] == []
+
+
+def test_transformers_hub_id_without_network_fails_after_one_request(unreachable_hub: dict, hub_cache: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(ModelLoadError) as err:
+        load_classifier("debias-tests/uncached-clip")
+    assert len(hub_requests(unreachable_hub)) == 1 and unreachable_hub["sleeps"] == []
+    assert "Retrying" not in caplog.text
+    message = str(err.value)
+    assert "not in the Hugging Face cache and the hub cannot be reached (ConnectError" in message
+    assert "HF_HUB_OFFLINE=1" in message and "--classifier /path/to/clip-folder" in message
