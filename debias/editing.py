@@ -304,6 +304,7 @@ def encode_conditioning(pipe, prompts: Sequence[str]) -> torch.Tensor:
     Raises:
         EditError: when layers receive different conditioning (e.g. per-layer ``norm_cross``).
     """
+    from debias.generate import pipeline_options
     from debias.models import denoiser, find_cross_attention
 
     prompts = list(prompts)
@@ -325,13 +326,9 @@ def encode_conditioning(pipe, prompts: Sequence[str]) -> torch.Tensor:
 
     handles = [p.module.register_forward_pre_hook(record(p.name)) for p in projections]
     handles.append(denoiser(pipe).register_forward_hook(stop))
+    # the options generation calls the pipeline with: the same text is encoded, the tiny size is kept
     call: dict[str, Any] = dict(prompt=prompts, num_inference_steps=1, guidance_scale=1.0, output_type="latent",
-                                height=_capture_size(pipe), width=_capture_size(pipe))
-    accepted = inspect.signature(pipe.__call__).parameters
-    if "use_resolution_binning" in accepted:  # PixArt: keep the tiny capture size as it is
-        call["use_resolution_binning"] = False
-    if "clean_caption" in accepted:  # PixArt: the prompt as typed (caption cleaning needs extra packages)
-        call["clean_caption"] = False
+                                height=_capture_size(pipe), width=_capture_size(pipe), **pipeline_options(pipe))
     try:
         with torch.no_grad():
             pipe(**call)
@@ -356,10 +353,26 @@ def encode_conditioning(pipe, prompts: Sequence[str]) -> torch.Tensor:
     return first.to(torch.float32)
 
 
+def pipeline_text(pipe, prompt: str) -> str:
+    """The text the pipeline's tokenizer receives for ``prompt`` when generation calls it.
+
+    PixArt rewrites prompts before tokenizing (with ``clean_caption=False``, the option generation
+    passes: lower-cased and stripped); token alignment must read the tokens that were encoded, or an
+    upper-case word the vocabulary splits differently would misplace every row after it.
+    """
+    from debias.generate import pipeline_options
+
+    preprocess = getattr(pipe, "_text_preprocessing", None)
+    if not callable(preprocess):
+        return prompt
+    clean = pipeline_options(pipe).get("clean_caption", False)
+    return preprocess(prompt, clean_caption=clean)[0]
+
+
 def prompt_tokens(pipe, prompt: str, length: int) -> list[str]:
     """The tokens of ``prompt`` as the pipeline's (first) tokenizer pads them to ``length`` positions."""
     tokenizer = pipe.tokenizer
-    ids = tokenizer(prompt, padding="max_length", max_length=length, truncation=True).input_ids
+    ids = tokenizer(pipeline_text(pipe, prompt), padding="max_length", max_length=length, truncation=True).input_ids
     return tokenizer.convert_ids_to_tokens(ids)
 
 

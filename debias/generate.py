@@ -1,9 +1,11 @@
 """Seeded, batched, cached and resumable generation (and classification) of work items.
 
 A **work item** is a ``(prompt, seed)`` pair. Each image gets its own
-``torch.Generator("cpu").manual_seed(seed)`` (the pipeline takes one generator per image), so an image
-depends on nothing else: not the batch size, not the order, not how many processes share the work.
-That makes three things exact:
+``torch.Generator("cpu").manual_seed(seed)`` (the pipeline takes one generator per image), so its
+starting noise depends on nothing else: not the batch, the order, the device or how many processes share
+the work. The same batch size and thread count give bit-identical pixels; another batch size runs other
+float kernels and moves a few 8-bit values by one level at most (no label changed where measured). That
+makes three things exact (up to that rounding):
 
 * **caching and resuming** — every finished image is written atomically as a PNG under the run
   folder, then one line is appended to an index. The key hashes everything the image depends on: the
@@ -29,6 +31,7 @@ Layout of a cache folder::
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 from contextlib import nullcontext
@@ -50,7 +53,8 @@ REAL_SAMPLER = {"scheduler": "DPMSolverMultistepScheduler", "steps": 25, "guidan
 # ------------------------------------------------------------------------------------------ settings
 @dataclass(frozen=True)
 class SamplerSettings:
-    """Everything about sampling that changes an image (batch size does not, so it is not here)."""
+    """Everything about sampling that changes an image (batch size and thread count move a few values by one
+    8-bit level at most, so they are not here)."""
 
     scheduler: str
     steps: int
@@ -311,8 +315,37 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 
 def generate_images(pipe, prompts: Sequence[str], seeds: Sequence[int], settings: SamplerSettings) -> np.ndarray:
-    """One pipeline call: ``len(prompts)`` images, image i drawn from its own generator seeded ``seeds[i]``."""
+    """One pipeline call: ``len(prompts)`` images, image i drawn from its own generator seeded ``seeds[i]``.
+
+    An image's noise depends on its seed alone (CPU generators draw the same numbers whatever the device),
+    and the same call on the same machine gives bit-identical pixels. The float kernels, though, are chosen
+    by the batch's size (and torch's thread count), so the same seed in a batch of another size can end a
+    few 8-bit values one level apart; running every image alone would make that exact at about half the
+    throughput, so the tool batches and the cache key leaves batch size out.
+    """
     return _pipeline_call(pipe, prompts, seeds, settings)[0]
+
+
+PIPELINE_OPTIONS: dict[str, Any] = {"use_resolution_binning": False, "clean_caption": False}
+"""Call options fixed for every pipeline whose ``__call__`` takes them (PixArt's); see :func:`pipeline_options`."""
+
+
+def pipeline_options(pipe) -> dict[str, Any]:
+    """The :data:`PIPELINE_OPTIONS` this pipeline's ``__call__`` names (none for Stable Diffusion).
+
+    Generation and the edit's prompt capture (:func:`debias.editing.encode_conditioning`) both call the
+    pipeline with these, so an edit is computed from exactly the text and the size that generation uses:
+
+    * ``use_resolution_binning=False``: PixArt would otherwise round the requested size to the nearest
+      entry of its aspect-ratio table (and raise ``Invalid sample size`` for a transformer with no table);
+      the image is made at the height and width the cache key records.
+    * ``clean_caption=False``: caption cleaning needs beautifulsoup4 and ftfy (without them diffusers
+      warns on every call and skips it) and rewrites the text (URLs, punctuation, …), so the encoded text
+      would depend on which optional packages are installed. Without it PixArt encodes
+      ``prompt.lower().strip()``.
+    """
+    accepted = inspect.signature(pipe.__call__).parameters
+    return {name: value for name, value in PIPELINE_OPTIONS.items() if name in accepted}
 
 
 def _pipeline_call(pipe, prompts, seeds, settings) -> tuple[np.ndarray, list[bool]]:
@@ -321,7 +354,7 @@ def _pipeline_call(pipe, prompts, seeds, settings) -> tuple[np.ndarray, list[boo
     with torch.inference_mode():
         out = pipe(prompt=list(prompts), generator=generators, num_inference_steps=settings.steps,
                    guidance_scale=settings.guidance, height=settings.height, width=settings.width,
-                   output_type="np")
+                   output_type="np", **pipeline_options(pipe))
     flags = getattr(out, "nsfw_content_detected", None) or [False] * len(prompts)
     return to_uint8(out.images), [bool(f) for f in flags]
 

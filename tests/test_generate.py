@@ -1,4 +1,4 @@
-"""Seeded generation: images independent of batch size and order, the cache, resume, edits."""
+"""Seeded generation: images of a seed up to 8-bit rounding whatever the batch, the cache, resume, edits."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 
 from audit_helpers import HalfClassifier, load_tiny
 from debias.generate import (
-    ImageCache, default_settings, edit_id, generate_images, item_key, items_for_seeds, measure, model_key, use_scheduler,
-    work_items,
+    ImageCache, default_settings, edit_id, generate_images, item_key, items_for_seeds, measure, model_key,
+    pipeline_options, use_scheduler, work_items,
 )
 
 ITEMS = work_items(["a photo of a nurse", "a nurse working"], 0, 6) + work_items(["a photo of a pilot"], 0, 6)
@@ -60,7 +60,7 @@ def test_same_seeds_same_images_and_numbers(tiny, tmp_path: Path) -> None:
     assert {"female", "male"} <= labels
 
 
-def test_batch_size_and_order_do_not_change_images(tiny, tmp_path: Path) -> None:
+def test_batch_size_and_order_move_pixels_by_at_most_one_level(tiny, tmp_path: Path) -> None:
     c1, r1 = _run(tiny, tmp_path / "b1", batch_size=1)
     c4, r4 = _run(tiny, tmp_path / "b4", batch_size=4)
     reversed_items = list(reversed(ITEMS))
@@ -73,6 +73,39 @@ def test_batch_size_and_order_do_not_change_images(tiny, tmp_path: Path) -> None
     assert np.abs(p1.astype(int) - p4.astype(int)).max() <= 1
     assert np.abs(p1.astype(int) - pr.astype(int)).max() <= 1
     assert (p1 == p4).mean() > 0.999
+
+
+def test_mini_model_batch_size_changes_no_label(tmp_path: Path) -> None:
+    """The documented reproducibility on the shipped model: the same batch size gives bit-identical images;
+    another batch size may move a few 8-bit values by one level (in half of these 8 images where this was
+    measured, on one CPU thread), which changes no label."""
+    from debias.classify import load_classifier
+    from debias.mini import load_world_config
+    from debias.models import load_pipeline
+
+    pipe = load_pipeline("mini")
+    settings = default_settings(pipe, is_mini=True)
+    use_scheduler(pipe, settings.scheduler)
+    world = load_world_config()
+    prompts = [world["test_templates"][i % 4].format(p["phrase"]) for i, p in enumerate(world["professions"])]
+    seeds = list(range(len(prompts)))
+    batched = generate_images(pipe, prompts, seeds, settings)
+    assert np.array_equal(batched, generate_images(pipe, prompts, seeds, settings))
+    alone = np.concatenate([generate_images(pipe, [p], [s], settings) for p, s in zip(prompts, seeds)])
+    assert np.abs(batched.astype(int) - alone.astype(int)).max() <= 1
+    clf = load_classifier("mini", is_mini=True)
+    labels, p_batched = clf.classify(batched)
+    labels_alone, p_alone = clf.classify(alone)
+    assert labels == labels_alone and {"female", "male"} <= set(labels)
+    assert np.abs(np.asarray(p_batched, float) - np.asarray(p_alone, float)).max() < 1e-3
+
+
+def test_pipelines_get_only_the_call_options_they_take(tiny) -> None:
+    from tiny_models import tiny_pixart
+
+    pipe, _, _ = tiny
+    assert pipeline_options(pipe) == {}  # Stable Diffusion's call takes neither
+    assert pipeline_options(tiny_pixart()) == {"use_resolution_binning": False, "clean_caption": False}
 
 
 def test_one_generator_per_image(tiny) -> None:
