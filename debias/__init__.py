@@ -30,6 +30,7 @@ _EXPORTS: dict[str, str] = {
     "revert_edit": "debias.editing",
     "save_edit": "debias.editing",
     "load_edit": "debias.editing",
+    "shipped_edit_error": "debias.editing",
     "audit": "debias.audit",
     "fix": "debias.fix",
     "render_report": "debias.report",

@@ -4,12 +4,15 @@
 ``find_cross_attention`` finds the cross-attention ``to_k`` / ``to_v`` projections by what they are
 (attention modules that read the text conditioning), not by the module names of one model, so the
 same code serves SD 1.x, SD 2.x, SDXL and PixArt. ``fingerprint`` identifies the original K/V
-weights, so an edit file can refuse a model it was not made for.
+weights exactly (dtype included, for caches); ``weights_summary`` describes them independently of
+dtype, so an edit file can refuse a model it was not made for and accept the same model in float16.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,9 +274,10 @@ def original_weights(pipe) -> dict[str, torch.Tensor]:
 def fingerprint(pipe) -> str:
     """``"sha256:…"`` of the original K/V weights (names, dtypes, shapes and bytes), stable across runs.
 
-    It names the exact weights an edit was computed from, so the same model loaded in another dtype
-    (float16 instead of float32) has another fingerprint, and an edit file made on one is refused on
-    the other. After an edit is baked the fingerprint still names the originals.
+    It names the exact weights, so the same model loaded in another dtype (float16 instead of float32)
+    has another fingerprint: right for image caches, whose images differ by dtype. Whether an edit file
+    fits a model is decided by :func:`weights_summary` instead, which survives a change of dtype. After
+    an edit is baked the fingerprint still names the originals.
     """
     digest = hashlib.sha256()
     for name, weight in original_weights(pipe).items():
@@ -282,3 +286,97 @@ def fingerprint(pipe) -> str:
         digest.update(f"|{str(tensor.dtype)}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return "sha256:" + digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------
+# Identifying weights across dtypes
+# --------------------------------------------------------------------------------------------------
+
+_SKETCH_SIZE = 16
+
+WEIGHTS_SKETCH = f"rademacher-rank1-{_SKETCH_SIZE}"
+"""How :func:`weights_summary` describes a weight (recorded, so a future change is recognised)."""
+
+WEIGHTS_TOLERANCE = 0.01
+"""Largest relative distance ‖W₁ − W₂‖_F / ‖W₁‖_F at which two K/V weights count as the same weights.
+
+Rounding float32 weights to bfloat16 moves them by about 0.2% (float16: 0.02%), and the sketch's estimate of
+that stays below 0.4%; two different models (another seed, another checkpoint) differ by tens of percent."""
+
+
+@functools.lru_cache(maxsize=32)
+def _signs(length: int, side: str) -> torch.Tensor:
+    """``[length, 16]`` fixed ±1 vectors, derived from SHAKE-256 so that no library version can change them."""
+    raw = hashlib.shake_256(f"debias.weights_summary|{side}|{length}".encode()).digest(length * _SKETCH_SIZE)
+    bits = torch.frombuffer(bytearray(raw), dtype=torch.uint8).to(torch.float64).remainder(2)
+    return (2.0 * bits - 1.0).reshape(length, _SKETCH_SIZE)
+
+
+def weights_summary(pipe) -> dict[str, Any]:
+    """A description of the original K/V weights that survives a change of dtype, for edit files.
+
+    :func:`fingerprint` hashes the exact bytes, which is right for caches (a float16 model draws other
+    images) but cannot decide whether an edit fits: the same model in float16 or bfloat16 has other bytes,
+    and no hash of rounded values is dtype-invariant (rounding twice flips some elements). This records, per
+    module and in float64, the shape, the Frobenius norm and 16 projections ``uᵀ W v`` on fixed ±1 vectors.
+    Differences of projections have mean square ‖W₁ − W₂‖²_F, so :func:`compare_weights` tells rounding
+    (≈ 0.2% in bfloat16) from other weights (tens of %) with 18 numbers per module.
+    """
+    modules: dict[str, Any] = {}
+    dtype = None
+    for name, weight in original_weights(pipe).items():
+        dtype = dtype or weight.dtype
+        W = weight.detach().to("cpu", torch.float64)
+        out_features, in_features = W.shape
+        projections = ((W @ _signs(in_features, "in")) * _signs(out_features, "out")).sum(dim=0)
+        modules[name] = {"shape": [out_features, in_features], "norm": float(W.norm()),
+                         "projections": [float(p) for p in projections]}
+    return {"method": WEIGHTS_SKETCH, "dtype": str(dtype).removeprefix("torch."), "modules": modules}
+
+
+def weights_distance(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """Estimated ‖W_a − W_b‖_F / max(‖W_a‖_F, ‖W_b‖_F) of one module from two :func:`weights_summary` entries.
+
+    The larger of the norms' difference (a lower bound of the distance) and the root mean square of the
+    projections' differences (an unbiased estimate of its square); NaN or Inf weights give ``inf``.
+    """
+    pa = torch.tensor(a["projections"], dtype=torch.float64)
+    pb = torch.tensor(b["projections"], dtype=torch.float64)
+    spread = float((pa - pb).pow(2).mean().sqrt())
+    scale = max(abs(a["norm"]), abs(b["norm"]))
+    distance = max(abs(a["norm"] - b["norm"]), spread)
+    if not math.isfinite(distance) or not math.isfinite(scale):
+        return math.inf
+    return distance / scale if scale > 0 else 0.0
+
+
+def compare_weights(expected: dict[str, Any], actual: dict[str, Any], *,
+                    tolerance: float = WEIGHTS_TOLERANCE) -> list[str]:
+    """What differs between two :func:`weights_summary` descriptions, in words; empty when they match.
+
+    Module names first (which are missing, which are extra), then shapes, then every module whose weights
+    are farther apart than ``tolerance`` (largest first): the first difference found is the one to fix.
+    """
+    if expected.get("method") != actual.get("method"):
+        return [f"its base weights are described with {expected.get('method')!r}, which this version of debias "
+                f"does not read (it writes {actual.get('method')!r})"]
+    theirs, ours = expected["modules"], actual["modules"]
+    missing, extra = [n for n in theirs if n not in ours], [n for n in ours if n not in theirs]
+    if missing or extra:
+        text = f"it edits {len(theirs)} K/V modules and this model has {len(ours)}"
+        text += f"; not in this model: {_some(missing)}" if missing else ""
+        return [text + (f"; not in the edit: {_some(extra)}" if extra else "")]
+    size = "×".join
+    shapes = [f"{n} is {size(map(str, theirs[n]['shape']))} in the edit and {size(map(str, ours[n]['shape']))} here"
+              for n in theirs if theirs[n]["shape"] != ours[n]["shape"]]
+    if shapes:
+        return shapes
+    distances = {n: weights_distance(theirs[n], ours[n]) for n in theirs}
+    far = sorted((n for n, d in distances.items() if not d <= tolerance), key=lambda n: -distances[n])
+    return [f"the weights of {n} differ by {distances[n]:.1%} (the same weights in another dtype: under "
+            f"{tolerance:.0%})" for n in far]
+
+
+def _some(names: list[str], limit: int = 3) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")

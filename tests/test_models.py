@@ -140,6 +140,35 @@ def test_fingerprint_is_stable_and_identifies_weights() -> None:
     assert fingerprint(a) == fingerprint(b)  # fingerprints name the original weights, edited or not
 
 
+def test_weights_summary_survives_dtypes_and_tells_models_apart() -> None:
+    from debias.models import WEIGHTS_TOLERANCE, compare_weights, weights_distance, weights_summary
+
+    base = weights_summary(tiny_sd1())
+    assert base == weights_summary(tiny_sd1()) and base["dtype"] == "float32"
+    assert len(base["modules"]) == EXPECTED["sd1"][1]
+    for dtype, rounding in ((torch.float16, 5e-4), (torch.bfloat16, 4e-3)):
+        cast = weights_summary(tiny_sd1().to(dtype=dtype))
+        assert cast["dtype"] == str(dtype).removeprefix("torch.") and compare_weights(base, cast) == []
+        assert max(weights_distance(base["modules"][n], m) for n, m in cast["modules"].items()) < rounding
+    other = weights_summary(tiny_sd1(seed=1))
+    distances = [weights_distance(base["modules"][n], m) for n, m in other["modules"].items()]
+    assert min(distances) > 50 * WEIGHTS_TOLERANCE
+    assert len(compare_weights(base, other)) == len(base["modules"])
+
+
+def test_weights_distance_estimates_the_relative_frobenius_distance() -> None:
+    from debias.models import weights_distance, weights_summary
+
+    pipe = tiny_sd1()
+    first = find_cross_attention(pipe)[0]
+    before = weights_summary(pipe)["modules"][first.name]
+    noise = torch.randn(first.module.weight.shape, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        first.module.weight.add_(noise * (0.05 * first.module.weight.norm() / noise.norm()))
+    after = weights_summary(pipe)["modules"][first.name]
+    assert 0.025 < weights_distance(before, after) < 0.1  # 16 projections: within a factor of 2 of the true 5%
+
+
 # ---- loading -------------------------------------------------------------------------------------
 
 
