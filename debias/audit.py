@@ -62,6 +62,10 @@ def audit(
     batch_size: int | None = None,
     steps: int | None = None,
     guidance: float | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    device: str | None = None,
+    dtype: str | torch.dtype | None = None,
     ci_width: float | None = None,
     max_images: int | None = None,
     threads: int | None = None,
@@ -72,13 +76,16 @@ def audit(
     progress: bool = True,
     print_table: bool = False,
     write_report: bool = True,
+    stage: str = "audit",
 ) -> dict[str, Any]:
     """Audit a model; writes ``out/audit.json``, ``out/audit.csv`` and the images, returns the record.
 
     ``model`` is a spec (hub id, folder, ``"mini"``) or a loaded pipeline; ``classifier`` a spec
     (see :mod:`debias.classify`) or a loaded :class:`~debias.classify.ZeroShotClassifier`. ``edit`` is an
     optional d×d matrix the model is audited under (no weight written); ``edit_info`` describes it in
-    the record (e.g. ``{"path": …, "sha256": …}``). ``cache`` shares an image cache between audits
+    the record, also for an edit already baked into ``model``'s weights (then ``edit`` is None and
+    ``edit_info["matrix_sha256"]`` names it). ``stage`` is stamped on the images this audit generates
+    (a fix counts its images by stage from the cache). ``cache`` shares an image cache between audits
     (a fix's before/after); by default the cache is the output folder. ``write_report`` also renders
     ``out/report.html`` from the JSON just written.
     """
@@ -94,8 +101,10 @@ def audit(
     if templates:
         templates = templates_from_option(list(templates))
     dist = distributed_from_env()
-    pipe, spec, is_mini = resolve_pipeline(model, allow_pickle, dist)
+    pipe, spec, is_mini = resolve_pipeline(model, allow_pickle, dist, device, dtype)
     from debias.models import model_info
+
+    say_profile(pipe)
 
     entries = resolve_professions(listed, is_mini)
     chosen_templates, prompt_set_name = resolve_templates(templates, prompt_set, is_mini)
@@ -103,8 +112,8 @@ def audit(
     if tokenizer is not None:
         check_prompt_lengths(entries, chosen_templates, tokenizer)
     clf = resolve_classifier(classifier, is_mini, labels_female, labels_male, labels_none, min_confidence, pipe)
-    settings = default_settings(pipe, is_mini=is_mini, steps=steps, guidance=guidance)
-    batch = batch_size or default_batch_size(pipe, is_mini)
+    settings = default_settings(pipe, is_mini=is_mini, steps=steps, guidance=guidance, height=height, width=width)
+    batch = batch_size or default_batch_size(pipe, is_mini, settings)
     out = Path(out)
     cache = cache or ImageCache(out, rank=dist.rank)
     cache.rank = dist.rank
@@ -125,7 +134,7 @@ def audit(
             owner += [e.phrase] * count
         measured = measure(pipe, clf, items, settings=settings, cache=cache, edit=edit, batch_size=batch,
                            oracle=oracle, dist=dist, progress=progress,
-                           description=f"round {rounds}: {len(items)} images")
+                           description=f"round {rounds}: {len(items)} images", stage=stage)
         for phrase, r in zip(owner, measured):
             results[phrase].append(r)
         active = [e for e in active if _needs_more(results[e.phrase], ci_width, cap)]
@@ -166,20 +175,51 @@ def _check_options(n: int, target: float, tolerance: float, ci_width: float | No
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
 
 
-def resolve_pipeline(model: Any, allow_pickle: bool, dist: Distributed):
-    """A loaded pipeline passes through; a spec loads (on this process's GPU when there is one, fp16 for real models)."""
+def resolve_pipeline(model: Any, allow_pickle: bool, dist: Distributed, device: str | None = None,
+                     dtype: str | torch.dtype | None = None):
+    """A loaded pipeline passes through (moved when ``device``/``dtype`` are given); a spec loads.
+
+    By default a spec loads on this process's GPU when there is one, in float16 for real models (float32 for the
+    mini model and models made from it, whose tiny weights gain nothing from half precision), else on the CPU in
+    float32.
+    """
+    from debias.models import load_pipeline, resolve_dtype
+
     if not isinstance(model, str):
+        if device is not None or dtype is not None:
+            model.to(device=device, dtype=resolve_dtype(dtype))
         spec = getattr(model, "_debias_spec", None)
         return model, spec, bool(getattr(model, "_debias_is_mini", spec == "mini"))
-    from debias.models import load_pipeline
-
-    is_mini = model == "mini"
-    device, dtype = None, None
-    if torch.cuda.is_available():
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if dist.world_size > 1 else "cuda"
-        dtype = None if is_mini else torch.float16
+    device = device or default_device(dist)
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: torch sees no CUDA GPU here; use --device cpu, or install a CUDA "
+                         "build of torch on a machine with a GPU.")
+    if dtype is None and str(device).startswith("cuda") and not _is_mini_spec(model):
+        dtype = torch.float16
     pipe = load_pipeline(model, device=device, torch_dtype=dtype, allow_pickle=allow_pickle)
-    return pipe, model, bool(getattr(pipe, "_debias_is_mini", is_mini))
+    return pipe, model, bool(getattr(pipe, "_debias_is_mini", model == "mini"))
+
+
+def say_profile(pipe) -> None:
+    """Say when a model folder chose its own defaults (a fixed model keeps the profile it was made with)."""
+    source = getattr(pipe, "_debias_profile_source", None)
+    if source:
+        print(f"using the model profile '{pipe._debias_profile}' recorded in {source}: its sampler, prompts and "
+              "classifier are the defaults (options given on the command line still win)", file=sys.stderr)
+
+
+def default_device(dist: Distributed) -> str:
+    """This process's GPU when there is one (``cuda:LOCAL_RANK`` under ``accelerate launch``), else the CPU."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if dist.world_size > 1 else "cuda"
+
+
+def _is_mini_spec(spec: str) -> bool:
+    """The built-in model, or a folder saved from it (which records its profile)."""
+    from debias.models import saved_profile
+
+    return spec == "mini" or saved_profile(Path(os.path.expanduser(spec)))[0] == "mini"
 
 
 def resolve_professions(professions, is_mini: bool) -> list[ProfessionEntry]:
@@ -283,6 +323,8 @@ def _record(*, entries, results, target, tolerance, is_mini, model, classifier, 
     edit_block = None
     if edit is not None:
         edit_block = {"sha256": edit_id(edit), **(edit_info or {})}
+    elif edit_info:  # baked into the weights (the after audit of a fix loads its edit file)
+        edit_block = {"sha256": edit_info.get("matrix_sha256"), **edit_info}
     generation = settings.to_dict()
     generation.update({"batch_size": batch, "seed_base": seed})
     generation.pop("device")

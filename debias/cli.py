@@ -39,6 +39,15 @@ def _root(
 
 # ---- commands are added below, one function per verb ----
 
+# Options that mean the same on every verb that loads a model (audit, fix, edit) or generates images (audit, fix).
+DEVICE_HELP = "Torch device, e.g. cuda, cuda:1 or cpu (default: this process's GPU when there is one, else cpu)."
+DTYPE_HELP = ("Weights' dtype: float32, float16 or bfloat16 (default: float16 on a GPU for real models, float32 "
+              "otherwise; edits are judged and saved in this dtype, see the README on precision).")
+HEIGHT_HELP = "Image height in pixels, a multiple of the VAE's factor (default: the model's native size)."
+WIDTH_HELP = "Image width in pixels (default: the model's native size)."
+BATCH_HELP = ("Images per pipeline call (default: 8 at 512² on a GPU scaled by image area, halved automatically "
+              "on out-of-memory; 4 on a CPU).")
+
 
 def _read_edit_pairs_csv(path: Path, source_column: str, destination_column: str) -> list[tuple[str, str]]:
     """(source, destination) pairs from a CSV with a header (TIMED's files use columns old,new)."""
@@ -82,10 +91,14 @@ def edit_command(
     out: Path = typer.Option(Path("edit.safetensors"), "--out", help="Edit file to write (safetensors)."),
     save_pipeline_dir: Optional[Path] = typer.Option(None, "--save-pipeline", help="Also write the edited model as a diffusers folder."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin) weights; only for models you trust."),
-    device: Optional[str] = typer.Option(None, "--device", help="Torch device, e.g. cuda (default: cpu)."),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help=DTYPE_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (default: DEBIAS_NUM_THREADS or cores)."),
 ) -> None:
-    """Compute a TIME edit (source → destination prompts) and write it as an edit file."""
+    """Compute a TIME edit (source → destination prompts) and write it as an edit file.
+
+    The edit's matrix is solved in float64 whatever --dtype is; the edited weights in the file are stored in the
+    model's dtype. No image is generated, so there is no --height/--width here."""
     from debias.errors import InputError
 
     if csv_path is not None and (source or destination):
@@ -105,11 +118,14 @@ def edit_command(
 
     from debias import __version__ as version
     from debias.editing import DEFAULT_AUGMENTATIONS, edit_from_prompts, save_edit, bake_edit, save_pipeline
-    from debias.models import find_cross_attention, load_pipeline, model_info
+    from debias.models import find_cross_attention, model_info
     from debias.threads import set_threads
 
+    from debias.audit import resolve_pipeline
+    from debias.generate import distributed_from_env
+
     set_threads(threads)
-    pipe = load_pipeline(model, device=device, allow_pickle=allow_pickle)
+    pipe, _, _ = resolve_pipeline(model, allow_pickle, distributed_from_env(), device, dtype)
     augmentations = DEFAULT_AUGMENTATIONS if augment else ()
     M, info = edit_from_prompts(pipe, pairs, lam=lam, lam_relative=lam_relative, augmentations=augmentations,
                                 progress=True)
@@ -145,9 +161,13 @@ def audit_command(
     target: float = typer.Option(0.5, "--target", help="Target female share (a list line's target=… overrides it)."),
     tolerance: float = typer.Option(0.05, "--tolerance", help="A profession is within tolerance when |share - target| <= this."),
     seed: int = typer.Option(0, "--seed", help="Seed of image 0; image i uses seed + i."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per pipeline call (does not change images)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=BATCH_HELP),
     steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: 10 mini, 25 real models)."),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance (default: 1.0 mini, 7.5 real models)."),
+    height: Optional[int] = typer.Option(None, "--height", help=HEIGHT_HELP),
+    width: Optional[int] = typer.Option(None, "--width", help=WIDTH_HELP),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help=DTYPE_HELP),
     ci_width: Optional[float] = typer.Option(None, "--ci-width", help="Sequential: keep generating until the 95% interval's full width is below this (0.2 ≈ ±0.10)."),
     max_images: Optional[int] = typer.Option(None, "--max-images", help="Per-profession cap with --ci-width (default 1024)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (default: DEBIAS_NUM_THREADS or cores / processes)."),
@@ -163,7 +183,7 @@ def audit_command(
         templates=templates or None, classifier=classifier, labels_female=labels_female or None,
         labels_male=labels_male or None, labels_none=labels_none or None, min_confidence=min_confidence,
         target=target, tolerance=tolerance, seed=seed, batch_size=batch_size, steps=steps, guidance=guidance,
-        ci_width=ci_width, max_images=max_images, threads=threads, allow_pickle=allow_pickle, print_table=True,
+        height=height, width=width, device=device, dtype=dtype, ci_width=ci_width, max_images=max_images, threads=threads, allow_pickle=allow_pickle, print_table=True,
     )
     if record["hardware"]["processes"] == 1 or int(os.environ.get("RANK", "0") or 0) == 0:
         typer.echo(f"wrote {out / 'audit.json'}, {out / 'audit.csv'} and {out / 'report.html'}")
@@ -189,6 +209,14 @@ def fix_command(
     anchor_strength: float = typer.Option(100.0, "--anchor-strength", help="Weight of the anchors (the bare augmentation templates and the empty prompt, kept fixed so the edit moves only what the profession adds); 0 turns them off."),
     max_drift: float = typer.Option(0.12, "--max-drift", help="Strongest edit allowed: unrelated prompts' conditioning may move by at most this (relative norm); 0 turns the limit off."),
     classifier: Optional[str] = typer.Option(None, "--classifier", help="CLIP for perceived gender (as for debias audit)."),
+    min_confidence: float = typer.Option(0.6, "--min-confidence", help="Abstain (unclear) when max(p_female, 1-p_female) is below this."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: 10 mini, 25 real models)."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance (default: 1.0 mini, 7.5 real models)."),
+    height: Optional[int] = typer.Option(None, "--height", help=HEIGHT_HELP),
+    width: Optional[int] = typer.Option(None, "--width", help=WIDTH_HELP),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help=DTYPE_HELP),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=BATCH_HELP),
     save_pipeline_dir: Optional[Path] = typer.Option(None, "--save-pipeline", help="Also write the edited model as a diffusers folder."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin) weights; only for models you trust."),
 ) -> None:
@@ -202,10 +230,11 @@ def fix_command(
                  test_images=test_images, check_images=check_images, joint_rounds=joint_rounds,
                  tuning_templates=tuning_templates or None, preserve=preserve_arg,
                  anchor_strength=anchor_strength, side_prompts=side_prompts or None, side_seeds=side_seeds, max_drift=max_drift or None, seed=seed,
-                 classifier=classifier,
-                 threads=threads, save_pipeline=save_pipeline_dir, allow_pickle=allow_pickle)
+                 classifier=classifier, min_confidence=min_confidence, steps=steps, guidance=guidance, height=height,
+                 width=width, device=device, dtype=dtype, batch_size=batch_size, threads=threads, save_pipeline=save_pipeline_dir, allow_pickle=allow_pickle)
     print_summary(record)
-    typer.echo(f"wrote {out / 'fix.json'}, {out / 'edit.safetensors'}, {out / 'before'}, {out / 'after'}")
+    written = [out / "fix.json"] + ([out / "edit.safetensors"] if record["edit_file"] else [])
+    typer.echo(f"wrote {', '.join(map(str, written + [out / 'before', out / 'after']))}")
     typer.echo(f"report: {out / 'report.html'}")
 
 

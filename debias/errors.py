@@ -19,3 +19,7 @@ class InputError(DebiasError):
 
 class EditError(DebiasError):
     """An edit cannot be computed or applied (shapes, alignment, fingerprint mismatch)."""
+
+
+class GenerationError(DebiasError):
+    """Images could not be generated with the chosen settings (e.g. out of memory at one image per call)."""

@@ -23,12 +23,14 @@ twice gives the same λs and numbers.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,7 +41,7 @@ import torch
 
 from debias import __version__, stats
 from debias.errors import InputError
-from debias.generate import items_for_seeds, measure, work_items
+from debias.generate import edit_id, items_for_seeds, measure, work_items
 from debias.prompts import profession_prompts, templates_from_option
 from debias.search import SearchResult, search_lambda
 
@@ -161,6 +163,10 @@ def fix(
     min_confidence: float = 0.6,
     steps: int | None = None,
     guidance: float | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    device: str | None = None,
+    dtype: str | torch.dtype | None = None,
     batch_size: int | None = None,
     threads: int | None = None,
     save_pipeline: str | os.PathLike | None = None,
@@ -193,11 +199,12 @@ def fix(
         tuning_templates = templates_from_option(list(tuning_templates), "--tuning-templates")
     n_threads = set_threads(threads)
     dist = audit_mod.distributed_from_env()
-    pipe, spec, is_mini = audit_mod.resolve_pipeline(model, allow_pickle, dist)
+    pipe, spec, is_mini = audit_mod.resolve_pipeline(model, allow_pickle, dist, device, dtype)
+    audit_mod.say_profile(pipe)
     entries = audit_mod.resolve_professions(professions, is_mini)
     clf = audit_mod.resolve_classifier(classifier, is_mini, None, None, None, min_confidence, pipe)
-    settings = default_settings(pipe, is_mini=is_mini, steps=steps, guidance=guidance)
-    batch = batch_size or default_batch_size(pipe, is_mini)
+    settings = default_settings(pipe, is_mini=is_mini, steps=steps, guidance=guidance, height=height, width=width)
+    batch = batch_size or default_batch_size(pipe, is_mini, settings)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cache = ImageCache(out)
@@ -210,30 +217,33 @@ def fix(
                    progress=progress, anchors=anchors)
 
     common = dict(classifier=clf, target=target, tolerance=tolerance, batch_size=batch, steps=steps,
-                  guidance=guidance, threads=n_threads, cache=cache, progress=progress)
+                  guidance=guidance, height=height, width=width, threads=n_threads, cache=cache, progress=progress)
     tuning_seed = seed + TUNING_SEED_OFFSET
 
     # 1. before: held-out test prompts and the tuning prompts (cached images make a rerun free)
     say(f"fix: auditing {len(entries)} professions before the edit ({test_images} images each, test prompts)")
     before = audit_mod.audit(pipe, professions=entries, images_per_profession=test_images, out=out / "before",
-                             prompt_set="test", seed=seed, **common)
+                             prompt_set="test", seed=seed, stage="before", **common)
     tuning = audit_mod.audit(pipe, professions=entries, images_per_profession=check_images, out=out / "tuning",
-                             prompt_set="tuning", templates=tuning_templates, seed=tuning_seed, **common)
+                             prompt_set="tuning", templates=tuning_templates, seed=tuning_seed, stage="tuning",
+                             **common)
+    ctx.used["before"], ctx.used["tuning"] = _images_read(before), _images_read(tuning)
     profs = [
         _Profession(entry=e, target=e.target if e.target is not None else target, before=b, tuning_before=tb)
         for e, b, tb in zip(entries, before["professions"], tuning["professions"])
     ]
 
-    # 2. destinations
+    # 2. destinations, from the tuning audit only: the test audit is a judge, never an input
     for p in profs:
-        share = p.before["share_female"]
+        share = p.tuning_before["share_female"]
         if share is None:
             p.status = "not_reachable"
-            say(f"  {p.name}: no classified image before the edit; cannot choose a destination")
+            say(f"  {p.name}: no classified image on the tuning prompts; cannot choose a destination")
             continue
-        if abs(share - p.target) <= tolerance:
+        if stats.within_band(share, p.target, tolerance):
             p.status = UNEDITED
-            say(f"  {p.name}: share {share:.2f} already within {p.target} ± {tolerance}; left unedited")
+            say(f"  {p.name}: share {share:.2f} on the tuning prompts already within {p.target} ± {tolerance}; "
+                "left unedited")
             continue
         _choose_destination(p, share, pipe, augmentations)
 
@@ -278,6 +288,7 @@ def fix(
 
             atomic_write_json(path, {"inputs": inputs, "result": result.to_dict(p.scale)})
         p.search = result
+        ctx.used["search"] += result.images_used
         say(f"search {p.name}: {result.status} — λ_rel {_fmt(result.lambda_relative)}, share "
             f"{_fmt(result.share)} [{_fmt(result.ci_low)}, {_fmt(result.ci_high)}], {result.images_used} images")
         if result.status == "not_reachable":
@@ -296,7 +307,6 @@ def fix(
     preserve_prompts = _preserve_prompts(preserve, [p for p in profs if not p.edited])
     preserve_rows = _preserve_rows(pipe, preserve_prompts, augmentations) if preserve_prompts else None
     M = None
-    joint_images = 0
     for rnd in range(joint_rounds + 1):
         if not edited:
             break
@@ -311,8 +321,8 @@ def fix(
             owner += [p.name] * check_images
 
         results = measure(pipe, clf, items, settings=settings, cache=cache, edit=M, batch_size=batch, oracle=oracle,
-                          progress=progress, description=f"joint round {rnd}")
-        joint_images += sum(not r.reused for r in results)
+                          progress=progress, description=f"joint round {rnd}", stage="joint")
+        ctx.used["joint"] += len(results)
         by_name: dict[str, list[str]] = {}
         for name, r in zip(owner, results):
             by_name.setdefault(name, []).append(r.label)
@@ -353,38 +363,42 @@ def fix(
             break
         say("  re-tuned: " + ", ".join(f"{p.name} λ_rel {math.exp(p.log_lambda):.3g}" for p in moved))
 
-    # 5. after: held-out test prompts with the same seeds under the final edit; side effects
-    edit_info = None
+    # 5. after: the held-out test prompts with the same seeds, under the edit exactly as it ships (the edit file's
+    #    weights loaded into the model, in its dtype), and the side effects on unrelated prompts
+    edit_file, edit_info, metadata = out / "edit.safetensors", None, None
     if M is not None:
         from debias.editing import save_edit
 
         metadata = _edit_metadata(profs, preserve_prompts, preserve_strength, anchor_prompts, anchor_strength,
                                   augmentations, target, tolerance)
-        save_edit(out / "edit.safetensors", pipe, M, metadata=metadata)  # same edit, same bytes: reruns keep the hash
-        edit_info = {"path": "../edit.safetensors", "sha256": _file_sha256(out / "edit.safetensors")}
+        save_edit(edit_file, pipe, M, metadata=metadata)  # same edit, same bytes: reruns keep the hash
+        edit_info = {"path": "../edit.safetensors", "sha256": _file_sha256(edit_file), "matrix_sha256": edit_id(M),
+                     "applied_as": "weights loaded from the edit file"}
+    else:
+        say(f"fix: nothing to edit: {_nothing_edited(profs)}. No edit file is written and the model is unchanged.")
+        edit_file.unlink(missing_ok=True)  # an earlier run's edit would no longer describe this run
+    side_items = _side_items(probe_prompts, side_seeds, seed) if M is not None else []
+    side_plain = ctx.measure(side_items, "side_effects", "side effects: unedited")
     say(f"fix: auditing after the edit ({test_images} images each, same seeds)")
-    after = audit_mod.audit(pipe, professions=entries, images_per_profession=test_images, out=out / "after",
-                            prompt_set="test", edit=M, edit_info=edit_info, seed=seed, **common)
-    side = _side_effects(ctx, M, probe_prompts, side_seeds, seed, out)
+    with _shipped(pipe, edit_file if M is not None else None):
+        after = audit_mod.audit(pipe, professions=entries, images_per_profession=test_images, out=out / "after",
+                                prompt_set="test", edit_info=edit_info, seed=seed, stage="after", **common)
+        ctx.used["after"] = _images_read(after)
+        side_edited = ctx.measure(side_items, "side_effects", "side effects: edited")
+        if save_pipeline is not None and M is not None:
+            _save_fixed_pipeline(pipe, save_pipeline, model_info(pipe, spec), metadata)
+            say(f"wrote edited pipeline {save_pipeline}")
+    if save_pipeline is not None and M is None:
+        say(f"fix: no pipeline written to {save_pipeline}: nothing was edited, so the base model is the fixed one")
+    side = _side_effects(ctx, probe_prompts, side_seeds, side_plain, side_edited)
     if M is not None and probe is not None:
         side["conditioning_drift"] = conditioning_drift(M, probe)
     side["max_drift"] = max_drift
 
-    if save_pipeline is not None and M is not None:
-        from debias.editing import bake_edit, revert_edit, save_pipeline as save_pipe
-
-        bake_edit(pipe, M)
-        try:
-            save_pipe(pipe, save_pipeline, metadata={"kind": "edited_pipeline", "debias_version": __version__,
-                                                     "base_model": model_info(pipe, spec), **metadata})
-        finally:
-            revert_edit(pipe)
-        say(f"wrote edited pipeline {save_pipeline}")
-
     record = _record(profs, before, after, tuning, side, model_info(pipe, spec), clf, settings, target, tolerance,
                      budget, test_images, check_images, joint_rounds, preserve_prompts, preserve_strength,
-                     anchor_prompts, anchor_strength, seed, augmentations, templates, out, M, n_threads, dist, joint_images,
-                     started, time.perf_counter() - t0, audit_mod)
+                     anchor_prompts, anchor_strength, seed, augmentations, templates, out, M, n_threads, dist,
+                     image_counts(cache, ctx.used), started, time.perf_counter() - t0, audit_mod)
     from debias.io import atomic_write_json
 
     atomic_write_json(out / "fix.json", record)
@@ -469,6 +483,17 @@ class _Context:
     say: Callable[[str], None]
     progress: bool
     anchors: Optional["_Anchors"] = None
+    used: Counter = field(default_factory=Counter)  # images read per stage (see image_counts)
+
+    def measure(self, items: Sequence[tuple[str, int]], stage: str, description: str) -> list:
+        """Generate (or reuse) and classify ``items`` with the pipeline as it is now, counted under ``stage``."""
+        if not items:
+            return []
+        results = measure(self.pipe, self.clf, items, settings=self.settings, cache=self.cache, edit=None,
+                          batch_size=self.batch, oracle=self.oracle, progress=self.progress, description=description,
+                          stage=stage)
+        self.used[stage] += len(results)
+        return results
 
     def evaluator(self, prompts: Sequence[str], p: _Profession, seed_base: int):
         """``evaluate(λ_rel, seeds) -> labels`` for the search: tuning prompts under the single edit of ``p``."""
@@ -476,7 +501,7 @@ class _Context:
             M = None if math.isinf(lambda_relative) else single_matrix(p, math.log(lambda_relative), self.anchors)
             results = measure(self.pipe, self.clf, items_for_seeds(prompts, seeds, seed_base), settings=self.settings,
                               cache=self.cache, edit=M, batch_size=self.batch, oracle=self.oracle,
-                              progress=self.progress, description=f"{p.name}: {len(seeds)} images")
+                              progress=self.progress, description=f"{p.name}: {len(seeds)} images", stage="search")
             return [r.label for r in results]
 
         return evaluate
@@ -722,17 +747,16 @@ def joint_from_pins(pins: Sequence[tuple[torch.Tensor, torch.Tensor, float]],
     return joint_edit_matrix(pins, preserve=torch.cat(blocks), preserve_weight=1.0)
 
 
-def _side_effects(ctx: _Context, M, prompts: Sequence[str], n_seeds: int, seed: int, out: Path) -> dict:
+def _side_items(prompts: Sequence[str], n_seeds: int, seed: int) -> list[tuple[str, int]]:
+    return [(p, seed + i) for p in prompts for i in range(n_seeds)]
+
+
+def _side_effects(ctx: _Context, prompts: Sequence[str], n_seeds: int, plain: list, edited: list) -> dict:
     """Mean absolute pixel change (0–1) of unrelated prompts at fixed seeds, edit vs no edit."""
     block: dict[str, Any] = {"metric": "mean_abs_pixel_change", "mean_abs_pixel_change": None, "seeds": n_seeds,
                              "prompts": []}
-    if M is None or n_seeds == 0 or not prompts:
+    if not plain:
         return block
-    items = [(p, seed + i) for p in prompts for i in range(n_seeds)]
-    plain = measure(ctx.pipe, ctx.clf, items, settings=ctx.settings, cache=ctx.cache, edit=None, batch_size=ctx.batch,
-                    progress=ctx.progress, description="side effects: unedited")
-    edited = measure(ctx.pipe, ctx.clf, items, settings=ctx.settings, cache=ctx.cache, edit=M, batch_size=ctx.batch,
-                     progress=ctx.progress, description="side effects: edited")
     a_u8 = ctx.cache.read_images([r.key for r in plain])
     b_u8 = ctx.cache.read_images([r.key for r in edited])
     diff = np.abs(a_u8.astype(np.float64) - b_u8.astype(np.float64)).mean(axis=(1, 2, 3)) / 255.0
@@ -754,8 +778,73 @@ def _side_effects(ctx: _Context, M, prompts: Sequence[str], n_seeds: int, seed: 
                                     f"same seeds with and without the edit")
     block["prompts"] = rows
     block["note"] = ("pixel values on a 0–1 scale, averaged over pixels, channels, seeds and prompts; the same seeds "
-                     "with and without the edit")
+                     "with and without the edit (as shipped: the edit file's weights)")
     return block
+
+
+@contextlib.contextmanager
+def _shipped(pipe, edit_file: Optional[Path]):
+    """The pipeline with ``edit_file`` loaded into its weights, as a user of the file gets it; restored on exit.
+
+    The search tries edits by transforming the conditioning, which is exact in float32; in float16 or bfloat16
+    weights the small change W·M − W is partly rounded away, so what is judged and saved must be the baked edit.
+    """
+    if edit_file is None:
+        yield pipe
+        return
+    from debias.editing import load_edit, revert_edit
+
+    load_edit(pipe, edit_file)
+    try:
+        yield pipe
+    finally:
+        revert_edit(pipe)
+
+
+def _save_fixed_pipeline(pipe, folder, base_model: dict, metadata: dict) -> None:
+    """The edited model (its weights as loaded now) as a diffusers folder that records how it was made."""
+    from debias.editing import save_pipeline as save_pipe
+
+    save_pipe(pipe, folder, metadata={"kind": "edited_pipeline", "debias_version": __version__,
+                                      "base_model": base_model, "profile": base_model.get("profile"), **metadata})
+
+
+def _nothing_edited(profs: Sequence[_Profession]) -> str:
+    """Why a fix made no edit, in words (from each profession's status)."""
+    unedited = [p.name for p in profs if p.status == UNEDITED]
+    unclassified = [p.name for p in profs if p.status == "not_reachable"]
+    parts = []
+    if unedited:
+        parts.append(f"{len(unedited)} of {len(profs)} professions already lie within the band on the tuning prompts "
+                     f"({', '.join(unedited)})")
+    if unclassified:
+        parts.append(f"{len(unclassified)} had no image the classifier could read on the tuning prompts "
+                     f"({', '.join(unclassified)}; check the classifier, its labels and --min-confidence)")
+    return "; ".join(parts) or "no profession was given"
+
+
+def _images_read(audit_record: dict) -> int:
+    return sum(row["n"] for row in audit_record["professions"])
+
+
+FIX_STAGES = ("before", "tuning", "search", "joint", "after", "side_effects")
+
+
+def image_counts(cache, used: dict[str, int]) -> dict[str, Any]:
+    """Every image of the run folder by the stage that made it, and what each stage read.
+
+    ``generated`` counts the images in the cache stamped with the stage that made them (in this run or an
+    interrupted earlier one), so the stages' ``generated`` add up to the images in the cache; ``used`` is
+    what the stage read (for the search, the images its evaluations count), ``reused`` the part of it that
+    another stage had made (the unedited search point is the tuning audit's images, for example).
+    """
+    made = Counter(rec.get("stage") for rec in cache.images.values())
+    by_stage = {s: {"generated": made.get(s, 0), "used": int(used.get(s, 0)),
+                    "reused": max(int(used.get(s, 0)) - made.get(s, 0), 0)} for s in FIX_STAGES}
+    other = sum(n for s, n in made.items() if s not in FIX_STAGES)
+    return {"by_stage": by_stage, "generated": sum(v["generated"] for v in by_stage.values()),
+            "used": sum(v["used"] for v in by_stage.values()), "other_in_cache": other,
+            "in_cache": len(cache.images)}
 
 
 def _edit_metadata(profs, preserve_prompts, preserve_strength, anchor_prompts, anchor_strength, augmentations,
@@ -790,7 +879,7 @@ def _profession_record(p: _Profession, after_row: dict, tolerance: float) -> dic
     t = p.target
     share_after = after_row["share_female"]
     band = (t - tolerance, t + tolerance)
-    within_after = share_after is not None and abs(share_after - t) <= tolerance
+    within_after = stats.within_band(share_after, t, tolerance)
     if p.status in (UNEDITED, "not_reachable"):
         status = p.status
     elif within_after:
@@ -837,14 +926,10 @@ def _profession_record(p: _Profession, after_row: dict, tolerance: float) -> dic
 def _record(profs, before, after, tuning, side, model, clf, settings, target, tolerance, budget, test_images,
             check_images, joint_rounds, preserve_prompts, preserve_strength, anchor_prompts, anchor_strength, seed,
             augmentations, templates, out, M, threads,
-            dist, joint_images, started, wall, audit_mod) -> dict:
-    from debias.generate import edit_id
-
+            dist, images, started, wall, audit_mod) -> dict:
     rows = [_profession_record(p, a, tolerance) for p, a in zip(profs, after["professions"])]
-    within_before = sum(1 for r in rows if r["share_before"] is not None
-                        and abs(r["share_before"] - r["target"]) <= tolerance)
-    within_after = sum(1 for r in rows if r["share_after"] is not None
-                       and abs(r["share_after"] - r["target"]) <= tolerance)
+    within_before = sum(stats.within_band(r["share_before"], r["target"], tolerance) for r in rows)
+    within_after = sum(stats.within_band(r["share_after"], r["target"], tolerance) for r in rows)
     generation = settings.to_dict()
     generation.pop("device")
     return {
@@ -869,8 +954,8 @@ def _record(profs, before, after, tuning, side, model, clf, settings, target, to
         "mean_delta_noise_floor_after": after.get("mean_delta_noise_floor"),
         "within_tolerance_before": within_before, "within_tolerance_after": within_after,
         "after_intervals_overlapping_band": sum(r["after_interval_overlaps_band"] for r in rows),
-        "images": {"search": sum(r["images_used_in_search"] for r in rows), "joint_generated": joint_images,
-                   "before_generated": before["images_generated"], "after_generated": after["images_generated"]},
+        "edit_note": None if M is not None else f"nothing to edit: {_nothing_edited(profs)}",
+        "images": images,
         "side_effects": side,
         "ci_note": stats.CI_NOTE,
         "professions": rows,
@@ -905,4 +990,9 @@ def print_summary(record: dict[str, Any], file=None) -> None:
         console.print(f"side effect on unrelated prompts: mean absolute pixel change "
                       f"{side['mean_abs_pixel_change']:.4f} (0–1 scale, same seeds)")
     console.print(record["ci_note"])
-    console.print(f"{record['wall_seconds']:.0f} s; images: {record['images']}")
+    if record.get("edit_note"):
+        console.print(f"{record['edit_note']}; no edit file was written and the model is unchanged")
+    images = record["images"]
+    made = ", ".join(f"{stage} {v['generated']}" for stage, v in images["by_stage"].items() if v["generated"])
+    console.print(f"{record['wall_seconds']:.0f} s; {images['generated']} images generated ({made or 'none'}), "
+                  f"{images['in_cache']} in the run folder's cache")

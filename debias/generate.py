@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from debias.errors import InputError
+from debias.errors import GenerationError, InputError
 
 CACHE_VERSION = 1
 
@@ -112,6 +112,11 @@ def default_settings(
         size = (default_resolution(pipe),) * 2
     if steps is not None and steps < 1:
         raise InputError(f"--steps must be at least 1, got {steps}")
+    multiple = max(8, int(getattr(pipe, "vae_scale_factor", 8) or 8))  # diffusers' pipelines check 8 at least
+    for option, value in (("--height", height), ("--width", width)):
+        if value is not None and (value < multiple or value % multiple):
+            raise InputError(f"{option} {value}: image sizes must be positive multiples of {multiple} for this "
+                             f"pipeline; try {max(multiple, value // multiple * multiple)}.")
     return SamplerSettings(
         scheduler=scheduler or base["scheduler"],
         steps=int(steps if steps is not None else base["steps"]),
@@ -123,13 +128,17 @@ def default_settings(
     )
 
 
-def default_batch_size(pipe, is_mini: bool) -> int:
-    """Images per pipeline call: the mini model's default, 8 on a GPU, 4 on a CPU."""
+def default_batch_size(pipe, is_mini: bool, settings: SamplerSettings | None = None) -> int:
+    """Images per pipeline call: the mini model's default; on a GPU 8 at 512×512, scaled by the image area
+    (1 to 32; :func:`measure` halves it when the GPU runs out of memory); 4 on a CPU."""
     if is_mini:
         from debias.mini import SAMPLER
 
         return int(SAMPLER.get("batch_size", 64))
-    return 8 if _pipe_device(pipe).type == "cuda" else 4
+    if _pipe_device(pipe).type != "cuda":
+        return 4
+    area = (settings.height * settings.width) if settings is not None else 512 * 512
+    return int(min(max(8 * 512 * 512 // area, 1), 32))
 
 
 def use_scheduler(pipe, name: str) -> None:
@@ -382,6 +391,7 @@ def measure(
     dist: Distributed | None = None,
     progress: bool = True,
     description: str = "generating",
+    stage: str | None = None,
 ) -> list[SampleResult]:
     """Generate (or reuse) and classify every ``(prompt, seed)`` item; results in ``items`` order.
 
@@ -390,6 +400,8 @@ def measure(
     through :func:`debias.editing.conditioning_transform` (no weight is written). ``oracle`` labels
     images by ground truth (the mini world's ``oracle_gender``). Under ``dist`` with several
     processes, this process does items ``i % world_size == rank`` and every process returns all results.
+    ``stage`` is stamped on every image this call generates (e.g. ``"search"``), so a run can count its images
+    by the stage that made them from the cache itself, across interruptions and resumes.
     """
     dist = dist or Distributed()
     if batch_size < 1:
@@ -412,13 +424,19 @@ def measure(
     bar = _progress(len(to_generate) + len(to_label), progress and dist.is_main, description)
     with bar as prog:
         task = prog.add_task(description, total=len(to_generate) + len(to_label)) if prog else None
-        for start in range(0, len(to_generate), batch_size):
+        start = 0
+        while start < len(to_generate):
             batch = to_generate[start:start + batch_size]
             prompts = [unique[k][0] for k in batch]
             seeds = [unique[k][1] for k in batch]
-            images, blanked = _generate(pipe, prompts, seeds, settings, edit)
+            try:
+                images, blanked = _generate(pipe, prompts, seeds, settings, edit)
+            except torch.OutOfMemoryError as err:
+                batch_size = _smaller_batch(batch_size, settings, err)
+                continue
+            start += len(batch)
             oracles = oracle(images) if oracle is not None else [None] * len(batch)
-            cache.put_images([_image_record(k, p, s, o, b)
+            cache.put_images([_image_record(k, p, s, o, b, stage)
                               for k, p, s, o, b in zip(batch, prompts, seeds, oracles, blanked)], images)
             _label(cache, classifier, batch, images)
             if prog:
@@ -441,6 +459,23 @@ def measure(
     return results
 
 
+def _smaller_batch(batch_size: int, settings: SamplerSettings, err: BaseException) -> int:
+    """Half the batch after an out-of-memory error; at one image, say what to lower instead."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if batch_size > 1:
+        import sys
+
+        print(f"out of {settings.device} memory at {batch_size} images per call; continuing with "
+              f"{batch_size // 2} (set --batch-size to start there)", file=sys.stderr)
+        return batch_size // 2
+    raise GenerationError(
+        f"out of {settings.device} memory generating one {settings.height}×{settings.width} image in "
+        f"{settings.dtype}: lower --height/--width (e.g. {settings.height // 2}), use --dtype float16 if the "
+        "model runs in float32, or run on a device with more memory (--device). "
+        f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
+
+
 def _generate(pipe, prompts, seeds, settings, edit) -> tuple[np.ndarray, list[bool]]:
     if edit is None:
         return _pipeline_call(pipe, prompts, seeds, settings)
@@ -450,8 +485,11 @@ def _generate(pipe, prompts, seeds, settings, edit) -> tuple[np.ndarray, list[bo
         return _pipeline_call(pipe, prompts, seeds, settings)
 
 
-def _image_record(key: str, prompt: str, seed: int, oracle: str | None, blanked: bool) -> dict:
+def _image_record(key: str, prompt: str, seed: int, oracle: str | None, blanked: bool,
+                  stage: str | None = None) -> dict:
     rec = {"key": key, "prompt": prompt, "seed": int(seed), "image": f"images/{key}.png"}
+    if stage is not None:
+        rec["stage"] = stage
     if oracle is not None:
         rec["oracle"] = oracle
     if blanked:

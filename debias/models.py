@@ -46,7 +46,7 @@ class KVProjection:
 # --------------------------------------------------------------------------------------------------
 
 
-def _resolve_dtype(torch_dtype: Any) -> torch.dtype | None:
+def resolve_dtype(torch_dtype: Any) -> torch.dtype | None:
     if torch_dtype is None or isinstance(torch_dtype, torch.dtype):
         return torch_dtype
     dtype = _DTYPES.get(str(torch_dtype).lower().replace("torch.", ""))
@@ -147,7 +147,7 @@ def load_pipeline(
     """
     from diffusers import DiffusionPipeline
 
-    dtype = _resolve_dtype(torch_dtype)
+    dtype = resolve_dtype(torch_dtype)
     is_mini = spec == "mini"
     source = str(_mini_dir()) if is_mini else spec
     local = Path(os.path.expanduser(source))
@@ -184,8 +184,35 @@ def load_pipeline(
     pipe._debias_spec = spec
     from_hub = not (is_mini or local.exists())
     pipe._debias_revision = revision if revision is not None or not from_hub else _cached_revision(spec)
-    pipe._debias_is_mini = is_mini
+    profile, profile_source = ("mini", None) if is_mini else saved_profile(local)
+    pipe._debias_is_mini = profile == "mini"
+    pipe._debias_profile = profile
+    pipe._debias_profile_source = profile_source
     return pipe
+
+
+SAVED_RECORD = "debias_edit.json"  # written into a folder by --save-pipeline: how the model was made
+
+
+def saved_profile(folder: Path) -> tuple[str | None, str | None]:
+    """The model profile a folder written by ``--save-pipeline`` records (e.g. ``"mini"``), and where it says so.
+
+    A fixed model keeps the sampler, prompts and classifier of the model it was made from: auditing it with
+    another family's defaults would measure a different thing than the fix's own after audit did.
+    """
+    import json
+
+    record = folder / SAVED_RECORD
+    if not record.is_file():
+        return None, None
+    try:
+        data = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"{record} is not readable JSON ({err}); it records how this folder was made. "
+                             "Restore it, or delete it to load the folder as a plain diffusers model.") from err
+    base = data.get("base_model") or {}
+    profile = data.get("profile") or base.get("profile") or ("mini" if base.get("is_mini") else None)
+    return profile, str(record) if profile else None
 
 
 def _cached_revision(spec: str) -> str | None:
@@ -200,13 +227,16 @@ def _cached_revision(spec: str) -> str | None:
 
 
 def model_info(pipe, spec: str | None = None) -> dict[str, Any]:
-    """What a run record says about the model: ``{"spec", "fingerprint", "revision", "is_mini", "class"}``."""
+    """What a run record says about the model: spec, fingerprint, revision, profile (and where it came from)."""
     spec = spec if spec is not None else getattr(pipe, "_debias_spec", None)
+    is_mini = bool(getattr(pipe, "_debias_is_mini", spec == "mini"))
     return {
         "spec": spec,
         "fingerprint": fingerprint(pipe),
         "revision": getattr(pipe, "_debias_revision", None),
-        "is_mini": bool(getattr(pipe, "_debias_is_mini", spec == "mini")),
+        "is_mini": is_mini,
+        "profile": getattr(pipe, "_debias_profile", "mini" if is_mini else None),
+        "profile_source": getattr(pipe, "_debias_profile_source", None),
         "class": type(pipe).__name__,
     }
 

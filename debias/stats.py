@@ -81,6 +81,11 @@ def delta(share_female: float | None, target: float = 0.5) -> float | None:
     return abs(share_female - target) / max(target, 1.0 - target)
 
 
+def within_band(share: float | None, target: float, tolerance: float) -> bool:
+    """Whether a share lies in the band target ± tolerance (a share of no classified image never does)."""
+    return share is not None and abs(share - target) <= tolerance
+
+
 def half_width(n: int, p: float = 0.5, z: float = Z95) -> float:
     """Approximate half width of a 95% interval for a share ``p`` from ``n`` classified images."""
     return z * math.sqrt(p * (1 - p) / n) if n > 0 else float("inf")

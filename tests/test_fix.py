@@ -176,16 +176,34 @@ def test_fix_is_deterministic_and_a_rerun_redoes_nothing(tmp_path):
         assert p["status"] in ("fixed", "already_within_tolerance", "not_reachable", "budget_exhausted")
         assert p["images_used_in_search"] <= QUICK["budget"]
         if p["destination"]:
-            assert p["destination"] == destination_phrase(p["phrase"], "male" if p["share_before"] > 0.5 else "female")
+            side = "male" if p["tuning_share_before"] > 0.5 else "female"  # decided on the tuning prompts
+            assert p["destination"] == destination_phrase(p["phrase"], side)
             assert p["search"], "an edited profession has a search trace"
             for row in p["search"]:
                 assert row["lambda"] == pytest.approx(row["lambda_relative"] * p["lambda_scale"])
     _assert_tuning_seeds_are_not_test_seeds(first, out)
+    _assert_images_add_up(first, out)
+    pngs = len(list((out / "images").glob("*.png")))
     second = fix(pipe, professions=professions, classifier=HalfClassifier(), out=out, **QUICK)
     assert second["edit_file"] == first["edit_file"]  # the edit file is left alone when it holds the same edit
     assert _strip(second) == _strip(first)
-    assert second["images"]["before_generated"] == second["images"]["after_generated"] == 0
-    assert second["images"]["joint_generated"] == 0
+    assert second["images"] == first["images"]  # counted from the cache: a rerun counts the same
+    assert len(list((out / "images").glob("*.png"))) == pngs  # and generates nothing
+
+
+def _assert_images_add_up(record: dict, out) -> None:
+    """fix.json counts every image in the run folder once, by the stage that made it."""
+    images, stages = record["images"], record["images"]["by_stage"]
+    pngs = len(list((out / "images").glob("*.png")))
+    assert images["generated"] == sum(v["generated"] for v in stages.values()) == images["in_cache"] == pngs
+    n = len(record["professions"])
+    assert stages["before"]["generated"] == stages["before"]["used"] == n * record["test_images"]
+    assert stages["tuning"]["generated"] == n * record["check_images"]
+    assert stages["search"]["used"] == sum(p["images_used_in_search"] for p in record["professions"])
+    assert stages["search"]["reused"] > 0  # the unedited search point is the tuning audit's images
+    side = record["side_effects"]
+    assert stages["side_effects"]["generated"] == 2 * side["seeds"] * len(side["prompts"])
+    assert stages["after"]["generated"] == n * record["test_images"]  # the shipped edit is a different model
 
 
 def _assert_tuning_seeds_are_not_test_seeds(record: dict, out) -> None:
@@ -218,7 +236,9 @@ def test_interrupted_fix_resumes_with_the_same_result(tmp_path):
     resumed = fix(pipe, professions=professions, classifier=HalfClassifier(), out=tmp_path / "run", **QUICK)
     assert _lambdas(resumed) == _lambdas(reference)
     assert resumed["mean_delta_after"] == reference["mean_delta_after"]
-    assert resumed["images"]["before_generated"] == 0  # the before audit finished before the interruption
+    assert resumed["images"] == reference["images"]  # the interrupted run's images count once, by their stage
+    before = json.loads((tmp_path / "run" / "before" / "audit.json").read_text())
+    assert before["images_generated"] == 0  # the before audit finished before the interruption
 
 
 def test_finished_searches_are_reused_from_the_run_folder(tmp_path):
@@ -326,4 +346,6 @@ def test_mini_fix_moves_every_profession_to_the_target_on_held_out_prompts(tmp_p
     # the same command again: the same λs and numbers, nothing regenerated
     again = fix("mini", professions=professions, out=out, **options)
     assert _lambdas(again) == _lambdas(record) and again["mean_delta_after"] == record["mean_delta_after"]
-    assert again["images"]["after_generated"] == 0
+    assert again["images"] == record["images"]
+    after = json.loads((out / "after" / "audit.json").read_text())
+    assert after["images_generated"] == 0

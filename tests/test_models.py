@@ -183,7 +183,7 @@ def test_load_local_folder(sd1_folder: Path) -> None:
     assert fingerprint(pipe) == fingerprint(tiny_sd1())
     info = model_info(pipe, str(sd1_folder))
     assert info == {"spec": str(sd1_folder), "fingerprint": fingerprint(pipe), "revision": None, "is_mini": False,
-                    "class": "StableDiffusionPipeline"}
+                    "profile": None, "profile_source": None, "class": "StableDiffusionPipeline"}
     assert pipe._progress_bar_config.get("disable") is True
 
 
