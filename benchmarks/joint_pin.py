@@ -1,6 +1,6 @@
 """How strongly should the joint edit pin each profession? A leave-one-context-out check, no test prompts.
 
-The joint edit (``debias.fix.joint_from_pins``) holds each profession's edit rows, the bare prompt and its
+The joint edit (``debias.editing.solver.joint_from_pins``) holds each profession's edit rows, the bare prompt and its
 augmentations ("a photo of …", "an image of …", "a picture of …"), at what its own tuned edit gives them. What
 matters for the held-out test prompts is how the joint edit behaves on contexts it did *not* pin. This script
 measures exactly that with the edit's own contexts: for each context in turn it pins the other three, calibrates
@@ -25,9 +25,10 @@ from types import SimpleNamespace
 
 import torch
 
-from debias import audit as audit_mod
-from debias.fix import (_Anchors, _Profession, _preserve_rows, _probe_rows, joint_from_pins, kept_rows,
-                        set_destination, single_matrix)
+from debias import auditing as audit_mod
+from debias.editing.solver import joint_from_pins
+from debias.fixing.plan import (Anchors, ProfessionState, encode_preserve_rows, kept_rows, probe_rows, set_destination,
+                                single_matrix)
 from debias.threads import set_threads
 
 CALIBRATION_STEPS = 8
@@ -39,13 +40,13 @@ def along_edit(M: torch.Tensor, C: torch.Tensor, C_star: torch.Tensor) -> float:
     return float(((C @ M.T - C) * want).sum() / (want * want).sum().clamp_min(1e-30))
 
 
-def load_professions(pipe, fix_record: dict, augmentations) -> list[_Profession]:
+def load_professions(pipe, fix_record: dict, augmentations) -> list[ProfessionState]:
     """The edited professions of a fix run, with the rows and final λ their joint edit used."""
     profs = []
     for rec in fix_record["professions"]:
         if rec.get("lambda_relative") is None or not rec.get("destination"):
             continue
-        p = _Profession(entry=SimpleNamespace(name=rec["profession"], phrase=rec["phrase"]), target=rec["target"],
+        p = ProfessionState(entry=SimpleNamespace(name=rec["profession"], phrase=rec["phrase"]), target=rec["target"],
                         before={}, tuning_before={})
         set_destination(p, rec["destination"].split()[1], pipe, augmentations)
         p.log_lambda = math.log(rec["lambda_relative"])
@@ -53,7 +54,7 @@ def load_professions(pipe, fix_record: dict, augmentations) -> list[_Profession]
     return profs
 
 
-def split_contexts(p: _Profession, contexts: int, held_out: int) -> tuple[tuple, tuple]:
+def split_contexts(p: ProfessionState, contexts: int, held_out: int) -> tuple[tuple, tuple]:
     """``p``'s (C, C*) rows as (pinned contexts, held-out context); each context holds the same padded length."""
     C, C_star = p.rows
     if C.shape[0] % contexts:
@@ -102,8 +103,8 @@ def main() -> None:
     augmentations = tuple(record["augmentations"])
     # as in the fix: the anchors, and the preserve prompts (unedited professions among them), stay in place
     anchor_prompts, preserve = record["anchors"]["prompts"], record["preserve"]
-    anchors = _Anchors(_probe_rows(pipe, anchor_prompts), record["anchors"]["strength"]) if anchor_prompts else None
-    preserve_rows = _preserve_rows(pipe, preserve["prompts"], augmentations) if preserve["prompts"] else None
+    anchors = Anchors(probe_rows(pipe, anchor_prompts), record["anchors"]["strength"]) if anchor_prompts else None
+    preserve_rows = encode_preserve_rows(pipe, preserve["prompts"], augmentations) if preserve["prompts"] else None
     kept = kept_rows(preserve_rows, preserve["strength"], anchors)
     profs = load_professions(pipe, record, augmentations)
     contexts = 1 + len(augmentations)

@@ -42,7 +42,7 @@ import torch
 from debias import editing
 from debias.editing import (DEFAULT_AUGMENTATIONS, edit_from_prompts, edit_matrix, edit_precision, edit_rows,
                             lambda_scale)
-from debias.fix import DEFAULT_ANCHOR_STRENGTH, anchor_prompts_for
+from debias.fixing import DEFAULT_ANCHOR_STRENGTH, anchor_prompts_for
 from debias.models import load_pipeline, original_weights
 from debias.prompts import TIMED_TEMPLATES, mini_templates
 from debias.threads import set_threads

@@ -53,7 +53,7 @@ class Bench:
     """The mini model, its classifier and an image cache; ``labels(prompt, seeds, M)``."""
 
     def __init__(self, out: Path, threads: int | None):
-        from debias import audit as audit_mod
+        from debias import auditing as audit_mod
         from debias.generate import ImageCache, default_batch_size, default_settings
         from debias.threads import set_threads
 
@@ -175,7 +175,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     from debias.editing import edit_rows, lambda_scale
-    from debias.fix import destination_phrase
+    from debias.fixing import destination_phrase
     from debias.mini import world
 
     t0 = time.perf_counter()

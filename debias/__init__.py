@@ -31,8 +31,11 @@ _EXPORTS: dict[str, str] = {
     "save_edit": "debias.editing",
     "load_edit": "debias.editing",
     "shipped_edit_error": "debias.editing",
-    "audit": "debias.audit",
-    "fix": "debias.fix",
+    "edit": "debias.editing",
+    "EditResult": "debias.editing",
+    "audit": "debias.auditing",
+    "fix": "debias.fixing",
+    "FixOptions": "debias.fixing",
     "render_report": "debias.report",
 }
 

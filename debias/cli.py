@@ -110,39 +110,12 @@ def edit_command(
             raise InputError(f"give --source and --destination in pairs (got {len(source)} --source and "
                              f"{len(destination)} --destination), or --csv FILE.")
         pairs = list(zip(source, destination))
-    if (lam is None) == (lam_relative is None):
-        raise InputError("give exactly one of --lam (absolute λ) and --lam-relative (λ / mean squared row norm).")
-    for option, value in (("--lam", lam), ("--lam-relative", lam_relative)):
-        if value is not None and not value > 0:
-            raise InputError(f"{option} must be positive (larger keeps the model closer to the original), got {value}.")
+    from debias.editing import DEFAULT_AUGMENTATIONS, edit
 
-    from debias import __version__ as version
-    from debias.editing import DEFAULT_AUGMENTATIONS, edit_from_prompts, save_edit, bake_edit, save_pipeline
-    from debias.models import find_cross_attention, model_info
-    from debias.threads import set_threads
-
-    from debias.audit import resolve_pipeline
-    from debias.generate import distributed_from_env
-
-    set_threads(threads)
-    pipe, _, _ = resolve_pipeline(model, allow_pickle, distributed_from_env(), device, dtype)
-    augmentations = DEFAULT_AUGMENTATIONS if augment else ()
-    M, info = edit_from_prompts(pipe, pairs, lam=lam, lam_relative=lam_relative, augmentations=augmentations,
-                                progress=True)
-    edits = [{"source": s, "destination": d, "lambda": info["lambda"], "lambda_relative": info["lambda_relative"]}
-             for s, d in pairs]
-    metadata = {"edits": edits, "augmentations": info["augmentations"], "lambda": info["lambda"],
-                "lambda_relative": info["lambda_relative"], "lambda_scale": info["lambda_scale"], "rows": info["rows"]}
-    save_edit(out, pipe, M, metadata=metadata)
-    layers = len(find_cross_attention(pipe))
-    typer.echo(f"edit: {len(pairs)} pair(s), {info['rows']} token rows, lambda={info['lambda']:.6g} "
-               f"(relative {info['lambda_relative']:.6g}), {layers} K/V layers of {model}")
-    typer.echo(f"wrote {out}")
-    if save_pipeline_dir is not None:
-        bake_edit(pipe, M)
-        save_pipeline(pipe, save_pipeline_dir, metadata={"kind": "edited_pipeline", "debias_version": version,
-                                                         "base_model": model_info(pipe, model), **metadata})
-        typer.echo(f"wrote edited pipeline {save_pipeline_dir}")
+    result = edit(model, pairs, lam=lam, lam_relative=lam_relative,
+                  augmentations=DEFAULT_AUGMENTATIONS if augment else (), out=out, save_pipeline=save_pipeline_dir,
+                  device=device, dtype=dtype, threads=threads, allow_pickle=allow_pickle, progress=True)
+    result.print_summary()
 
 
 @app.command("audit")
@@ -176,7 +149,7 @@ def audit_command(
     """Measure the perceived female share per profession, with 95% intervals (cached, resumable)."""
     import os
 
-    from debias.audit import audit
+    from debias.auditing import audit
 
     record = audit(
         model, professions=professions, images_per_profession=images_per_profession, out=out, prompt_set=prompt_set,
@@ -221,7 +194,7 @@ def fix_command(
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin) weights; only for models you trust."),
 ) -> None:
     """Edit the model so that each profession reaches the target share on held-out prompts (TIME, one joint edit)."""
-    from debias.fix import fix, print_summary
+    from debias.fixing import fix, print_summary
 
     preserve_arg: list[str] | str | None = preserve or None
     if preserve and len(preserve) == 1 and Path(preserve[0]).is_file():

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from audit_helpers import HalfClassifier, load_tiny, tiny_folders
-from debias.audit import audit
+from debias.auditing import audit
 from debias.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

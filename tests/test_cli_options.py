@@ -111,7 +111,7 @@ def test_out_of_memory_halves_the_batch_then_says_what_to_lower(tmp_path, capsys
         return real(pipe, prompts, seeds, settings, edit)
 
     monkeypatch.setattr(generate, "_generate", limited)
-    from debias.audit import audit
+    from debias.auditing import audit
 
     record = audit(pipe, classifier=HalfClassifier(), professions=_list(tmp_path), images_per_profession=5,
                    out=tmp_path / "a", steps=2, batch_size=8, progress=False)

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from audit_helpers import HalfClassifier, load_tiny
-from debias import fix as fix_module
-from debias.fix import (TUNING_SEED_OFFSET, _Anchors, _join, _joint_matrix, _Profession, anchor_prompts_for,
-                        destination_phrase, edit_reach, fix, pooled_correction, single_matrix)
+from debias.fixing import TUNING_SEED_OFFSET, anchor_prompts_for, destination_phrase, fix
+from debias.fixing import plan
+from debias.fixing.plan import Anchors, ProfessionState, edit_reach, join_edit, joint_matrix, pooled_correction, single_matrix
 
 TIMING = ("started_at", "finished_at", "wall_seconds", "images", "hardware")
 QUICK = dict(budget=48, test_images=8, check_images=8, joint_rounds=1, side_seeds=2, steps=2, progress=False, log=None)
@@ -71,10 +71,10 @@ def test_anchor_prompts_are_the_bare_templates_and_the_empty_prompt():
     assert anchor_prompts_for(templates) == ["a photo of", "an image of", "at work", ""]
 
 
-def _profession_with_rows(seed: int, log_lambda: float) -> _Profession:
+def _profession_with_rows(seed: int, log_lambda: float) -> ProfessionState:
     g = torch.Generator().manual_seed(seed)
     C = torch.randn(12, 16, generator=g, dtype=torch.float64)
-    p = _Profession(entry=None, target=0.5, before={}, tuning_before={}, side="male")
+    p = ProfessionState(entry=None, target=0.5, before={}, tuning_before={}, side="male")
     p.rows, p.scale, p.log_lambda = (C, C + 0.5 * torch.randn(12, 16, generator=g, dtype=torch.float64)), 16.0, log_lambda
     return p
 
@@ -82,7 +82,7 @@ def _profession_with_rows(seed: int, log_lambda: float) -> _Profession:
 def test_anchors_keep_shared_context_fixed_while_the_edit_still_moves_its_rows():
     p = _profession_with_rows(0, math.log(0.1))
     shared = torch.randn(6, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    anchors = _Anchors(shared, 100.0)
+    anchors = Anchors(shared, 100.0)
     plain, anchored = single_matrix(p, p.log_lambda, None), single_matrix(p, p.log_lambda, anchors)
 
     def moved(M, rows):
@@ -93,8 +93,8 @@ def test_anchors_keep_shared_context_fixed_while_the_edit_still_moves_its_rows()
     assert float((C @ anchored.T - C_star).norm()) < 0.9 * float((C - C_star).norm())  # still edits
     # two professions: anchors weigh against the median edit strength, the same way for both
     q = _profession_with_rows(2, math.log(0.1))
-    joint = _joint_matrix([p, q], None, 1.0, anchors)
-    assert moved(joint, shared) < moved(_joint_matrix([p, q], None, 1.0, None), shared) / 10
+    joint = joint_matrix([p, q], None, 1.0, anchors)
+    assert moved(joint, shared) < moved(joint_matrix([p, q], None, 1.0, None), shared) / 10
 
 
 def test_joint_edit_gives_each_profession_what_its_own_edit_gives_it():
@@ -112,14 +112,14 @@ def test_joint_edit_gives_each_profession_what_its_own_edit_gives_it():
         return float((C @ M.T - own).norm() / (own - C).norm())
 
     plain = joint_edit_matrix([(p.rows[0], p.rows[1], math.exp(p.log_lambda) * p.scale) for p in (strong, weak)])
-    pinned = _joint_matrix([strong, weak], None, 1.0, None)
+    pinned = joint_matrix([strong, weak], None, 1.0, None)
     assert drag(pinned, weak) < drag(plain, weak) / 2.5  # 5.3 against 15.8 here: rows this entangled conflict
     assert drag(pinned, strong) < 0.5  # the strong edit gives a little of itself up where the two overlap
     # alone, a pin is a second ridge: it gives most of what the search tuned (the joint rounds correct the rest),
     # and a stronger pin gives more of it (0.20 of the move lost at the default λ_rel 0.3, 0.03 at λ_rel 0.03)
-    alone = drag(_joint_matrix([weak], None, 1.0, None), weak)
+    alone = drag(joint_matrix([weak], None, 1.0, None), weak)
     assert 0.05 < alone < 0.3
-    assert drag(_joint_matrix([weak], None, 1.0, None, pin=0.03), weak) < alone / 4
+    assert drag(joint_matrix([weak], None, 1.0, None, pin=0.03), weak) < alone / 4
 
 
 def test_joint_rounds_correct_from_every_round_pooled_not_from_the_last_alone():
@@ -154,8 +154,8 @@ def test_a_profession_pushed_out_of_the_band_joins_with_a_calibrated_strength(mo
     joiner = _profession_with_rows(1, 0.0)
     joiner.side, joiner.log_lambda, joiner.status = None, None, "already_within_tolerance"
     joiner.entry = type("Entry", (), {"phrase": "a singer", "name": "singer"})()
-    monkeypatch.setattr(fix_module, "_edit_rows", lambda pipe, src, dst, aug: _profession_with_rows(1, 0.0).rows)
-    _join(joiner, 0.62, 2, [q], None, (), None, None, (math.log(1e-4), math.log(1e4)), None)
+    monkeypatch.setattr(plan, "profession_edit_rows", lambda pipe, src, dst, aug: _profession_with_rows(1, 0.0).rows)
+    join_edit(joiner, 0.62, 2, [q], None, (), None, None, (math.log(1e-4), math.log(1e4)), None)
     assert joiner.edited and joiner.side == "male" and joiner.destination == "a male singer"
     assert joiner.joined_round == 2 and joiner.status == "" and joiner.slope == pytest.approx(1.5)
     per_reach = math.log(0.8 / 0.2) / edit_reach(q, q.log_lambda, None)

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import debias.audit
+import debias.auditing
 from audit_helpers import HalfClassifier, load_tiny
-from debias.fix import fix
+from debias.fixing import fix
 
 QUICK = dict(budget=48, test_images=8, check_images=8, joint_rounds=1, side_seeds=2, steps=2, progress=False, log=None)
 
@@ -28,7 +28,7 @@ def _list(tmp_path: Path, text: str = "a nurse\na pilot\n") -> Path:
 
 def _poison_test_audit(monkeypatch, share: float) -> None:
     """Make the before audit on the held-out test prompts report ``share`` for every profession."""
-    real = debias.audit.audit
+    real = debias.auditing.audit
 
     def poisoned(*args, **kwargs):
         record = real(*args, **kwargs)
@@ -37,7 +37,7 @@ def _poison_test_audit(monkeypatch, share: float) -> None:
                 row.update(share_female=share, ci_low=share, ci_high=share, delta=abs(share - row["target"]) * 2)
         return record
 
-    monkeypatch.setattr(debias.audit, "audit", poisoned)
+    monkeypatch.setattr(debias.auditing, "audit", poisoned)
 
 
 def _decisions(record: dict) -> list:
@@ -126,7 +126,7 @@ def test_a_saved_fixed_mini_model_audits_like_the_fix_after_audit(tmp_path, caps
                  check_images=32, joint_rounds=0, side_seeds=2, save_pipeline=saved, progress=False, log=None)
     assert record["edit_file"] is not None
     capsys.readouterr()
-    audited = debias.audit.audit(str(saved), out=tmp_path / "audit", progress=False)
+    audited = debias.auditing.audit(str(saved), out=tmp_path / "audit", progress=False)
     assert "using the model profile 'mini'" in capsys.readouterr().err
     assert audited["model"]["profile"] == "mini" and audited["classifier"]["backend"] == "mini-clip"
     after = json.loads((out / "after" / "audit.json").read_text())

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from audit_helpers import HalfClassifier
-from debias.audit import audit
+from debias.auditing import audit
 from debias.editing import edit_rows, encode_conditioning, prompt_tokens
 from debias.generate import default_settings, generate_images
 from debias.models import find_cross_attention

@@ -1,0 +1,95 @@
+"""The edit verb: a TIME edit from (source, destination) prompt pairs at one strength, written as an edit file."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from debias.editing.apply import bake_edit
+from debias.editing.files import save_edit, save_pipeline as write_pipeline
+from debias.editing.tokens import DEFAULT_AUGMENTATIONS, edit_from_prompts
+from debias.errors import InputError
+
+
+@dataclass
+class EditResult:
+    """What :func:`edit` made: the matrix, where it was written, and how (the edit file's metadata)."""
+
+    path: Path
+    matrix: torch.Tensor
+    metadata: dict[str, Any]
+    layers: int
+    model: str | None
+    pipeline: Path | None = None
+    pairs: list[tuple[str, str]] = field(default_factory=list)
+
+    def print_summary(self, file=None) -> None:
+        out = file or sys.stdout
+        meta = self.metadata
+        print(f"edit: {len(self.pairs)} pair(s), {meta['rows']} token rows, lambda={meta['lambda']:.6g} "
+              f"(relative {meta['lambda_relative']:.6g}), {self.layers} K/V layers of {self.model}", file=out)
+        print(f"wrote {self.path}", file=out)
+        if self.pipeline is not None:
+            print(f"wrote edited pipeline {self.pipeline}", file=out)
+
+
+def edit(
+    model: Any = "mini",
+    pairs: Sequence[tuple[str, str]] = (),
+    *,
+    lam: float | None = None,
+    lam_relative: float | None = None,
+    augmentations: Sequence[str] = DEFAULT_AUGMENTATIONS,
+    out: str | os.PathLike = "edit.safetensors",
+    save_pipeline: str | os.PathLike | None = None,
+    device: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    threads: int | None = None,
+    allow_pickle: bool = False,
+    progress: bool = False,
+) -> EditResult:
+    """Edit ``model`` so each source prompt reads like its destination, with one λ; write the edit file ``out``.
+
+    Give exactly one of ``lam`` (the solver's units; TIME uses 0.1 on SD 1.4) and ``lam_relative`` (λ over the
+    mean squared norm of the source rows, comparable across models). ``save_pipeline`` also writes the edited
+    model as a diffusers folder. The matrix is solved in float64; the file's weights are in the model's dtype.
+    """
+    from debias import __version__
+    from debias.auditing import resolve_pipeline
+    from debias.generate import distributed_from_env
+    from debias.models import find_cross_attention, model_info
+    from debias.threads import set_threads
+
+    _check_edit_options(pairs, lam, lam_relative)
+    set_threads(threads)
+    pipe, spec, _ = resolve_pipeline(model, allow_pickle, distributed_from_env(), device, dtype)
+    M, info = edit_from_prompts(pipe, list(pairs), lam=lam, lam_relative=lam_relative, augmentations=augmentations,
+                                progress=progress)
+    edits = [{"source": s, "destination": d, "lambda": info["lambda"], "lambda_relative": info["lambda_relative"]}
+             for s, d in pairs]
+    metadata = {"edits": edits, **{k: info[k] for k in ("augmentations", "lambda", "lambda_relative",
+                                                          "lambda_scale", "rows")}}
+    path = save_edit(out, pipe, M, metadata=metadata)
+    result = EditResult(path=Path(path), matrix=M, metadata=metadata, layers=len(find_cross_attention(pipe)),
+                        model=spec, pairs=[(s, d) for s, d in pairs])
+    if save_pipeline is not None:
+        bake_edit(pipe, M)
+        result.pipeline = write_pipeline(pipe, save_pipeline, metadata={
+            "kind": "edited_pipeline", "debias_version": __version__, "base_model": model_info(pipe, spec),
+            "profile": getattr(pipe, "_debias_profile", None), **metadata})
+    return result
+
+
+def _check_edit_options(pairs, lam, lam_relative) -> None:
+    if not pairs:
+        raise InputError("no (source, destination) pairs to edit; give e.g. [('a nurse', 'a male nurse')].")
+    if (lam is None) == (lam_relative is None):
+        raise InputError("give exactly one of --lam (absolute λ) and --lam-relative (λ / mean squared row norm).")
+    for option, value in (("--lam", lam), ("--lam-relative", lam_relative)):
+        if value is not None and not value > 0:
+            raise InputError(f"{option} must be positive (larger keeps the model closer to the original), got {value}.")

@@ -1,0 +1,137 @@
+"""What a fix may be told: its defaults (and why they are what they are) and the checks on them."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+from debias.errors import InputError
+
+DEFAULT_BUDGET = 320  # images per profession for the λ search (≈ ±0.08 at 95% on the tuning prompts)
+DEFAULT_TEST_IMAGES = 128  # per profession, before and after, on the held-out test prompts (≈ ±0.09)
+DEFAULT_CHECK_IMAGES = 128  # per profession and joint round, tuning prompts (≈ ±0.09)
+DEFAULT_JOINT_ROUNDS = 2
+DEFAULT_SIDE_SEEDS = 16  # seeds per unrelated prompt for the side-effect check
+LOG_LAMBDA_BOUNDS = (math.log(1e-4), math.log(1e4))
+# An edit may move the conditioning of unrelated prompts by at most this (mean relative norm of ‖(M − I)c‖ over
+# their token rows). On the mini model the demo's joint edit moves them by 0.086 and their images by 0.005 mean
+# absolute pixel change (0–1); without a limit the strongest edits change every prompt. None turns the limit off.
+DEFAULT_MAX_DRIFT = 0.12
+# Anchors: the bare augmentation templates ("a photo of", …) and the empty prompt, kept where they are (c* = c) with this
+# weight relative to one edit row. They hold the context every prompt shares (template words, end and padding
+# tokens) in place, so the edit moves what the profession word adds and not what all prompts have in common. On the
+# mini model, at a drift of unrelated prompts ≤ 0.12 the edit then moves its own prompt 1.5× (nurse) to 1.6×
+# (engineer) as far.
+DEFAULT_ANCHOR_STRENGTH = 100.0
+# How strongly the joint edit holds each profession's rows at what its own tuned edit gives them, as λ_rel of a ridge
+# (chosen by a check without test prompts, see joint_from_pins and benchmarks/joint_pin.py).
+JOINT_PIN_LAMBDA_RELATIVE = 0.3
+# A joint round re-tunes a profession only when its λ would move by more than this (in log λ, i.e. 1%).
+MIN_CORRECTION = 0.01
+# The tuning side (tuning audit, λ search, joint rounds) draws its seeds from seed + this, the test audits from seed:
+# the strengths are judged on seeds as well as prompts they were not tuned on. A seed's starting noise decides much
+# of the perceived gender whatever the prompt says: on the mini model the per-seed count of "female" images over its
+# 8 professions has a variance of about 6 where independent draws would give 1.5, and it correlates 0.92 between
+# "a photo of …" and the held-out prompts. Tuning on the test seeds would fit their leaning and flatter the result.
+TUNING_SEED_OFFSET = 1_000_000
+
+UNEDITED = "already_within_tolerance"
+DEFAULT_SIDE_PROMPTS = (
+    "a photo of an apple", "a photo of a car", "a photo of a tree", "a photo of a house", "a bowl of fruit on a table",
+    "a city street at night", "a mountain landscape", "a cup of coffee", "a red bicycle", "a sailing boat on the sea",
+)
+
+
+def check_options(target, tolerance, budget, test_images, check_images, joint_rounds, side_seeds,
+                   anchor_strength) -> None:
+    if not 0.0 < target < 1.0:
+        raise InputError(f"--target must be a share strictly between 0 and 1 (an edit can move a share towards it), "
+                         f"got {target}")
+    if not 0.0 < tolerance < 0.5:
+        raise InputError(f"--tolerance must be in (0, 0.5), got {tolerance}")
+    if budget < 32:
+        raise InputError(f"--budget is the number of images the λ search may use per profession; at least 32, "
+                         f"got {budget}")
+    for name, value in (("--test-images", test_images), ("--check-images", check_images)):
+        if value < 1:
+            raise InputError(f"{name} must be at least 1, got {value}")
+    if joint_rounds < 0:
+        raise InputError(f"--joint-rounds must be >= 0, got {joint_rounds}")
+    if side_seeds < 0:
+        raise InputError(f"--side-seeds must be >= 0, got {side_seeds}")
+    if not (math.isfinite(anchor_strength) and anchor_strength >= 0):
+        raise InputError(f"--anchor-strength must be a finite number >= 0 (0 turns the anchors off), "
+                         f"got {anchor_strength}")
+
+
+def tuning_templates_for(given: tuple[str, ...] | None, is_mini: bool, audit_mod) -> tuple[str, ...]:
+    """The templates λ_p is tuned on; a test template among them would let the search see the final judge."""
+    templates = given or audit_mod.resolve_templates(None, "tuning", is_mini)[0]
+    test = audit_mod.resolve_templates(None, "test", is_mini)[0]
+    test_lower = {t.lower() for t in test}
+    shared = [t for t in templates if t.lower() in test_lower]
+    if shared:
+        raise InputError(f"--tuning-templates: {shared[0]!r} is one of the held-out test templates "
+                         f"({', '.join(repr(t) for t in test)}); tuning on it would grade the fix on prompts it "
+                         "was tuned on. Choose validation templates that the test set does not contain.")
+    return templates
+
+
+def augmentations_for(is_mini: bool) -> tuple[str, ...]:
+    if is_mini:
+        from debias.mini import world
+
+        return tuple(world.AUGMENTATIONS)
+    from debias.editing import DEFAULT_AUGMENTATIONS
+
+    return tuple(DEFAULT_AUGMENTATIONS)
+
+
+def default_side_prompts(is_mini: bool) -> tuple[str, ...]:
+    if is_mini:
+        from debias.mini import world
+
+        return tuple(world.OBJECT_PROMPTS)
+    return DEFAULT_SIDE_PROMPTS
+
+
+@dataclass(frozen=True)
+class FixOptions:
+    """Every setting of a fix but the model (see :func:`debias.fix` for what each means)."""
+
+    professions: Any = None
+    out: str | os.PathLike = "runs/fix"
+    target: float = 0.5
+    tolerance: float = 0.05
+    budget: int = DEFAULT_BUDGET
+    test_images: int = DEFAULT_TEST_IMAGES
+    check_images: int = DEFAULT_CHECK_IMAGES
+    joint_rounds: int = DEFAULT_JOINT_ROUNDS
+    tuning_templates: Optional[Sequence[str]] = None
+    preserve: Any = None
+    preserve_strength: float = 1.0
+    anchor_strength: float = DEFAULT_ANCHOR_STRENGTH
+    side_prompts: Optional[Sequence[str]] = None
+    side_seeds: int = DEFAULT_SIDE_SEEDS
+    seed: int = 0
+    classifier: Any = None
+    min_confidence: float = 0.6
+    steps: Optional[int] = None
+    guidance: Optional[float] = None
+    height: Optional[int] = None
+    width: Optional[int] = None
+    device: Optional[str] = None
+    dtype: Any = None
+    batch_size: Optional[int] = None
+    threads: Optional[int] = None
+    save_pipeline: Optional[str | os.PathLike] = None
+    allow_pickle: bool = False
+    log_lambda_bounds: tuple[float, float] = LOG_LAMBDA_BOUNDS
+    max_drift: Optional[float] = DEFAULT_MAX_DRIFT
+    progress: bool = True
+
+    @property
+    def tuning_seed(self) -> int:
+        return self.seed + TUNING_SEED_OFFSET

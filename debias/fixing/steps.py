@@ -1,0 +1,419 @@
+"""The steps of a fix, in order: set up, audit before, choose destinations, search strengths, joint edit, ship.
+
+Each step reads and writes the professions' :class:`~debias.fixing.plan.ProfessionState` and the shared
+:class:`FixRun`; :func:`debias.fixing.verb.fix` calls them in order. Every decision (destination, left unedited,
+strengths, joiners) reads the tuning prompts and seeds only; the before audit on the test prompts is compared
+with the after audit and nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from debias import __version__, stats
+from debias.editing.solver import conditioning_drift
+from debias.fixing.options import MIN_CORRECTION, UNEDITED, FixOptions, augmentations_for, default_side_prompts
+from debias.fixing.plan import (
+    Anchors, ProfessionState, anchor_prompts_for, choose_destination, drift_bounds, encode_preserve_rows, fitted_slope,
+    join_edit, joint_matrix, pooled_correction, preserve_prompt_list, probe_rows, search_seeds_per_round,
+    single_matrix,
+)
+from debias.fixing.record import edit_metadata, file_sha256, fmt, images_read, nothing_edited
+from debias.generate import edit_id, items_for_seeds, measure, work_items
+from debias.prompts import profession_prompts
+from debias.search import SearchResult, search_lambda
+
+
+@dataclass
+class FixRun:
+    """What every step of a fix shares: the loaded model and classifier, sampling, the cache, the prompts."""
+
+    pipe: Any
+    spec: Any
+    clf: Any
+    settings: Any
+    cache: Any
+    batch: int
+    oracle: Any
+    say: Callable[[str], None]
+    progress: bool
+    out: Path
+    entries: list
+    templates: tuple[str, ...]  # the tuning templates
+    augmentations: tuple[str, ...]
+    anchor_prompts: list[str]
+    anchors: Optional[Anchors]
+    probe_prompts: tuple[str, ...]  # unrelated prompts: the drift limit and the side-effect check
+    probe: Optional[torch.Tensor]
+    audit_options: dict  # what the before, tuning and after audits share
+    threads: int
+    dist: Any
+    used: Counter = field(default_factory=Counter)  # images read per stage (see image_counts)
+
+    def audit(self, name: str, n: int, prompt_set: str, seed: int, **extra) -> dict:
+        """One of the fix's audits (``before``, ``tuning``, ``after``) in ``out/name``, counted under ``name``."""
+        from debias.auditing import audit
+
+        record = audit(self.pipe, professions=self.entries, images_per_profession=n, out=self.out / name,
+                       prompt_set=prompt_set, seed=seed, stage=name, **self.audit_options, **extra)
+        self.used[name] = images_read(record)
+        return record
+
+    def measure(self, items: Sequence[tuple[str, int]], stage: str, description: str) -> list:
+        """Generate (or reuse) and classify ``items`` with the pipeline as it is now, counted under ``stage``."""
+        if not items:
+            return []
+        results = measure(self.pipe, self.clf, items, settings=self.settings, cache=self.cache, edit=None,
+                          batch_size=self.batch, oracle=self.oracle, progress=self.progress, description=description,
+                          stage=stage)
+        self.used[stage] += len(results)
+        return results
+
+    def evaluator(self, prompts: Sequence[str], p: ProfessionState, seed_base: int):
+        """``evaluate(λ_rel, seeds) -> labels`` for the search: tuning prompts under the single edit of ``p``."""
+        def evaluate(lambda_relative: float, seeds: Sequence[int]) -> list[str]:
+            M = None if math.isinf(lambda_relative) else single_matrix(p, math.log(lambda_relative), self.anchors)
+            results = measure(self.pipe, self.clf, items_for_seeds(prompts, seeds, seed_base), settings=self.settings,
+                              cache=self.cache, edit=M, batch_size=self.batch, oracle=self.oracle,
+                              progress=self.progress, description=f"{p.name}: {len(seeds)} images", stage="search")
+            return [r.label for r in results]
+
+        return evaluate
+
+    def report(self, name: str, e, used: int, budget: int) -> None:
+        lam = "unedited" if math.isinf(e.log_lambda_relative) else f"λ_rel {e.lambda_relative:.3g}"
+        share = "—" if math.isnan(e.share) else f"{e.share:.2f}"
+        self.say(f"  {name}: round {e.round} {e.phase:9s} {lam:>16s}: share {share} of {len(e.seeds)} "
+                 f"(unclear {e.n_unclear}); {used}/{budget} images")
+
+
+# ------------------------------------------------------------------------------------------------ setup
+def setup(model: Any, opts: FixOptions, say: Callable[[str], None]) -> FixRun:
+    """Load the model and classifier, choose sampling and prompts, and encode the rows every edit keeps fixed."""
+    from debias import auditing as audit_mod
+    from debias.fixing.options import tuning_templates_for
+    from debias.generate import ImageCache, default_batch_size, default_settings
+    from debias.threads import set_threads
+
+    n_threads = set_threads(opts.threads)
+    dist = audit_mod.distributed_from_env()
+    pipe, spec, is_mini = audit_mod.resolve_pipeline(model, opts.allow_pickle, dist, opts.device, opts.dtype)
+    audit_mod.say_profile(pipe)
+    entries = audit_mod.resolve_professions(opts.professions, is_mini)
+    clf = audit_mod.resolve_classifier(opts.classifier, is_mini, None, None, None, opts.min_confidence, pipe)
+    settings = default_settings(pipe, is_mini=is_mini, steps=opts.steps, guidance=opts.guidance, height=opts.height,
+                                width=opts.width)
+    batch = opts.batch_size or default_batch_size(pipe, is_mini, settings)
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = ImageCache(out)
+    augmentations = augmentations_for(is_mini)
+    anchor_prompts = anchor_prompts_for(augmentations) if opts.anchor_strength > 0 else []
+    anchors = Anchors(probe_rows(pipe, anchor_prompts), opts.anchor_strength) if anchor_prompts else None
+    probe_prompts = tuple(opts.side_prompts or default_side_prompts(is_mini))
+    probe = probe_rows(pipe, probe_prompts) if opts.max_drift is not None and probe_prompts else None
+    audit_options = dict(classifier=clf, target=opts.target, tolerance=opts.tolerance, batch_size=batch,
+                         steps=opts.steps, guidance=opts.guidance, height=opts.height, width=opts.width,
+                         threads=n_threads, cache=cache, progress=opts.progress)
+    return FixRun(pipe=pipe, spec=spec, clf=clf, settings=settings, cache=cache, batch=batch,
+                  oracle=audit_mod.mini_oracle() if is_mini else None, say=say, progress=opts.progress, out=out,
+                  entries=entries, templates=tuning_templates_for(opts.tuning_templates, is_mini, audit_mod),
+                  augmentations=augmentations, anchor_prompts=anchor_prompts, anchors=anchors,
+                  probe_prompts=probe_prompts, probe=probe, audit_options=audit_options, threads=n_threads,
+                  dist=dist)
+
+
+# ----------------------------------------------------------------------------------------------- before
+def audit_before(run: FixRun, opts: FixOptions) -> tuple[dict, dict, list[ProfessionState]]:
+    """The test audit (a judge only) and the tuning audit (where every decision comes from), unedited."""
+    run.say(f"fix: auditing {len(run.entries)} professions before the edit ({opts.test_images} images each, "
+            "test prompts)")
+    before = run.audit("before", opts.test_images, "test", opts.seed)
+    tuning = run.audit("tuning", opts.check_images, "tuning", opts.tuning_seed, templates=opts.tuning_templates)
+    profs = [ProfessionState(entry=e, target=e.target if e.target is not None else opts.target, before=b,
+                             tuning_before=tb)
+             for e, b, tb in zip(run.entries, before["professions"], tuning["professions"])]
+    return before, tuning, profs
+
+
+# ------------------------------------------------------------------------------------------ destinations
+def choose_destinations(run: FixRun, opts: FixOptions, profs: Sequence[ProfessionState]) -> None:
+    """Edit towards the side under-represented on the tuning prompts, within the side-effect limit."""
+    for p in profs:
+        share = p.tuning_before["share_female"]
+        if share is None:
+            p.status = "not_reachable"
+            run.say(f"  {p.name}: no classified image on the tuning prompts; cannot choose a destination")
+        elif stats.within_band(share, p.target, opts.tolerance):
+            p.status = UNEDITED
+            run.say(f"  {p.name}: share {share:.2f} on the tuning prompts already within {p.target} ± "
+                    f"{opts.tolerance}; left unedited")
+        else:
+            choose_destination(p, share, run.pipe, run.augmentations)
+            p.bounds = drift_bounds(p, run.probe, opts.max_drift, opts.log_lambda_bounds, run.anchors)
+            if p.bounds[0] > opts.log_lambda_bounds[0]:
+                run.say(f"  {p.name}: λ_rel ≥ {math.exp(p.bounds[0]):.3g} keeps unrelated prompts' conditioning "
+                        f"within {opts.max_drift:.0%} (stronger edits would change them)")
+
+
+# ------------------------------------------------------------------------------------------------ search
+def search_strengths(run: FixRun, opts: FixOptions, profs: Sequence[ProfessionState]) -> None:
+    """λ_p per profession on the tuning prompts; a finished search is reused from ``out/search``."""
+    start_hint: Optional[float] = None
+    for p in profs:
+        if p.side is None:
+            continue
+        result = search_one(run, opts, p, start_hint)
+        p.search = result
+        run.used["search"] += result.images_used
+        run.say(f"search {p.name}: {result.status} — λ_rel {fmt(result.lambda_relative)}, share {fmt(result.share)} "
+                f"[{fmt(result.ci_low)}, {fmt(result.ci_high)}], {result.images_used} images")
+        if result.status == "not_reachable":
+            # still edited, at the strongest allowed λ: it moves the share as far towards the target as the
+            # limits allow (the status says it does not get there; closest_share says how close)
+            p.status = "not_reachable"
+            if result.log_lambda_relative is None or not result.evaluations:
+                continue
+        p.log_lambda = result.log_lambda_relative
+        p.slope = fitted_slope(result)
+        if result.status != "not_reachable" and start_hint is None:
+            start_hint = p.log_lambda
+
+
+def search_one(run: FixRun, opts: FixOptions, p: ProfessionState, start_hint: Optional[float]) -> SearchResult:
+    """One profession's search, or the stored one made with exactly the same inputs."""
+    from debias.io import atomic_write_json
+    from debias.models import model_info
+
+    prompts = profession_prompts(p.entry, run.templates)
+    per_round = search_seeds_per_round(p.tuning_before, opts.budget)
+    inputs = {"model": model_info(run.pipe, run.spec)["fingerprint"], "classifier": run.clf.cache_id,
+              "settings": run.settings.to_dict(), "source": p.entry.phrase, "destination": p.destination,
+              "augmentations": list(run.augmentations), "anchors": run.anchor_prompts,
+              "anchor_strength": opts.anchor_strength, "prompts": prompts, "target": p.target,
+              "tolerance": opts.tolerance, "budget": opts.budget, "seed": opts.tuning_seed, "bounds": list(p.bounds),
+              "start": start_hint, "seeds_per_round": per_round, "version": 3}
+    path = run.out / "search" / f"{slug(p.name)}.json"
+    result = load_search(path, inputs)
+    if result is not None:
+        run.say(f"search {p.name}: reusing the finished search in {path}")
+        return result
+    run.say(f"search {p.name}: '{p.entry.phrase}' → '{p.destination}' on {quoted(prompts)}, share before "
+            f"{p.tuning_before['share_female']:.2f}, budget {opts.budget} images")
+    result = search_lambda(
+        run.evaluator(prompts, p, opts.tuning_seed), target=p.target, tolerance=opts.tolerance, budget=opts.budget,
+        log_lambda_bounds=p.bounds, log_lambda_start=start_hint, first_seed=opts.tuning_seed,
+        seeds_per_round=per_round, direction=p.direction, rng_seed=opts.seed,
+        on_evaluation=lambda e, used, name=p.name: run.report(name, e, used, opts.budget),
+    )
+    atomic_write_json(path, {"inputs": inputs, "result": result.to_dict(p.scale)})
+    return result
+
+
+# ------------------------------------------------------------------------------------------------- joint
+def joint_edit(run: FixRun, opts: FixOptions, profs: Sequence[ProfessionState]):
+    """One M for every edited profession, re-measured on fresh tuning seeds each round and re-tuned against
+    cross-effects from all rounds pooled; returns ``(M or None, preserve prompts)``."""
+    edited = [p for p in profs if p.edited]
+    preserve = preserve_prompt_list(opts.preserve, [p for p in profs if not p.edited])
+    M = None
+    for rnd in range(opts.joint_rounds + 1):
+        if not edited:
+            break
+        rows = encode_preserve_rows(run.pipe, preserve, run.augmentations) if preserve else None
+        M = joint_matrix(edited, rows, opts.preserve_strength, run.anchors)
+        run.say(f"joint round {rnd}: one edit for {len(edited)} professions; re-measuring all {len(profs)} on the "
+                f"tuning prompts ({opts.check_images} fresh seeds each)")
+        pushed_out = measure_joint_round(run, opts, profs, M, rnd)
+        if rnd == opts.joint_rounds:
+            break
+        moved = retune(run, opts, edited, pushed_out, rnd)
+        if pushed_out:
+            preserve = preserve_prompt_list(opts.preserve, [p for p in profs if not p.edited])
+        if not moved:
+            run.say("  every edited profession sits where its measurements put the target; no further rounds")
+            break
+        run.say("  re-tuned: " + ", ".join(f"{p.name} λ_rel {math.exp(p.log_lambda):.3g}" for p in moved))
+    return M, preserve
+
+
+def measure_joint_round(run: FixRun, opts: FixOptions, profs: Sequence[ProfessionState], M: torch.Tensor,
+                        rnd: int) -> list[tuple[ProfessionState, float]]:
+    """Every profession under ``M`` on fresh tuning seeds; the unedited ones the edit pushed out of the band."""
+    first = opts.tuning_seed + rnd * opts.check_images  # fresh seeds every round: pooled, the noise averages out
+    items, owner = [], []
+    for p in profs:  # the tuning audit's pairing of seeds and templates, continued
+        items += work_items(profession_prompts(p.entry, run.templates), rnd * opts.check_images, opts.check_images,
+                            opts.tuning_seed)
+        owner += [p.name] * opts.check_images
+    results = measure(run.pipe, run.clf, items, settings=run.settings, cache=run.cache, edit=M, batch_size=run.batch,
+                      oracle=run.oracle, progress=run.progress, description=f"joint round {rnd}", stage="joint")
+    run.used["joint"] += len(results)
+    by_name: dict[str, list[str]] = {}
+    for name, r in zip(owner, results):
+        by_name.setdefault(name, []).append(r.label)
+    pushed_out = []
+    for p in profs:
+        f, m, u = stats.count_labels(by_name[p.name])
+        est = stats.estimate(f, m, u, target=p.target)
+        p.joint.append({"round": rnd, "lambda_relative": math.exp(p.log_lambda) if p.edited else None,
+                        "first_seed": first, "n_female": f, "n_male": m, "n_unclear": u,
+                        "share_female": est.share_female, "ci_low": est.ci_low, "ci_high": est.ci_high})
+        # an unedited profession joins only on evidence: outside the band and an interval that excludes the
+        # target (a share of a hundred images is ±0.1; chasing its noise would edit a profession for nothing)
+        if (not p.edited and p.status == UNEDITED and est.share_female is not None
+                and not stats.within_band(est.share_female, p.target, opts.tolerance)
+                and not est.ci_low <= p.target <= est.ci_high):
+            pushed_out.append((p, est.share_female))
+    run.say("  " + ", ".join(f"{p.name} {fmt(p.joint[-1]['share_female'])}" for p in profs))
+    return pushed_out
+
+
+def retune(run: FixRun, opts: FixOptions, edited: list[ProfessionState],
+           pushed_out: list[tuple[ProfessionState, float]], rnd: int) -> list[ProfessionState]:
+    """Joiners get an edit; every other edited profession moves to where its pooled rounds put the target."""
+    for p, share in pushed_out:
+        join_edit(p, share, rnd, edited, run.pipe, run.augmentations, run.probe, opts.max_drift,
+                  opts.log_lambda_bounds, run.anchors)
+        edited.append(p)
+        run.say(f"  {p.name}: pushed to {share:.2f} by the other edits; joins the edit towards '{p.destination}' "
+                f"at λ_rel {math.exp(p.log_lambda):.3g}")
+    moved = [p for p, _ in pushed_out]
+    for p in edited:
+        if p.joined_round == rnd:
+            continue
+        new = pooled_correction(p)
+        if abs(new - p.log_lambda) > MIN_CORRECTION:
+            p.log_lambda = new
+            moved.append(p)
+    return moved
+
+
+# ------------------------------------------------------------------------------------------------- after
+def ship_and_judge(run: FixRun, opts: FixOptions, profs: Sequence[ProfessionState], M: Optional[torch.Tensor],
+                   preserve: list[str]) -> tuple[dict, dict]:
+    """Write the edit file, then audit the test prompts at the same seeds with that file loaded into the weights
+    (as a user gets it) and measure the side effects the same way; returns ``(after audit, side effects)``."""
+    from debias.models import model_info
+
+    edit_file, edit_info, metadata = run.out / "edit.safetensors", None, None
+    if M is not None:
+        from debias.editing import save_edit
+
+        metadata = edit_metadata(profs, preserve, opts.preserve_strength, run.anchor_prompts, opts.anchor_strength,
+                                 run.augmentations, opts.target, opts.tolerance)
+        save_edit(edit_file, run.pipe, M, metadata=metadata)  # same edit, same bytes: reruns keep the hash
+        edit_info = {"path": "../edit.safetensors", "sha256": file_sha256(edit_file), "matrix_sha256": edit_id(M),
+                     "applied_as": "weights loaded from the edit file"}
+    else:
+        run.say(f"fix: nothing to edit: {nothing_edited(profs)}. No edit file is written and the model is unchanged.")
+        edit_file.unlink(missing_ok=True)  # an earlier run's edit would no longer describe this run
+    items = side_items(run.probe_prompts, opts.side_seeds, opts.seed) if M is not None else []
+    plain = run.measure(items, "side_effects", "side effects: unedited")
+    run.say(f"fix: auditing after the edit ({opts.test_images} images each, same seeds)")
+    with shipped(run.pipe, edit_file if M is not None else None):
+        after = run.audit("after", opts.test_images, "test", opts.seed, edit_info=edit_info)
+        edited = run.measure(items, "side_effects", "side effects: edited")
+        if opts.save_pipeline is not None and M is not None:
+            save_fixed_pipeline(run.pipe, opts.save_pipeline, model_info(run.pipe, run.spec), metadata)
+            run.say(f"wrote edited pipeline {opts.save_pipeline}")
+    if opts.save_pipeline is not None and M is None:
+        run.say(f"fix: no pipeline written to {opts.save_pipeline}: nothing was edited, so the base model is the "
+                "fixed one")
+    side = side_effects(run, run.probe_prompts, opts.side_seeds, plain, edited)
+    if M is not None and run.probe is not None:
+        side["conditioning_drift"] = conditioning_drift(M, run.probe)
+    side["max_drift"] = opts.max_drift
+    return after, side
+
+
+def load_search(path: Path, inputs: dict) -> Optional[SearchResult]:
+    """A finished search stored in the run folder, if it was made with exactly these inputs."""
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    if saved.get("inputs") != json.loads(json.dumps(inputs)):
+        return None
+    return SearchResult.from_dict(saved["result"])
+
+
+def slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_") or "profession"
+
+
+def quoted(prompts: Sequence[str]) -> str:
+    return ", ".join(f"'{p}'" for p in prompts)
+
+
+def side_items(prompts: Sequence[str], n_seeds: int, seed: int) -> list[tuple[str, int]]:
+    return [(p, seed + i) for p in prompts for i in range(n_seeds)]
+
+
+def side_effects(ctx: FixRun, prompts: Sequence[str], n_seeds: int, plain: list, edited: list) -> dict:
+    """Mean absolute pixel change (0–1) of unrelated prompts at fixed seeds, edit vs no edit."""
+    block: dict[str, Any] = {"metric": "mean_abs_pixel_change", "mean_abs_pixel_change": None, "seeds": n_seeds,
+                             "prompts": []}
+    if not plain:
+        return block
+    a_u8 = ctx.cache.read_images([r.key for r in plain])
+    b_u8 = ctx.cache.read_images([r.key for r in edited])
+    diff = np.abs(a_u8.astype(np.float64) - b_u8.astype(np.float64)).mean(axis=(1, 2, 3)) / 255.0
+    scoring = getattr(ctx.clf, "encode_text", None) is not None
+    rows = []
+    for j, prompt in enumerate(prompts):
+        part = slice(j * n_seeds, (j + 1) * n_seeds)
+        samples = [{"seed": plain[k].seed, "before": plain[k].image, "after": edited[k].image}
+                   for k in range(part.start, min(part.start + 4, part.stop))]
+        score_before = float(ctx.clf.clip_score(a_u8[part], prompt).mean()) if scoring else None
+        score_after = float(ctx.clf.clip_score(b_u8[part], prompt).mean()) if scoring else None
+        rows.append({"prompt": prompt, "mean_abs_pixel_change": float(diff[part].mean()),
+                     "clip_score_before": score_before, "clip_score_after": score_after, "samples": samples})
+    block["mean_abs_pixel_change"] = float(diff.mean())
+    if scoring:
+        block["clip_score_before"] = float(np.mean([r["clip_score_before"] for r in rows]))
+        block["clip_score_after"] = float(np.mean([r["clip_score_after"] for r in rows]))
+        block["clip_score_note"] = (f"100 · cosine(image, prompt) under {ctx.clf.model}, averaged over seeds; the "
+                                    f"same seeds with and without the edit")
+    block["prompts"] = rows
+    block["note"] = ("pixel values on a 0–1 scale, averaged over pixels, channels, seeds and prompts; the same seeds "
+                     "with and without the edit (as shipped: the edit file's weights)")
+    return block
+
+
+@contextlib.contextmanager
+def shipped(pipe, edit_file: Optional[Path]):
+    """The pipeline with ``edit_file`` loaded into its weights, as a user of the file gets it; restored on exit.
+
+    The search tries edits by transforming the conditioning, which is exact in float32; in float16 or bfloat16
+    weights the small change W·M − W is partly rounded away, so what is judged and saved must be the baked edit.
+    """
+    if edit_file is None:
+        yield pipe
+        return
+    from debias.editing import load_edit, revert_edit
+
+    load_edit(pipe, edit_file)
+    try:
+        yield pipe
+    finally:
+        revert_edit(pipe)
+
+
+def save_fixed_pipeline(pipe, folder, base_model: dict, metadata: dict) -> None:
+    """The edited model (its weights as loaded now) as a diffusers folder that records how it was made."""
+    from debias.editing import save_pipeline as save_pipe
+
+    save_pipe(pipe, folder, metadata={"kind": "edited_pipeline", "debias_version": __version__,
+                                      "base_model": base_model, "profile": base_model.get("profile"), **metadata})

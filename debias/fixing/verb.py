@@ -1,0 +1,97 @@
+"""The fix verb: :func:`fix` runs the steps of :mod:`debias.fixing.steps` in order and writes the run folder."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable, Sequence
+
+import torch
+
+from debias.fixing.options import (
+    DEFAULT_ANCHOR_STRENGTH, DEFAULT_BUDGET, DEFAULT_CHECK_IMAGES, DEFAULT_JOINT_ROUNDS, DEFAULT_MAX_DRIFT,
+    DEFAULT_SIDE_SEEDS, DEFAULT_TEST_IMAGES, LOG_LAMBDA_BOUNDS, FixOptions, check_options,
+)
+from debias.fixing.record import fix_record, image_counts
+from debias.fixing.steps import audit_before, choose_destinations, joint_edit, search_strengths, setup, ship_and_judge
+from debias.prompts import templates_from_option
+
+
+def _echo(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def fix(
+    model: Any = "mini",
+    *,
+    professions: str | os.PathLike | Sequence[Any] | None = None,
+    out: str | os.PathLike = "runs/fix",
+    target: float = 0.5,
+    tolerance: float = 0.05,
+    budget: int = DEFAULT_BUDGET,
+    test_images: int = DEFAULT_TEST_IMAGES,
+    check_images: int = DEFAULT_CHECK_IMAGES,
+    joint_rounds: int = DEFAULT_JOINT_ROUNDS,
+    tuning_templates: Sequence[str] | None = None,
+    preserve: Sequence[str] | str | os.PathLike | None = None,
+    preserve_strength: float = 1.0,
+    anchor_strength: float = DEFAULT_ANCHOR_STRENGTH,
+    side_prompts: Sequence[str] | None = None,
+    side_seeds: int = DEFAULT_SIDE_SEEDS,
+    seed: int = 0,
+    classifier: Any = None,
+    min_confidence: float = 0.6,
+    steps: int | None = None,
+    guidance: float | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    device: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    batch_size: int | None = None,
+    threads: int | None = None,
+    save_pipeline: str | os.PathLike | None = None,
+    allow_pickle: bool = False,
+    log_lambda_bounds: tuple[float, float] = LOG_LAMBDA_BOUNDS,
+    max_drift: float | None = DEFAULT_MAX_DRIFT,
+    progress: bool = True,
+    log: Callable[[str], None] | None = _echo,
+) -> dict[str, Any]:
+    """Fix a model's gender shares per profession; writes the run folder ``out`` and returns ``fix.json``'s record.
+
+    ``budget`` bounds the images the λ search may use per profession (never exceeded). ``tuning_templates``
+    are the prompts the strengths are tuned on (default: the model family's validation templates); image i of
+    a profession uses template i mod their number, so the search and the joint rounds pool them. ``preserve`` is a
+    list of prompts (or a file, one per line) to keep where they are (UCE-style, c* = c); the professions
+    left unedited are always preserved. ``anchor_strength`` weighs the anchors (the bare augmentation templates and
+    the empty prompt, kept fixed in the search and the joint edit alike; 0 turns them off). ``side_prompts``
+    are the unrelated prompts of the side-effect check (default: the mini world's objects, or a list of
+    everyday objects and scenes for real models).
+    """
+    started, t0 = datetime.now(timezone.utc), time.perf_counter()
+    check_options(target, tolerance, budget, test_images, check_images, joint_rounds, side_seeds, anchor_strength)
+    if tuning_templates:  # read before loading anything, so a typo fails in a second, not after a download
+        tuning_templates = templates_from_option(list(tuning_templates), "--tuning-templates")
+    opts = FixOptions(
+        professions=professions, out=out, target=target, tolerance=tolerance, budget=budget, test_images=test_images,
+        check_images=check_images, joint_rounds=joint_rounds, tuning_templates=tuning_templates, preserve=preserve,
+        preserve_strength=preserve_strength, anchor_strength=anchor_strength, side_prompts=side_prompts,
+        side_seeds=side_seeds, seed=seed, classifier=classifier, min_confidence=min_confidence, steps=steps,
+        guidance=guidance, height=height, width=width, device=device, dtype=dtype, batch_size=batch_size,
+        threads=threads, save_pipeline=save_pipeline, allow_pickle=allow_pickle, log_lambda_bounds=log_lambda_bounds,
+        max_drift=max_drift, progress=progress)
+    run = setup(model, opts, log or (lambda _m: None))
+    before, tuning, profs = audit_before(run, opts)
+    choose_destinations(run, opts, profs)
+    search_strengths(run, opts, profs)
+    M, preserve_prompts = joint_edit(run, opts, profs)
+    after, side = ship_and_judge(run, opts, profs, M, preserve_prompts)
+    record = fix_record(run, opts, profs, before, after, side, M, preserve_prompts, image_counts(run.cache, run.used),
+                        started, time.perf_counter() - t0)
+    from debias.io import atomic_write_json
+    from debias.report import render_report
+
+    atomic_write_json(run.out / "fix.json", record)
+    render_report([run.out])
+    return record
