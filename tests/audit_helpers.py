@@ -68,3 +68,16 @@ class HalfClassifier:
         p = torch.sigmoid(diff / 4.0)
         labels = ["unclear" if abs(v - 0.5) < 0.05 else ("female" if v > 0.5 else "male") for v in p.tolist()]
         return labels, p
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """``debias ARGV`` in this process: (exit code, stdout, stderr), as a user would see them."""
+    from debias.cli import main
+
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err

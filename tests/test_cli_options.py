@@ -8,20 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from audit_helpers import HalfClassifier, load_tiny, tiny_folders
+from audit_helpers import HalfClassifier, load_tiny, run_cli, tiny_folders
 from debias import generate
-from debias.cli import main
 from debias.editing import read_edit
-
-
-def run(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _list(tmp_path: Path) -> Path:
@@ -36,7 +25,7 @@ SIZE = ["--height", "24", "--width", "32", "--device", "cpu", "--dtype", "float3
 def test_audit_takes_size_device_and_dtype(tmp_path, capsys):
     sd, clip = tiny_folders()
     out = tmp_path / "audit"
-    code, _, err = run(["audit", "--model", str(sd), "--classifier", str(clip), "--professions", str(_list(tmp_path)),
+    code, _, err = run_cli(["audit", "--model", str(sd), "--classifier", str(clip), "--professions", str(_list(tmp_path)),
                         "-n", "2", "--steps", "2", "--out", str(out), "--threads", "1", *SIZE], capsys)
     assert code == 0, err
     record = json.loads((out / "audit.json").read_text())
@@ -51,7 +40,7 @@ def test_audit_takes_size_device_and_dtype(tmp_path, capsys):
 def test_fix_takes_the_generation_options_of_audit(tmp_path, capsys):
     sd, clip = tiny_folders()
     out = tmp_path / "fix"
-    code, stdout, err = run(["fix", "--model", str(sd), "--classifier", str(clip), "--professions",
+    code, stdout, err = run_cli(["fix", "--model", str(sd), "--classifier", str(clip), "--professions",
                              str(_list(tmp_path)), "--budget", "32", "--test-images", "2", "--check-images", "2",
                              "--joint-rounds", "0", "--side-seeds", "1", "--steps", "2", "--guidance", "3.0",
                              "--batch-size", "3", "--min-confidence", "0.5", "--out", str(out), "--threads", "1",
@@ -72,7 +61,7 @@ def test_fix_takes_the_generation_options_of_audit(tmp_path, capsys):
 def test_edit_takes_device_and_dtype(tmp_path, capsys, dtype):
     sd, _ = tiny_folders()
     out = tmp_path / "edit.safetensors"
-    code, _, err = run(["edit", "--model", str(sd), "--source", "a nurse", "--destination", "a male nurse",
+    code, _, err = run_cli(["edit", "--model", str(sd), "--source", "a nurse", "--destination", "a male nurse",
                         "--lam-relative", "1.0", "--device", "cpu", "--dtype", dtype, "--out", str(out)], capsys)
     assert code == 0, err
     edit = read_edit(out)
@@ -86,7 +75,7 @@ def test_edit_takes_device_and_dtype(tmp_path, capsys, dtype):
 ])
 def test_bad_generation_options_are_clear_errors(tmp_path, capsys, argv, expected):
     sd, clip = tiny_folders()
-    code, _, err = run(["audit", "--model", str(sd), "--classifier", str(clip), "--professions",
+    code, _, err = run_cli(["audit", "--model", str(sd), "--classifier", str(clip), "--professions",
                         str(_list(tmp_path)), "-n", "1", "--out", str(tmp_path / "a"), *argv], capsys)
     assert code == 2 and expected in err, err
 
@@ -94,7 +83,7 @@ def test_bad_generation_options_are_clear_errors(tmp_path, capsys, argv, expecte
 def test_a_gpu_device_without_a_gpu_is_a_clear_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     sd, _ = tiny_folders()
-    code, _, err = run(["edit", "--model", str(sd), "--source", "a nurse", "--destination", "a male nurse",
+    code, _, err = run_cli(["edit", "--model", str(sd), "--source", "a nurse", "--destination", "a male nurse",
                         "--lam-relative", "1.0", "--device", "cuda", "--out", str(tmp_path / "e.safetensors")], capsys)
     assert code == 2 and "torch sees no CUDA GPU here; use --device cpu" in err, err
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from debias.cli import main
 from debias.editing import load_edit, read_edit, revert_edit
 from debias.models import find_cross_attention, fingerprint, load_pipeline
+from audit_helpers import run_cli
 from tiny_models import save_tiny, tiny_sd1
 
 
@@ -18,19 +18,9 @@ def model_dir(tmp_path_factory) -> Path:
     return save_tiny(tiny_sd1(), tmp_path_factory.mktemp("cli") / "sd1")
 
 
-def run(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_edit_pairs_writes_an_edit_file_and_pipeline(model_dir: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "nurse.safetensors"
-    code, stdout, err = run(["edit", "--model", str(model_dir), "--source", "a nurse", "--destination", "a male nurse",
+    code, stdout, err = run_cli(["edit", "--model", str(model_dir), "--source", "a nurse", "--destination", "a male nurse",
                              "--source", "a CEO", "--destination", "a female CEO", "--lam-relative", "0.1",
                              "--out", str(out), "--save-pipeline", str(tmp_path / "edited"), "--threads", "1"], capsys)
     assert code == 0, err
@@ -57,7 +47,7 @@ def test_edit_from_timed_style_csv(model_dir: Path, tmp_path: Path, capsys) -> N
     csv = tmp_path / "pairs.csv"
     csv.write_text("old,new,positive1\nA nurse,A male nurse,x\nAn attendant,A female attendant,y\n\n")
     out = tmp_path / "csv.safetensors"
-    code, stdout, err = run(["edit", "--model", str(model_dir), "--csv", str(csv), "--lam", "2.5", "--no-augment",
+    code, stdout, err = run_cli(["edit", "--model", str(model_dir), "--csv", str(csv), "--lam", "2.5", "--no-augment",
                              "--out", str(out)], capsys)
     assert code == 0, err
     edit = read_edit(out)
@@ -82,13 +72,13 @@ def test_bad_inputs_give_a_clear_message_and_exit_2(model_dir: Path, tmp_path: P
     csv = tmp_path / "bad.csv"
     csv.write_text("old,other\nA nurse,A male nurse\n")
     args = [a.format(csv=csv, tmp=tmp_path) for a in args]
-    code, _, err = run(["edit", "--model", str(model_dir), *args, "--out", str(tmp_path / "e.safetensors")], capsys)
+    code, _, err = run_cli(["edit", "--model", str(model_dir), *args, "--out", str(tmp_path / "e.safetensors")], capsys)
     assert code == 2
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "e.safetensors").exists()
 
 
 def test_missing_model_is_a_clear_error(tmp_path: Path, capsys) -> None:
-    code, _, err = run(["edit", "--model", str(tmp_path / "no" / "model"), "--source", "a nurse",
+    code, _, err = run_cli(["edit", "--model", str(tmp_path / "no" / "model"), "--source", "a nurse",
                         "--destination", "a male nurse", "--lam", "1"], capsys)
     assert code == 2 and "no such folder" in err and "Traceback" not in err
