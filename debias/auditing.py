@@ -55,7 +55,7 @@ def audit(
     labels_female: Sequence[str] | None = None,
     labels_male: Sequence[str] | None = None,
     labels_none: Sequence[str] | None = None,
-    min_confidence: float = 0.6,
+    min_confidence: float | None = None,
     target: float = 0.5,
     tolerance: float = 0.05,
     seed: int = 0,
@@ -105,14 +105,17 @@ def audit(
     from debias.models import model_info
 
     say_profile(pipe)
+    steps, guidance, height, width, classifier, min_confidence, scheduler = saved_defaults(
+        pipe, steps, guidance, height, width, classifier, min_confidence)
 
     entries = resolve_professions(listed, is_mini)
-    chosen_templates, prompt_set_name = resolve_templates(templates, prompt_set, is_mini)
+    chosen_templates, prompt_set_name = resolve_templates(templates, prompt_set, is_mini, pipe)
     tokenizer = getattr(pipe, "tokenizer", None)
     if tokenizer is not None:
         check_prompt_lengths(entries, chosen_templates, tokenizer)
     clf = resolve_classifier(classifier, is_mini, labels_female, labels_male, labels_none, min_confidence, pipe)
-    settings = default_settings(pipe, is_mini=is_mini, steps=steps, guidance=guidance, height=height, width=width)
+    settings = default_settings(pipe, is_mini=is_mini, steps=steps, guidance=guidance, height=height, width=width,
+                                scheduler=scheduler)
     batch = batch_size or default_batch_size(pipe, is_mini, settings)
     out = Path(out)
     cache = cache or ImageCache(out, rank=dist.rank)
@@ -200,12 +203,29 @@ def resolve_pipeline(model: Any, allow_pickle: bool, dist: Distributed, device: 
     return pipe, model, bool(getattr(pipe, "_debias_is_mini", model == "mini"))
 
 
+def saved_defaults(pipe, steps, guidance, height, width, classifier, min_confidence) -> tuple:
+    """The given settings, with those left unset taken from what a saved fixed model's after audit used.
+
+    Returns ``(steps, guidance, height, width, classifier, min_confidence, scheduler)``; ``min_confidence``
+    is 0.6 when neither the caller nor the folder says.
+    """
+    saved = getattr(pipe, "_debias_audit_defaults", None) or {}
+
+    def pick(given, key):
+        return given if given is not None else saved.get(key)
+
+    confidence = pick(min_confidence, "min_confidence")
+    return (pick(steps, "steps"), pick(guidance, "guidance"), pick(height, "height"), pick(width, "width"),
+            pick(classifier, "classifier"), 0.6 if confidence is None else confidence, saved.get("scheduler"))
+
+
 def say_profile(pipe) -> None:
     """Say when a model folder chose its own defaults (a fixed model keeps the profile it was made with)."""
     source = getattr(pipe, "_debias_profile_source", None)
     if source:
-        print(f"using the model profile '{pipe._debias_profile}' recorded in {source}: its sampler, prompts and "
-              "classifier are the defaults (options given on the command line still win)", file=sys.stderr)
+        print(f"using the settings recorded in {source} (model profile '{pipe._debias_profile}'): the sampler, "
+              "image size, test prompts and classifier its fix judged it with are the defaults (options given on "
+              "the command line still win)", file=sys.stderr)
 
 
 def default_device(dist: Distributed) -> str:
@@ -234,10 +254,15 @@ def resolve_professions(professions, is_mini: bool) -> list[ProfessionEntry]:
     return entries
 
 
-def resolve_templates(templates: Sequence[str] | None, prompt_set: str, is_mini: bool) -> tuple[tuple[str, ...], str]:
-    """User templates win (named "custom"); otherwise the tuning or test set of the mini world or TIMED."""
+def resolve_templates(templates: Sequence[str] | None, prompt_set: str, is_mini: bool,
+                      pipe=None) -> tuple[tuple[str, ...], str]:
+    """User templates win (named "custom"); then the test prompts a saved fixed model was judged on; otherwise
+    the tuning or test set of the mini world or TIMED."""
     if templates:
         return tuple(templates), "custom"
+    saved = (getattr(pipe, "_debias_audit_defaults", None) or {}).get("templates")
+    if saved and prompt_set == "test":
+        return tuple(saved), prompt_set
     chosen = (mini_templates() if is_mini else TIMED_TEMPLATES).get(prompt_set)
     return chosen, prompt_set
 

@@ -188,10 +188,26 @@ def load_pipeline(
     pipe._debias_is_mini = profile == "mini"
     pipe._debias_profile = profile
     pipe._debias_profile_source = profile_source
+    # the settings the fix judged this model with (sampler, size, test prompts, classifier): an audit's defaults
+    pipe._debias_audit_defaults = {} if is_mini else dict(saved_record(local).get("audit_defaults") or {})
     return pipe
 
 
 SAVED_RECORD = "debias_edit.json"  # written into a folder by --save-pipeline: how the model was made
+
+
+def saved_record(folder: Path) -> dict:
+    """What a folder written by ``--save-pipeline`` records about how it was made (``{}`` for other folders)."""
+    import json
+
+    record = folder / SAVED_RECORD
+    if not record.is_file():
+        return {}
+    try:
+        return json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"{record} is not readable JSON ({err}); it records how this folder was made. "
+                             "Restore it, or delete it to load the folder as a plain diffusers model.") from err
 
 
 def saved_profile(folder: Path) -> tuple[str | None, str | None]:
@@ -200,19 +216,10 @@ def saved_profile(folder: Path) -> tuple[str | None, str | None]:
     A fixed model keeps the sampler, prompts and classifier of the model it was made from: auditing it with
     another family's defaults would measure a different thing than the fix's own after audit did.
     """
-    import json
-
-    record = folder / SAVED_RECORD
-    if not record.is_file():
-        return None, None
-    try:
-        data = json.loads(record.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ModelLoadError(f"{record} is not readable JSON ({err}); it records how this folder was made. "
-                             "Restore it, or delete it to load the folder as a plain diffusers model.") from err
+    data = saved_record(folder)
     base = data.get("base_model") or {}
     profile = data.get("profile") or base.get("profile") or ("mini" if base.get("is_mini") else None)
-    return profile, str(record) if profile else None
+    return profile, str(folder / SAVED_RECORD) if profile or data.get("audit_defaults") else None
 
 
 def _cached_revision(spec: str) -> str | None:

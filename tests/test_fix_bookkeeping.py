@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import debias.auditing
-from audit_helpers import HalfClassifier, load_tiny
+from audit_helpers import HalfClassifier, load_tiny, tiny_folders
 from debias.fixing import fix
 
 QUICK = dict(budget=48, test_images=8, check_images=8, joint_rounds=1, side_seeds=2, steps=2, progress=False, log=None)
@@ -118,6 +118,30 @@ def test_after_audit_judges_the_edit_file_loaded_into_the_weights(tmp_path, monk
     assert not editing.is_edited(pipe)  # the pipeline is handed back unedited
 
 
+def _labels(record: dict) -> dict:
+    return {(s["prompt"], s["seed"]): s["label"] for row in record["professions"] for s in row["samples"]}
+
+
+def test_a_saved_fixed_model_is_audited_with_the_settings_its_fix_used(tmp_path, capsys):
+    """Sampler, size, test prompts and classifier of the fix's after audit are the saved folder's defaults."""
+    sd, clip = tiny_folders()
+    professions, saved = _list(tmp_path), tmp_path / "fixed"
+    record = fix(str(sd), professions=professions, classifier=str(clip), min_confidence=0.5, out=tmp_path / "run",
+                 steps=3, guidance=2.0, height=24, width=24, save_pipeline=saved,
+                 **{k: v for k, v in QUICK.items() if k != "steps"})
+    assert record["edit_file"] is not None
+    capsys.readouterr()
+    audited = debias.auditing.audit(str(saved), professions=professions, images_per_profession=QUICK["test_images"],
+                                    out=tmp_path / "audit", progress=False)
+    assert f"using the settings recorded in {saved / 'debias_edit.json'}" in capsys.readouterr().err
+    after = json.loads((tmp_path / "run" / "after" / "audit.json").read_text())
+    for key in ("scheduler", "steps", "guidance", "height", "width"):
+        assert audited["generation"][key] == after["generation"][key], key
+    assert audited["templates"] == after["templates"] and audited["prompt_set"] == "test"
+    assert audited["classifier"] == after["classifier"]  # the same CLIP folder and abstain rule (0.5)
+    assert _labels(audited) == _labels(after)
+
+
 @pytest.mark.slow
 def test_a_saved_fixed_mini_model_audits_like_the_fix_after_audit(tmp_path, capsys):
     """Auditing a --save-pipeline folder with no options reads the same labels at the same seeds."""
@@ -127,14 +151,11 @@ def test_a_saved_fixed_mini_model_audits_like_the_fix_after_audit(tmp_path, caps
     assert record["edit_file"] is not None
     capsys.readouterr()
     audited = debias.auditing.audit(str(saved), out=tmp_path / "audit", progress=False)
-    assert "using the model profile 'mini'" in capsys.readouterr().err
+    assert "(model profile 'mini')" in capsys.readouterr().err
     assert audited["model"]["profile"] == "mini" and audited["classifier"]["backend"] == "mini-clip"
     after = json.loads((out / "after" / "audit.json").read_text())
     assert audited["generation"] == after["generation"] and audited["templates"] == after["templates"]
 
-    def labels(rec: dict) -> dict:
-        return {(s["prompt"], s["seed"]): s["label"] for row in rec["professions"] for s in row["samples"]}
-
-    theirs, ours = labels(after), labels(audited)
+    theirs, ours = _labels(after), _labels(audited)
     assert len(theirs) == 128 and set(theirs) <= set(ours)  # no options: every mini profession, 64 images each
     assert {k: ours[k] for k in theirs} == theirs

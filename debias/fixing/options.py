@@ -117,7 +117,7 @@ class FixOptions:
     side_seeds: int = DEFAULT_SIDE_SEEDS
     seed: int = 0
     classifier: Any = None
-    min_confidence: float = 0.6
+    min_confidence: Optional[float] = None  # 0.6 unless a saved fixed model records another
     steps: Optional[int] = None
     guidance: Optional[float] = None
     height: Optional[int] = None

@@ -12,7 +12,7 @@ import contextlib
 import json
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -97,8 +97,10 @@ class FixRun:
 
 
 # ------------------------------------------------------------------------------------------------ setup
-def setup(model: Any, opts: FixOptions, say: Callable[[str], None]) -> FixRun:
-    """Load the model and classifier, choose sampling and prompts, and encode the rows every edit keeps fixed."""
+def setup(model: Any, opts: FixOptions, say: Callable[[str], None]) -> tuple[FixRun, FixOptions]:
+    """Load the model and classifier, choose sampling and prompts, and encode the rows every edit keeps fixed.
+
+    Returns the run and the options with what a saved fixed model records filled in where they were unset."""
     from debias import auditing as audit_mod
     from debias.fixing.options import tuning_templates_for
     from debias.generate import ImageCache, default_batch_size, default_settings
@@ -108,10 +110,14 @@ def setup(model: Any, opts: FixOptions, say: Callable[[str], None]) -> FixRun:
     dist = audit_mod.distributed_from_env()
     pipe, spec, is_mini = audit_mod.resolve_pipeline(model, opts.allow_pickle, dist, opts.device, opts.dtype)
     audit_mod.say_profile(pipe)
+    steps, guidance, height, width, classifier, min_confidence, scheduler = audit_mod.saved_defaults(
+        pipe, opts.steps, opts.guidance, opts.height, opts.width, opts.classifier, opts.min_confidence)
+    opts = replace(opts, steps=steps, guidance=guidance, height=height, width=width, classifier=classifier,
+                   min_confidence=min_confidence)
     entries = audit_mod.resolve_professions(opts.professions, is_mini)
     clf = audit_mod.resolve_classifier(opts.classifier, is_mini, None, None, None, opts.min_confidence, pipe)
     settings = default_settings(pipe, is_mini=is_mini, steps=opts.steps, guidance=opts.guidance, height=opts.height,
-                                width=opts.width)
+                                width=opts.width, scheduler=scheduler)
     batch = opts.batch_size or default_batch_size(pipe, is_mini, settings)
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -129,7 +135,7 @@ def setup(model: Any, opts: FixOptions, say: Callable[[str], None]) -> FixRun:
                   entries=entries, templates=tuning_templates_for(opts.tuning_templates, is_mini, audit_mod),
                   augmentations=augmentations, anchor_prompts=anchor_prompts, anchors=anchors,
                   probe_prompts=probe_prompts, probe=probe, audit_options=audit_options, threads=n_threads,
-                  dist=dist)
+                  dist=dist), opts
 
 
 # ----------------------------------------------------------------------------------------------- before
@@ -324,7 +330,8 @@ def ship_and_judge(run: FixRun, opts: FixOptions, profs: Sequence[ProfessionStat
         after = run.audit("after", opts.test_images, "test", opts.seed, edit_info=edit_info)
         edited = run.measure(items, "side_effects", "side effects: edited")
         if opts.save_pipeline is not None and M is not None:
-            save_fixed_pipeline(run.pipe, opts.save_pipeline, model_info(run.pipe, run.spec), metadata)
+            save_fixed_pipeline(run.pipe, opts.save_pipeline, model_info(run.pipe, run.spec), metadata,
+                                audit_defaults(run, opts, after))
             run.say(f"wrote edited pipeline {opts.save_pipeline}")
     if opts.save_pipeline is not None and M is None:
         run.say(f"fix: no pipeline written to {opts.save_pipeline}: nothing was edited, so the base model is the "
@@ -411,9 +418,21 @@ def shipped(pipe, edit_file: Optional[Path]):
         revert_edit(pipe)
 
 
-def save_fixed_pipeline(pipe, folder, base_model: dict, metadata: dict) -> None:
-    """The edited model (its weights as loaded now) as a diffusers folder that records how it was made."""
+def save_fixed_pipeline(pipe, folder, base_model: dict, metadata: dict, defaults: dict) -> None:
+    """The edited model (its weights as loaded now) as a diffusers folder that records how it was made, and the
+    settings its after audit used (``audit_defaults``), which an audit of the folder takes as its defaults."""
     from debias.editing import save_pipeline as save_pipe
 
     save_pipe(pipe, folder, metadata={"kind": "edited_pipeline", "debias_version": __version__,
-                                      "base_model": base_model, "profile": base_model.get("profile"), **metadata})
+                                      "base_model": base_model, "profile": base_model.get("profile"),
+                                      "audit_defaults": defaults, **metadata})
+
+
+def audit_defaults(run: FixRun, opts: FixOptions, after: dict) -> dict:
+    """What an audit of the saved model needs to judge it as the after audit did: sampler, size, test prompts,
+    classifier (a spec; a classifier passed as an object cannot be recorded and must be passed again)."""
+    settings = run.settings
+    return {"scheduler": settings.scheduler, "steps": settings.steps, "guidance": settings.guidance,
+            "height": settings.height, "width": settings.width, "templates": list(after["templates"]),
+            "classifier": opts.classifier if isinstance(opts.classifier, str) else None,
+            "min_confidence": opts.min_confidence}

@@ -42,7 +42,7 @@ def fix(
     side_seeds: int = DEFAULT_SIDE_SEEDS,
     seed: int = 0,
     classifier: Any = None,
-    min_confidence: float = 0.6,
+    min_confidence: float | None = None,
     steps: int | None = None,
     guidance: float | None = None,
     height: int | None = None,
@@ -81,7 +81,7 @@ def fix(
         guidance=guidance, height=height, width=width, device=device, dtype=dtype, batch_size=batch_size,
         threads=threads, save_pipeline=save_pipeline, allow_pickle=allow_pickle, log_lambda_bounds=log_lambda_bounds,
         max_drift=max_drift, progress=progress)
-    run = setup(model, opts, log or (lambda _m: None))
+    run, opts = setup(model, opts, log or (lambda _m: None))
     before, tuning, profs = audit_before(run, opts)
     choose_destinations(run, opts, profs)
     search_strengths(run, opts, profs)
