@@ -78,7 +78,8 @@ def load_mini(weights: str | None):
 
 
 def main(argv: list[str] | None = None) -> None:
-    from debias.generate import ImageCache, default_batch_size, default_settings, measure, use_scheduler, work_items
+    from debias.cache import ImageCache
+    from debias.generate import default_batch_size, default_settings, measure, use_scheduler, work_items
     from debias.mini import world
     from debias.prompts import mini_professions, mini_templates, profession_prompts
     from debias.threads import set_threads

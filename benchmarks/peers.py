@@ -309,7 +309,8 @@ def uce_loop(entries, out: Path, threads: int | None, target: float, defaults: d
     """UCE's debiasing loop on the mini model; saves ``out/pipeline`` and returns the record."""
     from debias import auditing as audit_mod
     from debias.editing import revert_edit, save_pipeline
-    from debias.generate import ImageCache, default_settings
+    from debias.cache import ImageCache
+    from debias.generate import default_settings
     from debias.mini import SAMPLER
     from debias.models import model_info
     from debias.threads import set_threads
@@ -437,7 +438,8 @@ def audit_folder(folder: Path, out: Path, n: int, threads: int | None) -> dict[s
 
 def object_images(folder: Path, out: Path, clf, seeds: int) -> tuple[np.ndarray, list[str]]:
     """The object prompts' images at seeds 0 … seeds−1 (uint8), in prompt-major order, cached in ``out``."""
-    from debias.generate import ImageCache, default_settings, measure
+    from debias.cache import ImageCache
+    from debias.generate import default_settings, measure
     from debias.mini import world
     from debias.models import load_pipeline
 

@@ -54,7 +54,8 @@ class Bench:
 
     def __init__(self, out: Path, threads: int | None):
         from debias import auditing as audit_mod
-        from debias.generate import ImageCache, default_batch_size, default_settings
+        from debias.cache import ImageCache
+        from debias.generate import default_batch_size, default_settings
         from debias.threads import set_threads
 
         set_threads(threads)

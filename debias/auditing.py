@@ -28,10 +28,10 @@ from typing import Any, Sequence
 import torch
 
 from debias import __version__, stats
+from debias.cache import ImageCache, edit_id
 from debias.errors import InputError
 from debias.generate import (
-    Distributed, ImageCache, SampleResult, default_batch_size, default_settings, distributed_from_env, edit_id,
-    measure, work_items,
+    Distributed, SampleResult, default_batch_size, default_settings, distributed_from_env, measure, work_items,
 )
 from debias.prompts import (
     TIMED_TEMPLATES, ProfessionEntry, check_prompt_lengths, mini_professions, mini_templates, profession_prompts,

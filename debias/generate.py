@@ -21,30 +21,22 @@ makes three things exact (up to that rounding):
   (common random numbers) and an edit matrix applied through
   :func:`debias.editing.conditioning_transform`.
 
-Layout of a cache folder::
-
-    images/<key>.png          one 8-bit RGB PNG per work item
-    index/rank<r>.jsonl       {"type": "image", "key", "prompt", "seed", "image", "oracle"?}
-                              {"type": "label", "key", "classifier", "label", "p_female"}
+The cache itself (keys, PNGs, index) is :mod:`debias.cache`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
 import os
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
+from debias.cache import ImageCache, edit_id, item_key, model_key
 from debias.errors import GenerationError, InputError
-
-CACHE_VERSION = 1
 
 REAL_SAMPLER = {"scheduler": "DPMSolverMultistepScheduler", "steps": 25, "guidance": 7.5}
 """Defaults for real models: a multistep DPM-Solver at 25 steps and classifier-free guidance 7.5."""
@@ -152,130 +144,6 @@ def use_scheduler(pipe, name: str) -> None:
         raise InputError(f"unknown scheduler {name!r}; use a diffusers scheduler class name such as "
                          f"'DPMSolverMultistepScheduler'")
     pipe.scheduler = cls.from_config(pipe.scheduler.config)
-
-
-# ------------------------------------------------------------------------------------------- hashing
-def _sha256(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def edit_id(M: torch.Tensor | None) -> str | None:
-    """``"sha256:…"`` of an edit matrix (float64 bytes and shape), or None for no edit."""
-    if M is None:
-        return None
-    t = M.detach().to("cpu", torch.float64).contiguous()
-    digest = hashlib.sha256(f"{tuple(t.shape)}|".encode())
-    digest.update(t.numpy().tobytes())
-    return "sha256:" + digest.hexdigest()
-
-
-def model_key(pipe) -> str:
-    """What identifies the model's weights for the cache: its fingerprint, plus the current K/V
-    weights when an edit has been baked in (the fingerprint names the *original* weights)."""
-    cached = getattr(pipe, "_debias_cache_key", None)
-    baked = getattr(pipe, "_debias_original_kv", None) is not None
-    if cached is not None and not baked:
-        return cached
-    from debias.models import find_cross_attention, fingerprint
-
-    key = fingerprint(pipe)
-    if baked:
-        digest = hashlib.sha256()
-        for proj in find_cross_attention(pipe):
-            w = proj.module.weight.detach().to("cpu").contiguous()
-            digest.update(proj.name.encode())
-            digest.update(w.reshape(-1).view(torch.uint8).numpy().tobytes())
-        return f"{key}+baked:{digest.hexdigest()}"
-    pipe._debias_cache_key = key
-    return key
-
-
-def item_key(model: str, edit: str | None, settings: SamplerSettings, prompt: str, seed: int) -> str:
-    """The cache key of one image (hex, 32 characters)."""
-    return _sha256({"v": CACHE_VERSION, "model": model, "edit": edit, "sampler": settings.to_dict(),
-                    "prompt": prompt, "seed": int(seed)})[:32]
-
-
-# --------------------------------------------------------------------------------------------- cache
-class ImageCache:
-    """PNG files plus append-only JSON-lines index files (one per process) under ``root``."""
-
-    def __init__(self, root: str | os.PathLike, rank: int = 0):
-        self.root = Path(root)
-        self.rank = rank
-        self.images: dict[str, dict] = {}  # key -> image record
-        self.labels: dict[tuple[str, str], dict] = {}  # (key, classifier id) -> label record
-        self._read_upto: dict[Path, int] = {}  # bytes of each index file already read
-        self.load()
-
-    @property
-    def index_path(self) -> Path:
-        return self.root / "index" / f"rank{self.rank}.jsonl"
-
-    def image_path(self, key: str) -> Path:
-        return self.root / "images" / f"{key}.png"
-
-    def load(self) -> None:
-        """Read what is new in every index file (other processes append to theirs).
-
-        Only complete lines are read; a torn line (kill -9 mid-write) is skipped once the next
-        append has ended it. Records whose PNG is missing are ignored.
-        """
-        for path in sorted((self.root / "index").glob("*.jsonl")):
-            start = self._read_upto.get(path, 0)
-            with open(path, "rb") as fh:
-                fh.seek(start)
-                data = fh.read()
-            end = data.rfind(b"\n") + 1  # stop after the last complete line
-            self._read_upto[path] = start + end
-            for line in data[:end].decode("utf-8", errors="replace").splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line torn by kill -9
-                if not isinstance(rec, dict) or "key" not in rec:
-                    continue
-                if rec.get("type") == "image":
-                    if self.image_path(rec["key"]).is_file():
-                        self.images[rec["key"]] = rec
-                elif rec.get("type") == "label":
-                    self.labels[(rec["key"], rec.get("classifier", ""))] = rec
-
-    def _append(self, records: Sequence[dict]) -> None:
-        path = self.index_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+b") as fh:
-            fh.seek(0, os.SEEK_END)
-            if fh.tell() > 0:  # after a torn write the last line has no newline: start a fresh one
-                fh.seek(-1, os.SEEK_END)
-                if fh.read(1) != b"\n":
-                    fh.write(b"\n")
-            fh.write(b"".join(json.dumps(r, allow_nan=False).encode() + b"\n" for r in records))
-            fh.flush()
-
-    def put_images(self, records: Sequence[dict], images: np.ndarray) -> None:
-        """Write PNGs atomically, then their index records (so a record never points at nothing)."""
-        from PIL import Image
-
-        from debias.io import atomic_write
-
-        for rec, img in zip(records, images):
-            atomic_write(self.image_path(rec["key"]), lambda p, img=img: Image.fromarray(img).save(p, format="PNG"))
-        records = [{"type": "image", **r} for r in records]
-        self._append(records)
-        for r in records:
-            self.images[r["key"]] = r
-
-    def put_labels(self, records: Sequence[dict]) -> None:
-        records = [{"type": "label", **r} for r in records]
-        self._append(records)
-        for r in records:
-            self.labels[(r["key"], r["classifier"])] = r
-
-    def read_images(self, keys: Sequence[str]) -> np.ndarray:
-        from PIL import Image
-
-        return np.stack([np.asarray(Image.open(self.image_path(k)).convert("RGB")) for k in keys])
 
 
 # --------------------------------------------------------------------------------------- distributed

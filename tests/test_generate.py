@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from audit_helpers import HalfClassifier, load_tiny
+from debias.cache import ImageCache, edit_id, item_key, model_key
 from debias.generate import (
-    ImageCache, default_settings, edit_id, generate_images, item_key, items_for_seeds, measure, model_key,
-    pipeline_options, use_scheduler, work_items,
+    default_settings, generate_images, items_for_seeds, measure, pipeline_options, use_scheduler, work_items,
 )
 
 ITEMS = work_items(["a photo of a nurse", "a nurse working"], 0, 6) + work_items(["a photo of a pilot"], 0, 6)

@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence
 from debias import __version__, stats
 from debias.fixing.options import JOINT_PIN_LAMBDA_RELATIVE, TUNING_SEED_OFFSET, UNEDITED
 from debias.fixing.plan import ProfessionState
-from debias.generate import edit_id
+from debias.cache import edit_id
 
 FIX_STAGES = ("before", "tuning", "search", "joint", "after", "side_effects")
 

@@ -28,7 +28,8 @@ from debias.fixing.plan import (
     single_matrix,
 )
 from debias.fixing.record import edit_metadata, file_sha256, fmt, images_read, nothing_edited
-from debias.generate import edit_id, items_for_seeds, measure, work_items
+from debias.cache import edit_id
+from debias.generate import items_for_seeds, measure, work_items
 from debias.prompts import profession_prompts
 from debias.search import SearchResult, search_lambda
 
@@ -103,7 +104,8 @@ def setup(model: Any, opts: FixOptions, say: Callable[[str], None]) -> tuple[Fix
     Returns the run and the options with what a saved fixed model records filled in where they were unset."""
     from debias import auditing as audit_mod
     from debias.fixing.options import tuning_templates_for
-    from debias.generate import ImageCache, default_batch_size, default_settings
+    from debias.cache import ImageCache
+    from debias.generate import default_batch_size, default_settings
     from debias.threads import set_threads
 
     n_threads = set_threads(opts.threads)
