@@ -146,16 +146,18 @@ def test_a_saved_fixed_model_is_audited_with_the_settings_its_fix_used(tmp_path,
 def test_a_saved_fixed_mini_model_audits_like_the_fix_after_audit(tmp_path, capsys):
     """Auditing a --save-pipeline folder with no options reads the same labels at the same seeds."""
     out, saved = tmp_path / "run", tmp_path / "fixed"
-    record = fix("mini", professions=_list(tmp_path, "a nurse\nan engineer\n"), out=out, budget=96, test_images=64,
-                 check_images=32, joint_rounds=0, side_seeds=2, save_pipeline=saved, progress=False, log=None)
+    professions = _list(tmp_path, "a nurse\nan engineer\n")
+    record = fix("mini", professions=professions, out=out, budget=48, test_images=32, check_images=16,
+                 joint_rounds=0, side_seeds=1, save_pipeline=saved, progress=False, log=None)
     assert record["edit_file"] is not None
     capsys.readouterr()
-    audited = debias.auditing.audit(str(saved), out=tmp_path / "audit", progress=False)
+    # no sampler, prompt or classifier option: the folder's recorded settings decide them
+    audited = debias.auditing.audit(str(saved), professions=professions, out=tmp_path / "audit", progress=False)
     assert "(model profile 'mini')" in capsys.readouterr().err
     assert audited["model"]["profile"] == "mini" and audited["classifier"]["backend"] == "mini-clip"
     after = json.loads((out / "after" / "audit.json").read_text())
     assert audited["generation"] == after["generation"] and audited["templates"] == after["templates"]
 
     theirs, ours = _labels(after), _labels(audited)
-    assert len(theirs) == 128 and set(theirs) <= set(ours)  # no options: every mini profession, 64 images each
+    assert len(theirs) == 64 and set(theirs) <= set(ours)  # the audit's default 64 images cover the fix's 32
     assert {k: ours[k] for k in theirs} == theirs
