@@ -184,12 +184,13 @@ def load_pipeline(
     pipe._debias_spec = spec
     from_hub = not (is_mini or local.exists())
     pipe._debias_revision = revision if revision is not None or not from_hub else _cached_revision(spec)
-    profile, profile_source = ("mini", None) if is_mini else saved_profile(local)
+    record = {} if is_mini else saved_record(local)
+    profile, profile_source = ("mini", None) if is_mini else saved_profile(local, record)
     pipe._debias_is_mini = profile == "mini"
     pipe._debias_profile = profile
     pipe._debias_profile_source = profile_source
     # the settings the fix judged this model with (sampler, size, test prompts, classifier): an audit's defaults
-    pipe._debias_audit_defaults = {} if is_mini else dict(saved_record(local).get("audit_defaults") or {})
+    pipe._debias_audit_defaults = dict(record.get("audit_defaults") or {})
     return pipe
 
 
@@ -210,13 +211,13 @@ def saved_record(folder: Path) -> dict:
                              "Restore it, or delete it to load the folder as a plain diffusers model.") from err
 
 
-def saved_profile(folder: Path) -> tuple[str | None, str | None]:
+def saved_profile(folder: Path, record: dict | None = None) -> tuple[str | None, str | None]:
     """The model profile a folder written by ``--save-pipeline`` records (e.g. ``"mini"``), and where it says so.
 
     A fixed model keeps the sampler, prompts and classifier of the model it was made from: auditing it with
     another family's defaults would measure a different thing than the fix's own after audit did.
     """
-    data = saved_record(folder)
+    data = saved_record(folder) if record is None else record
     base = data.get("base_model") or {}
     profile = data.get("profile") or base.get("profile") or ("mini" if base.get("is_mini") else None)
     return profile, str(folder / SAVED_RECORD) if profile or data.get("audit_defaults") else None

@@ -53,8 +53,8 @@ def test_fix_takes_the_generation_options_of_audit(tmp_path, capsys):
     for stage in ("before", "tuning", "after"):
         audited = json.loads((out / stage / "audit.json").read_text())
         assert audited["generation"]["height"] == 24 and audited["generation"]["batch_size"] == 3
-    if record["edit_file"] is None:  # the edit file is named only when there is one
-        assert "edit.safetensors" not in stdout
+    # the edit file is named exactly when there is one
+    assert ("edit.safetensors" in stdout) == (record["edit_file"] is not None) == (out / "edit.safetensors").exists()
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])

@@ -76,7 +76,7 @@ def test_nothing_to_edit_writes_no_edit_and_says_why(tmp_path, capsys, case):
     options = dict(QUICK, log=print)
     if case == "within_band":
         record = fix(pipe, professions=_list(tmp_path), classifier=HalfClassifier(), out=out, tolerance=0.49,
-                     save_pipeline=tmp_path / "fixed", **{k: v for k, v in options.items()})
+                     save_pipeline=tmp_path / "fixed", **options)
         assert {p["status"] for p in record["professions"]} == {"already_within_tolerance"}
         assert "already lie within the band on the tuning prompts (nurse, pilot)" in record["edit_note"]
     else:

@@ -233,11 +233,11 @@ def joint_edit(run: FixRun, opts: FixOptions, profs: Sequence[ProfessionState]):
     cross-effects from all rounds pooled; returns ``(M or None, preserve prompts)``."""
     edited = [p for p in profs if p.edited]
     preserve = preserve_prompt_list(opts.preserve, [p for p in profs if not p.edited])
+    rows = encode_preserve_rows(run.pipe, preserve, run.augmentations) if preserve else None
     M = None
     for rnd in range(opts.joint_rounds + 1):
         if not edited:
             break
-        rows = encode_preserve_rows(run.pipe, preserve, run.augmentations) if preserve else None
         M = joint_matrix(edited, rows, opts.preserve_strength, run.anchors)
         run.say(f"joint round {rnd}: one edit for {len(edited)} professions; re-measuring all {len(profs)} on the "
                 f"tuning prompts ({opts.check_images} fresh seeds each)")
@@ -247,6 +247,7 @@ def joint_edit(run: FixRun, opts: FixOptions, profs: Sequence[ProfessionState]):
         moved = retune(run, opts, edited, pushed_out, rnd)
         if pushed_out:
             preserve = preserve_prompt_list(opts.preserve, [p for p in profs if not p.edited])
+            rows = encode_preserve_rows(run.pipe, preserve, run.augmentations) if preserve else None
         if not moved:
             run.say("  every edited profession sits where its measurements put the target; no further rounds")
             break
