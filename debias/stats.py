@@ -52,6 +52,25 @@ def wilson_bounds(share: float, n: float, z: float = Z95) -> tuple[float, float]
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def z_score(confidence: float) -> float:
+    """Two-sided normal quantile of a confidence level: 0.95 → 1.96 (the ``z`` of :func:`wilson_bounds`)."""
+    from scipy.stats import norm
+
+    return float(norm.ppf(1 - (1 - confidence) / 2))
+
+
+def logit(p: float, eps: float = 1e-6) -> float:
+    """log(p / (1 − p)), with ``p`` clamped to [eps, 1 − eps] first.
+
+    Shares of exactly 0 or 1 are ordinary (a few seeds that all read one way) and their logit is infinite; the
+    clamp keeps every use finite. 1e-6 lies far beyond what a few thousand images can tell from 0 or 1, so it
+    changes no fitted crossing; a caller that turns logit differences into steps may want a tighter clamp so one
+    extreme share cannot ask for a huge step (1e-4 bounds it at ±9.2).
+    """
+    p = min(max(p, eps), 1 - eps)
+    return math.log(p / (1 - p))
+
+
 def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     """Wilson score interval for ``k`` successes in ``n`` trials; ``(0, 1)`` when ``n == 0``."""
     if n < 0 or k < 0 or k > n:
@@ -84,6 +103,16 @@ def delta(share_female: float | None, target: float = 0.5) -> float | None:
 def within_band(share: float | None, target: float, tolerance: float) -> bool:
     """Whether a share lies in the band target ± tolerance (a share of no classified image never does)."""
     return share is not None and abs(share - target) <= tolerance
+
+
+def interval_within_band(low: float | None, high: float | None, target: float, tolerance: float) -> bool:
+    """Whether a whole interval lies inside target ± tolerance: the data rule out a share outside the band."""
+    return low is not None and high is not None and target - tolerance <= low and high <= target + tolerance
+
+
+def interval_overlaps_band(low: float | None, high: float | None, target: float, tolerance: float) -> bool:
+    """Whether an interval reaches the band at all: the data do not rule out a share inside it."""
+    return low is not None and high is not None and low <= target + tolerance and high >= target - tolerance
 
 
 def half_width(n: int, p: float = 0.5, z: float = Z95) -> float:

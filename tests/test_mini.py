@@ -10,7 +10,7 @@ import torch
 
 from debias import mini
 from debias.mini import world
-from debias.mini.evaluate import clip_gender, generate
+from debias.mini.evaluate import generate, load_mini_classifier
 
 
 # ----------------------------------------------------------------------------- world, oracle
@@ -110,10 +110,7 @@ def pipe():
 
 @pytest.fixture(scope="module")
 def classifier():
-    from transformers import CLIPModel, CLIPTokenizer
-
-    return (CLIPModel.from_pretrained(mini.CLASSIFIER_DIR, torch_dtype=torch.float32).eval(),
-            CLIPTokenizer.from_pretrained(mini.CLASSIFIER_DIR))
+    return load_mini_classifier()
 
 
 def test_world_config_and_sampler():
@@ -161,17 +158,16 @@ def test_professions_give_different_images(pipe):
 def test_classifier_reads_gender_on_renders(classifier):
     from transformers import CLIPImageProcessor
 
-    model, tok = classifier
     rng = np.random.default_rng(9)
     samples = [s for s in (world.sample_caption(rng) for _ in range(400)) if s.gender][:200]
     images = np.stack([world.render(s.subject, s.gender, rng, s.template) for s in samples])
-    p = clip_gender(model, tok, images)
-    acc = np.mean([(pi > 0.5) == (s.gender == "female") for pi, s in zip(p, samples)])
-    assert acc >= 0.95
+    labels, _ = classifier.classify(images)
+    assert np.mean([label == s.gender for label, s in zip(labels, samples)]) >= 0.95
+    # the package's tensor preprocessing is the saved processor's: [0, 255] -> [-1, 1] at 32x32
     processor = CLIPImageProcessor.from_pretrained(mini.CLASSIFIER_DIR)
     pixels = processor(images=list(images[:4]), return_tensors="pt").pixel_values
-    expected = torch.from_numpy(images[:4]).float().permute(0, 3, 1, 2) / 127.5 - 1
-    assert torch.allclose(pixels, expected, atol=1e-5)
+    assert torch.allclose(classifier.preprocess(images[:4]), pixels, atol=1e-5)
+    assert torch.allclose(pixels, torch.from_numpy(images[:4]).float().permute(0, 3, 1, 2) / 127.5 - 1, atol=1e-5)
 
 
 @pytest.mark.slow
@@ -179,7 +175,6 @@ def test_learned_bias_is_there(pipe, classifier):
     """Most vs least female profession at n = 64: a random-weight model cannot pass this."""
     from scipy.stats import fisher_exact
 
-    model, tok = classifier
     counts = {}
     for phrase in ("a nurse", "an engineer"):
         imgs = generate(pipe, world.TUNING_TEMPLATE.format(phrase), 64, seed=0, steps=mini.SAMPLER["steps"],
@@ -188,19 +183,12 @@ def test_learned_bias_is_there(pipe, classifier):
         female, male = int((oracle == "female").sum()), int((oracle == "male").sum())
         assert female + male >= 56, (phrase, oracle)  # at most one in eight with mixed cues
         counts[phrase] = (female, male)
-        clip = clip_gender(model, tok, imgs) > 0.5
+        clip = np.asarray(classifier.classify(imgs)[0])
         people = oracle != "unclear"
-        assert np.mean(clip[people] == (oracle[people] == "female")) >= 0.95
+        assert np.mean(clip[people] == oracle[people]) >= 0.95
     nurse, engineer = counts["a nurse"], counts["an engineer"]
     assert nurse[0] / sum(nurse) > 0.7 and engineer[0] / sum(engineer) < 0.35, counts
     assert fisher_exact([nurse, engineer])[1] < 1e-6
-
-
-def test_weights_load_in_float32():
-    from diffusers import UNet2DConditionModel
-
-    unet = UNet2DConditionModel.from_pretrained(mini.PIPELINE_DIR / "unet", torch_dtype=torch.float32)
-    assert next(unet.parameters()).dtype == torch.float32
 
 
 # ------------------------------------------------------------------------------------ training

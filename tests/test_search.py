@@ -10,14 +10,8 @@ import math
 import numpy as np
 import pytest
 
-from debias.search import (
-    Evaluation,
-    SearchResult,
-    bootstrap_interval,
-    fit_intercept,
-    fit_logistic_batch,
-    search_lambda,
-)
+from debias.logistic import bootstrap_interval, fit_intercept, fit_logistic_batch
+from debias.search import Evaluation, SearchResult, search_lambda
 
 
 def sigmoid(z):
@@ -93,6 +87,17 @@ def test_bootstrap_resamples_seeds_not_images():
     lo, hi = bootstrap_interval(evs, (-1, 1), +1, 0.0, rng=np.random.default_rng(0))
     wilson_20 = 1.96 * math.sqrt(0.25 / 20)  # ~0.22: what 20 independent images would give
     assert hi - lo > 1.4 * wilson_20  # far wider than 100 independent images (~0.2 in total)
+
+
+def test_within_tolerance_needs_the_whole_interval_in_the_band():
+    res = SearchResult("budget_exhausted", target=0.5, tolerance=0.05, budget=100, images_used=100,
+                       log_lambda_relative=0.0, share=0.5, ci_low=0.44, ci_high=0.53, bracket=(0.0, 1.0),
+                       closest_share=0.5, message="")
+    assert not res.within_tolerance  # the share is on target, but the interval reaches below the band
+    res.ci_low = 0.46
+    assert res.within_tolerance
+    res.ci_low = res.ci_high = math.nan  # no interval: nothing is known to lie in the band
+    assert not res.within_tolerance
 
 
 @pytest.mark.parametrize("direction", ["falling", "rising"])

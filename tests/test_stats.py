@@ -28,6 +28,24 @@ def test_wilson_known_value_and_empty() -> None:
         stats.wilson_interval(5, 3)
 
 
+def test_z_score_and_wilson_bounds_at_any_confidence() -> None:
+    assert stats.z_score(0.95) == pytest.approx(stats.Z95, rel=1e-12)
+    assert stats.z_score(0.9) == pytest.approx(1.644854, abs=1e-6)
+    # a fitted share on n trials gives the same interval as the counts it came from, at the same confidence
+    ci = binomtest(7, 20).proportion_ci(confidence_level=0.9, method="wilson")
+    low, high = stats.wilson_bounds(7 / 20, 20, stats.z_score(0.9))
+    assert (low, high) == (pytest.approx(ci.low, abs=1e-9), pytest.approx(ci.high, abs=1e-9))
+
+
+def test_logit_is_finite_at_zero_and_one() -> None:
+    assert stats.logit(0.5) == 0.0
+    assert stats.logit(0.8) == pytest.approx(math.log(4))
+    assert stats.logit(0.0) == pytest.approx(-13.8155, abs=1e-4)  # clamped at 1e-6
+    assert stats.logit(1.0) == pytest.approx(13.8155, abs=1e-4)
+    assert stats.logit(0.0, eps=1e-4) == pytest.approx(-9.2102, abs=1e-4)
+    assert stats.logit(0.3, eps=1e-4) == stats.logit(0.3)  # the clamp only moves shares beyond it
+
+
 def test_half_width_rule_of_thumb() -> None:
     assert stats.half_width(100) == pytest.approx(0.098, abs=1e-3)
     assert stats.half_width(400) == pytest.approx(0.049, abs=1e-3)

@@ -4,6 +4,11 @@
 share the pixel-rule oracle reads off generated images, the share the mini CLIP reads, their
 agreement on generated people, and the generation speed. The same functions serve ``train.py``
 (its closing measurements) and the tests.
+
+Images are made and read the way an audit makes and reads them: :func:`debias.generate.generate_images`
+(image i of a prompt from its own generator seeded ``seed + i``) and the zero-shot classifier of
+:func:`debias.classify.load_classifier`, here without abstaining (``min_confidence=0.5``) so that every
+image counts towards the "clip" share.
 """
 
 from __future__ import annotations
@@ -17,39 +22,36 @@ import numpy as np
 from . import world
 
 
+def sampler_settings(pipe, steps: int = 10, guidance: float = 1.0):
+    """The package's sampler settings for the mini pipeline: its own scheduler, 32×32, float32 on the CPU."""
+    from ..generate import SamplerSettings
+
+    return SamplerSettings(scheduler=type(pipe.scheduler).__name__, steps=int(steps), guidance=float(guidance),
+                           height=world.SIZE, width=world.SIZE, dtype="float32", device="cpu")
+
+
 def generate(pipe, prompt: str, n: int, seed: int = 0, steps: int = 10, guidance: float = 1.0,
              batch_size: int = 64) -> np.ndarray:
-    """``n`` images of one prompt as uint8 [n,32,32,3]; batch b uses seed ``seed + b``."""
-    import torch
+    """``n`` images of one prompt as uint8 [n,32,32,3]; image i uses seed ``seed + i``, as in an audit."""
+    from ..generate import generate_images
 
+    settings = sampler_settings(pipe, steps, guidance)
     out = []
-    for b, start in enumerate(range(0, n, batch_size)):
-        k = min(batch_size, n - start)
-        gen = torch.Generator().manual_seed(seed + b)
-        with torch.no_grad():
-            imgs = pipe([prompt] * k, num_inference_steps=steps, guidance_scale=guidance, generator=gen,
-                        height=world.SIZE, width=world.SIZE, output_type="np").images
-        out.append(np.clip(np.rint(imgs * 255), 0, 255).astype(np.uint8))
+    for start in range(0, n, batch_size):
+        seeds = list(range(seed + start, seed + min(start + batch_size, n)))
+        out.append(generate_images(pipe, [prompt] * len(seeds), seeds, settings))
     return np.concatenate(out)
 
 
-def clip_gender(model, tokenizer, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """P(female) per image from the mini CLIP, zero-shot over "a photo of a woman" / "... a man"."""
-    import torch
+def load_mini_classifier(folder: str | Path | None = None):
+    """The package's zero-shot classifier on a mini CLIP folder (default: the shipped one), reading every image."""
+    from ..classify import load_classifier
+    from . import CLASSIFIER_DIR
 
-    labels = [world.TUNING_TEMPLATE.format("a " + world.PERSON_WORDS[g]) for g in ("female", "male")]
-    ids = tokenizer(labels, padding="max_length", max_length=tokenizer.model_max_length,
-                    return_tensors="pt").input_ids
-    probs = []
-    with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            x = torch.from_numpy(images[start : start + batch_size]).float().permute(0, 3, 1, 2) / 127.5 - 1
-            logits = model(input_ids=ids, pixel_values=x).logits_per_image
-            probs.append(logits.softmax(-1)[:, 0].numpy())
-    return np.concatenate(probs)
+    return load_classifier(str(folder or CLASSIFIER_DIR), min_confidence=0.5)
 
 
-def measure_professions(pipe, model, tokenizer, n: int = 64, seed: int = 0, steps: int = 10,
+def measure_professions(pipe, classifier, n: int = 64, seed: int = 0, steps: int = 10,
                         guidance: float = 1.0, template: str = world.TUNING_TEMPLATE,
                         batch_size: int = 64) -> tuple[list[dict], float]:
     """Per-profession rows (planted / oracle / CLIP share, agreement) and images per second."""
@@ -60,8 +62,7 @@ def measure_professions(pipe, model, tokenizer, n: int = 64, seed: int = 0, step
         seconds += time.perf_counter() - t0
         count += n
         oracle = np.asarray(world.oracle_gender(imgs))
-        p_female = clip_gender(model, tokenizer, imgs)
-        clip = np.where(p_female > 0.5, "female", "male")
+        clip = np.asarray(classifier.classify(imgs)[0])
         people = oracle != "unclear"
         rows.append({
             "profession": prof.name,
@@ -138,25 +139,19 @@ def sample_grid(pipe, path: str | Path, per_row: int = 10, seed: int = 0, steps:
 
 
 def load(weights: str | Path | None = None):
-    """(pipeline, CLIP model, CLIP tokenizer) of a mini-model folder (default: the shipped weights)."""
+    """(pipeline, zero-shot classifier) of a mini-model folder (default: the shipped weights)."""
     import torch
     from diffusers import StableDiffusionPipeline
-    from transformers import CLIPModel, CLIPTokenizer
 
-    from . import CLASSIFIER_DIR, PIPELINE_DIR
+    from . import PIPELINE_DIR
 
     root = Path(weights) if weights else None
-    pipe_dir = root / "pipeline" if root else PIPELINE_DIR
-    cls_dir = root / "classifier" if root else CLASSIFIER_DIR
-    pipe = StableDiffusionPipeline.from_pretrained(pipe_dir, dtype=torch.float32)
+    pipe = StableDiffusionPipeline.from_pretrained(root / "pipeline" if root else PIPELINE_DIR, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    model = CLIPModel.from_pretrained(cls_dir, dtype=torch.float32).eval()
-    return pipe, model, CLIPTokenizer.from_pretrained(cls_dir)
+    return pipe, load_mini_classifier(root / "classifier" if root else None)
 
 
 def main(argv: list[str] | None = None) -> None:
-    from diffusers import DPMSolverMultistepScheduler  # noqa: F401  (the default sampler)
-
     from ..threads import set_threads
     from . import SAMPLER
 
@@ -171,10 +166,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sweep", action="store_true", help="also sweep λ of a TIME edit a nurse -> a male nurse")
     args = ap.parse_args(argv)
     set_threads(args.threads)
-    pipe, model, tok = load(args.weights)
+    pipe, classifier = load(args.weights)
     steps = args.steps or SAMPLER["steps"]
     guidance = SAMPLER["guidance"] if args.guidance is None else args.guidance
-    rows, ips = measure_professions(pipe, model, tok, n=args.n, seed=args.seed, steps=steps, guidance=guidance)
+    rows, ips = measure_professions(pipe, classifier, n=args.n, seed=args.seed, steps=steps, guidance=guidance)
     print(f"sampler: {type(pipe.scheduler).__name__}, {steps} steps, guidance {guidance}, n={args.n}, "
           f"template {world.TUNING_TEMPLATE!r}")
     print(format_table(rows, ips))

@@ -1,0 +1,230 @@
+"""The three networks of the mini model and how each is trained: tiny CLIP, VAE, UNet (each from its own rng).
+
+:mod:`debias.mini.train` runs them in order. Every stage takes a numpy ``Generator`` for the world's samples and
+seeds torch itself where it draws noise, so the same seed and thread count give byte-identical weights.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import world
+from .tokenizer import MAX_LENGTH, CaptionIds
+
+
+def _progress(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, mininterval=15, miniters=1, dynamic_ncols=False, ncols=100)
+
+
+def _lr_schedule(opt, steps: int, warmup_frac: float):
+    """Linear warm-up then cosine decay to 5% (plain LambdaLR: works for any step count)."""
+    import math
+
+    import torch
+
+    warmup = max(1, int(steps * warmup_frac))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, steps - warmup)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _to_tensor(images: np.ndarray):
+    import torch
+
+    return torch.from_numpy(images).float().permute(0, 3, 1, 2) / 127.5 - 1
+
+
+# -------------------------------------------------------------------------------------- CLIP
+def clip_config(tokenizer):
+    from transformers import CLIPConfig
+
+    text = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                num_attention_heads=4, max_position_embeddings=MAX_LENGTH, projection_dim=64,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id)
+    vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                  image_size=world.SIZE, patch_size=4, projection_dim=64)
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=64)
+
+
+def train_clip(tokenizer, steps: int, batch: int, rng: np.random.Generator, lr: float = 2e-3):
+    """Contrastive training; images with identical captions count as positives of each other."""
+    import torch
+    from transformers import CLIPModel
+
+    model = CLIPModel(clip_config(tokenizer))
+    ids_of = CaptionIds(tokenizer)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    sched = _lr_schedule(opt, steps, 0.1)
+    bar = _progress(steps, "clip")
+    for _ in range(steps):
+        images, samples = world.sample_batch(batch, rng)
+        captions = [s.caption for s in samples]
+        same = torch.tensor([[a == b for b in captions] for a in captions], dtype=torch.float32)
+        logits = model(input_ids=ids_of(captions), pixel_values=_to_tensor(images)).logits_per_image
+        target = same / same.sum(1, keepdim=True)
+        loss = -(target * logits.log_softmax(1)).sum(1).mean() - (target * logits.T.log_softmax(1)).sum(1).mean()
+        opt.zero_grad()
+        (loss / 2).backward()
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item() / 2:.3f}")
+        bar.update()
+    bar.close()
+    return model.eval()
+
+
+def clip_zero_shot(model, classifier, tokenizer, rng: np.random.Generator, n: int = 512) -> dict:
+    """Zero-shot gender and profession accuracy on fresh renders (held-out templates included).
+
+    Gender is read by ``classifier``, the package's zero-shot classifier loaded from the saved CLIP folder, so the
+    figure is the one audits get; the profession is read by the CLIP ``model`` itself over "a photo of <profession>"
+    prompts (a check of what it learned; no audit reads professions).
+    """
+    import torch
+
+    samples = [world.sample_caption(rng) for _ in range(4 * n)]
+    people = [s for s in samples if s.subject in world.BACKGROUND][:n]
+    images = np.stack([world.render(s.subject, s.gender, rng, s.template) for s in people])
+    labels, _ = classifier.classify(images)
+    gender_acc = float(np.mean([label == s.gender for label, s in zip(labels, people)]))
+    prompts = [world.TUNING_TEMPLATE.format(prof.phrase) for prof in world.PROFESSIONS]
+    ids = CaptionIds(tokenizer)(prompts)
+    with torch.no_grad():
+        logits = model(input_ids=ids, pixel_values=_to_tensor(images)).logits_per_image
+    names = [prof.name for prof in world.PROFESSIONS]
+    prof_acc = float(np.mean([names[i] == s.subject for i, s in zip(logits.argmax(1).tolist(), people)]))
+    return {"clip_gender_accuracy": gender_acc, "clip_profession_accuracy": prof_acc, "clip_eval_n": len(people)}
+
+
+# --------------------------------------------------------------------------------------- VAE
+def train_vae(steps: int, batch: int, rng: np.random.Generator, lr: float = 1e-3, kl_weight: float = 1e-6):
+    import torch
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64),
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        layers_per_block=1, norm_num_groups=32, sample_size=world.SIZE)
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    sched = _lr_schedule(opt, steps, 0.05)
+    bar = _progress(steps, "vae")
+    for _ in range(steps):
+        images, _ = world.sample_batch(batch, rng)
+        x = _to_tensor(images)
+        post = vae.encode(x).latent_dist
+        recon = vae.decode(post.sample()).sample
+        mse = torch.nn.functional.mse_loss(recon, x)
+        loss = mse + kl_weight * post.kl().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.set_postfix(mse=f"{mse.item():.4f}")
+        bar.update()
+    bar.close()
+    return vae.eval()
+
+
+def encode_dataset(vae, n: int, rng: np.random.Generator, batch: int = 256):
+    """Render n training samples once and keep their latent mean/std and captions."""
+    import torch
+
+    means, stds, captions, psnrs = [], [], [], []
+    with torch.no_grad():
+        for start in range(0, n, batch):
+            images, samples = world.sample_batch(min(batch, n - start), rng)
+            x = _to_tensor(images)
+            dist = vae.encode(x).latent_dist
+            means.append(dist.mean)
+            stds.append(dist.std)
+            captions += [s.caption for s in samples]
+            if start < 1024:
+                recon = vae.decode(dist.mean).sample.clamp(-1, 1)
+                mse = ((recon - x) ** 2).mean(dim=(1, 2, 3)) / 4  # range 2 → 1
+                psnrs.append(-10 * torch.log10(mse))
+    return torch.cat(means), torch.cat(stds), captions, float(torch.cat(psnrs).mean())
+
+
+# -------------------------------------------------------------------------------------- UNet
+def build_unet():
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=world.SIZE // 2, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), mid_block_type="UNetMidBlock2DCrossAttn",
+        cross_attention_dim=64, attention_head_dim=8, norm_num_groups=16)
+
+
+def noise_scheduler():
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                         beta_schedule="scaled_linear", prediction_type="epsilon", clip_sample=False,
+                         steps_offset=1)
+
+
+def train_unet(text_encoder, ids_of: CaptionIds, means, stds, captions, scaling: float, steps: int,
+               batch: int, rng: np.random.Generator, lr: float = 1e-3, ema_decay: float = 0.999,
+               dropout: float = 0.1, snr_gamma: float = 5.0):
+    """Epsilon DDPM loss on pre-encoded latents, frozen text encoder, EMA weights returned.
+
+    The loss is Min-SNR-γ weighted (Hang et al., 2023): each timestep's ε-loss is scaled by
+    min(SNR, γ)/SNR, so the nearly-clean steps, whose error is pixel noise, stop dominating and the
+    noisy steps that decide the picture's layout (which gender cue, which background) learn faster.
+    """
+    import copy
+
+    import torch
+
+    unet = build_unet()
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    sched = noise_scheduler()
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
+    lr_sched = _lr_schedule(opt, steps, 0.05)
+    text_cache: dict[str, torch.Tensor] = {}
+
+    def embed(caps):
+        missing = sorted({c for c in caps if c not in text_cache})
+        if missing:
+            with torch.no_grad():
+                hidden = text_encoder(ids_of(missing))[0]
+            text_cache.update(zip(missing, hidden))
+        return torch.stack([text_cache[c] for c in caps])
+
+    gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    alphas = sched.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    weight = snr.clamp(max=snr_gamma) / snr
+    bar = _progress(steps, "unet")
+    losses = []
+    for step in range(steps):
+        idx = rng.integers(0, len(captions), batch)
+        caps = ["" if rng.random() < dropout else captions[i] for i in idx]
+        idx_t = torch.from_numpy(idx)
+        z = (means[idx_t] + stds[idx_t] * torch.randn(means[idx_t].shape, generator=gen)) * scaling
+        noise = torch.randn(z.shape, generator=gen)
+        t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=gen)
+        pred = unet(sched.add_noise(z, noise, t), t, encoder_hidden_states=embed(caps)).sample
+        loss = (weight[t] * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        lr_sched.step()
+        decay = min(ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), unet.parameters()):
+                pe.lerp_(p, 1 - decay)
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
+        bar.update()
+    bar.close()
+    return ema.eval(), float(np.mean(losses[-200:])) if losses else float("nan")
