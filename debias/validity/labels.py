@@ -1,0 +1,361 @@
+"""Human labels of a run's images: the append-only label file, CSV import, and the random sample to label.
+
+Layout, inside the audit folder (beside ``audit.json``)::
+
+    labels/labels.jsonl   one JSON object a line: {"key", "label", "labeller", "time", "source"}
+    labels/sample.json    the sample being labelled (written atomically; for the record and stable ids)
+
+``label`` is one of :data:`LABELS`. "skip" and "back" are navigation on the label page, never labels. The file
+is only ever appended to: each append is one write followed by ``fsync``, so a label the page acknowledged is on
+disk, and a process killed mid-write leaves at most a torn last line, which reading ignores (the next append
+starts a fresh line). **Relabelling:** the same labeller labelling the same image again does not rewrite
+anything; the later line in the file wins. Different labellers' labels are all kept (for Cohen's κ).
+
+**The sample** is stratified by profession and random within each: a profession's images are ordered by a
+seeded hash of their keys (a random order that stays put when an audit later adds images), and the first
+``per_profession`` are labelled. The page serves them round-robin over professions (in a seeded order within
+each round), so whenever a labeller stops, each profession's labelled images are a uniformly random subset of
+its images, which is what prediction-powered inference (:mod:`debias.validity.ppi`) needs.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import secrets
+import threading
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from debias.errors import InputError
+from debias.io import atomic_write_json
+from debias.validity.ppi import LABELS_FOR_10
+
+LABELS = ("female", "male", "unclear", "no_person")
+NAVIGATION = ("skip", "back")
+CSV_HEADER = ["image", "label", "labeller"]
+MAX_ERRORS_SHOWN = 20
+
+
+# ------------------------------------------------------------------------------------------ run images
+@dataclass(frozen=True)
+class RunImage:
+    """One image of an audit: its cache key, file, profession, prompt and the classifier's label."""
+
+    key: str
+    image: str          # as audit.json names it, relative to the audit folder ("images/<key>.png")
+    path: Path
+    profession: str
+    prompt: str
+    predicted: str      # the classifier's label: female / male / unclear
+    oracle: str | None  # a synthetic world's pixel oracle, when there is one
+
+
+@dataclass
+class RunImages:
+    """The images of one audit folder, by key, in the audit's order."""
+
+    run_dir: Path
+    professions: list[str]
+    images: dict[str, RunImage]
+
+    def of(self, profession: str) -> list[RunImage]:
+        return [im for im in self.images.values() if im.profession == profession]
+
+    def lookup(self, ref: str) -> RunImage | None:
+        """An image by key, file name (``<key>.png``) or path as audit.json writes it (``images/<key>.png``)."""
+        ref = ref.strip()
+        if ref in self.images:
+            return self.images[ref]
+        name = Path(ref.replace("\\", "/")).name
+        stem = name[:-4] if name.lower().endswith(".png") else None
+        return self.images.get(stem) if stem else None
+
+
+def load_run(run_dir: str | os.PathLike, audit_record: dict | None = None) -> RunImages:
+    """The images of the audit in ``run_dir`` (its ``audit.json``, or ``audit_record`` when given)."""
+    run_dir = Path(run_dir)
+    if audit_record is None:
+        path = run_dir / "audit.json"
+        if not path.is_file():
+            raise InputError(f"{run_dir}: no audit.json here. Label an audit folder (debias audit --out DIR), "
+                             "or a fix folder's before/ or after/.")
+        audit_record = json.loads(path.read_text(encoding="utf-8"))
+    professions, images = [], {}
+    for row in audit_record.get("professions", []):
+        name = row.get("profession") or row.get("phrase")
+        professions.append(name)
+        for s in row.get("samples", []):
+            key = Path(s["image"]).stem
+            images.setdefault(key, RunImage(key, s["image"], (run_dir / s["image"]).resolve(), name,
+                                            s.get("prompt", ""), s.get("label", "unclear"), s.get("oracle")))
+    if not images:
+        raise InputError(f"{run_dir}/audit.json lists no images: nothing to label.")
+    return RunImages(run_dir, professions, images)
+
+
+# ------------------------------------------------------------------------------------------ label store
+@dataclass(frozen=True)
+class LabelRecord:
+    key: str
+    label: str
+    labeller: str
+    time: str
+    source: str = "page"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_label(label: str, where: str = "") -> str:
+    """``label`` if it is one of :data:`LABELS`, else an error that says what to use."""
+    if label in LABELS:
+        return label
+    if label in NAVIGATION:
+        raise InputError(f"{where}{label!r} is navigation on the label page, not a label; "
+                         f"use one of {', '.join(LABELS)}")
+    raise InputError(f"{where}unknown label {label!r}; use one of {', '.join(LABELS)}")
+
+
+def check_labeller(name: str, where: str = "") -> str:
+    name = (name or "").strip()
+    if not name or len(name) > 200 or any(ord(c) < 32 for c in name):
+        raise InputError(f"{where}a labeller name must be 1-200 printable characters, got {name!r}")
+    return name
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class LabelStore:
+    """The append-only label file of a run folder (see the module docstring)."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.path = Path(run_dir) / "labels" / "labels.jsonl"
+        self.skipped_lines = 0  # lines that were not a complete label (torn by a kill, or edited by hand)
+        self._lock = threading.Lock()
+
+    def add(self, key: str, label: str, labeller: str, source: str = "page") -> LabelRecord:
+        record = LabelRecord(key, check_label(label), check_labeller(labeller), now(), source)
+        self.append([record])
+        return record
+
+    def append(self, records: Sequence[LabelRecord]) -> None:
+        """Write ``records`` in one append and fsync: once this returns they survive a crash."""
+        if not records:
+            return
+        data = b"".join(json.dumps(r.to_dict(), ensure_ascii=False).encode() + b"\n" for r in records)
+        with self._lock:
+            new = not self.path.exists()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a+b") as fh:
+                fh.seek(0, os.SEEK_END)
+                if fh.tell() > 0:  # a torn last line has no newline: end it so it stays one bad line
+                    fh.seek(-1, os.SEEK_END)
+                    if fh.read(1) != b"\n":
+                        data = b"\n" + data
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            if new:
+                _fsync_dir(self.path.parent)
+
+    def records(self) -> list[LabelRecord]:
+        """Every complete label line, in file order; other lines are counted in ``skipped_lines``."""
+        if not self.path.is_file():
+            return []
+        out, self.skipped_lines = [], 0
+        for line in self.path.read_bytes().split(b"\n"):
+            if not line.strip():
+                continue
+            record = _parse(line)
+            if record is None:
+                self.skipped_lines += 1
+            else:
+                out.append(record)
+        return out
+
+    def latest(self) -> dict[str, dict[str, str]]:
+        """image key → {labeller: label}, the later line winning for the same image and labeller."""
+        labels: dict[str, dict[str, str]] = {}
+        for r in self.records():
+            labels.setdefault(r.key, {})[r.labeller] = r.label
+        return labels
+
+
+def _parse(line: bytes) -> LabelRecord | None:
+    try:
+        d = json.loads(line.decode("utf-8"))
+        record = LabelRecord(str(d["key"]), str(d["label"]), str(d["labeller"]), str(d.get("time", "")),
+                             str(d.get("source", "")))
+    except (ValueError, KeyError, TypeError):
+        return None
+    return record if record.label in LABELS else None
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot fsync a folder; the file itself is synced
+    finally:
+        os.close(fd)
+
+
+def consensus(per_labeller: dict[str, str]) -> str:
+    """One label for an image from several labellers: the most common; a tie between different labels is
+    "unclear" (people disagree, so the image's gender is not clear)."""
+    counts: dict[str, int] = {}
+    for label in per_labeller.values():
+        counts[label] = counts.get(label, 0) + 1
+    best = max(counts.values())
+    top = [label for label, c in counts.items() if c == best]
+    return top[0] if len(top) == 1 else "unclear"
+
+
+# ------------------------------------------------------------------------------------------ CSV import
+def read_labels_csv(path: str | os.PathLike, run: RunImages) -> list[LabelRecord]:
+    """Label records from a CSV with the header ``image,label,labeller`` (exactly), all or nothing.
+
+    ``image`` is an image's key or file name. Every problem is reported with its line number (unknown image,
+    unknown label, the same image and labeller twice, a wrong header or row), up to the first 20.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"--import {path}: no such file.")
+    errors: list[str] = []
+    records: list[LabelRecord] = []
+    first_seen: dict[tuple[str, str], int] = {}
+    stamp = now()
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header] != CSV_HEADER:
+            got = ",".join(header) if header else "an empty file"
+            raise InputError(f"{path}:1: the header must be exactly '{','.join(CSV_HEADER)}', got '{got}'.")
+        for row in reader:
+            line = reader.line_num
+            if not any(cell.strip() for cell in row):
+                continue
+            record = _csv_row(row, line, run, first_seen, errors, stamp, path.name)
+            if record is not None:
+                records.append(record)
+    if errors:
+        shown = "\n  ".join(f"{path}:{e}" for e in errors[:MAX_ERRORS_SHOWN])
+        more = f"\n  … and {len(errors) - MAX_ERRORS_SHOWN} more" if len(errors) > MAX_ERRORS_SHOWN else ""
+        raise InputError(f"{path}: {len(errors)} problem(s), nothing imported:\n  {shown}{more}")
+    return records
+
+
+def _csv_row(row: list[str], line: int, run: RunImages, first_seen: dict, errors: list[str], stamp: str,
+             source: str) -> LabelRecord | None:
+    if len(row) != len(CSV_HEADER):
+        errors.append(f"{line}: expected 3 values (image,label,labeller), got {len(row)}")
+        return None
+    ref, label, labeller = (cell.strip() for cell in row)
+    image = run.lookup(ref)
+    problems = []
+    if image is None:
+        problems.append(f"unknown image {ref!r}: not an image of {run.run_dir}/audit.json (give its key or its "
+                        "file name, e.g. images/<key>.png)")
+    try:
+        check_label(label)
+    except InputError as err:
+        problems.append(str(err))
+    try:
+        labeller = check_labeller(labeller)
+    except InputError as err:
+        problems.append(str(err))
+    if image is not None and not problems:
+        seen = first_seen.setdefault((image.key, labeller), line)
+        if seen != line:
+            problems.append(f"duplicate: image {ref!r} is labelled by {labeller!r} again (first on line {seen}); "
+                            "keep one row per image and labeller")
+    errors.extend(f"{line}: {p}" for p in problems)
+    return None if problems else LabelRecord(image.key, label, labeller, stamp, f"csv:{source}")
+
+
+def import_labels_csv(path: str | os.PathLike, run_dir: str | os.PathLike) -> list[LabelRecord]:
+    """Check a label CSV against the run's images and append its labels to the run's label file."""
+    run = load_run(run_dir)
+    records = read_labels_csv(path, run)
+    LabelStore(run_dir).append(records)
+    return records
+
+
+# ------------------------------------------------------------------------------------------ the sample
+@dataclass(frozen=True)
+class SampleItem:
+    id: str        # opaque: the page and image URLs use this, never the key or the profession
+    key: str
+    stratum: int   # 1, 2, … in a seeded order unrelated to the audit's profession order
+
+
+@dataclass
+class LabelSample:
+    seed: int
+    per_profession: int
+    items: list[SampleItem]  # in the order the page serves them
+    strata: dict[int, str]   # stratum number → profession (kept server-side)
+
+    def by_id(self) -> dict[str, SampleItem]:
+        return {item.id: item for item in self.items}
+
+    def sizes(self) -> dict[int, int]:
+        sizes = {s: 0 for s in sorted(self.strata)}
+        for item in self.items:
+            sizes[item.stratum] += 1
+        return sizes
+
+
+def _rank(seed: int, text: str) -> str:
+    return hashlib.sha256(f"{seed}:{text}".encode()).hexdigest()
+
+
+def draw_sample(run: RunImages, per_profession: int = LABELS_FOR_10, seed: int = 0, salt: str = "") -> LabelSample:
+    """The stratified random sample to label (see the module docstring); the same for the same seed."""
+    if per_profession < 1:
+        raise InputError(f"--per-profession must be at least 1, got {per_profession}")
+    strata_order = sorted(run.professions, key=lambda p: _rank(seed, "stratum:" + p))
+    strata = {i + 1: name for i, name in enumerate(strata_order)}
+    number = {name: i for i, name in strata.items()}
+    chosen: list[tuple[int, str, SampleItem]] = []
+    for name in run.professions:
+        present = [im.key for im in run.of(name) if im.path.is_file()]
+        for r, key in enumerate(sorted(present, key=lambda k: _rank(seed, k))[:per_profession]):
+            item = SampleItem(_rank(seed, f"id:{salt}:{key}")[:16], key, number[name])
+            chosen.append((r, _rank(seed, f"order:{key}"), item))
+    chosen.sort(key=lambda t: (t[0], t[1]))
+    return LabelSample(seed, per_profession, [t[2] for t in chosen], strata)
+
+
+def sample_for_run(run: RunImages, per_profession: int = LABELS_FOR_10, seed: int = 0) -> LabelSample:
+    """:func:`draw_sample` with ids kept stable across restarts (a salt saved in ``labels/sample.json``),
+    and the sample written there for the record."""
+    path = run.run_dir / "labels" / "sample.json"
+    salt = ""
+    if path.is_file():
+        try:
+            salt = str(json.loads(path.read_text(encoding="utf-8")).get("salt", ""))
+        except (ValueError, AttributeError):
+            salt = ""
+    salt = salt or secrets.token_hex(8)
+    sample = draw_sample(run, per_profession, seed, salt)
+    atomic_write_json(path, {"seed": seed, "per_profession": per_profession, "salt": salt,
+                             "strata": {str(k): v for k, v in sample.strata.items()},
+                             "items": [asdict(item) for item in sample.items]})
+    return sample
+
+
+def labelled_by(store_labels: dict[str, dict[str, str]], labeller: str, keys: Iterable[str]) -> set[str]:
+    """The keys among ``keys`` that ``labeller`` has labelled."""
+    return {k for k in keys if labeller in store_labels.get(k, {})}
