@@ -69,11 +69,10 @@ def load_mini(weights: str | None):
 
     if weights is None:
         pipe = load_pipeline("mini")
-        clf = load_classifier("mini", is_mini=True)
+        clf = load_classifier("mini")
     else:
         pipe = load_pipeline(str(Path(weights) / "pipeline"))
-        pipe._debias_is_mini = True
-        clf = load_classifier(str(Path(weights) / "classifier"), is_mini=True)
+        clf = load_classifier(str(Path(weights) / "classifier"))
     return pipe, clf
 
 
@@ -81,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     from debias.cache import ImageCache
     from debias.generate import default_batch_size, default_settings, measure, use_scheduler, work_items
     from debias.mini import world
-    from debias.prompts import mini_professions, mini_templates, profession_prompts
+    from debias.profiles import get_profile
+    from debias.prompts import profession_prompts
     from debias.threads import set_threads
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -92,11 +92,12 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     threads = set_threads(args.threads)
     pipe, clf = load_mini(args.weights)
-    settings = default_settings(pipe, is_mini=True)
-    batch = args.batch_size or default_batch_size(pipe, True)
+    mini = get_profile("mini")
+    settings = default_settings(pipe, mini.sampler)
+    batch = args.batch_size or default_batch_size(pipe, mini.sampler)
     use_scheduler(pipe, settings.scheduler)
-    templates = mini_templates().test
-    items = [it for e in mini_professions() for it in work_items(profession_prompts(e, templates), 0, args.n)]
+    templates, professions = mini.template_set().test, mini.default_professions()
+    items = [it for e in professions for it in work_items(profession_prompts(e, templates), 0, args.n)]
 
     # warm-up outside the measurement (first calls allocate and pick kernels)
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
 
     n = len(items)
     outside = wall - unet - vae
-    print(f"mini model, {n} images ({len(mini_professions())} professions × {args.n}), {settings.scheduler} "
+    print(f"mini model, {n} images ({len(professions)} professions × {args.n}), {settings.scheduler} "
           f"{settings.steps} steps, guidance {settings.guidance}, {threads} thread(s), batch {batch}, "
           f"device {settings.device}")
     print(f"{'':34} {'images/s':>9} {'wall s':>8} {'UNet s':>8} {'VAE s':>8} {'outside':>8}")

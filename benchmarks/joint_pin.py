@@ -25,7 +25,7 @@ from types import SimpleNamespace
 
 import torch
 
-from debias import auditing as audit_mod
+from debias.setup import load_model
 from debias.editing.solver import joint_from_pins
 from debias.fixing.plan import (Anchors, ProfessionState, encode_preserve_rows, kept_rows, probe_rows, set_destination,
                                 single_matrix)
@@ -47,7 +47,7 @@ def load_professions(pipe, fix_record: dict, augmentations) -> list[ProfessionSt
         if rec.get("lambda_relative") is None or not rec.get("destination"):
             continue
         p = ProfessionState(entry=SimpleNamespace(name=rec["profession"], phrase=rec["phrase"]), target=rec["target"],
-                        before={}, tuning_before={})
+                        before=None, tuning_before=None)  # the rows and λ are all the joint edit reads
         set_destination(p, rec["destination"].split()[1], pipe, augmentations)
         p.log_lambda = math.log(rec["lambda_relative"])
         profs.append(p)
@@ -99,7 +99,7 @@ def main() -> None:
     if not path.is_file():
         raise SystemExit(f"{path} not found: run `make demo` first (it writes runs/demo/fix.json) or pass --fix.")
     record = json.loads(path.read_text(encoding="utf-8"))
-    pipe, _, _ = audit_mod.resolve_pipeline(record["model"]["spec"], False, audit_mod.distributed_from_env())
+    pipe = load_model(record["model"]["spec"]).pipe
     augmentations = tuple(record["augmentations"])
     # as in the fix: the anchors, and the preserve prompts (unedited professions among them), stay in place
     anchor_prompts, preserve = record["anchors"]["prompts"], record["preserve"]

@@ -115,11 +115,11 @@ def saved_folder_options() -> dict[str, Any]:
     sampler, so every folder is judged alike either way. Kept in this one place so they can go once every
     saved folder carries its profile.
     """
-    from debias.mini import SAMPLER
-    from debias.prompts import mini_templates
+    from debias.profiles import get_profile
 
-    return {"classifier": "mini", "templates": list(mini_templates().get("test")), "steps": SAMPLER["steps"],
-            "guidance": SAMPLER["guidance"], "batch_size": SAMPLER["batch_size"]}
+    mini = get_profile("mini")
+    return {"classifier": mini.classifier, "templates": list(mini.template_set().test), "steps": mini.sampler.steps,
+            "guidance": mini.sampler.guidance, "batch_size": mini.sampler.batch_size}
 
 
 # ------------------------------------------------------------------------------------ UCE math (pure)
@@ -255,12 +255,14 @@ def measure_ratios(pipe, clf, concepts: Sequence[Concept], iteration: int, image
     """Generate and classify each unfrozen profession's tuning prompt on fresh tuning seeds; returns images asked."""
     from debias import stats
     from debias.generate import measure, work_items
-    from debias.prompts import mini_templates, profession_prompts
+    from debias.profiles import get_profile
+    from debias.prompts import profession_prompts
 
+    tuning = get_profile("mini").template_set().tuning
     live = [c for c in concepts if not c.frozen]
     items, owner = [], []
     for c in live:
-        items += work_items(profession_prompts(c.entry, mini_templates().get("tuning")), iteration * images, images,
+        items += work_items(profession_prompts(c.entry, tuning), iteration * images, images,
                             TUNING_SEED)
         owner += [c] * images
     results = measure(pipe, clf, items, settings=settings, cache=cache, batch_size=batch, progress=False)
@@ -307,19 +309,16 @@ def write_stage(path: Path, inputs: dict, record: dict) -> None:
 def uce_loop(entries, out: Path, threads: int | None, target: float, defaults: dict[str, float],
              say=print) -> dict[str, Any]:
     """UCE's debiasing loop on the mini model; saves ``out/pipeline`` and returns the record."""
-    from debias import auditing as audit_mod
     from debias.editing import revert_edit, save_pipeline
     from debias.cache import ImageCache
-    from debias.generate import default_settings
     from debias.mini import SAMPLER
-    from debias.models import model_info
-    from debias.threads import set_threads
+    from debias.setup import LoadedModel, RunOptions, classifier_for, sampler_settings, start
 
-    set_threads(threads)
+    loaded = start("mini", threads=threads).model
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    pipe, _, _ = audit_mod.resolve_pipeline("mini", False, audit_mod.distributed_from_env())
-    clf = audit_mod.resolve_classifier(None, True, None, None, None, 0.6, pipe)
-    settings = default_settings(pipe, is_mini=True)
+    pipe = loaded.pipe
+    clf = classifier_for(loaded, RunOptions().filled(loaded))
+    settings, _ = sampler_settings(loaded, RunOptions())
     cache = ImageCache(out)
     concepts = build_concepts(pipe, entries, target)
     images, iterations, status = 0, 0, "iterations_exhausted"
@@ -346,7 +345,7 @@ def uce_loop(entries, out: Path, threads: int | None, target: float, defaults: d
         apply_uce(pipe, concepts, [c for c in concepts if c.frozen], defaults["lam"], defaults["edit_scale"],
                   defaults["preserve_scale"])
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    metadata = {"kind": "uce_debias", "base_model": model_info(pipe, "mini"), "defaults": defaults,
+    metadata = {"kind": "uce_debias", "base_model": LoadedModel.of(pipe, "mini").info(), "defaults": defaults,
                 "contexts": list(UCE_CONTEXTS)}
     folder = save_pipeline(pipe, out / "pipeline", metadata=metadata)
     revert_edit(pipe)
@@ -378,11 +377,12 @@ def ensure_fix_pipeline(fix_dir: Path) -> Path:
     if (folder / "model_index.json").is_file():
         return folder
     from debias.editing import load_edit, save_pipeline
-    from debias.models import load_pipeline, model_info
+    from debias.models import load_pipeline
+    from debias.setup import LoadedModel
 
     pipe = load_pipeline("mini")
     load_edit(pipe, fix_dir / "edit.safetensors")
-    return save_pipeline(pipe, folder, metadata={"kind": "edited_pipeline", "base_model": model_info(pipe, "mini"),
+    return save_pipeline(pipe, folder, metadata={"kind": "edited_pipeline", "base_model": LoadedModel.of(pipe, "mini").info(),
                                                  "from": str(fix_dir / "edit.safetensors")})
 
 
@@ -401,7 +401,7 @@ def run_fix(fix_dir: Path, reuse: bool, threads: int | None) -> dict[str, Any]:
     else:
         cpu0, wall0 = time.process_time(), time.perf_counter()
         record = debias.fix("mini", professions=PROFESSIONS, out=fix_dir, threads=threads,
-                            save_pipeline=fix_dir / "pipeline", progress=False)
+                            save_pipeline=fix_dir / "pipeline", progress=False).to_dict()
         cpu, wall, source = time.process_time() - cpu0, time.perf_counter() - wall0, "this run"
         from debias.io import atomic_write_json
 
@@ -422,10 +422,11 @@ def save_base(out: Path) -> Path:
     if (folder / "model_index.json").is_file():
         return folder
     from debias.editing import save_pipeline
-    from debias.models import load_pipeline, model_info
+    from debias.models import load_pipeline
+    from debias.setup import LoadedModel
 
     pipe = load_pipeline("mini")
-    return save_pipeline(pipe, folder, metadata={"kind": "unedited", "base_model": model_info(pipe, "mini")})
+    return save_pipeline(pipe, folder, metadata={"kind": "unedited", "base_model": LoadedModel.of(pipe, "mini").info()})
 
 
 def audit_folder(folder: Path, out: Path, n: int, threads: int | None) -> dict[str, Any]:
@@ -433,7 +434,7 @@ def audit_folder(folder: Path, out: Path, n: int, threads: int | None) -> dict[s
     from debias.auditing import audit
 
     return audit(str(folder), professions=PROFESSIONS, images_per_profession=n, out=out, seed=0, threads=threads,
-                 progress=False, **saved_folder_options())
+                 progress=False, **saved_folder_options()).to_dict()
 
 
 def object_images(folder: Path, out: Path, clf, seeds: int) -> tuple[np.ndarray, list[str]]:
@@ -442,10 +443,11 @@ def object_images(folder: Path, out: Path, clf, seeds: int) -> tuple[np.ndarray,
     from debias.generate import default_settings, measure
     from debias.mini import world
     from debias.models import load_pipeline
+    from debias.profiles import get_profile
 
     opts = saved_folder_options()
     pipe = load_pipeline(str(folder))
-    settings = default_settings(pipe, is_mini=False, steps=opts["steps"], guidance=opts["guidance"])
+    settings = default_settings(pipe, get_profile("default").sampler, steps=opts["steps"], guidance=opts["guidance"])
     cache = ImageCache(out)
     items = [(p, s) for p in world.OBJECT_PROMPTS for s in range(seeds)]
     results = measure(pipe, clf, items, settings=settings, cache=cache, batch_size=opts["batch_size"], progress=False)
@@ -473,9 +475,9 @@ def judged(record: dict) -> dict[str, Any]:
     """What the table needs from an audit record."""
     rows = [{k: p[k] for k in ("profession", "n", "n_female", "n_male", "n_unclear", "share_female", "ci_low",
                                "ci_high", "delta")} for p in record["professions"]]
-    tol, within = record["tolerance"], 0
-    for p in record["professions"]:
-        within += p["share_female"] is not None and abs(p["share_female"] - p["target"]) <= tol
+    from debias import stats
+
+    within = sum(stats.within_band(p["share_female"], p["target"], record["tolerance"]) for p in record["professions"])
     return {"mean_delta": record["mean_delta"], "mean_delta_ci": [record["mean_delta_ci_low"],
                                                                    record["mean_delta_ci_high"]],
             "noise_floor": record["mean_delta_noise_floor"], "within_tolerance": within, "professions": rows,

@@ -44,7 +44,8 @@ from debias.editing import (DEFAULT_AUGMENTATIONS, edit_from_prompts, edit_matri
                             lambda_scale)
 from debias.fixing import DEFAULT_ANCHOR_STRENGTH, anchor_prompts_for
 from debias.models import load_pipeline, original_weights
-from debias.prompts import TIMED_TEMPLATES, mini_templates
+from debias.profiles import get_profile
+from debias.prompts import TIMED_TEMPLATES
 from debias.threads import set_threads
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -157,7 +158,7 @@ def main() -> None:
     print(f"{'':<48}{'':>10}{'before':>12}{'now':>10}{'before':>12}{'now':>10}{'before':>12}{'now':>10}")
     start = time.perf_counter()
     record = {"kind": "bench-precision", "torch": torch.__version__, "threads": threads, "models": {}}
-    mini = mini_templates()
+    mini = get_profile("mini").template_set()
     from debias.mini import world
 
     record["models"]["mini"] = run_model("mini", build_mini, tuple(world.AUGMENTATIONS), mini.tuning + mini.test)

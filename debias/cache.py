@@ -43,13 +43,14 @@ def edit_id(M: torch.Tensor | None) -> str | None:
 def model_key(pipe) -> str:
     """What identifies the model's weights for the cache: its fingerprint, plus the current K/V
     weights when an edit has been baked in (the fingerprint names the *original* weights)."""
-    cached = getattr(pipe, "_debias_cache_key", None)
-    baked = getattr(pipe, "_debias_original_kv", None) is not None
-    if cached is not None and not baked:
-        return cached
+    from debias.editing.state import edit_state
     from debias.models import find_cross_attention, fingerprint
 
-    key = fingerprint(pipe)
+    state = edit_state(pipe)
+    baked = state.originals is not None
+    if state.fingerprint is None:
+        state.fingerprint = fingerprint(pipe)
+    key = state.fingerprint
     if baked:
         digest = hashlib.sha256()
         for proj in find_cross_attention(pipe):
@@ -57,7 +58,6 @@ def model_key(pipe) -> str:
             digest.update(proj.name.encode())
             digest.update(w.reshape(-1).view(torch.uint8).numpy().tobytes())
         return f"{key}+baked:{digest.hexdigest()}"
-    pipe._debias_cache_key = key
     return key
 
 

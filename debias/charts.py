@@ -101,7 +101,7 @@ def share_chart(
         if planted is not None and any(p is not None for p in planted):
             px = [(p, y) for y, p in zip(ys, planted) if p is not None]
             ax.scatter([p for p, _ in px], [y for _, y in px], marker="x", s=22, color=PLANTED_COLOR,
-                       lw=1.2, zorder=5, label="planted share (mini model)")
+                       lw=1.2, zorder=5, label="planted share (synthetic world)")
         ax.set_yticks(ys, [_short(label) for label in labels])
         ax.set_ylim(n - 0.5, -0.5)
         ax.set_xlim(0, 1)

@@ -6,14 +6,16 @@ cause are ``DebiasError``s; ``main`` prints their message (no stack trace) and e
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
 from debias import __version__
 from debias.errors import DebiasError
+from debias.profiles import DEFAULT_MODEL, builtin_names
 
 app = typer.Typer(
     name="debias",
@@ -39,14 +41,63 @@ def _root(
 
 # ---- commands are added below, one function per verb ----
 
-# Options that mean the same on every verb that loads a model (audit, fix, edit) or generates images (audit, fix).
-DEVICE_HELP = "Torch device, e.g. cuda, cuda:1 or cpu (default: this process's GPU when there is one, else cpu)."
-DTYPE_HELP = ("Weights' dtype: float32, float16 or bfloat16 (default: float16 on a GPU for real models, float32 "
-              "otherwise; edits are judged and saved in this dtype, see the README on precision).")
-HEIGHT_HELP = "Image height in pixels, a multiple of the VAE's factor (default: the model's native size)."
-WIDTH_HELP = "Image width in pixels (default: the model's native size)."
-BATCH_HELP = ("Images per pipeline call (default: 8 at 512² on a GPU scaled by image area, halved automatically "
-              "on out-of-memory; 4 on a CPU).")
+# Options that mean the same on every verb that has them, declared once: (type, typer.Option) pairs.
+Model = Annotated[str, typer.Option("--model", help=f"Hub id, local diffusers folder, or a built-in model "
+                                                   f"({', '.join(builtin_names())}).")]
+Professions = Annotated[Optional[Path], typer.Option(
+    "--professions", help="Profession list (default: the model profile's, e.g. TIMED's 35 for real models); format "
+                          "in professions/README.md.")]
+Templates = Annotated[list[str], typer.Option(
+    "--templates", help="Held-out test prompt template with {} for the profession (repeatable), or one template "
+                        "file (default: the model profile's test templates).")]
+Classifiers = Annotated[list[str], typer.Option(
+    "--classifier", help="CLIP: open_clip:ARCH/PRETRAINED, a transformers hub id or folder, or a built-in model's "
+                         "name (default: the model profile's; open_clip:ViT-L-14/openai for real models). Repeatable: "
+                         "the first is the primary (the audit's shares); the others read the same images and are "
+                         "compared with it (a fix's before and after audits).")]
+LabelsFemale = Annotated[list[str], typer.Option(
+    "--labels-female", help="Label prompt(s) for female (repeatable; default 'a photo of a woman').")]
+LabelsMale = Annotated[list[str], typer.Option(
+    "--labels-male", help="Label prompt(s) for male (repeatable; default 'a photo of a man').")]
+LabelsNone = Annotated[list[str], typer.Option(
+    "--labels-none", help="'No person' prompt(s) (repeatable; off by default); images closer to these than to a "
+                          "person are unclear.")]
+MinConfidence = Annotated[Optional[float], typer.Option(
+    "--min-confidence", help="Abstain (unclear) when max(p_female, 1-p_female) is below this (default 0.6, or what "
+                             "a saved fixed model records).")]
+Target = Annotated[float, typer.Option("--target", help="Target female share (a list line's target=… overrides it).")]
+Tolerance = Annotated[float, typer.Option(
+    "--tolerance", help="The band: a profession is within it when |share - target| <= this.")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed of image 0; image i uses seed + i (the same seeds before "
+                                                  "and after a fix).")]
+BatchSize = Annotated[Optional[int], typer.Option(
+    "--batch-size", help="Images per pipeline call (default: the profile's, or 8 at 512² on a GPU scaled by image "
+                         "area, halved automatically on out-of-memory; 4 on a CPU).")]
+Steps = Annotated[Optional[int], typer.Option("--steps", help="Sampling steps (default: the model profile's).")]
+Guidance = Annotated[Optional[float], typer.Option(
+    "--guidance", help="Classifier-free guidance (default: the model profile's).")]
+Height = Annotated[Optional[int], typer.Option(
+    "--height", help="Image height in pixels, a multiple of the VAE's factor (default: the profile's, or the model's "
+                     "native size).")]
+Width = Annotated[Optional[int], typer.Option(
+    "--width", help="Image width in pixels (default: the profile's, or the model's native size).")]
+Device = Annotated[Optional[str], typer.Option(
+    "--device", help="Torch device, e.g. cuda, cuda:1 or cpu (default: this process's GPU when there is one, "
+                     "else cpu).")]
+Dtype = Annotated[Optional[str], typer.Option(
+    "--dtype", help="Weights' dtype: float32, float16 or bfloat16 (default: float16 on a GPU for real models, "
+                    "float32 otherwise; edits are judged and saved in this dtype, see the README on precision).")]
+Threads = Annotated[Optional[int], typer.Option(
+    "--threads", help="Torch threads (default: DEBIAS_NUM_THREADS, or cores / processes).")]
+AllowPickle = Annotated[bool, typer.Option(
+    "--allow-pickle", help="Allow pickle (.bin) weights; only for models you trust.")]
+SavePipeline = Annotated[Optional[Path], typer.Option(
+    "--save-pipeline", help="Also write the edited model as a diffusers folder.")]
+
+
+def _shared(**options) -> dict:
+    """The shared options as API keyword arguments: repeatable options left empty mean the default (None)."""
+    return {name: (value or None) if isinstance(value, list) else value for name, value in options.items()}
 
 
 def _read_edit_pairs_csv(path: Path, source_column: str, destination_column: str) -> list[tuple[str, str]]:
@@ -79,7 +130,7 @@ def _read_edit_pairs_csv(path: Path, source_column: str, destination_column: str
 
 @app.command("edit")
 def edit_command(
-    model: str = typer.Option("mini", "--model", help="Hub id, local diffusers folder, or 'mini' (built-in)."),
+    model: Model = DEFAULT_MODEL,
     source: list[str] = typer.Option([], "--source", help="Source prompt, e.g. 'a nurse' (repeatable, pairs with --destination)."),
     destination: list[str] = typer.Option([], "--destination", help="Destination prompt, e.g. 'a male nurse' (repeatable)."),
     csv_path: Optional[Path] = typer.Option(None, "--csv", help="CSV of pairs (header with source/destination columns)."),
@@ -89,11 +140,11 @@ def edit_command(
     lam_relative: Optional[float] = typer.Option(None, "--lam-relative", help="λ divided by the mean squared norm of the source rows (comparable across models)."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Also edit inside 'A photo of …', 'An image of …', 'A picture of …'."),
     out: Path = typer.Option(Path("edit.safetensors"), "--out", help="Edit file to write (safetensors)."),
-    save_pipeline_dir: Optional[Path] = typer.Option(None, "--save-pipeline", help="Also write the edited model as a diffusers folder."),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin) weights; only for models you trust."),
-    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help=DTYPE_HELP),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (default: DEBIAS_NUM_THREADS or cores)."),
+    save_pipeline: SavePipeline = None,
+    allow_pickle: AllowPickle = False,
+    device: Device = None,
+    dtype: Dtype = None,
+    threads: Threads = None,
 ) -> None:
     """Compute a TIME edit (source → destination prompts) and write it as an edit file.
 
@@ -113,100 +164,105 @@ def edit_command(
     from debias.editing import DEFAULT_AUGMENTATIONS, edit
 
     result = edit(model, pairs, lam=lam, lam_relative=lam_relative,
-                  augmentations=DEFAULT_AUGMENTATIONS if augment else (), out=out, save_pipeline=save_pipeline_dir,
+                  augmentations=DEFAULT_AUGMENTATIONS if augment else (), out=out, save_pipeline=save_pipeline,
                   device=device, dtype=dtype, threads=threads, allow_pickle=allow_pickle, progress=True)
     result.print_summary()
 
 
 @app.command("audit")
 def audit_command(
-    model: str = typer.Option("mini", "--model", help="Hub id, local diffusers folder, or 'mini' (built-in)."),
-    professions: Optional[Path] = typer.Option(None, "--professions", help="Profession list (default: the mini world's for 'mini', TIMED's 35 otherwise); format in professions/README.md."),
+    model: Model = DEFAULT_MODEL,
+    professions: Professions = None,
     images_per_profession: int = typer.Option(64, "--images-per-profession", "-n", help="Images per profession (per round with --ci-width)."),
     out: Path = typer.Option(Path("runs/audit"), "--out", help="Run folder: audit.json, audit.csv, images/ (also the cache; rerun to resume)."),
     prompt_set: str = typer.Option("test", "--prompt-set", help="'test' (held-out prompts) or 'tuning' (the prompt a fix tunes on)."),
-    templates: list[str] = typer.Option([], "--templates", help="Prompt template with {} for the profession (repeatable), or one template file."),
-    classifier: Optional[str] = typer.Option(None, "--classifier", help="CLIP: open_clip:ARCH/PRETRAINED, a transformers hub id or folder, or 'mini' (default: mini for the mini model, open_clip:ViT-L-14/openai otherwise)."),
-    labels_female: list[str] = typer.Option([], "--labels-female", help="Label prompt(s) for female (repeatable; default 'a photo of a woman')."),
-    labels_male: list[str] = typer.Option([], "--labels-male", help="Label prompt(s) for male (repeatable; default 'a photo of a man')."),
-    labels_none: list[str] = typer.Option([], "--labels-none", help="'No person' prompt(s) (repeatable; off by default); images closer to these than to a person are unclear."),
-    min_confidence: Optional[float] = typer.Option(None, "--min-confidence", help="Abstain (unclear) when max(p_female, 1-p_female) is below this (default 0.6, or what a saved fixed model records)."),
-    target: float = typer.Option(0.5, "--target", help="Target female share (a list line's target=… overrides it)."),
-    tolerance: float = typer.Option(0.05, "--tolerance", help="A profession is within tolerance when |share - target| <= this."),
-    seed: int = typer.Option(0, "--seed", help="Seed of image 0; image i uses seed + i."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=BATCH_HELP),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: 10 mini, 25 real models)."),
-    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance (default: 1.0 mini, 7.5 real models)."),
-    height: Optional[int] = typer.Option(None, "--height", help=HEIGHT_HELP),
-    width: Optional[int] = typer.Option(None, "--width", help=WIDTH_HELP),
-    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help=DTYPE_HELP),
+    templates: Templates = [],
+    classifier: Classifiers = [],
+    labels_female: LabelsFemale = [],
+    labels_male: LabelsMale = [],
+    labels_none: LabelsNone = [],
+    min_confidence: MinConfidence = None,
+    target: Target = 0.5,
+    tolerance: Tolerance = 0.05,
+    seed: Seed = 0,
+    batch_size: BatchSize = None,
+    steps: Steps = None,
+    guidance: Guidance = None,
+    height: Height = None,
+    width: Width = None,
+    device: Device = None,
+    dtype: Dtype = None,
     ci_width: Optional[float] = typer.Option(None, "--ci-width", help="Sequential: keep generating until the 95% interval's full width is below this (0.2 ≈ ±0.10)."),
     max_images: Optional[int] = typer.Option(None, "--max-images", help="Per-profession cap with --ci-width (default 1024)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (default: DEBIAS_NUM_THREADS or cores / processes)."),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin) weights; only for models you trust."),
+    threads: Threads = None,
+    allow_pickle: AllowPickle = False,
 ) -> None:
     """Measure the perceived female share per profession, with 95% intervals (cached, resumable)."""
-    import os
-
     from debias.auditing import audit
 
-    record = audit(
-        model, professions=professions, images_per_profession=images_per_profession, out=out, prompt_set=prompt_set,
-        templates=templates or None, classifier=classifier, labels_female=labels_female or None,
-        labels_male=labels_male or None, labels_none=labels_none or None, min_confidence=min_confidence,
-        target=target, tolerance=tolerance, seed=seed, batch_size=batch_size, steps=steps, guidance=guidance,
-        height=height, width=width, device=device, dtype=dtype, ci_width=ci_width, max_images=max_images, threads=threads, allow_pickle=allow_pickle, print_table=True,
-    )
-    if record["hardware"]["processes"] == 1 or int(os.environ.get("RANK", "0") or 0) == 0:
+    result = audit(model, images_per_profession=images_per_profession, out=out, prompt_set=prompt_set,
+                   ci_width=ci_width, max_images=max_images, print_table=True, **_shared(
+                       professions=professions, templates=templates, classifier=classifier,
+                       labels_female=labels_female, labels_male=labels_male, labels_none=labels_none,
+                       min_confidence=min_confidence, target=target, tolerance=tolerance, seed=seed,
+                       batch_size=batch_size, steps=steps, guidance=guidance, height=height, width=width,
+                       device=device, dtype=dtype, threads=threads, allow_pickle=allow_pickle))
+    if result.hardware["processes"] == 1 or int(os.environ.get("RANK", "0") or 0) == 0:
         typer.echo(f"wrote {out / 'audit.json'}, {out / 'audit.csv'} and {out / 'report.html'}")
 
 
 @app.command("fix")
 def fix_command(
-    professions: Optional[Path] = typer.Option(None, "--professions", help="Profession list to fix (default: the mini world's for 'mini', TIMED's 35 otherwise); format in professions/README.md."),
-    model: str = typer.Option("mini", "--model", help="Hub id, local diffusers folder, or 'mini' (built-in)."),
-    target: float = typer.Option(0.5, "--target", help="Target female share (a list line's target=… overrides it)."),
-    tolerance: float = typer.Option(0.05, "--tolerance", help="Band around the target a profession should end in."),
+    professions: Professions = None,
+    model: Model = DEFAULT_MODEL,
+    target: Target = 0.5,
+    tolerance: Tolerance = 0.05,
     budget: int = typer.Option(320, "--budget", help="Images per profession the λ search may use (never exceeded; 320 ≈ ±0.08 at 95% on the tuning prompts)."),
     out: Path = typer.Option(Path("runs/fix"), "--out", help="Run folder: fix.json, edit.safetensors, before/, after/, images (rerun to resume)."),
-    tuning_templates: list[str] = typer.Option([], "--tuning-templates", help="Validation template with {} that λ_p is tuned on (repeatable), or one template file; never a test template (default: the model family's validation templates; TIMED's is 'A photo of {}')."),
+    templates: Templates = [],
+    tuning_templates: list[str] = typer.Option([], "--tuning-templates", help="Validation template with {} that λ_p is tuned on (repeatable), or one template file; never a test template (default: the model profile's validation templates; TIMED's is 'A photo of {}')."),
     preserve: list[str] = typer.Option([], "--preserve", help="Prompt to keep unchanged (repeatable), or a file with one per line; professions left unedited are always preserved."),
-    seed: int = typer.Option(0, "--seed", help="Seed of test image 0; image i uses seed + i (the same seeds before and after); tuning, search and joint rounds use seeds from seed + 1,000,000."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (default: DEBIAS_NUM_THREADS or cores)."),
+    seed: Seed = 0,
     test_images: int = typer.Option(128, "--test-images", help="Images per profession on the held-out test prompts, before and after."),
     check_images: int = typer.Option(128, "--check-images", help="Images per profession per joint round on the tuning prompts."),
     joint_rounds: int = typer.Option(2, "--joint-rounds", help="Rounds of re-tuning strengths against cross-effects of the joint edit."),
-    side_prompts: list[str] = typer.Option([], "--side-prompts", help="Unrelated prompt for the side-effect check (repeatable; default: the mini world's objects, or everyday objects and scenes)."),
+    side_prompts: list[str] = typer.Option([], "--side-prompts", help="Unrelated prompt for the side-effect check (repeatable; default: the model profile's)."),
     side_seeds: int = typer.Option(16, "--side-seeds", help="Seeds per unrelated prompt for the side-effect check."),
     anchor_strength: float = typer.Option(100.0, "--anchor-strength", help="Weight of the anchors (the bare augmentation templates and the empty prompt, kept fixed so the edit moves only what the profession adds); 0 turns them off."),
     max_drift: float = typer.Option(0.12, "--max-drift", help="Strongest edit allowed: unrelated prompts' conditioning may move by at most this (relative norm); 0 turns the limit off."),
-    classifier: Optional[str] = typer.Option(None, "--classifier", help="CLIP for perceived gender (as for debias audit)."),
-    min_confidence: Optional[float] = typer.Option(None, "--min-confidence", help="Abstain (unclear) when max(p_female, 1-p_female) is below this (default 0.6)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: 10 mini, 25 real models)."),
-    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance (default: 1.0 mini, 7.5 real models)."),
-    height: Optional[int] = typer.Option(None, "--height", help=HEIGHT_HELP),
-    width: Optional[int] = typer.Option(None, "--width", help=WIDTH_HELP),
-    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help=DTYPE_HELP),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=BATCH_HELP),
-    save_pipeline_dir: Optional[Path] = typer.Option(None, "--save-pipeline", help="Also write the edited model as a diffusers folder."),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin) weights; only for models you trust."),
+    classifier: Classifiers = [],
+    labels_female: LabelsFemale = [],
+    labels_male: LabelsMale = [],
+    labels_none: LabelsNone = [],
+    min_confidence: MinConfidence = None,
+    batch_size: BatchSize = None,
+    steps: Steps = None,
+    guidance: Guidance = None,
+    height: Height = None,
+    width: Width = None,
+    device: Device = None,
+    dtype: Dtype = None,
+    threads: Threads = None,
+    save_pipeline: SavePipeline = None,
+    allow_pickle: AllowPickle = False,
 ) -> None:
     """Edit the model so that each profession reaches the target share on held-out prompts (TIME, one joint edit)."""
-    from debias.fixing import fix, print_summary
+    from debias.fixing import fix
 
     preserve_arg: list[str] | str | None = preserve or None
     if preserve and len(preserve) == 1 and Path(preserve[0]).is_file():
         preserve_arg = preserve[0]
-    record = fix(model, professions=professions, out=out, target=target, tolerance=tolerance, budget=budget,
-                 test_images=test_images, check_images=check_images, joint_rounds=joint_rounds,
-                 tuning_templates=tuning_templates or None, preserve=preserve_arg,
-                 anchor_strength=anchor_strength, side_prompts=side_prompts or None, side_seeds=side_seeds, max_drift=max_drift or None, seed=seed,
-                 classifier=classifier, min_confidence=min_confidence, steps=steps, guidance=guidance, height=height,
-                 width=width, device=device, dtype=dtype, batch_size=batch_size, threads=threads, save_pipeline=save_pipeline_dir, allow_pickle=allow_pickle)
-    print_summary(record)
-    written = [out / "fix.json"] + ([out / "edit.safetensors"] if record["edit_file"] else [])
+    result = fix(model, out=out, budget=budget, test_images=test_images, check_images=check_images,
+                 joint_rounds=joint_rounds, tuning_templates=tuning_templates or None, preserve=preserve_arg,
+                 anchor_strength=anchor_strength, side_prompts=side_prompts or None, side_seeds=side_seeds,
+                 max_drift=max_drift or None, save_pipeline=save_pipeline, **_shared(
+                     professions=professions, templates=templates, classifier=classifier,
+                     labels_female=labels_female, labels_male=labels_male, labels_none=labels_none,
+                     min_confidence=min_confidence, target=target, tolerance=tolerance, seed=seed,
+                     batch_size=batch_size, steps=steps, guidance=guidance, height=height, width=width,
+                     device=device, dtype=dtype, threads=threads, allow_pickle=allow_pickle))
+    result.print_summary()
+    written = [out / "fix.json"] + ([out / "edit.safetensors"] if result.edit_file else [])
     typer.echo(f"wrote {', '.join(map(str, written + [out / 'before', out / 'after']))}")
     typer.echo(f"report: {out / 'report.html'}")
 
@@ -216,12 +272,40 @@ def report_command(
     run_dirs: list[Path] = typer.Argument(..., help="An audit folder, a fix folder, or two audit folders (before, then after).", show_default=False),
     out: Optional[Path] = typer.Option(None, "--out", help="HTML file to write (default: RUN_DIR/report.html; for two audits AFTER_DIR/compare_report.html). report.json and report.csv go beside it."),
 ) -> None:
-    """Render the self-contained HTML report (offline, one file) from the JSON in run folders; no model is loaded."""
+    """Render the self-contained HTML report (offline, one file) from the JSON in run folders; no model is loaded.
+
+    Human labels added since the audit ran (debias label) are read first: each audit's validity block in its
+    audit.json is recomputed from them, so the report shows the prediction-powered shares."""
     from debias.report import render_report, twin_paths
 
     path = render_report(run_dirs, out)
     json_path, csv_path = twin_paths(path)
     typer.echo(f"wrote {path} (numbers in {json_path.name}, {csv_path.name})")
+
+
+@app.command("label")
+def label_command(
+    run_dir: Path = typer.Argument(..., help="An audit folder (with audit.json), e.g. runs/audit or a fix's before/.", show_default=False),
+    labeller: Optional[str] = typer.Option(None, "--labeller", help="Your name, saved with each label (default: your user name)."),
+    port: int = typer.Option(8765, "--port", help="Port to listen on; a port in use is an error (0: any free port)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (default loopback only; there is no login)."),
+    per_profession: int = typer.Option(93, "--per-profession", help="Images to label per profession (93 pins the classifier's error rate to ±0.10, 381 to ±0.05)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random sample and its order (the same seed gives the same sample)."),
+    import_csv: Optional[Path] = typer.Option(None, "--import", help="Import labels from a CSV (header image,label,labeller) and exit; no server."),
+) -> None:
+    """Label a random sample of a run's images by hand, blind (a local web page), or import labels from a CSV."""
+    if import_csv is not None:
+        from debias.validity.labels import import_labels_csv
+
+        records = import_labels_csv(import_csv, run_dir)
+        typer.echo(f"imported {len(records)} labels into {run_dir / 'labels' / 'labels.jsonl'}")
+        return
+    import getpass
+
+    from debias.validity.server import serve
+
+    serve(run_dir, labeller or getpass.getuser() or "labeller", host=host, port=port,
+          per_profession=per_profession, seed=seed)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import inspect
 import os
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -37,8 +37,8 @@ import torch
 
 from debias.cache import ImageCache, edit_id, item_key, model_key
 from debias.errors import GenerationError, InputError
+from debias.memory import AdaptiveBatch, execution_device, vae_tiles
 
-REAL_SAMPLER = {"scheduler": "DPMSolverMultistepScheduler", "steps": 25, "guidance": 7.5}
 """Defaults for real models: a multistep DPM-Solver at 25 steps and classifier-free guidance 7.5."""
 
 
@@ -55,14 +55,20 @@ class SamplerSettings:
     width: int
     dtype: str
     device: str  # device type ("cpu", "cuda"): kernels differ, so images may differ in the last bit
+    vae_tiling: bool = False  # the VAE decodes these images in tiles (debias.memory.vae_tiles): other pixels
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings as recorded and hashed into image keys; ``vae_tiling`` only when on, so images made
+        without it keep the keys they always had."""
+        record = asdict(self)
+        if not self.vae_tiling:
+            record.pop("vae_tiling")
+        return record
 
 
 def _pipe_device(pipe) -> torch.device:
-    device = getattr(pipe, "device", None)
-    return device if isinstance(device, torch.device) else torch.device("cpu")
+    """Where the pipeline computes (an offloaded pipeline's accelerator, though its weights wait on the CPU)."""
+    return execution_device(pipe)
 
 
 def _pipe_dtype(pipe) -> torch.dtype:
@@ -76,7 +82,7 @@ def _pipe_dtype(pipe) -> torch.dtype:
 def default_resolution(pipe) -> int:
     """The pipeline's native image size: the denoiser's sample size times the VAE's scale factor."""
     net = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
-    sample = getattr(getattr(net, "config", None), "sample_size", None)
+    sample = getattr(getattr(net, "config", None), "sample_size", None) or getattr(pipe, "default_sample_size", None)
     scale = getattr(pipe, "vae_scale_factor", 8)
     if isinstance(sample, (list, tuple)):
         sample = sample[0]
@@ -85,57 +91,76 @@ def default_resolution(pipe) -> int:
 
 def default_settings(
     pipe,
+    sampler: Any,
     *,
-    is_mini: bool,
     steps: int | None = None,
     guidance: float | None = None,
     scheduler: str | None = None,
     height: int | None = None,
     width: int | None = None,
 ) -> SamplerSettings:
-    """Default sampling for a pipeline: the mini model's ``SAMPLER``, else DPM-Solver 25 steps, 7.5."""
-    if is_mini:
-        from debias.mini import SAMPLER
+    """The given sampling settings, with those left unset taken from ``sampler`` (a profile's
+    :class:`~debias.profiles.Sampler`; its unset size is the pipeline's native one, and its scheduler None
+    keeps the pipeline's own, e.g. SD3's and FLUX's flow-matching scheduler).
 
-        base = {"scheduler": SAMPLER["scheduler"], "steps": SAMPLER["steps"], "guidance": SAMPLER["guidance"]}
-        size = (SAMPLER["height"], SAMPLER["width"])
-    else:
-        base = dict(REAL_SAMPLER)
-        size = (default_resolution(pipe),) * 2
+    Raises:
+        InputError: a pipeline that cannot be audited (:func:`~debias.models.check_text_to_image`), a bad size.
+    """
+    from debias.models import check_text_to_image
+
+    check_text_to_image(pipe)
+    native = default_resolution(pipe)
     if steps is not None and steps < 1:
         raise InputError(f"--steps must be at least 1, got {steps}")
-    multiple = max(8, int(getattr(pipe, "vae_scale_factor", 8) or 8))  # diffusers' pipelines check 8 at least
+    multiple = size_multiple(pipe)
     for option, value in (("--height", height), ("--width", width)):
         if value is not None and (value < multiple or value % multiple):
             raise InputError(f"{option} {value}: image sizes must be positive multiples of {multiple} for this "
                              f"pipeline; try {max(multiple, value // multiple * multiple)}.")
-    return SamplerSettings(
-        scheduler=scheduler or base["scheduler"],
-        steps=int(steps if steps is not None else base["steps"]),
-        guidance=float(guidance if guidance is not None else base["guidance"]),
-        height=int(height or size[0]),
-        width=int(width or size[1]),
+    settings = SamplerSettings(
+        scheduler=scheduler or _profile_scheduler(pipe, sampler.scheduler),
+        steps=int(steps if steps is not None else sampler.steps),
+        guidance=float(guidance if guidance is not None else sampler.guidance),
+        height=int(height or sampler.height or native),
+        width=int(width or sampler.width or native),
         dtype=str(_pipe_dtype(pipe)).replace("torch.", ""),
         device=_pipe_device(pipe).type,
     )
+    return replace(settings, vae_tiling=True) if vae_tiles(pipe, settings.height, settings.width) else settings
 
 
-def default_batch_size(pipe, is_mini: bool, settings: SamplerSettings | None = None) -> int:
-    """Images per pipeline call: the mini model's default; on a GPU 8 at 512×512, scaled by the image area
-    (1 to 32; :func:`measure` halves it when the GPU runs out of memory); 4 on a CPU."""
-    if is_mini:
-        from debias.mini import SAMPLER
-
-        return int(SAMPLER.get("batch_size", 64))
+def default_batch_size(pipe, sampler: Any, settings: SamplerSettings | None = None) -> int:
+    """Images per pipeline call: the profile's ``sampler.batch_size`` when it sets one; else on a GPU 8 at
+    512×512, scaled by the image area (1 to 32; :func:`measure` halves it when the GPU runs out of memory);
+    4 on a CPU."""
+    if sampler.batch_size:
+        return int(sampler.batch_size)
     if _pipe_device(pipe).type != "cuda":
         return 4
     area = (settings.height * settings.width) if settings is not None else 512 * 512
     return int(min(max(8 * 512 * 512 // area, 1), 32))
 
 
-def use_scheduler(pipe, name: str) -> None:
-    """Swap the pipeline's scheduler for the diffusers class ``name`` (same config), if it differs."""
-    if type(pipe.scheduler).__name__ == name:
+def _profile_scheduler(pipe, name: str | None) -> str:
+    """A profile's scheduler ``name``, or the pipeline's own when ``name`` is None or of the other kind (a flow-matching
+    model's velocity means nothing to a diffusion scheduler): a family without a profile keeps its scheduler."""
+    own = type(pipe.scheduler).__name__
+    if name is None or ("FlowMatch" in own) != ("FlowMatch" in name):
+        return own
+    return name
+
+
+def size_multiple(pipe) -> int:
+    """What image sides must be multiples of: 8 at least (diffusers' pipelines check it), the VAE's scale factor
+    times the transformer's patch (SD3's ``patch_size``), or the image processor's (FLUX packs 2×2 latents)."""
+    scale = int(getattr(pipe, "vae_scale_factor", 8) or 8)
+    processor = getattr(getattr(pipe, "image_processor", None), "config", None)
+    return max(8, scale * int(getattr(pipe, "patch_size", 1) or 1), int(getattr(processor, "vae_scale_factor", 1) or 1))
+
+
+def use_scheduler(pipe, name: str | None) -> None:
+    """Swap the pipeline's scheduler for the diffusers class ``name`` (same config), if it differs; None keeps it."""
+    if name is None or type(pipe.scheduler).__name__ == name:
         return
     import diffusers
 
@@ -182,7 +207,7 @@ class SampleResult:
     image: str  # path relative to the cache root
     label: str  # "female" | "male" | "unclear"
     p_female: float
-    oracle: str | None = None  # mini model only: the pixel-rule oracle's label
+    oracle: str | None = None  # a synthetic world's ground truth read from the pixels (its profile's oracle)
     reused: bool = False  # the image was in the cache before this call
 
 
@@ -225,15 +250,35 @@ def pipeline_options(pipe) -> dict[str, Any]:
     return {name: value for name, value in PIPELINE_OPTIONS.items() if name in accepted}
 
 
+def call_arguments(pipe, **arguments: Any) -> dict[str, Any]:
+    """``arguments`` and :func:`pipeline_options`, less those the pipeline's ``__call__`` does not take.
+
+    Generation passes the same options to every pipeline; one without, say, ``guidance_scale`` gets the others
+    (its guidance is its own). A ``__call__`` that takes ``**kwargs`` is given everything."""
+    parameters = inspect.signature(pipe.__call__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return {**arguments, **pipeline_options(pipe)}
+    return {k: v for k, v in arguments.items() if k in parameters} | pipeline_options(pipe)
+
+
 def _pipeline_call(pipe, prompts, seeds, settings) -> tuple[np.ndarray, list[bool]]:
     """Images and, per image, whether a safety checker blanked it (such an image shows no one: unclear)."""
     generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+    call = call_arguments(pipe, prompt=list(prompts), generator=generators, num_inference_steps=settings.steps,
+                          guidance_scale=settings.guidance, height=settings.height, width=settings.width,
+                          output_type="np")
     with torch.inference_mode():
-        out = pipe(prompt=list(prompts), generator=generators, num_inference_steps=settings.steps,
-                   guidance_scale=settings.guidance, height=settings.height, width=settings.width,
-                   output_type="np", **pipeline_options(pipe))
+        out = pipe(**call)
     flags = getattr(out, "nsfw_content_detected", None) or [False] * len(prompts)
-    return to_uint8(out.images), [bool(f) for f in flags]
+    return to_uint8(_as_array(out.images)), [bool(f) for f in flags]
+
+
+def _as_array(images: Any) -> np.ndarray:
+    """Pipeline images as ``[N, H, W, 3]`` floats in [0, 1]: arrays pass, and the PIL images of a pipeline that
+    takes no ``output_type`` are converted."""
+    if isinstance(images, (list, tuple)) and images and hasattr(images[0], "convert"):
+        return np.stack([np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0 for image in images])
+    return np.asarray(images)
 
 
 def _progress(total: int, enabled: bool, description: str):
@@ -260,16 +305,19 @@ def measure(
     progress: bool = True,
     description: str = "generating",
     stage: str | None = None,
+    adapt_batch: bool = False,
 ) -> list[SampleResult]:
     """Generate (or reuse) and classify every ``(prompt, seed)`` item; results in ``items`` order.
 
     ``classifier`` is a :class:`debias.classify.ZeroShotClassifier` (anything with ``cache_id`` and
     ``classify(uint8 NHWC) -> (labels, p_female)``). ``edit`` is an optional d×d matrix applied
     through :func:`debias.editing.conditioning_transform` (no weight is written). ``oracle`` labels
-    images by ground truth (the mini world's ``oracle_gender``). Under ``dist`` with several
+    images by ground truth (a synthetic world's profile has one). Under ``dist`` with several
     processes, this process does items ``i % world_size == rank`` and every process returns all results.
     ``stage`` is stamped on every image this call generates (e.g. ``"search"``), so a run can count its images
-    by the stage that made them from the cache itself, across interruptions and resumes.
+    by the stage that made them from the cache itself, across interruptions and resumes. ``adapt_batch`` lets
+    the batch grow from ``batch_size`` to what the GPU's free memory holds (:class:`debias.memory.AdaptiveBatch`;
+    for a batch size the user did not choose); an out-of-memory error halves it either way.
     """
     dist = dist or Distributed()
     if batch_size < 1:
@@ -292,23 +340,10 @@ def measure(
     bar = _progress(len(to_generate) + len(to_label), progress and dist.is_main, description)
     with bar as prog:
         task = prog.add_task(description, total=len(to_generate) + len(to_label)) if prog else None
-        start = 0
-        while start < len(to_generate):
-            batch = to_generate[start:start + batch_size]
-            prompts = [unique[k][0] for k in batch]
-            seeds = [unique[k][1] for k in batch]
-            try:
-                images, blanked = _generate(pipe, prompts, seeds, settings, edit)
-            except torch.OutOfMemoryError as err:
-                batch_size = _smaller_batch(batch_size, settings, err)
-                continue
-            start += len(batch)
-            oracles = oracle(images) if oracle is not None else [None] * len(batch)
-            cache.put_images([_image_record(k, p, s, o, b, stage)
-                              for k, p, s, o, b in zip(batch, prompts, seeds, oracles, blanked)], images)
-            _label(cache, classifier, batch, images)
-            if prog:
-                prog.advance(task, len(batch))
+        advance = (lambda n: prog.advance(task, n)) if prog else (lambda n: None)
+        sizer = AdaptiveBatch.for_call(batch_size, pipe, settings, adapt_batch)
+        _generate_missing(pipe, classifier, cache, [(k, *unique[k]) for k in to_generate], settings=settings,
+                          edit=edit, sizer=sizer, oracle=oracle, stage=stage, advance=advance)
         for start in range(0, len(to_label), batch_size):
             batch = to_label[start:start + batch_size]
             _label(cache, classifier, batch, cache.read_images(batch))
@@ -325,6 +360,29 @@ def measure(
                                     p_female=float(lab["p_female"]), oracle=img.get("oracle"),
                                     reused=k in cached_before))
     return results
+
+
+def _generate_missing(pipe, classifier, cache: ImageCache, work: Sequence[tuple[str, str, int]], *,
+                      settings: SamplerSettings, edit: torch.Tensor | None, sizer: AdaptiveBatch,
+                      oracle: Callable[[np.ndarray], list[str]] | None, stage: str | None,
+                      advance: Callable[[int], None]) -> None:
+    """Generate, store and label the ``(key, prompt, seed)`` items of ``work``, ``sizer.size`` per call."""
+    start = 0
+    while start < len(work):
+        keys, prompts, seeds = (list(column) for column in zip(*work[start:start + sizer.size]))
+        try:
+            sizer.begin()
+            images, blanked = _generate(pipe, prompts, seeds, settings, edit)
+        except torch.OutOfMemoryError as err:
+            sizer.halved(_smaller_batch(sizer.size, settings, err))
+            continue
+        sizer.done(len(keys))
+        start += len(keys)
+        oracles = oracle(images) if oracle is not None else [None] * len(keys)
+        cache.put_images([_image_record(k, p, s, o, b, stage)
+                          for k, p, s, o, b in zip(keys, prompts, seeds, oracles, blanked)], images)
+        _label(cache, classifier, keys, images)
+        advance(len(keys))
 
 
 def _smaller_batch(batch_size: int, settings: SamplerSettings, err: BaseException) -> int:

@@ -1,11 +1,12 @@
-"""Loading pipelines and finding the layers a TIME edit changes.
+"""Loading pipelines and identifying the weights a TIME edit changes.
 
-``load_pipeline`` accepts a hub id, a local diffusers folder, or ``"mini"`` (the built-in model).
-``find_cross_attention`` finds the cross-attention ``to_k`` / ``to_v`` projections by what they are
-(attention modules that read the text conditioning), not by the module names of one model, so the
-same code serves SD 1.x, SD 2.x, SDXL and PixArt. ``fingerprint`` identifies the original K/V
-weights exactly (dtype included, for caches); ``weights_summary`` describes them independently of
-dtype, so an edit file can refuse a model it was not made for and accept the same model in float16.
+``load_pipeline`` accepts a hub id, a local diffusers folder, or a built-in model's name (``"mini"``).
+The layers an edit changes are found by what they are (:mod:`debias.editing.layers`, re-exported here):
+cross-attention ``to_k`` / ``to_v`` for SD 1.x, SD 2.x, SDXL and PixArt, the text input projection
+(``context_embedder``) for SD3 and FLUX. ``fingerprint`` identifies their original weights exactly (dtype
+included, for caches; a model no edit applies to is named by all its denoiser's weights, so it can still be
+audited); ``weights_summary`` describes them independently of dtype, so an edit file can refuse a model it
+was not made for and accept the same model in float16.
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ import functools
 import hashlib
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from debias.errors import ModelLoadError
+from debias.editing.layers import (  # noqa: F401 - re-exported: where callers have always found them
+    EDITABLE_FAMILIES, KVProjection, TextProjection, conditioning_width, denoiser, find_cross_attention,
+    find_text_projections, model_family, text_projections,
+)
+from debias.errors import InputError, ModelLoadError
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -29,16 +32,6 @@ _DTYPES = {
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
 }
 _PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
-
-
-@dataclass
-class KVProjection:
-    """One cross-attention key or value projection that reads the text conditioning."""
-
-    name: str          # full module name inside the denoiser, e.g. "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"
-    kind: str          # "to_k" or "to_v"
-    module: nn.Linear
-    in_features: int   # width of the conditioning it reads
 
 
 # --------------------------------------------------------------------------------------------------
@@ -55,16 +48,17 @@ def resolve_dtype(torch_dtype: Any) -> torch.dtype | None:
     return dtype
 
 
-def _mini_dir() -> Path:
-    try:
-        from debias.mini import PIPELINE_DIR  # lazy: the mini package is only needed for "mini"
-    except ImportError as err:
-        raise ModelLoadError(f"the built-in mini model is not available in this install ({err}); "
-                             "reinstall debias or pass --model with a local diffusers folder.") from err
-    path = Path(PIPELINE_DIR)
+def _builtin_dir(spec: str) -> Path | None:
+    """The folder of the built-in model named ``spec`` (e.g. ``"mini"``), or None when ``spec`` names none."""
+    from debias.profiles import builtin_model
+
+    profile = builtin_model(spec)
+    if profile is None:
+        return None
+    path = Path(profile.builtin_folder())
     if not (path / "model_index.json").is_file():
-        raise ModelLoadError(f"the built-in mini model's weights are missing at {path}; reinstall debias "
-                             "(or train them: see debias/mini) or pass --model with a local diffusers folder.")
+        raise ModelLoadError(f"the built-in model {spec!r} has no weights at {path}; reinstall debias "
+                             "or pass --model with a local diffusers folder.")
     return path
 
 
@@ -136,10 +130,11 @@ def load_pipeline(
     revision: str | None = None,
     allow_pickle: bool = False,
 ):
-    """Load a diffusers pipeline from a hub id, a local folder, or ``"mini"`` (the built-in model).
+    """Load a diffusers pipeline from a hub id, a local folder, or a built-in model's name (``"mini"``).
 
     Only safetensors weights are loaded unless ``allow_pickle=True``: pickle files can run
-    arbitrary code. The progress bar is disabled (debias shows its own progress).
+    arbitrary code. The progress bar is disabled (debias shows its own progress). The pipeline is returned
+    as diffusers made it; :class:`debias.setup.LoadedModel` describes it (spec, revision, profile).
 
     Raises:
         ModelLoadError: not found, offline without a cache, gated, or pickle-only weights; the message
@@ -148,10 +143,10 @@ def load_pipeline(
     from diffusers import DiffusionPipeline
 
     dtype = resolve_dtype(torch_dtype)
-    is_mini = spec == "mini"
-    source = str(_mini_dir()) if is_mini else spec
+    builtin = _builtin_dir(spec)
+    source = str(builtin) if builtin is not None else spec
     local = Path(os.path.expanduser(source))
-    if is_mini or local.exists():
+    if builtin is not None or local.exists():
         _check_local_folder(local, spec, allow_pickle)
         source = str(local)
     elif spec.startswith((".", "/", "~")) or spec.count("/") > 1:  # a path, not an "owner/name" hub id
@@ -181,17 +176,24 @@ def load_pipeline(
     if device is not None:
         pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    pipe._debias_spec = spec
-    from_hub = not (is_mini or local.exists())
-    pipe._debias_revision = revision if revision is not None or not from_hub else _cached_revision(spec)
-    record = {} if is_mini else saved_record(local)
-    profile, profile_source = ("mini", None) if is_mini else saved_profile(local, record)
-    pipe._debias_is_mini = profile == "mini"
-    pipe._debias_profile = profile
-    pipe._debias_profile_source = profile_source
-    # the settings the fix judged this model with (sampler, size, test prompts, classifier): an audit's defaults
-    pipe._debias_audit_defaults = dict(record.get("audit_defaults") or {})
     return pipe
+
+
+def check_text_to_image(pipe) -> None:
+    """Refuse, with what to do, a pipeline that cannot be audited: one whose ``__call__`` takes no ``prompt``
+    (unconditional or class-conditional) or that has no text encoder loaded."""
+    import inspect
+
+    name = type(pipe).__name__
+    if "prompt" not in inspect.signature(pipe.__call__).parameters:
+        raise InputError(f"{name} cannot be audited: it takes no text prompt (an unconditional or class-conditional "
+                         "pipeline), so there is no profession to ask for. debias audits text-to-image pipelines "
+                         "(Stable Diffusion 1.x/2.x, SDXL, PixArt, SD3, FLUX and others that take a prompt).")
+    encoders = {k: v for k, v in getattr(pipe, "components", {}).items() if "text_encoder" in k}
+    if not any(v is not None for v in encoders.values()):
+        which = f" ({', '.join(sorted(encoders))} {'is' if len(encoders) == 1 else 'are'} None)" if encoders else ""
+        raise InputError(f"{name} has no text encoder loaded{which}, so it cannot turn a prompt into an image; load "
+                         "the pipeline with its text encoders (do not pass text_encoder=None) to audit it.")
 
 
 SAVED_RECORD = "debias_edit.json"  # written into a folder by --save-pipeline: how the model was made
@@ -219,11 +221,11 @@ def saved_profile(folder: Path, record: dict | None = None) -> tuple[str | None,
     """
     data = saved_record(folder) if record is None else record
     base = data.get("base_model") or {}
-    profile = data.get("profile") or base.get("profile") or ("mini" if base.get("is_mini") else None)
+    profile = data.get("profile") or base.get("profile")
     return profile, str(folder / SAVED_RECORD) if profile or data.get("audit_defaults") else None
 
 
-def _cached_revision(spec: str) -> str | None:
+def cached_revision(spec: str) -> str | None:
     """The commit hash of a hub model's cached snapshot, when it can be found without a network call."""
     try:
         from huggingface_hub import snapshot_download
@@ -234,96 +236,69 @@ def _cached_revision(spec: str) -> str | None:
         return None
 
 
-def model_info(pipe, spec: str | None = None) -> dict[str, Any]:
-    """What a run record says about the model: spec, fingerprint, revision, profile (and where it came from)."""
-    spec = spec if spec is not None else getattr(pipe, "_debias_spec", None)
-    is_mini = bool(getattr(pipe, "_debias_is_mini", spec == "mini"))
-    return {
-        "spec": spec,
-        "fingerprint": fingerprint(pipe),
-        "revision": getattr(pipe, "_debias_revision", None),
-        "is_mini": is_mini,
-        "profile": getattr(pipe, "_debias_profile", "mini" if is_mini else None),
-        "profile_source": getattr(pipe, "_debias_profile_source", None),
-        "class": type(pipe).__name__,
-    }
-
-
 # --------------------------------------------------------------------------------------------------
-# Finding the layers
+# Fingerprints
 # --------------------------------------------------------------------------------------------------
-
-
-def denoiser(pipe) -> nn.Module:
-    """The network that reads the text conditioning: ``pipe.unet`` or ``pipe.transformer``."""
-    for attr in ("unet", "transformer"):
-        module = getattr(pipe, attr, None)
-        if isinstance(module, nn.Module):
-            return module
-    raise ModelLoadError(f"{type(pipe).__name__} has neither a UNet nor a transformer denoiser; "
-                         "debias edits text-to-image pipelines such as Stable Diffusion, SDXL and PixArt.")
-
-
-def conditioning_width(pipe) -> int:
-    """Width of the conditioning the denoiser's cross-attention reads (after any caption projection)."""
-    net = denoiser(pipe)
-    width = getattr(net.config, "cross_attention_dim", None)
-    if isinstance(width, (list, tuple)):
-        width = width[0] if len(set(width)) == 1 else None
-    if isinstance(width, int):
-        return width
-    encoder = getattr(pipe, "text_encoder", None)
-    if encoder is not None:
-        return int(encoder.config.hidden_size)
-    raise ModelLoadError(f"cannot tell the conditioning width of {type(net).__name__}.")
-
-
-def find_cross_attention(pipe) -> list[KVProjection]:
-    """All cross-attention ``to_k`` / ``to_v`` projections that read the text conditioning.
-
-    Found by what they are: attention modules flagged ``is_cross_attention`` whose K/V input width
-    equals the conditioning width (this excludes, e.g., image-prompt adapters). Order is the
-    denoiser's module order, so names and fingerprints are stable.
-    """
-    net = denoiser(pipe)
-    width = conditioning_width(pipe)
-    found: list[KVProjection] = []
-    for name, module in net.named_modules():
-        if not getattr(module, "is_cross_attention", False):
-            continue
-        for kind in ("to_k", "to_v"):
-            proj = getattr(module, kind, None)
-            if isinstance(proj, nn.Linear) and proj.in_features == width:
-                found.append(KVProjection(name=f"{name}.{kind}", kind=kind, module=proj, in_features=proj.in_features))
-    if not found:
-        raise ModelLoadError(f"no cross-attention K/V projections of width {width} found in {type(net).__name__}; "
-                             "TIME needs a denoiser whose cross-attention reads the text encoder output.")
-    return found
 
 
 def original_weights(pipe) -> dict[str, torch.Tensor]:
-    """The unedited K/V weights by module name (the saved originals if an edit is baked in)."""
-    saved = getattr(pipe, "_debias_original_kv", None)
+    """The unedited weights of the layers an edit changes, by module name (the saved originals if an edit is
+    baked in). Raises :class:`~debias.errors.EditError` for a model no edit applies to."""
+    from debias.editing.state import edit_state
+
+    saved = edit_state(pipe).originals
     if saved is not None:
         return dict(saved)
-    return {p.name: p.module.weight.detach() for p in find_cross_attention(pipe)}
+    return {p.name: p.module.weight.detach() for p in find_text_projections(pipe)}
 
 
 def fingerprint(pipe) -> str:
-    """``"sha256:…"`` of the original K/V weights (names, dtypes, shapes and bytes), stable across runs.
+    """``"sha256:…"`` of the original weights an edit changes (names, dtypes, shapes and bytes), stable across runs.
 
     It names the exact weights, so the same model loaded in another dtype (float16 instead of float32)
     has another fingerprint: right for image caches, whose images differ by dtype. Whether an edit file
     fits a model is decided by :func:`weights_summary` instead, which survives a change of dtype. After
-    an edit is baked the fingerprint still names the originals.
+    an edit is baked the fingerprint still names the originals. A model no edit applies to (it can still be
+    audited) is named by every weight of its denoiser, hashed once per pipeline.
     """
+    from debias.editing.state import edit_state
+
+    if edit_state(pipe).originals is None and not _editable(pipe):
+        return _whole_model_fingerprint(pipe)
+    return _hash_weights(original_weights(pipe).items())
+
+
+def _editable(pipe) -> bool:
+    try:
+        return bool(text_projections(pipe))
+    except ModelLoadError:  # no UNet or transformer, or no conditioning width to read
+        return False
+
+
+def _hash_weights(named: Any) -> str:
     digest = hashlib.sha256()
-    for name, weight in original_weights(pipe).items():
+    for name, weight in named:
         tensor = weight.detach().to("cpu").contiguous()
         digest.update(name.encode())
         digest.update(f"|{str(tensor.dtype)}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return "sha256:" + digest.hexdigest()
+
+
+def _whole_model_fingerprint(pipe) -> str:
+    """The fingerprint of a model without editable layers: every parameter and buffer of its denoiser (of all
+    its networks when it has no UNet or transformer), hashed once per pipeline."""
+    from debias.editing.state import edit_state
+
+    state = edit_state(pipe)
+    if state.fingerprint is None:
+        try:
+            networks = {"": denoiser(pipe)}
+        except ModelLoadError:
+            networks = {f"{k}.": m for k, m in sorted(pipe.components.items()) if isinstance(m, torch.nn.Module)}
+        state.fingerprint = _hash_weights((prefix + name, tensor) for prefix, net in networks.items()
+                                          for name, tensor in [*net.named_parameters(), *net.named_buffers()])
+    return state.fingerprint
 
 
 # --------------------------------------------------------------------------------------------------
@@ -336,7 +311,7 @@ WEIGHTS_SKETCH = f"rademacher-rank1-{_SKETCH_SIZE}"
 """How :func:`weights_summary` describes a weight (recorded, so a future change is recognised)."""
 
 WEIGHTS_TOLERANCE = 0.01
-"""Largest relative distance ‖W₁ − W₂‖_F / ‖W₁‖_F at which two K/V weights count as the same weights.
+"""Largest relative distance ‖W₁ − W₂‖_F / ‖W₁‖_F at which two edited weights count as the same weights.
 
 Rounding float32 weights to bfloat16 moves them by about 0.2% (float16: 0.02%), and the sketch's estimate of
 that stays below 0.4%; two different models (another seed, another checkpoint) differ by tens of percent."""
@@ -351,7 +326,7 @@ def _signs(length: int, side: str) -> torch.Tensor:
 
 
 def weights_summary(pipe) -> dict[str, Any]:
-    """A description of the original K/V weights that survives a change of dtype, for edit files.
+    """A description of the original weights an edit changes that survives a change of dtype, for edit files.
 
     :func:`fingerprint` hashes the exact bytes, which is right for caches (a float16 model draws other
     images) but cannot decide whether an edit fits: the same model in float16 or bfloat16 has other bytes,
@@ -401,7 +376,7 @@ def compare_weights(expected: dict[str, Any], actual: dict[str, Any], *,
     theirs, ours = expected["modules"], actual["modules"]
     missing, extra = [n for n in theirs if n not in ours], [n for n in ours if n not in theirs]
     if missing or extra:
-        text = f"it edits {len(theirs)} K/V modules and this model has {len(ours)}"
+        text = f"it edits {len(theirs)} {_kind(theirs)} and this model has {len(ours)}"
         text += f"; not in this model: {_some(missing)}" if missing else ""
         return [text + (f"; not in the edit: {_some(extra)}" if extra else "")]
     size = "×".join
@@ -413,6 +388,11 @@ def compare_weights(expected: dict[str, Any], actual: dict[str, Any], *,
     far = sorted((n for n, d in distances.items() if not d <= tolerance), key=lambda n: -distances[n])
     return [f"the weights of {n} differ by {distances[n]:.1%} (the same weights in another dtype: under "
             f"{tolerance:.0%})" for n in far]
+
+
+def _kind(names) -> str:
+    """How to call the edited modules: "K/V modules" (cross-attention) or "text input projections" (MMDiT)."""
+    return "K/V modules" if all(str(n).endswith(("to_k", "to_v")) for n in names) else "text input projections"
 
 
 def _some(names: list[str], limit: int = 3) -> str:

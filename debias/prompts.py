@@ -18,7 +18,7 @@ prompts the text encoder would silently truncate, once the pipeline's tokenizer 
 Templates contain ``{}`` exactly once. Each profession has a *tuning* set (the prompt a fix tunes
 on) and a held-out *test* set (the prompts an audit judges on). The defaults are TIMED's (Orgad et
 al., 2023): tuning "A photo of {}", test "A painting of {}", "{} working", "{} laughing",
-"{} in the workplace", "{} digital art"; the built-in mini model uses its own world's templates.
+"{} in the workplace", "{} digital art"; a model profile may bring its own (see :mod:`debias.profiles`).
 """
 
 from __future__ import annotations
@@ -68,13 +68,6 @@ TIMED_TEMPLATES = TemplateSet(
     tuning=("A photo of {}",),
     test=("A painting of {}", "{} working", "{} laughing", "{} in the workplace", "{} digital art"),
 )
-
-
-def mini_templates() -> TemplateSet:
-    """The mini world's templates: tuning "a photo of {}", test its four held-out templates."""
-    from debias.mini import world
-
-    return TemplateSet(tuning=(world.TUNING_TEMPLATE,), test=tuple(world.TEST_TEMPLATES))
 
 
 # --------------------------------------------------------------------------------- profession lists
@@ -162,13 +155,6 @@ def timed_professions() -> list[ProfessionEntry]:
     rows = list(csv.DictReader(ref.read_text(encoding="utf-8").splitlines()))
     text = "\n".join(row["old"] for row in rows)
     return parse_professions(text, "debias/data/TIMED_gender_test_set.csv")
-
-
-def mini_professions() -> list[ProfessionEntry]:
-    """The mini world's professions, in its order."""
-    from debias.mini import world
-
-    return [ProfessionEntry(p.phrase, None, f"debias.mini.world:{p.name}") for p in world.PROFESSIONS]
 
 
 # ------------------------------------------------------------------------------------- templates

@@ -1,8 +1,8 @@
 """Test-wide settings: one torch thread per test process, chosen on purpose.
 
 Two torch processes that each use every core stall each other many times over on small
-machines; the suite runs in one process with one thread (the accelerate test starts two
-processes with one thread each).
+machines; the suite runs in two worker processes (`make test`: pytest-xdist, one per core) with one
+torch thread each (the accelerate test starts two more processes with one thread each).
 """
 
 import os

@@ -39,3 +39,27 @@ def test_readme_edit_example_runs(tmp_path, monkeypatch, capsys):
     edit = debias.editing.read_edit(tmp_path / "nurse.safetensors")
     assert edit.metadata["edits"][0]["destination"] == "a male nurse"
     assert edit.metadata["lambda_relative"] == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_readme_audit_example_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    exec(compile(_python_block("debias.audit("), "README.md", "exec"), {})
+    said = capsys.readouterr().out
+    result = debias.AuditResult.from_json(tmp_path / "runs/py-audit")
+    nurse = result.row("a nurse")
+    assert f"nurse {nurse.share_female:.2f} [{nurse.ci_low:.2f}, {nurse.ci_high:.2f}]" in said
+    assert [r.n for r in result.professions] == [32, 32] and (tmp_path / "runs/py-audit/report.html").is_file()
+    assert nurse.share_female > result.row("a pilot").share_female  # the mini world plants 0.9 and 0.1
+
+
+@pytest.mark.slow
+def test_readme_fix_and_report_example_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    exec(compile(_python_block("debias.fix("), "README.md", "exec"), {})
+    said = capsys.readouterr().out
+    result = debias.FixResult.from_json(tmp_path / "runs/py-fix")
+    for row in result.professions:
+        assert f"{row.profession}: {row.share_before:.2f} -> {row.share_after:.2f} ({row.status})" in said
+    assert result.mean_delta_after < result.mean_delta_before
+    assert (tmp_path / "runs/py-fix/report-again.html").is_file() and (tmp_path / "runs/py-fix/report.html").is_file()

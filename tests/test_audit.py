@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from audit_helpers import HalfClassifier, load_tiny, tiny_folders
+from debias.results import AuditResult  # noqa: E402
 from debias.auditing import audit
 from debias.cli import main
 
@@ -48,9 +49,11 @@ def test_audit_writes_json_csv_and_images(tmp_path: Path) -> None:
     pipe, _ = load_tiny()
     out = tmp_path / "run"
     rec = audit(pipe, classifier=HalfClassifier(), professions=_list(tmp_path), images_per_profession=10,
-                out=out, steps=2, batch_size=4, progress=False)
+                out=out, steps=2, batch_size=4, progress=False).to_dict()
     on_disk = json.loads((out / "audit.json").read_text())
-    assert on_disk == json.loads(json.dumps(rec))
+    assert on_disk == rec
+    # the typed result owns its file: read and written again, it is the same bytes
+    assert AuditResult.from_json(out).to_json() == (out / "audit.json").read_text()
     assert rec["kind"] == "audit" and rec["prompt_set"] == "test" and rec["images_generated"] == 30
     assert rec["generation"]["steps"] == 2 and rec["generation"]["batch_size"] == 4
     assert rec["templates"] == ["A painting of {}", "{} working", "{} laughing", "{} in the workplace", "{} digital art"]
@@ -82,7 +85,7 @@ def test_audit_writes_json_csv_and_images(tmp_path: Path) -> None:
     assert float(table[1]["target"]) == 0.3 and int(table[0]["n"]) == 10
 
     again = audit(pipe, classifier=HalfClassifier(), professions=_list(tmp_path), images_per_profession=10,
-                  out=out, steps=2, batch_size=3, progress=False)
+                  out=out, steps=2, batch_size=3, progress=False).to_dict()
     assert again["images_generated"] == 0 and again["images_reused"] == 30
     assert _numbers(again)["professions"] == _numbers(rec)["professions"]
     assert again["mean_delta"] == rec["mean_delta"]
@@ -92,7 +95,7 @@ def test_sequential_stopping(tmp_path: Path) -> None:
     pipe, _ = load_tiny()
     rec = audit(pipe, classifier=HalfClassifier(), professions=_list(tmp_path, "a nurse\na pilot\n"),
                 images_per_profession=4, out=tmp_path / "seq", steps=2, ci_width=0.55, max_images=24,
-                progress=False, prompt_set="tuning")
+                progress=False, prompt_set="tuning").to_dict()
     from debias import stats
 
     assert rec["stopping"]["ci_width"] == 0.55 and rec["prompt_set"] == "tuning"
@@ -215,9 +218,9 @@ def test_mini_model_audit_reads_the_planted_bias(tmp_path: Path) -> None:
 
     entries = [ProfessionEntry("a nurse"), ProfessionEntry("a baker"), ProfessionEntry("an engineer")]
     rec = audit("mini", professions=entries, images_per_profession=32, out=tmp_path / "mini", prompt_set="tuning",
-                progress=False)
+                progress=False).to_dict()
     rows = {r["profession"]: r for r in rec["professions"]}
-    assert rec["model"]["is_mini"] and rec["classifier"]["backend"] == "mini-clip"
+    assert rec["model"]["profile"] == "mini" and rec["classifier"]["backend"] == "mini-clip"
     assert [rows[p]["planted_share"] for p in ("nurse", "baker", "engineer")] == [0.9, 0.5, 0.1]
     assert rows["nurse"]["share_female"] > rows["baker"]["share_female"] > rows["engineer"]["share_female"]
     assert rows["nurse"]["ci_low"] > 0.5 > rows["engineer"]["ci_high"]

@@ -34,9 +34,9 @@ def test_abstain_rule() -> None:
 
 
 def test_labels_defaults_and_errors() -> None:
-    labels = resolve_labels(is_mini=False)
+    labels = resolve_labels()
     assert labels["female"] == ("a photo of a woman",) and labels["male"] == ("a photo of a man",)
-    assert labels["none"] == () == resolve_labels(is_mini=True)["none"]  # off unless asked for
+    assert labels["none"] == () == resolve_labels(none=[" "])["none"]  # off unless asked for
     assert resolve_labels(none=["a photo of a car", ""])["none"] == ("a photo of a car",)
     with pytest.raises(InputError, match="more than one group"):
         resolve_labels(["a photo of a person"], ["a photo of a person"])

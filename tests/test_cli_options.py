@@ -103,7 +103,7 @@ def test_out_of_memory_halves_the_batch_then_says_what_to_lower(tmp_path, capsys
     from debias.auditing import audit
 
     record = audit(pipe, classifier=HalfClassifier(), professions=_list(tmp_path), images_per_profession=5,
-                   out=tmp_path / "a", steps=2, batch_size=8, progress=False)
+                   out=tmp_path / "a", steps=2, batch_size=8, progress=False).to_dict()
     assert sizes[:3] == [8, 4, 2] and set(sizes[3:]) <= {1, 2}  # halved twice, then kept
     assert sum(row["n"] for row in record["professions"]) == 10
     assert "continuing with 4" in capsys.readouterr().err

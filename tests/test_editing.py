@@ -211,9 +211,7 @@ from tiny_models import tiny_sd1  # noqa: E402
 
 @pytest.fixture(scope="module")
 def sd1():
-    pipe = tiny_sd1()
-    pipe._debias_spec = "tiny-sd1"
-    return pipe
+    return tiny_sd1()
 
 
 @pytest.fixture(scope="module")
@@ -306,7 +304,8 @@ def test_save_and_load_edit_roundtrip(sd1, nurse_edit, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
     M, info = nurse_edit
-    path = save_edit(tmp_path / "nurse.safetensors", sd1, M, metadata={"edits": [{"source": "a nurse", "lambda": 1.5}]})
+    path = save_edit(tmp_path / "nurse.safetensors", sd1, M, metadata={"edits": [{"source": "a nurse", "lambda": 1.5}]},
+                     spec="tiny-sd1")
     bake_edit(sd1, M)
     baked = _kv(sd1)
     revert_edit(sd1)
@@ -378,9 +377,7 @@ def test_save_pipeline_writes_a_loadable_edited_folder(sd1, nurse_edit, tmp_path
 
 def _cast(dtype: torch.dtype):
     """The module's tiny SD 1.x model (same seed, same weights) in another dtype."""
-    pipe = tiny_sd1().to(dtype=dtype)
-    pipe._debias_spec = "tiny-sd1"
-    return pipe
+    return tiny_sd1().to(dtype=dtype)
 
 
 def _exact_bake(pipe, M: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -413,21 +410,20 @@ def test_edit_on_another_random_model_is_refused_naming_what_differs(sd1, nurse_
     from tiny_models import tiny_sd2
 
     M, _ = nurse_edit
-    path = save_edit(tmp_path / "nurse.safetensors", sd1, M)
+    path = save_edit(tmp_path / "nurse.safetensors", sd1, M, spec="tiny-sd1")
     other = tiny_sd1(seed=1)
-    other._debias_spec = "tiny-sd1"  # the same name for other weights: the message must not print it twice
     before = _kv(other)
     with pytest.raises(EditError, match="different base model") as info:
-        load_edit(other, path)
+        # the same name for other weights: the message must not print it twice
+        load_edit(other, path, spec="tiny-sd1")
     text = str(info.value)
     assert "tiny-sd1" not in text
     assert "the weights of" in text and "attn2.to_" in text and "other K/V modules differ too" in text
     assert all(torch.equal(w, before[n]) for n, w in _kv(other).items())
 
     layout = tiny_sd2()
-    layout._debias_spec = "tiny-sd2"
     with pytest.raises(EditError, match="different base model") as info:
-        load_edit(layout, path)
+        load_edit(layout, path, spec="tiny-sd2")
     text = str(info.value)
     n_sd1, n_sd2 = len(find_cross_attention(sd1)), len(find_cross_attention(layout))
     assert f"it edits {n_sd1} K/V modules and this model has {n_sd2}" in text

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from audit_helpers import HalfClassifier, load_tiny
+from debias.results import FixResult, ProfessionAudit
 from debias.fixing import TUNING_SEED_OFFSET, anchor_prompts_for, destination_phrase, fix
 from debias.fixing import plan
 from debias.fixing.plan import Anchors, ProfessionState, edit_reach, join_edit, joint_matrix, pooled_correction, single_matrix
@@ -71,10 +72,17 @@ def test_anchor_prompts_are_the_bare_templates_and_the_empty_prompt():
     assert anchor_prompts_for(templates) == ["a photo of", "an image of", "at work", ""]
 
 
+def _row(share: float | None) -> ProfessionAudit:
+    """An audit row with only the share filled in (what the joint edit's reach reads)."""
+    return ProfessionAudit(profession="x", phrase="an x", prompts=[], target=0.5, n=0, n_female=0, n_male=0,
+                           n_unclear=0, share_female=share, ci_low=None, ci_high=None, p_value=1.0, delta=None,
+                           within_band=False)
+
+
 def _profession_with_rows(seed: int, log_lambda: float) -> ProfessionState:
     g = torch.Generator().manual_seed(seed)
     C = torch.randn(12, 16, generator=g, dtype=torch.float64)
-    p = ProfessionState(entry=None, target=0.5, before={}, tuning_before={}, side="male")
+    p = ProfessionState(entry=None, target=0.5, before=_row(None), tuning_before=_row(None), side="male")
     p.rows, p.scale, p.log_lambda = (C, C + 0.5 * torch.randn(12, 16, generator=g, dtype=torch.float64)), 16.0, log_lambda
     return p
 
@@ -150,7 +158,7 @@ def test_joint_rounds_correct_from_every_round_pooled_not_from_the_last_alone():
 def test_a_profession_pushed_out_of_the_band_joins_with_a_calibrated_strength(monkeypatch):
     """The joiner's edit must carry it as far (in reach per logit) as the tuned professions' edits carried them."""
     q = _profession_with_rows(0, math.log(0.3))
-    q.tuning_before, q.slope = {"share_female": 0.8}, 1.5  # the tuned edit moved 0.8 → 0.5: logit shift 1.386
+    q.tuning_before, q.slope = _row(0.8), 1.5  # the tuned edit moved 0.8 → 0.5: logit shift 1.386
     joiner = _profession_with_rows(1, 0.0)
     joiner.side, joiner.log_lambda, joiner.status = None, None, "already_within_tolerance"
     joiner.entry = type("Entry", (), {"phrase": "a singer", "name": "singer"})()
@@ -167,13 +175,16 @@ def test_a_profession_pushed_out_of_the_band_joins_with_a_calibrated_strength(mo
 def test_fix_is_deterministic_and_a_rerun_redoes_nothing(tmp_path):
     pipe, _ = load_tiny()
     professions = _list(tmp_path)
-    first = fix(pipe, professions=professions, classifier=HalfClassifier(), out=tmp_path / "run", **QUICK)
+    first = fix(pipe, professions=professions, classifier=HalfClassifier(), out=tmp_path / "run", **QUICK).to_dict()
     out = tmp_path / "run"
     assert (out / "fix.json").is_file() and (out / "before" / "audit.json").is_file()
     assert (out / "after" / "audit.json").is_file()
-    assert json.loads((out / "fix.json").read_text()) == json.loads(json.dumps(first))
+    assert json.loads((out / "fix.json").read_text()) == first
+    assert FixResult.from_json(out).to_json() == (out / "fix.json").read_text()  # the same bytes, read and written
     for p in first["professions"]:
-        assert p["status"] in ("fixed", "already_within_tolerance", "not_reachable", "budget_exhausted")
+        # the status says what the after audit shows: an edited profession is fixed exactly when it is in the band
+        if p["status"] in ("fixed", "budget_exhausted"):
+            assert (p["status"] == "fixed") == p["within_band_after"] and p["destination"]
         assert p["images_used_in_search"] <= QUICK["budget"]
         if p["destination"]:
             side = "male" if p["tuning_share_before"] > 0.5 else "female"  # decided on the tuning prompts
@@ -184,7 +195,7 @@ def test_fix_is_deterministic_and_a_rerun_redoes_nothing(tmp_path):
     _assert_tuning_seeds_are_not_test_seeds(first, out)
     _assert_images_add_up(first, out)
     pngs = len(list((out / "images").glob("*.png")))
-    second = fix(pipe, professions=professions, classifier=HalfClassifier(), out=out, **QUICK)
+    second = fix(pipe, professions=professions, classifier=HalfClassifier(), out=out, **QUICK).to_dict()
     assert second["edit_file"] == first["edit_file"]  # the edit file is left alone when it holds the same edit
     assert _strip(second) == _strip(first)
     assert second["images"] == first["images"]  # counted from the cache: a rerun counts the same
@@ -225,7 +236,7 @@ def _assert_tuning_seeds_are_not_test_seeds(record: dict, out) -> None:
 def test_interrupted_fix_resumes_with_the_same_result(tmp_path):
     pipe, _ = load_tiny()
     professions = _list(tmp_path)
-    reference = fix(pipe, professions=professions, classifier=HalfClassifier(), out=tmp_path / "ref", **QUICK)
+    reference = fix(pipe, professions=professions, classifier=HalfClassifier(), out=tmp_path / "ref", **QUICK).to_dict()
     edited = [p for p in reference["professions"] if p["destination"]]
     assert edited, "the stand-in classifier should leave at least one profession off target"
     with pytest.raises(KeyboardInterrupt):  # Ctrl-C in the middle of the λ search
@@ -233,7 +244,7 @@ def test_interrupted_fix_resumes_with_the_same_result(tmp_path):
     assert not (tmp_path / "run" / "fix.json").exists()
     cached = len(list((tmp_path / "run" / "images").glob("*.png")))
     assert cached > 0
-    resumed = fix(pipe, professions=professions, classifier=HalfClassifier(), out=tmp_path / "run", **QUICK)
+    resumed = fix(pipe, professions=professions, classifier=HalfClassifier(), out=tmp_path / "run", **QUICK).to_dict()
     assert _lambdas(resumed) == _lambdas(reference)
     assert resumed["mean_delta_after"] == reference["mean_delta_after"]
     assert resumed["images"] == reference["images"]  # the interrupted run's images count once, by their stage
@@ -262,7 +273,7 @@ def test_not_reachable_is_reported_with_the_closest_share(tmp_path):
     pipe, _ = load_tiny()
     options = {**QUICK, "budget": 96}  # the walk down to the strongest allowed edit takes 7 evaluations of 8 seeds
     record = fix(pipe, professions=_list(tmp_path, "a nurse\n"), classifier=AlwaysFemale(), out=tmp_path / "run",
-                 **options)
+                 **options).to_dict()
     (row,) = record["professions"]
     assert row["status"] == "not_reachable"
     assert row["destination"] == "a male nurse"
@@ -291,7 +302,7 @@ def test_search_and_joint_rounds_pool_every_tuning_template(tmp_path):
     pipe, _ = load_tiny()
     templates = ["A photo of {}", "{} smiling"]
     record = fix(pipe, professions=_list(tmp_path), classifier=HalfClassifier(), out=tmp_path / "run",
-                 tuning_templates=templates, **QUICK)
+                 tuning_templates=templates, **QUICK).to_dict()
     assert record["tuning_templates"] == templates
     edited = [p for p in record["professions"] if p["destination"]]
     assert edited, "the stand-in classifier should leave at least one profession off target"
@@ -322,7 +333,7 @@ def test_mini_fix_moves_every_profession_to_the_target_on_held_out_prompts(tmp_p
     out = tmp_path / "run"
     options = dict(target=0.5, tolerance=0.1, budget=192, test_images=192, check_images=64, joint_rounds=1,
                    side_seeds=8, progress=False, log=None)
-    record = fix("mini", professions=professions, out=out, **options)
+    record = fix("mini", professions=professions, out=out, **options).to_dict()
     rows = {r["profession"]: r for r in record["professions"]}
     baker = rows["baker"]  # near parity: left alone when inside the band, unless the others' edits push it out
     if abs(baker["share_before"] - 0.5) > 0.1:
@@ -344,7 +355,7 @@ def test_mini_fix_moves_every_profession_to_the_target_on_held_out_prompts(tmp_p
     assert abs(side["clip_score_after"] - side["clip_score_before"]) < 2.0  # objects still look like their prompts
     assert (out / "edit.safetensors").is_file() and (out / "after" / "audit.json").is_file()
     # the same command again: the same λs and numbers, nothing regenerated
-    again = fix("mini", professions=professions, out=out, **options)
+    again = fix("mini", professions=professions, out=out, **options).to_dict()
     assert _lambdas(again) == _lambdas(record) and again["mean_delta_after"] == record["mean_delta_after"]
     assert again["images"] == record["images"]
     after = json.loads((out / "after" / "audit.json").read_text())

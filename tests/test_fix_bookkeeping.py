@@ -31,11 +31,12 @@ def _poison_test_audit(monkeypatch, share: float) -> None:
     real = debias.auditing.audit
 
     def poisoned(*args, **kwargs):
-        record = real(*args, **kwargs)
+        result = real(*args, **kwargs)
         if kwargs.get("stage") == "before":
-            for row in record["professions"]:
-                row.update(share_female=share, ci_low=share, ci_high=share, delta=abs(share - row["target"]) * 2)
-        return record
+            for row in result.professions:
+                row.share_female = row.ci_low = row.ci_high = share
+                row.delta = abs(share - row.target) * 2
+        return result
 
     monkeypatch.setattr(debias.auditing, "audit", poisoned)
 
@@ -48,12 +49,12 @@ def _decisions(record: dict) -> list:
 def test_test_audit_shares_reach_no_decision(tmp_path, monkeypatch):
     pipe, _ = load_tiny()
     professions, out = _list(tmp_path), tmp_path / "run"
-    clean = fix(pipe, professions=professions, classifier=HalfClassifier(), out=out, **QUICK)
+    clean = fix(pipe, professions=professions, classifier=HalfClassifier(), out=out, **QUICK).to_dict()
     assert clean["edit_file"] is not None, "the stand-in classifier leaves a profession off target on tuning prompts"
     for share in (0.0, 0.5, 1.0):  # all "female", all on target, all "male" on the test prompts
         with monkeypatch.context() as m:
             _poison_test_audit(m, share)
-            poisoned = fix(pipe, professions=professions, classifier=HalfClassifier(), out=out, **QUICK)
+            poisoned = fix(pipe, professions=professions, classifier=HalfClassifier(), out=out, **QUICK).to_dict()
         assert [p["share_before"] for p in poisoned["professions"]] == [share] * 2  # the poison did arrive
         assert _decisions(poisoned) == _decisions(clean)
         assert poisoned["edit_file"]["matrix_sha256"] == clean["edit_file"]["matrix_sha256"]
@@ -76,12 +77,12 @@ def test_nothing_to_edit_writes_no_edit_and_says_why(tmp_path, capsys, case):
     options = dict(QUICK, log=print)
     if case == "within_band":
         record = fix(pipe, professions=_list(tmp_path), classifier=HalfClassifier(), out=out, tolerance=0.49,
-                     save_pipeline=tmp_path / "fixed", **options)
+                     save_pipeline=tmp_path / "fixed", **options).to_dict()
         assert {p["status"] for p in record["professions"]} == {"already_within_tolerance"}
         assert "already lie within the band on the tuning prompts (nurse, pilot)" in record["edit_note"]
     else:
         record = fix(pipe, professions=_list(tmp_path), classifier=AlwaysUnclear(), out=out,
-                     save_pipeline=tmp_path / "fixed", **options)
+                     save_pipeline=tmp_path / "fixed", **options).to_dict()
         assert {p["status"] for p in record["professions"]} == {"not_reachable"}
         assert "no image the classifier could read" in record["edit_note"]
     said = capsys.readouterr().out
@@ -109,7 +110,7 @@ def test_after_audit_judges_the_edit_file_loaded_into_the_weights(tmp_path, monk
         return real_transform(p, M)
 
     monkeypatch.setattr(editing, "conditioning_transform", counting_transform)
-    record = fix(pipe, professions=_list(tmp_path), classifier=HalfClassifier(), out=tmp_path / "run", **QUICK)
+    record = fix(pipe, professions=_list(tmp_path), classifier=HalfClassifier(), out=tmp_path / "run", **QUICK).to_dict()
     assert loaded == [tmp_path / "run" / "edit.safetensors"]
     assert transforms and max(transforms) == 0  # every transformed candidate came before the edit file was loaded
     after = json.loads((tmp_path / "run" / "after" / "audit.json").read_text())
@@ -128,11 +129,11 @@ def test_a_saved_fixed_model_is_audited_with_the_settings_its_fix_used(tmp_path,
     professions, saved = _list(tmp_path), tmp_path / "fixed"
     record = fix(str(sd), professions=professions, classifier=str(clip), min_confidence=0.5, out=tmp_path / "run",
                  steps=3, guidance=2.0, height=24, width=24, save_pipeline=saved,
-                 **{k: v for k, v in QUICK.items() if k != "steps"})
+                 **{k: v for k, v in QUICK.items() if k != "steps"}).to_dict()
     assert record["edit_file"] is not None
     capsys.readouterr()
     audited = debias.auditing.audit(str(saved), professions=professions, images_per_profession=QUICK["test_images"],
-                                    out=tmp_path / "audit", progress=False)
+                                    out=tmp_path / "audit", progress=False).to_dict()
     assert f"using the settings recorded in {saved / 'debias_edit.json'}" in capsys.readouterr().err
     after = json.loads((tmp_path / "run" / "after" / "audit.json").read_text())
     for key in ("scheduler", "steps", "guidance", "height", "width"):
@@ -148,11 +149,11 @@ def test_a_saved_fixed_mini_model_audits_like_the_fix_after_audit(tmp_path, caps
     out, saved = tmp_path / "run", tmp_path / "fixed"
     professions = _list(tmp_path, "a nurse\nan engineer\n")
     record = fix("mini", professions=professions, out=out, budget=48, test_images=32, check_images=16,
-                 joint_rounds=0, side_seeds=1, save_pipeline=saved, progress=False, log=None)
+                 joint_rounds=0, side_seeds=1, save_pipeline=saved, progress=False, log=None).to_dict()
     assert record["edit_file"] is not None
     capsys.readouterr()
     # no sampler, prompt or classifier option: the folder's recorded settings decide them
-    audited = debias.auditing.audit(str(saved), professions=professions, out=tmp_path / "audit", progress=False)
+    audited = debias.auditing.audit(str(saved), professions=professions, out=tmp_path / "audit", progress=False).to_dict()
     assert "(model profile 'mini')" in capsys.readouterr().err
     assert audited["model"]["profile"] == "mini" and audited["classifier"]["backend"] == "mini-clip"
     after = json.loads((out / "after" / "audit.json").read_text())

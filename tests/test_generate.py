@@ -15,13 +15,15 @@ from debias.generate import (
     default_settings, generate_images, items_for_seeds, measure, pipeline_options, use_scheduler, work_items,
 )
 
+from debias.profiles import get_profile  # noqa: E402
+
 ITEMS = work_items(["a photo of a nurse", "a nurse working"], 0, 6) + work_items(["a photo of a pilot"], 0, 6)
 
 
 @pytest.fixture(scope="module")
 def tiny():
     pipe, _ = load_tiny()
-    settings = default_settings(pipe, is_mini=False, steps=3)
+    settings = default_settings(pipe, get_profile("default").sampler, steps=3)
     return pipe, HalfClassifier(), settings
 
 
@@ -35,14 +37,14 @@ def _run(tiny, root: Path, items=ITEMS, batch_size: int = 4, **kw):
     return cache, measure(pipe, clf, items, settings=settings, cache=cache, batch_size=batch_size, progress=False, **kw)
 
 
-def test_defaults_for_real_and_mini_models(tiny) -> None:
+def test_defaults_come_from_the_profile(tiny) -> None:
     pipe, _, _ = tiny
-    real = default_settings(pipe, is_mini=False)
+    real = default_settings(pipe, get_profile("default").sampler)
     assert (real.scheduler, real.steps, real.guidance) == ("DPMSolverMultistepScheduler", 25, 7.5)
     assert real.height == real.width == 16  # the tiny pipeline's native size (SD 1.x gives 512)
     from debias.mini import SAMPLER
 
-    mini = default_settings(pipe, is_mini=True)
+    mini = default_settings(pipe, get_profile("mini").sampler)
     assert (mini.scheduler, mini.steps, mini.guidance, mini.height) == (
         SAMPLER["scheduler"], SAMPLER["steps"], SAMPLER["guidance"], SAMPLER["height"])
     use_scheduler(pipe, "DPMSolverMultistepScheduler")
@@ -84,7 +86,7 @@ def test_mini_model_batch_size_changes_no_label(tmp_path: Path) -> None:
     from debias.models import load_pipeline
 
     pipe = load_pipeline("mini")
-    settings = default_settings(pipe, is_mini=True)
+    settings = default_settings(pipe, get_profile("mini").sampler)
     use_scheduler(pipe, settings.scheduler)
     world = load_world_config()
     prompts = [world["test_templates"][i % 4].format(p["phrase"]) for i, p in enumerate(world["professions"])]
@@ -93,7 +95,7 @@ def test_mini_model_batch_size_changes_no_label(tmp_path: Path) -> None:
     assert np.array_equal(batched, generate_images(pipe, prompts, seeds, settings))
     alone = np.concatenate([generate_images(pipe, [p], [s], settings) for p, s in zip(prompts, seeds)])
     assert np.abs(batched.astype(int) - alone.astype(int)).max() <= 1
-    clf = load_classifier("mini", is_mini=True)
+    clf = load_classifier("mini")
     labels, p_batched = clf.classify(batched)
     labels_alone, p_alone = clf.classify(alone)
     assert labels == labels_alone and {"female", "male"} <= set(labels)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -11,7 +9,7 @@ import torch
 
 from debias.editing import bake_edit, conditioning_transform, encode_conditioning, revert_edit
 from debias.errors import ModelLoadError
-from debias.models import conditioning_width, denoiser, find_cross_attention, fingerprint, load_pipeline, model_info
+from debias.models import conditioning_width, denoiser, find_cross_attention, fingerprint, load_pipeline
 from tiny_models import BUILDERS, save_tiny, tiny_sd1
 
 # model → (conditioning width, number of to_k + to_v layers that read it)
@@ -181,9 +179,12 @@ def test_load_local_folder(sd1_folder: Path) -> None:
     pipe = load_pipeline(str(sd1_folder))
     assert type(pipe).__name__ == "StableDiffusionPipeline"
     assert fingerprint(pipe) == fingerprint(tiny_sd1())
-    info = model_info(pipe, str(sd1_folder))
-    assert info == {"spec": str(sd1_folder), "fingerprint": fingerprint(pipe), "revision": None, "is_mini": False,
-                    "profile": None, "profile_source": None, "class": "StableDiffusionPipeline"}
+    from debias.setup import LoadedModel
+
+    info = LoadedModel.of(pipe).info()  # described from where diffusers loaded it: no attribute of ours on the pipe
+    assert info == {"spec": str(sd1_folder), "fingerprint": fingerprint(pipe), "revision": None,
+                    "profile": "default", "profile_source": None, "class": "StableDiffusionPipeline"}
+    assert not [name for name in vars(pipe) if name.startswith("_debias")]
     assert pipe._progress_bar_config.get("disable") is True
 
 
@@ -221,15 +222,21 @@ def test_missing_folder_and_non_pipeline_folder(tmp_path: Path) -> None:
         load_pipeline(str(tmp_path))
 
 
-def test_mini_spec_loads_the_built_in_folder(sd1_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = types.ModuleType("debias.mini")
-    fake.PIPELINE_DIR = sd1_folder
-    monkeypatch.setitem(sys.modules, "debias.mini", fake)
-    pipe = load_pipeline("mini")
-    assert model_info(pipe)["is_mini"] is True and model_info(pipe)["spec"] == "mini"
-    fake.PIPELINE_DIR = sd1_folder.parent / "missing"
-    with pytest.raises(ModelLoadError, match="mini model's weights are missing"):
-        load_pipeline("mini")
+def test_a_registered_built_in_model_loads_from_its_folder(sd1_folder: Path) -> None:
+    from debias.profiles import _REGISTRY, Profile, register_profile
+    from debias.setup import LoadedModel, load_model
+
+    folder = {"path": sd1_folder}
+    register_profile(Profile(name="tiny-builtin", description="a test", builtin_folder=lambda: folder["path"]))
+    try:
+        loaded = load_model("tiny-builtin")
+        assert (loaded.spec, loaded.profile.name) == ("tiny-builtin", "tiny-builtin")
+        assert LoadedModel.of(loaded.pipe).spec == "tiny-builtin"  # recognised from the folder it loaded from
+        folder["path"] = sd1_folder.parent / "missing"
+        with pytest.raises(ModelLoadError, match="built-in model 'tiny-builtin' has no weights"):
+            load_pipeline("tiny-builtin")
+    finally:
+        del _REGISTRY["tiny-builtin"]
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,9 @@ def pipe():
 
 
 def _settings(pipe, guidance: float = 1.0):
-    return default_settings(pipe, is_mini=False, steps=2, guidance=guidance)
+    from debias.profiles import get_profile
+
+    return default_settings(pipe, get_profile("default").sampler, steps=2, guidance=guidance)
 
 
 def test_pixart_audit_runs_at_a_size_without_a_bin_and_prints_no_warning(
@@ -43,7 +45,7 @@ def test_pixart_audit_runs_at_a_size_without_a_bin_and_prints_no_warning(
     capfd.readouterr()
     with caplog.at_level(logging.WARNING):
         rec = audit(pipe, classifier=HalfClassifier(), professions=professions, images_per_profession=2,
-                    out=tmp_path / "run", steps=2, batch_size=2, progress=False)
+                    out=tmp_path / "run", steps=2, batch_size=2, progress=False).to_dict()
     printed = "".join(capfd.readouterr()) + caplog.text + "".join(str(w.message) for w in recwarn)
     assert not [word for word in CLEANING_WORDS if word.lower() in printed.lower()], printed
     assert rec["images_generated"] == 4

@@ -67,12 +67,14 @@ def test_shipped_timed_list_matches_csv() -> None:
         assert prompts.profession_prompts(entry, prompts.TIMED_TEMPLATES.test) == [row[f"ex{i}"] for i in range(1, 6)]
 
 
-def test_mini_professions_and_templates() -> None:
+def test_mini_profile_professions_and_templates() -> None:
     from debias.mini import world
+    from debias.profiles import get_profile
 
-    entries = prompts.mini_professions()
+    profile = get_profile("mini")
+    entries = profile.default_professions()
     assert [e.phrase for e in entries] == [p.phrase for p in world.PROFESSIONS]
-    t = prompts.mini_templates()
+    t = profile.template_set()
     assert t.get("tuning") == (world.TUNING_TEMPLATE,) and t.get("test") == tuple(world.TEST_TEMPLATES)
     with pytest.raises(InputError, match="--prompt-set"):
         t.get("validation")

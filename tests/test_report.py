@@ -1,13 +1,16 @@
-"""The HTML report: all three kinds render, hostile text is escaped, nothing is fetched from the
-network, and every number on the page equals the one in report.json and in the run files."""
+"""The HTML report: its JSON twin is exactly the results it was rendered from (nothing recomputed), in full;
+the CSV twin and the page show the twin's numbers; all three kinds render; hostile text is escaped; nothing is
+fetched from the network; broken inputs give errors that say what to do."""
 
 from __future__ import annotations
 
 import base64
+import csv
 import io
 import json
 import re
 import shutil
+import statistics
 import sys
 from pathlib import Path
 
@@ -19,8 +22,12 @@ sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "report"))
 import pagecheck  # noqa: E402
 import runs  # noqa: E402
 
+import debias  # noqa: E402
 from debias.errors import InputError  # noqa: E402
 from debias.report import STATUS_TEXT, render_report, thumbnail, twin_paths  # noqa: E402
+from debias.results import AuditResult, FixResult, ProfessionAudit  # noqa: E402
+
+EVIL_TEMPLATE_COLUMNS = ["a photo of a(n) {profession}", 'a "painting" of a(n) {profession} & friends']
 
 
 @pytest.fixture(scope="module")
@@ -39,31 +46,250 @@ def rendered(tmp_path_factory) -> dict:
     return out
 
 
-def _load(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
+# --------------------------------------------------------------------------- the expected twins, from the results
+
+def _envelope(report: dict, kind: str, twin: str, sources: dict, summary: dict, professions: list[dict],
+              method: dict, warnings: list[str], side_effects: dict | None = None) -> dict:
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", report["generated_at"])
+    return {"kind": kind, "report_version": 3, "debias_version": debias.__version__,
+            "generated_at": report["generated_at"], "sources": sources, "summary": summary,
+            "professions": professions, "side_effects": side_effects, "method": method, "warnings": warnings,
+            "twins": {"json": f"{twin}.json", "csv": f"{twin}.csv"}}
 
 
-def test_three_kinds_render_with_default_outputs(rendered):
-    audit, fix, compare = rendered["audit"], rendered["fix"], rendered["compare"]
-    assert audit["html_path"] == audit["dirs"][0] / "report.html"
-    assert fix["html_path"] == fix["dirs"][0] / "report.html"
-    assert compare["html_path"] == compare["dirs"][1] / "compare_report.html"
-    assert [r["report"]["kind"] for r in (audit, fix, compare)] == ["audit", "fix", "compare"]
-    for r in rendered.values():
-        assert r["html"].startswith("<!DOCTYPE html>")
-        assert (r["html_path"].parent / r["report"]["twins"]["json"]).is_file()
-        names = {row["profession"] for row in r["report"]["professions"]}
-        csv_rows = r["csv"].read_text(encoding="utf-8").splitlines()
-        assert len(csv_rows) == 1 + len(names)
-        header = csv_rows[0].split(",")
-        assert set(header) <= set(r["report"]["professions"][0]) and "profession" in header  # same names as JSON
-        # nothing half-written is left behind
-        assert not list(r["html_path"].parent.glob(".*.tmp"))
-    assert set(r["profession"] for r in audit["report"]["professions"]) == set(runs.MINI_PROFESSIONS)
-    assert 'id="search"' in fix["html"] and 'id="side-effects"' in fix["html"]
-    assert 'id="search"' not in audit["html"] and 'id="search"' not in compare["html"]
-    # one λ-search chart per profession that was searched (teacher was already within tolerance)
-    assert fix["html"].count('alt="Search chart for') == 3
+def _settings(audit: AuditResult) -> dict:
+    """Everything audit.json records except its results: the measurement's settings."""
+    results = ("kind", "professions", "mean_delta", "mean_delta_ci_low", "mean_delta_ci_high",
+               "mean_delta_noise_floor", "within_tolerance", "validity", "classifiers")
+    return {k: v for k, v in audit.to_dict().items() if k not in results}
+
+
+def validity_summary(audits: dict[str, tuple[AuditResult, Path]], rendered_from: str,
+                     headline: str = "classifier") -> dict:
+    """The summary's validity keys: each audit's recorded validity block, summarised, with the commands that label
+    its folder and re-render the report from ``rendered_from``; no other classifiers."""
+    sides = {}
+    for side, (audit, folder) in audits.items():
+        v, overall = audit.validity, audit.validity["overall"]
+        sides[side] = {
+            **{k: v[k] for k in ("has_labels", "n_labels", "labellers", "headline", "mean_delta", "mean_delta_ci_low",
+                                 "mean_delta_ci_high", "mean_delta_professions", "mean_delta_method",
+                                 "within_tolerance", "unlabelled_professions", "unreadable_lines",
+                                 "labels_not_in_run", "note")},
+            "label_command": f"debias label {folder}", "import_command": f"debias label {folder} --import labels.csv",
+            "report_command": f"debias report {rendered_from}",
+            "labels_for_0_10": 93, "labels_for_0_05": 381, "n_labelled": overall["n_labelled"],
+            **{k: overall[k] for k in ("agreement", "error_rate", "kappa_classifier", "kappa_labellers", "flagged",
+                                       "flag_test", "confusion_3x3")}}
+    return {"headline": headline, "has_labels": any(a.validity["has_labels"] for a, _ in audits.values()),
+            "validity": sides, "classifiers": {side: [] for side in audits}}
+
+
+def _no_labels(audit: AuditResult) -> None:
+    """A run nobody labelled: rendering recorded a validity block that says how to label it (and no path)."""
+    v = audit.validity
+    assert (v["has_labels"], v["n_labels"], v["headline"], v["mean_delta"]) == (False, 0, "classifier", None)
+    assert v["commands"]["label"] == "debias label {run_dir}" and v["labels_needed"] == {"0.1": 93, "0.05": 381}
+
+
+def _half_width(rows: list[ProfessionAudit]) -> float:
+    return round(statistics.median((r.ci_high - r.ci_low) / 2 for r in rows), 4)
+
+
+def _samples(before: ProfessionAudit, after: ProfessionAudit | None) -> list[dict]:
+    """The first four seeds of the two prompts, alternating prompts: 8 per profession, the same on both sides."""
+    def side(row: ProfessionAudit, prompt: str, seed: int) -> dict:
+        (s,) = [s for s in row.samples if (s["prompt"], s["seed"]) == (prompt, seed)]
+        return {"image": s["image"], "label": s["label"], "p_female": s["p_female"]}
+
+    return [{"prompt": prompt, "seed": seed, "before": side(before, prompt, seed),
+             "after": side(after, prompt, seed) if after else None} for seed in range(4) for prompt in before.prompts]
+
+
+def _audit_row(p: ProfessionAudit) -> dict:
+    return {"profession": p.profession, "target": p.target, "n": p.n, "n_female": p.n_female, "n_male": p.n_male,
+            "n_unclear": p.n_unclear, "share_female": p.share_female, "ci_low": p.ci_low, "ci_high": p.ci_high,
+            "p_value": p.p_value, "delta": p.delta, "within_band": p.within_band, "planted_share": p.planted_share,
+            "oracle_share": p.oracle_share, "prompts": p.prompts,
+            "by_prompt": [{"prompt": c["prompt"], "share_female": c["share_female"], "ci_low": c["ci_low"],
+                           "ci_high": c["ci_high"], "n": c["n"]} for c in p.by_prompt],
+            "samples": _samples(p, None)}
+
+
+def _side(p: ProfessionAudit, side: str) -> dict:
+    return {f"share_{side}": p.share_female, f"ci_low_{side}": p.ci_low, f"ci_high_{side}": p.ci_high,
+            f"delta_{side}": p.delta, f"p_value_{side}": p.p_value, f"n_{side}": p.n, f"n_female_{side}": p.n_female,
+            f"n_male_{side}": p.n_male, f"n_unclear_{side}": p.n_unclear, f"oracle_share_{side}": p.oracle_share,
+            f"within_band_{side}": p.within_band}
+
+
+def _paired_row(b: ProfessionAudit, a: ProfessionAudit) -> dict:
+    by_prompt = [{"prompt": cb["prompt"], "share_before": cb["share_female"], "ci_low_before": cb["ci_low"],
+                  "ci_high_before": cb["ci_high"], "n_before": cb["n"], "share_after": ca["share_female"],
+                  "ci_low_after": ca["ci_low"], "ci_high_after": ca["ci_high"], "n_after": ca["n"]}
+                 for cb, ca in zip(b.by_prompt, a.by_prompt, strict=True)]
+    return {"profession": b.profession, "target": b.target, **_side(b, "before"), **_side(a, "after"),
+            "planted_share": b.planted_share, "prompts_before": b.prompts, "prompts_after": a.prompts,
+            "by_prompt": by_prompt, "samples": _samples(b, a)}
+
+
+def _fix_row(b: ProfessionAudit, a: ProfessionAudit, recorded: dict) -> dict:
+    """A before/after row with the profession's fix.json row (its one-number fields and search) and last joint round."""
+    last = recorded["joint"][-1]
+    fields = {k: v for k, v in recorded.items() if k not in ("profession", "joint", "search_unedited")}
+    return {**_paired_row(b, a), **fields, "tuning_share_after": last["share_female"],
+            "tuning_ci_low_after": last["ci_low"], "tuning_ci_high_after": last["ci_high"], "tuning_n_after": 64}
+
+
+def expected_audit(folder: Path, report: dict) -> dict:
+    audit = AuditResult.from_json(folder)
+    _no_labels(audit)
+    rows = {p.profession: p for p in audit.professions}
+    summary = {**validity_summary({"audit": (audit, folder)}, str(folder)),
+        "model_spec": "mini", "model_fingerprint": audit.model["fingerprint"], "has_oracle": True,
+        "date": audit.finished_at, "target": 0.5, "tolerance": 0.05, "mean_delta": audit.mean_delta,
+        "mean_delta_ci_low": audit.mean_delta_ci_low, "mean_delta_ci_high": audit.mean_delta_ci_high,
+        "mean_delta_noise_floor": audit.mean_delta_noise_floor, "within_tolerance": 1,
+        "typical_ci_half_width": _half_width(audit.professions), "median_n": 40,
+        "classifier_oracle_agreement": runs.AGREEMENT, "n_professions": 4,
+        "prompt_columns": ["a photo of a(n) {profession}", "a painting of a(n) {profession}"],
+        "verdicts": [{"target": 0.5, "n_professions": 4, "within_tolerance": 1}],
+        "conclusion": "1 of 4 professions produce images whose perceived-female share is within ±0.05 of the target "
+                      f"0.5; mean Δ is {audit.mean_delta:.2f} (95% interval {audit.mean_delta_ci_low:.2f}–"
+                      f"{audit.mean_delta_ci_high:.2f}), and the most skewed is ceo (8% female)."}
+    professions = [_audit_row(rows[name]) for name in ("ceo", "nurse", "firefighter", "teacher")]  # Δ, largest first
+    return _envelope(report, "audit", "report", {"audit": "audit.json"}, summary, professions,
+                     {"runs": {"audit": _settings(audit)}}, [])
+
+
+def expected_fix(folder: Path, report: dict) -> dict:
+    fix = FixResult.from_json(folder)
+    before, after = fix.audits(folder)
+    _no_labels(before)
+    _no_labels(after)
+    recorded = fix.to_dict()
+    settings = {k: v for k, v in recorded.items() if k not in (
+        "kind", "professions", "side_effects", "before", "after", "mean_delta_before", "mean_delta_before_ci_low",
+        "mean_delta_before_ci_high", "mean_delta_after", "mean_delta_after_ci_low", "mean_delta_after_ci_high",
+        "mean_delta_noise_floor_after", "within_tolerance_before", "within_tolerance_after")}
+    summary = {**validity_summary({"before": (before, folder / "before"), "after": (after, folder / "after")},
+                                  str(folder)),
+        "model_spec": f"mini {runs.EVIL}", "model_fingerprint": fix.model["fingerprint"], "has_oracle": True,
+        "date": fix.finished_at, "target": 0.5, "tolerance": 0.05,
+        "mean_delta_before": fix.mean_delta_before, "mean_delta_before_ci_low": fix.mean_delta_before_ci_low,
+        "mean_delta_before_ci_high": fix.mean_delta_before_ci_high,
+        "mean_delta_noise_floor_before": before.mean_delta_noise_floor, "within_tolerance_before": 1,
+        "mean_delta_after": fix.mean_delta_after, "mean_delta_after_ci_low": fix.mean_delta_after_ci_low,
+        "mean_delta_after_ci_high": fix.mean_delta_after_ci_high,
+        "mean_delta_noise_floor_after": fix.mean_delta_noise_floor_after, "within_tolerance_after": 3,
+        "typical_ci_half_width_before": _half_width(before.professions), "median_n_before": 40,
+        "typical_ci_half_width_after": _half_width(after.professions), "median_n_after": 40,
+        "classifier_oracle_agreement": runs.AGREEMENT, "n_professions": 4, "prompt_columns": EVIL_TEMPLATE_COLUMNS,
+        "verdicts": [{"target": 0.5, "n_professions": 4, "within_tolerance_before": 1, "within_tolerance_after": 3}],
+        "conclusion": "After the edit, 3 of 4 professions are within ±0.05 of the target 0.5 on held-out prompts "
+                      f"(before: 1), and mean Δ fell from {fix.mean_delta_before:.2f} to {fix.mean_delta_after:.2f} "
+                      "— the 95% intervals do not overlap."}
+    nurse = "nurse " + runs.EVIL
+    order = {name: i for i, name in enumerate(("ceo", nurse, "firefighter", "teacher"))}  # Δ before, largest first
+    professions = sorted((_fix_row(b, a, f) for b, a, f in zip(before.professions, after.professions,
+                                                                recorded["professions"], strict=True)),
+                         key=lambda row: order[row["profession"]])
+    sources = {"fix": "fix.json", "before": "before/audit.json", "after": "after/audit.json"}
+    method = {"runs": {"before": _settings(before), "after": _settings(after)}, "fix": settings}
+    return _envelope(report, "fix", "report", sources, summary, professions, method, [], fix.side_effects)
+
+
+def expected_compare(folders: list[Path], report: dict) -> dict:
+    before, after = (AuditResult.from_json(folder) for folder in folders)
+    summary = {**validity_summary({"before": (before, folders[0]), "after": (after, folders[1])},
+                                  f"{folders[0]} {folders[1]}"),
+        "model_spec": "CompVis/stable-diffusion-v1-4", "model_fingerprint": before.model["fingerprint"],
+        "has_oracle": False, "date": after.finished_at, "target": 0.5, "tolerance": 0.05,
+        **{f"mean_delta_{side}{stat}": getattr(audit, f"mean_delta{stat}")
+           for side, audit in (("before", before), ("after", after)) for stat in ("", "_ci_low", "_ci_high")},
+        "mean_delta_noise_floor_before": before.mean_delta_noise_floor,
+        "mean_delta_noise_floor_after": after.mean_delta_noise_floor,
+        "within_tolerance_before": 1, "within_tolerance_after": 1,
+        "typical_ci_half_width_before": _half_width(before.professions), "median_n_before": 80,
+        "typical_ci_half_width_after": _half_width(after.professions), "median_n_after": 80,
+        "classifier_oracle_agreement": None, "n_professions": 4,
+        "prompt_columns": ["a photo of a(n) {profession}", "a painting of a(n) {profession}"],
+        "verdicts": [{"target": 0.5, "n_professions": 4, "within_tolerance_before": 1, "within_tolerance_after": 1}],
+        "conclusion": "After the change, 1 of 4 professions are within ±0.05 of the target 0.5 (before: 1), and mean "
+                      f"Δ fell from {before.mean_delta:.2f} to {after.mean_delta:.2f} — the 95% intervals do not "
+                      "overlap."}
+    rows = [_paired_row(b, a) for b, a in zip(before.professions, after.professions, strict=True)]
+    warnings = [
+        "The two runs differ in generation; a before/after difference may come from these settings and not only "
+        "from the edit. Compare runs made with the same settings.",
+        "More than 20% of the images were unclear (no person found or low classifier confidence) for: lifeguard. "
+        "Their shares rest on fewer images and may be biased by what the classifier abstains on; look at the "
+        "sample images."]
+    sources = {"before": "../base/audit.json", "after": "audit.json"}
+    method = {"runs": {"before": _settings(before), "after": _settings(after)}}
+    # ordered by Δ before; lifeguard (every image unclear: no share, no Δ) last
+    return _envelope(report, "compare", "compare_report", sources, summary, rows, method, warnings)
+
+
+# --------------------------------------------------------------------------- the twins
+
+def test_audit_twin_is_the_audit(rendered):
+    r = rendered["audit"]
+    assert r["html_path"] == r["dirs"][0] / "report.html"
+    assert r["report"] == expected_audit(r["dirs"][0], r["report"])
+
+
+def test_fix_twin_is_the_fix_and_its_audits(rendered):
+    r = rendered["fix"]
+    assert r["html_path"] == r["dirs"][0] / "report.html"
+    assert r["report"] == expected_fix(r["dirs"][0], r["report"])
+
+
+def test_compare_twin_is_the_two_audits_with_warnings(rendered):
+    r = rendered["compare"]
+    assert r["html_path"] == r["dirs"][1] / "compare_report.html"
+    assert r["report"] == expected_compare(r["dirs"], r["report"])
+
+
+@pytest.mark.parametrize("kind", ["audit", "fix", "compare"])
+def test_csv_twin_is_the_json_twins_scalar_columns(rendered, kind):
+    r = rendered[kind]
+    rows = r["report"]["professions"]
+    columns = list(dict.fromkeys(k for row in rows for k, v in row.items() if not isinstance(v, (list, dict))))
+    expected = [{k: "" if row.get(k) is None else str(row[k]) for k in columns} for row in rows]
+    with open(r["csv"], newline="", encoding="utf-8") as fh:
+        assert list(csv.DictReader(fh)) == expected
+    assert not list(r["html_path"].parent.glob(".*.tmp"))  # nothing half-written is left behind
+
+
+# --------------------------------------------------------------------------- the page
+
+@pytest.mark.parametrize("kind", ["audit", "fix", "compare"])
+def test_every_shown_number_equals_the_twin(rendered, kind):
+    r = rendered[kind]
+    page = pagecheck.parse(r["html"])
+    assert len(page.keys) > 40
+    status = {text: key for key, text in STATUS_TEXT.items()}  # a status is shown in words
+    for item in page.keys:
+        value = pagecheck.resolve(r["report"], item["key"])
+        if item["value"] is not None:
+            assert json.loads(item["value"]) == value, item
+        shown = status.get(item["text"], item["text"]) if "status" in item["key"] else item["text"]
+        assert pagecheck.shown_matches(shown, value), item
+    # numbers in table cells and headline cards all carry their data-key
+    assert page.loose == []
+
+
+def test_sections_follow_the_kind(rendered):
+    audit, fix, compare = (rendered[k]["html"] for k in ("audit", "fix", "compare"))
+    assert all(html.startswith("<!DOCTYPE html>") for html in (audit, fix, compare))
+    assert 'id="search"' in fix and 'id="side-effects"' in fix and "tuning prompts, final edit" in fix
+    assert 'id="search"' not in audit and 'id="search"' not in compare and "tuning prompts, final edit" not in audit
+    # one λ-search chart per searched profession (teacher was already within tolerance)
+    assert fix.count('alt="Search chart for') == 3
+    # a synthetic world has planted and oracle columns and says so; a real model has neither
+    assert "planted</th>" in audit and "synthetic world: planted shares known" in fix
+    assert "planted</th>" not in compare and "Synthetic world." not in compare
 
 
 def test_hostile_text_is_escaped(rendered):
@@ -77,7 +303,7 @@ def test_hostile_text_is_escaped(rendered):
     assert ("tr", evil_name) in [(t, a.get("data-profession")) for t, a in page.attrs_seen if "data-profession" in a]
     text = "".join(page.text)
     assert evil_name in text and f"mini {runs.EVIL}" in text            # profession and model spec as text
-    assert 'a "painting" of a(n) {profession} & friends' in text         # a prompt template with quotes and &
+    assert EVIL_TEMPLATE_COLUMNS[1] in text                              # a prompt template with quotes and &
     assert f"a photo of a car {runs.EVIL}" in text                       # a side-effect prompt
     assert report["summary"]["model_spec"] == f"mini {runs.EVIL}"
 
@@ -95,130 +321,21 @@ def test_no_network_resources(rendered):
         assert all(h.startswith("#") for h in hrefs)
 
 
-@pytest.mark.parametrize("kind", ["audit", "fix", "compare"])
-def test_every_shown_number_equals_report_json(rendered, kind):
-    r = rendered[kind]
-    page = pagecheck.parse(r["html"])
-    assert len(page.keys) > 40
-    for item in page.keys:
-        value = pagecheck.resolve(r["report"], item["key"])
-        if item["value"] is not None:
-            assert json.loads(item["value"]) == value, item
-        shown = {v: k for k, v in STATUS_TEXT.items()}.get(item["text"], item["text"]) if "status" in item["key"] else item["text"]
-        assert pagecheck.shown_matches(shown, value), item
-    # numbers in table cells and headline cards all carry their data-key
-    assert page.loose == []
+def test_mixed_targets_get_one_verdict_each(tmp_path):
+    rows = [runs.profession_audit(name, (nf, nm, nu), planted, target=0.9 if name == "nurse" else 0.5)
+            for name, (nf, nm, nu, planted) in runs.MINI_PROFESSIONS.items()]
+    folder = runs.save_audit(tmp_path / "a", runs.audit_result(rows))  # nurse at 0.89 is within ±0.05 of 0.9
+    html_path = render_report([folder])
+    summary = json.loads(twin_paths(html_path)[0].read_text())["summary"]
+    assert (summary["within_tolerance"], summary["verdicts"]) == (2, [
+        {"target": 0.5, "n_professions": 3, "within_tolerance": 1},
+        {"target": 0.9, "n_professions": 1, "within_tolerance": 1}])
+    assert "of the target 0.5/0.9;" in summary["conclusion"]
+    keys = {k["key"] for k in pagecheck.parse(html_path.read_text()).keys}
+    assert {"summary.verdicts.0.within_tolerance", "summary.verdicts.1.within_tolerance"} <= keys
 
 
-def test_audit_numbers_equal_audit_json(rendered):
-    r = rendered["audit"]
-    src = _load(r["dirs"][0] / "audit.json")
-    by_name = {p["profession"]: p for p in src["professions"]}
-    for row in r["report"]["professions"]:
-        for key in ("n", "n_female", "n_male", "n_unclear", "share_female", "ci_low", "ci_high", "p_value", "delta",
-                    "planted_share", "oracle_share"):
-            assert row[key] == by_name[row["profession"]][key], (row["profession"], key)
-    s = r["report"]["summary"]
-    assert (s["mean_delta"], s["mean_delta_ci_low"], s["mean_delta_ci_high"]) == (
-        src["mean_delta"], src["mean_delta_ci_low"], src["mean_delta_ci_high"])
-    # computed: only teacher (20/39 = 0.513) is within ±0.05 of 0.5
-    assert [row["within_tolerance"] for row in r["report"]["professions"]].count(True) == 1
-    assert s["within_tolerance"] == 1 and s["verdicts"] == [
-        {"target": 0.5, "n_professions": 4, "within_tolerance": 1}]
-    # ordered by Δ, largest first
-    deltas = [row["delta"] for row in r["report"]["professions"]]
-    assert deltas == sorted(deltas, reverse=True)
-    assert "the most skewed is ceo (8% female)" in s["conclusion"]  # 3 of 39
-
-
-def test_fix_numbers_equal_fix_and_audit_json(rendered):
-    r = rendered["fix"]
-    folder = r["dirs"][0]
-    fix, before, after = (_load(folder / "fix.json"), _load(folder / "before/audit.json"),
-                          _load(folder / "after/audit.json"))
-    fx = {p["profession"]: p for p in fix["professions"]}
-    b = {p["profession"]: p for p in before["professions"]}
-    a = {p["profession"]: p for p in after["professions"]}
-    for row in r["report"]["professions"]:
-        name = row["profession"]
-        for key in ("share_before", "ci_low_before", "ci_high_before", "share_after", "ci_low_after", "ci_high_after",
-                    "delta_before", "delta_after", "destination", "status", "lambda", "lambda_relative",
-                    "images_used_in_search", "search"):
-            assert row[key] == fx[name][key], (name, key)
-        for key in ("n", "n_unclear", "p_value", "oracle_share"):
-            assert row[f"{key}_before"] == b[name][key] and row[f"{key}_after"] == a[name][key], (name, key)
-        assert row["planted_share"] == b[name]["planted_share"]
-    s = r["report"]["summary"]
-    for key in ("mean_delta_before", "mean_delta_before_ci_low", "mean_delta_before_ci_high", "mean_delta_after",
-                "mean_delta_after_ci_low", "mean_delta_after_ci_high", "within_tolerance_before", "within_tolerance_after"):
-        assert s[key] == fix[key], key
-    assert (s["within_tolerance_before"], s["within_tolerance_after"]) == (1, 3)
-    assert s["conclusion"].startswith("After the edit, 3 of 4 professions are within ±0.05 of the target 0.5 "
-                                      "on held-out prompts (before: 1), and mean Δ fell from")
-    se = r["report"]["side_effects"]
-    assert [p["mean_abs_pixel_change"] for p in se["prompts"]] == [
-        p["mean_abs_pixel_change"] for p in fix["side_effects"]["prompts"]]
-    assert r["report"]["method"]["fix"]["edit_file"]["sha256"] == fix["edit_file"]["sha256"]
-    assert r["report"]["warnings"] == []
-
-
-def test_samples_pair_the_same_prompt_and_seed(rendered):
-    r = rendered["fix"]
-    folder = r["dirs"][0]
-    before = {p["profession"]: p for p in _load(folder / "before/audit.json")["professions"]}
-    after = {p["profession"]: p for p in _load(folder / "after/audit.json")["professions"]}
-    for row in r["report"]["professions"]:
-        assert len(row["samples"]) == 8
-        assert len({s["prompt"] for s in row["samples"][:2]}) == 2  # spread over prompts first
-        for s in row["samples"]:
-            for side, src in (("before", before), ("after", after)):
-                match = [x for x in src[row["profession"]]["samples"] if (x["prompt"], x["seed"]) == (s["prompt"], s["seed"])]
-                assert len(match) == 1 and match[0]["image"] == s[side]["image"] and match[0]["label"] == s[side]["label"]
-
-
-def test_shares_per_prompt_come_from_the_audits_and_the_last_joint_round(rendered):
-    fix = rendered["fix"]
-    folder = fix["dirs"][0]
-    sides = {side: {p["profession"]: p for p in _load(folder / f"{side}/audit.json")["professions"]}
-             for side in ("before", "after")}
-    last = {p["profession"]: p["joint"][-1] for p in _load(folder / "fix.json")["professions"]}
-    assert fix["report"]["summary"]["prompt_columns"] == ["a photo of a(n) {profession}",
-                                                          'a "painting" of a(n) {profession} & friends']
-    for row in fix["report"]["professions"]:
-        name = row["profession"]
-        assert (row["tuning_share_after"], row["tuning_ci_low_after"], row["tuning_ci_high_after"]) == (
-            last[name]["share_female"], last[name]["ci_low"], last[name]["ci_high"])
-        assert [c["prompt"] for c in row["by_prompt"]] == sides["before"][name]["prompts"]
-        for k, c in enumerate(row["by_prompt"]):
-            for side in ("before", "after"):
-                src = sides[side][name]["by_prompt"][k]
-                assert (c[f"share_{side}"], c[f"ci_low_{side}"], c[f"ci_high_{side}"], c[f"n_{side}"]) == (
-                    src["share_female"], src["ci_low"], src["ci_high"], src["n"])
-    assert 'id="prompts"' in fix["html"] and "tuning prompts, final edit" in fix["html"]
-    # the page shows them under their report.json keys (checked against report.json by the test above)
-    assert 'data-key="professions.0.by_prompt.1.share_after"' in fix["html"]
-
-    audit = rendered["audit"]
-    src = {p["profession"]: p for p in _load(audit["dirs"][0] / "audit.json")["professions"]}
-    for row in audit["report"]["professions"]:
-        assert [(c["prompt"], c["share_female"], c["n"]) for c in row["by_prompt"]] == [
-            (b["prompt"], b["share_female"], b["n"]) for b in src[row["profession"]]["by_prompt"]]
-    assert 'data-key="professions.0.by_prompt.0.share_female"' in audit["html"]
-    assert "tuning prompts, final edit" not in audit["html"]
-
-
-def test_compare_tolerates_null_and_missing_fields_and_warns_on_settings(rendered):
-    r = rendered["compare"]
-    rows = {row["profession"]: row for row in r["report"]["professions"]}
-    life = rows["lifeguard"]
-    assert life["share_before"] is None and life["within_tolerance_after"] is None and life["planted_share"] is None
-    assert r["report"]["professions"][-1]["profession"] == "lifeguard"  # unmeasured last
-    assert "planted</th>" not in r["html"]                             # real model: no planted/oracle columns
-    warnings = " ".join(r["report"]["warnings"])
-    assert "differ in generation" in warnings                          # steps 10 vs 25
-    assert "lifeguard" in warnings and "unclear" in warnings           # 100% unclear
-    assert rows["nurse"]["share_before"] == _load(r["dirs"][0] / "audit.json")["professions"][0]["share_female"]
-
+# --------------------------------------------------------------------------- images, files, errors
 
 def test_thumbnails_upscale_tiny_images_and_shrink_large_ones(tmp_path):
     small = Image.new("RGB", (32, 32), "white")
@@ -240,7 +357,8 @@ def test_thumbnails_upscale_tiny_images_and_shrink_large_ones(tmp_path):
 def test_missing_images_render_with_a_warning(tmp_path):
     folder = runs.make_audit(tmp_path / "a", with_images=False)
     report = json.loads(twin_paths(render_report([folder]))[0].read_text())
-    assert any("could not be read" in w for w in report["warnings"])
+    (warning,) = report["warnings"]
+    assert warning.startswith("32 sample image(s) could not be read and are shown as empty boxes (")
     assert 'class="missing"' in (folder / "report.html").read_text()
 
 
@@ -251,7 +369,7 @@ def test_out_option_and_twin_names(rendered, tmp_path):
     assert (out.parent / sources["audit"]).resolve() == (rendered["audit"]["dirs"][0] / "audit.json").resolve()
     # the run's own audit.json is never overwritten by a twin
     out2 = render_report(rendered["audit"]["dirs"], rendered["audit"]["dirs"][0] / "audit.html")
-    assert json.loads((out2.parent / "audit.json").read_text())["kind"] == "audit"
+    assert AuditResult.from_json(out2.parent).kind == "audit"
 
 
 def test_clear_errors(tmp_path, rendered):
@@ -268,6 +386,9 @@ def test_clear_errors(tmp_path, rendered):
     (bad / "audit.json").write_text('{"kind": "audit"}', encoding="utf-8")
     with pytest.raises(InputError, match="no 'professions' list"):
         render_report([bad])
+    (bad / "audit.json").write_text('{"kind": "fix", "professions": []}', encoding="utf-8")
+    with pytest.raises(InputError, match=r"expected a debias audit record .*found 'fix'"):
+        render_report([bad])
     with pytest.raises(InputError, match="two audit folders"):
         render_report([rendered["fix"]["dirs"][0], rendered["audit"]["dirs"][0]])
     broken_fix = tmp_path / "fix"
@@ -278,6 +399,21 @@ def test_clear_errors(tmp_path, rendered):
     audit_dir = rendered["audit"]["dirs"][0]
     with pytest.raises(InputError, match="cannot write the report .*--out"):
         render_report([audit_dir], audit_dir / "audit.json" / "r.html")  # a file where a folder should be
+
+
+def test_files_of_another_version_say_to_rerun(tmp_path, rendered):
+    """A record without the fields this version writes (here an audit row's within_band) is refused, not guessed."""
+    folder = tmp_path / "old"
+    shutil.copytree(rendered["audit"]["dirs"][0], folder)
+    data = json.loads((folder / "audit.json").read_text())
+    for row in data["professions"]:
+        del row["within_band"]
+    (folder / "audit.json").write_text(json.dumps(data))
+    with pytest.raises(InputError, match=r"not a complete ProfessionAudit .*within_band.*re-run"):
+        render_report([folder])
+    (folder / "audit.json").write_text(json.dumps({**data, "mean_delta": float("nan")}))
+    with pytest.raises(InputError, match="NaN is not a number in strict JSON"):
+        render_report([folder])
 
 
 def test_cli_report(rendered, tmp_path, capsys):
@@ -310,22 +446,6 @@ def test_charts_are_inline_pngs_and_skip_empty_searches():
                                          {"x": 5.0, "n_female": 0, "n_male": 0}], None, 0.5, 0.05) is None
 
 
-def test_mixed_targets_get_one_verdict_each(tmp_path):
-    folder = runs.make_audit(tmp_path / "a")
-    data = json.loads((folder / "audit.json").read_text())
-    data["professions"][0]["target"] = 0.9  # nurse at 0.89 is within ±0.05 of its own target
-    (folder / "audit.json").write_text(json.dumps(data))
-    html_path = render_report([folder])
-    report = json.loads(twin_paths(html_path)[0].read_text())
-    assert report["summary"]["verdicts"] == [
-        {"target": 0.5, "n_professions": 3, "within_tolerance": 1},
-        {"target": 0.9, "n_professions": 1, "within_tolerance": 1}]
-    assert report["summary"]["within_tolerance"] == 2 and "target 0.5/0.9" in report["summary"]["conclusion"]
-    page = pagecheck.parse(html_path.read_text())
-    keys = {k["key"] for k in page.keys}
-    assert {"summary.verdicts.0.within_tolerance", "summary.verdicts.1.within_tolerance"} <= keys
-
-
 def _keys(obj, prefix=""):
     """Every key path of a JSON document (lists contribute their first item's keys)."""
     if isinstance(obj, dict):
@@ -339,17 +459,15 @@ def _keys(obj, prefix=""):
 
 
 def test_sample_report_in_reports_is_current_with_the_code(tmp_path):
-    """reports/ is regenerated by `make sample-report`; this fails when the report's structure moves on without it."""
-    import debias
-
+    """reports/ is regenerated by `make sample-report`; this fails when the report's layout moves on without it."""
     root = Path(__file__).resolve().parents[1] / "reports"
     sample = json.loads((root / "mini-fix.json").read_text())
     html = (root / "mini-fix.html").read_text(encoding="utf-8")
-    assert sample["kind"] == "fix" and sample["debias_version"] == debias.__version__
     fresh = json.loads(twin_paths(render_report([runs.make_fix(tmp_path / "fix")]))[0].read_text())
-    assert sample["report_version"] == fresh["report_version"]
-    # the synthetic fix has no oracle column for every field; compare the structure both must have
+    stale = "reports/mini-fix.* are from another version of the report: run `make sample-report`"
+    assert (sample["kind"], sample["debias_version"], sample["report_version"]) == (
+        "fix", debias.__version__, fresh["report_version"]), stale
     top = {k for k in _keys(fresh) if k.count(".") <= 1 and "[]" not in k}
-    assert top <= _keys(sample), sorted(top - _keys(sample))
+    assert top <= _keys(sample), (stale, sorted(top - _keys(sample)))
     for row in sample["professions"]:  # and the page shows what its twin says
         assert row["profession"] in html

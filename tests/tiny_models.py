@@ -196,3 +196,113 @@ def save_tiny(pipe, folder: str | Path) -> Path:
     folder = Path(folder)
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+# --------------------------------------------------------------------------------------------------
+# MMDiT families (SD3/3.5, FLUX.1): the text enters through one input projection, not cross-attention
+# --------------------------------------------------------------------------------------------------
+
+
+def _clip_encoder(hidden_size: int, projection_dim: int, with_projection: bool, pad_token_id: int = 49407):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=pad_token_id, hidden_size=hidden_size,
+        intermediate_size=37, layer_norm_eps=1e-05, num_attention_heads=4, num_hidden_layers=2,
+        vocab_size=CLIP_VOCAB_SIZE, max_position_embeddings=77, hidden_act="gelu", projection_dim=projection_dim,
+    )
+    return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config)
+
+
+def _t5_encoder(d_model: int, tokenizer):
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer), d_model=d_model, d_ff=37, d_kv=8, num_heads=4, num_layers=2,
+        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    ))
+
+
+def _flow_vae(latent_channels: int):
+    """A one-block VAE (scale factor 1) with SD3/FLUX's shift and scaling factors."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
+        latent_channels=latent_channels, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
+        shift_factor=0.0609, scaling_factor=1.5035,
+    )
+
+
+def tiny_sd3(seed: int = 0, with_t5: bool = True):
+    """SD3 layout: CLIP-L (16) and CLIP-G (24) per-token embeddings concatenated (40), zero-padded to T5's width
+    (48) and followed by T5's tokens on the sequence axis (77 + 256 rows); ``context_embedder`` reads them (48 → 32).
+    The pooled CLIP vectors (16 + 24) go to ``time_text_embed``. ``with_t5=False`` drops T5 (its rows are zeros)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=16, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=4,
+        caption_projection_dim=32, joint_attention_dim=48, pooled_projection_dim=40, out_channels=4,
+        pos_embed_max_size=32,
+    )
+    tokenizer_3 = t5_tokenizer()
+    return _finish(StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=_flow_vae(latent_channels=4),
+        text_encoder=_clip_encoder(16, 16, with_projection=True), tokenizer=clip_tokenizer(),
+        text_encoder_2=_clip_encoder(24, 24, with_projection=True), tokenizer_2=clip_tokenizer(pad_token="!"),
+        text_encoder_3=_t5_encoder(48, tokenizer_3) if with_t5 else None, tokenizer_3=tokenizer_3 if with_t5 else None,
+    ))
+
+
+def tiny_flux(seed: int = 0, guidance_embeds: bool = False):
+    """FLUX.1 layout: T5's tokens (width 48, 512 rows) → ``context_embedder`` (48 → 32); the pooled CLIP vector
+    (also width 48, so widths alone cannot tell the two projections apart) → ``time_text_embed``.
+    ``guidance_embeds=True`` is FLUX.1-dev's embedded guidance; False is FLUX.1-schnell's."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=48, pooled_projection_dim=48, guidance_embeds=guidance_embeds, axes_dims_rope=[4, 4, 8],
+    )
+    tokenizer_2 = t5_tokenizer()
+    return _finish(FluxPipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=_flow_vae(latent_channels=1),
+        text_encoder=_clip_encoder(48, 48, with_projection=False), tokenizer=clip_tokenizer(),
+        text_encoder_2=_t5_encoder(48, tokenizer_2), tokenizer_2=tokenizer_2, image_encoder=None, feature_extractor=None,
+    ))
+
+
+MMDIT_BUILDERS = {"sd3": tiny_sd3, "flux": tiny_flux}
+
+
+def tiny_hunyuan_dit(seed: int = 0):
+    """HunyuanDiT layout, a family the edit does not support: its cross-attention reads BERT's tokens followed by
+    T5's tokens projected inside the transformer, not the embeddings it is given. It can still be audited.
+    A four-block VAE (scale factor 8), because the pipeline sizes its position grid in units of 8 pixels."""
+    import tempfile
+
+    from diffusers import AutoencoderKL, DDPMScheduler, HunyuanDiT2DModel, HunyuanDiTPipeline
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    torch.manual_seed(seed)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *dict.fromkeys(_T5_WORDS), *"abcdefghijklmnopqrstuvwxyz"]
+    vocab = Path(tempfile.mkdtemp(prefix="debias-bert-")) / "vocab.txt"
+    vocab.write_text("\n".join(words + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]), encoding="utf-8")
+    tokenizer = BertTokenizer(str(vocab), model_max_length=77)
+    text_encoder = BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                                        num_attention_heads=4, intermediate_size=37, max_position_embeddings=77))
+    transformer = HunyuanDiT2DModel(
+        sample_size=8, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=3, in_channels=4,
+        cross_attention_dim=32, cross_attention_dim_t5=48, pooled_projection_dim=16, hidden_size=24,
+        activation_fn="gelu-approximate",
+    )
+    vae = AutoencoderKL(block_out_channels=(4, 4, 4, 4), down_block_types=["DownEncoderBlock2D"] * 4,
+                        up_block_types=["UpDecoderBlock2D"] * 4, norm_num_groups=1, layers_per_block=1)
+    tokenizer_2 = t5_tokenizer()
+    return _finish(HunyuanDiTPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, scheduler=DDPMScheduler(),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        text_encoder_2=_t5_encoder(48, tokenizer_2), tokenizer_2=tokenizer_2,
+    ))

@@ -1,4 +1,5 @@
-"""Applying an edit to a pipeline: baking W·M into the K/V weights, reverting, or transforming the conditioning."""
+"""Applying an edit to a pipeline: baking W·M into the weights that read the text (cross-attention K/V, or an
+MMDiT's text input projection), reverting, or transforming the conditioning."""
 
 from __future__ import annotations
 
@@ -9,11 +10,9 @@ from typing import Iterator, Sequence
 
 import torch
 
+from debias.editing.state import edit_state
 from debias.editing.tokens import encode_conditioning
 from debias.errors import EditError
-
-ORIGINALS_ATTR = "_debias_original_kv"
-"""Where a pipeline keeps its unedited K/V weights while an edit is baked in (for revert_edit)."""
 
 
 def check_matrix(pipe, M: torch.Tensor) -> list:
@@ -23,7 +22,7 @@ def check_matrix(pipe, M: torch.Tensor) -> list:
     d = projections[0].in_features
     if not isinstance(M, torch.Tensor) or M.shape != (d, d):
         shape = tuple(M.shape) if isinstance(M, torch.Tensor) else type(M).__name__
-        raise EditError(f"the edit matrix has shape {shape} but this model's cross-attention reads width {d}; "
+        raise EditError(f"the edit matrix has shape {shape} but this model's text conditioning has width {d}; "
                         "the edit was made for a different model.")
     if not torch.isfinite(M).all():
         raise EditError("the edit matrix contains NaN or Inf values.")
@@ -45,7 +44,7 @@ def baked_weight(W: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
 
 
 def edited_weights(pipe, M: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``W @ M`` for every K/V projection, from the original weights, in the weights' dtype (:func:`baked_weight`)."""
+    """``W @ M`` for every edited weight, from the original weights, in the weights' dtype (:func:`baked_weight`)."""
     from debias.models import original_weights
 
     check_matrix(pipe, M)
@@ -53,61 +52,69 @@ def edited_weights(pipe, M: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def bake_edit(pipe, M: torch.Tensor) -> None:
-    """Write ``W @ M`` into every cross-attention ``to_k`` / ``to_v`` weight.
+    """Write ``W @ M`` into every weight that reads the text: each cross-attention ``to_k`` / ``to_v``, or the
+    text input projection (``context_embedder``) of SD3 and FLUX; its bias is left as it is (``W′c + b``).
 
     ``W`` is always the original weight (baking twice does not compound); the originals are kept on
-    the pipe so :func:`revert_edit` restores them bit for bit.
+    pipeline's :class:`~debias.editing.state.EditState` so :func:`revert_edit` restores them bit for bit.
     """
     projections = check_matrix(pipe, M)
     new = edited_weights(pipe, M)
-    set_kv_weights(pipe, projections, new)
-    pipe._debias_edit_matrix = M.detach().clone()
+    set_kv_weights(pipe, projections, new, M)
 
 
-def set_kv_weights(pipe, projections, new: dict[str, torch.Tensor]) -> None:
-    if getattr(pipe, ORIGINALS_ATTR, None) is None:
-        setattr(pipe, ORIGINALS_ATTR, {p.name: p.module.weight.detach().clone() for p in projections})
+def set_kv_weights(pipe, projections, new: dict[str, torch.Tensor], M: torch.Tensor | None = None) -> None:
+    """Write the edited weights ``new`` (of the edit ``M``; None for edits that are not one matrix, such as
+    per-layer ones), keeping the originals the first time so :func:`revert_edit` can restore them."""
+    state = edit_state(pipe)
+    if state.originals is None:
+        state.originals = {p.name: p.module.weight.detach().clone() for p in projections}
+    state.matrix = None if M is None else M.detach().clone()
     with torch.no_grad():
         for p in projections:
             p.module.weight.copy_(new[p.name])
 
 
 def revert_edit(pipe) -> None:
-    """Restore the original K/V weights saved by :func:`bake_edit` / :func:`load_edit` (bit-exact)."""
+    """Restore the original weights saved by :func:`bake_edit` / :func:`load_edit` (bit-exact)."""
     from debias.models import find_cross_attention
 
-    originals = getattr(pipe, ORIGINALS_ATTR, None)
-    if originals is None:
+    state = edit_state(pipe)
+    if state.originals is None:
         return
     with torch.no_grad():
         for p in find_cross_attention(pipe):
-            p.module.weight.copy_(originals[p.name])
-    setattr(pipe, ORIGINALS_ATTR, None)
-    pipe._debias_edit_matrix = None
+            p.module.weight.copy_(state.originals[p.name])
+    state.originals = state.matrix = None
 
 
 def is_edited(pipe) -> bool:
     """Whether an edit is baked into the pipe's weights."""
-    return getattr(pipe, ORIGINALS_ATTR, None) is not None
+    return edit_state(pipe).originals is not None
 
 
 @contextlib.contextmanager
 def conditioning_transform(pipe, M: torch.Tensor) -> Iterator[None]:
     """Generate as if the edit ``M`` were baked, without touching any weight.
 
-    Inside the ``with`` block the conditioning the K/V projections read is replaced by ``c @ Mᵀ``
+    Inside the ``with`` block the conditioning the edited layers read is replaced by ``c @ Mᵀ``
     (exactly what ``W @ M`` computes from ``c``). For UNets this is a forward pre-hook on the
-    denoiser's ``encoder_hidden_states`` (which under guidance holds the unconditional rows too, so
-    they are transformed as the baked model would); for PixArt it is applied after the caption
-    projection. This is how a λ search tries many edits cheaply::
+    denoiser's ``encoder_hidden_states``; for PixArt it is applied after the caption projection; for SD3
+    and FLUX it is a pre-hook on the text input projection itself, so what it transforms is exactly what
+    the baked weight multiplies. Every row the layers read is transformed, as the baked model would: under
+    classifier-free guidance (SD 1.x/2.x, SDXL, PixArt, SD3; FLUX's ``true_cfg_scale``) the unconditional
+    rows too, whether they share the call with the prompt's rows or have a call of their own; FLUX.1-dev's
+    embedded guidance and the pooled text vectors do not pass through these layers and are left alone.
+    This is how a λ search tries many edits cheaply::
 
         with conditioning_transform(pipe, M):
             images = pipe(prompts, generator=generators).images
     """
     from debias.models import denoiser
 
-    check_matrix(pipe, M)
-    if getattr(pipe, "_debias_transform_active", False):
+    projections = check_matrix(pipe, M)
+    state = edit_state(pipe)
+    if state.transform_active:
         raise EditError("conditioning_transform() is already active on this pipeline; combine edits into one matrix.")
     net = denoiser(pipe)
     for name, module in net.named_modules():
@@ -123,7 +130,9 @@ def conditioning_transform(pipe, M: torch.Tensor) -> Iterator[None]:
         return _transform_rows(c, cache[key])
 
     projection = getattr(net, "caption_projection", None)
-    if isinstance(projection, torch.nn.Module):
+    if projections[0].kind == "context":
+        handle = projections[0].module.register_forward_pre_hook(lambda _m, args: (transform(args[0]), *args[1:]))
+    elif isinstance(projection, torch.nn.Module):
         handle = projection.register_forward_hook(lambda _m, _a, out: transform(out))
     else:
         position = list(inspect.signature(net.forward).parameters).index("encoder_hidden_states")
@@ -136,12 +145,12 @@ def conditioning_transform(pipe, M: torch.Tensor) -> Iterator[None]:
             return args, kwargs
 
         handle = net.register_forward_pre_hook(pre_hook, with_kwargs=True)
-    pipe._debias_transform_active = True
+    state.transform_active = True
     try:
         yield
     finally:
         handle.remove()
-        pipe._debias_transform_active = False
+        state.transform_active = False
 
 
 def _transform_operand(M: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -150,7 +159,7 @@ def _transform_operand(M: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     ``M`` is the identity plus a small edit, so rounding ``M`` itself to float16 or bfloat16 (and every
     partial sum) adds error on top of the one rounding the transformed rows need anyway. Multiplying in
     float32 and rounding the product once cut the transform's error by 10-25% (``benchmarks/precision.py``:
-    bfloat16, mini model, 0.60% → 0.42% of the edit's effect; float16, SD 1.x shapes, 0.99% → 0.77%).
+    bfloat16, built-in model, 0.60% → 0.42% of the edit's effect; float16, SD 1.x shapes, 0.99% → 0.77%).
     """
     return M.to(device=like.device, dtype=torch.promote_types(like.dtype, torch.float32)).T.contiguous()
 

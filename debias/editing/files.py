@@ -41,14 +41,17 @@ def _decode_metadata(raw: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def save_edit(path: str | Path, pipe, M: torch.Tensor, *, metadata: dict[str, Any] | None = None) -> Path:
+def save_edit(path: str | Path, pipe, M: torch.Tensor, *, metadata: dict[str, Any] | None = None,
+              spec: str | None = None, revision: str | None = None) -> Path:
     """Write an edit file (safetensors), atomically.
 
     Keys are the full module names of the edited weights relative to the denoiser
-    (``…attn2.to_k.weight``), so ``pipe.unet.load_state_dict(sd, strict=False)`` applies it as
+    (``…attn2.to_k.weight``; ``context_embedder.weight`` for SD3 and FLUX), so
+    ``pipe.unet.load_state_dict(sd, strict=False)`` (``pipe.transformer…`` for transformers) applies it as
     UCE's files do; the compact ``M`` is stored under ``"debias.edit_matrix"``. The safetensors
-    metadata (strings; structures JSON-encoded) records the method, the base model spec, revision
-    and fingerprint of the original weights, their dtype-independent description (``base_weights``,
+    metadata (strings; structures JSON-encoded) records the method, the model ``family``
+    (:func:`debias.models.model_family`), the base model ``spec``, ``revision`` and fingerprint of the original
+    weights, their dtype-independent description (``base_weights``,
     :func:`debias.models.weights_summary`, which :func:`load_edit` checks), the debias version, and
     whatever the caller passes (λ per edit, prompts, ...). The weights are ``W @ M`` rounded once to
     the model's dtype (:func:`baked_weight`).
@@ -56,7 +59,7 @@ def save_edit(path: str | Path, pipe, M: torch.Tensor, *, metadata: dict[str, An
 
     from debias import __version__
     from debias.io import atomic_write_bytes
-    from debias.models import denoiser, fingerprint, weights_summary
+    from debias.models import denoiser, fingerprint, model_family, weights_summary
 
     tensors = {f"{name}.weight": w.detach().to("cpu").contiguous() for name, w in edited_weights(pipe, M).items()}
     tensors[MATRIX_KEY] = M.detach().to("cpu").contiguous()
@@ -65,8 +68,9 @@ def save_edit(path: str | Path, pipe, M: torch.Tensor, *, metadata: dict[str, An
         "format": "debias-edit",
         "format_version": 1,
         "method": "TIME",
-        "base_model": getattr(pipe, "_debias_spec", None),
-        "revision": getattr(pipe, "_debias_revision", None),
+        "family": model_family(pipe),
+        "base_model": spec,
+        "revision": revision,
         "fingerprint": fingerprint(pipe),
         "base_weights": weights_summary(pipe),
         "denoiser": "unet" if getattr(pipe, "unet", None) is net else "transformer",
@@ -117,7 +121,8 @@ def read_edit(path: str | Path) -> LoadedEdit:
     return LoadedEdit(matrix=matrix, metadata=_decode_metadata(raw), path=path, weights=tensors)
 
 
-def load_edit(pipe, path: str | Path, *, bake: bool = True, check_fingerprint: bool = True) -> LoadedEdit:
+def load_edit(pipe, path: str | Path, *, bake: bool = True, check_fingerprint: bool = True,
+              spec: str | None = None, revision: str | None = None) -> LoadedEdit:
     """Read an edit file, check it was made for this model, and (by default) bake it into ``pipe``.
 
     An edit of one model is meaningless on another, but the same model in float16 or bfloat16 is the
@@ -129,33 +134,32 @@ def load_edit(pipe, path: str | Path, *, bake: bool = True, check_fingerprint: b
     On the very weights the file was made from (same fingerprint) the stored edited weights are copied
     in bit for bit; otherwise (another dtype, or the check skipped with ``check_fingerprint=False``)
     ``W @ M`` is baked from this pipe's own weights (:func:`baked_weight`), exactly as :func:`bake_edit`
-    would. :func:`revert_edit` undoes either.
+    would. :func:`revert_edit` undoes either. ``spec`` and ``revision`` name this pipe in a refusal.
 
     Raises:
         EditError: missing or foreign file, or a different base model.
     """
-    from debias.models import fingerprint
+    from debias.models import fingerprint, model_family
 
     edit = read_edit(path)
     exact = edit.metadata.get("fingerprint") == fingerprint(pipe)
     if check_fingerprint and not exact:
-        _check_base_weights(pipe, edit)
+        _check_base_weights(pipe, edit, {"family": model_family(pipe), "base_model": spec, "revision": revision})
     projections = check_matrix(pipe, edit.matrix)
     names = {f"{p.name}.weight" for p in projections}
     if set(edit.weights) != names:
         missing = sorted(names - set(edit.weights))[:3]
-        raise EditError(f"{edit.path} does not hold the same K/V layers as this model (e.g. missing {missing}).")
+        raise EditError(f"{edit.path} does not hold the same edited layers as this model (e.g. missing {missing}).")
     if bake:
         if exact:
             new = {p.name: edit.weights[f"{p.name}.weight"].to(p.module.weight.device) for p in projections}
         else:
             new = edited_weights(pipe, edit.matrix)
-        set_kv_weights(pipe, projections, new)
-        pipe._debias_edit_matrix = edit.matrix.clone()
+        set_kv_weights(pipe, projections, new, edit.matrix)
     return edit
 
 
-def _check_base_weights(pipe, edit: LoadedEdit) -> None:
+def _check_base_weights(pipe, edit: LoadedEdit, ours: dict[str, Any]) -> None:
     """Refuse an edit whose base weights are not this pipe's (in any dtype), naming what differs."""
     from debias.models import compare_weights, weights_summary
 
@@ -173,15 +177,16 @@ def _check_base_weights(pipe, edit: LoadedEdit) -> None:
                 "dtype-independent description of its base weights to compare instead")
         advice = ("load the model it was made for in the dtype it was made in, or re-run `debias edit` on this one "
                   "(new edit files load in any dtype)")
-    raise EditError(f"{edit.path} was made for a different base model{_spec_difference(meta, pipe)}: {what}; {advice}.")
+    raise EditError(f"{edit.path} was made for a different base model{_spec_difference(meta, ours)}: {what}; {advice}.")
 
 
-def _spec_difference(meta: dict[str, Any], pipe) -> str:
-    """`` (base model 'a', this one 'b')`` when the file's spec or revision differs from ``pipe``'s, else ``""``."""
+def _spec_difference(meta: dict[str, Any], this: dict[str, Any]) -> str:
+    """`` (family 'SD3', this one 'FLUX.1'; base model 'a', this one 'b')`` for what differs between the file's
+    family, spec and revision and this model's (files from before families were recorded name none), else ``""``."""
     parts = []
-    for key, attr in (("base_model", "_debias_spec"), ("revision", "_debias_revision")):
-        theirs, ours = meta.get(key), getattr(pipe, attr, None)
-        if theirs != ours:
+    for key in ("family", "base_model", "revision"):
+        theirs, ours = meta.get(key), this.get(key)
+        if theirs != ours and not (key == "family" and theirs is None):
             parts.append(f"{key.replace('_', ' ')} {theirs!r}, this one {ours!r}")
     return f" ({'; '.join(parts)})" if parts else ""
 

@@ -38,6 +38,18 @@ def check_lambda(lam: float, what: str = "lam") -> float:
     return value
 
 
+def _row_weights(weights: torch.Tensor | Sequence[float] | None, C: torch.Tensor) -> torch.Tensor:
+    """Per-row weights as float64 on the rows' device (all ones when none are given), checked."""
+    if weights is None:
+        return torch.ones(C.shape[0], dtype=torch.float64, device=C.device)
+    w = torch.as_tensor(weights, dtype=torch.float64).to(C.device).reshape(-1)
+    if w.shape[0] != C.shape[0]:
+        raise EditError(f"weights has {w.shape[0]} entries but there are {C.shape[0]} source rows.")
+    if not torch.isfinite(w).all() or (w < 0).any():
+        raise EditError("weights must be finite and non-negative (they are per-edit strengths).")
+    return w
+
+
 def edit_matrix(
     sources: torch.Tensor,
     destinations: torch.Tensor,
@@ -87,15 +99,7 @@ def edit_matrix(
     lam = check_lambda(lam)
     C_star = C_star.to(C.device)
 
-    if weights is None:
-        w = torch.ones(C.shape[0], dtype=torch.float64, device=C.device)
-    else:
-        w = torch.as_tensor(weights, dtype=torch.float64).to(C.device).reshape(-1)
-        if w.shape[0] != C.shape[0]:
-            raise EditError(f"weights has {w.shape[0]} entries but there are {C.shape[0]} source rows.")
-        if not torch.isfinite(w).all() or (w < 0).any():
-            raise EditError("weights must be finite and non-negative (they are per-edit strengths).")
-
+    w = _row_weights(weights, C)
     beta = float(preserve_weight)
     if not math.isfinite(beta) or beta < 0:
         raise EditError(f"preserve_weight must be finite and non-negative, got {preserve_weight!r}.")
@@ -210,7 +214,7 @@ def joint_from_pins(pins: Sequence[tuple[torch.Tensor, torch.Tensor, float]],
     through a near-interpolation over every profession's rows; a weak pin under-delivers and leaves more to
     the joint rounds. ``benchmarks/joint_pin.py`` measures the extrapolation without the test prompts: pin
     three of the four edit contexts (bare prompt and augmentations), calibrate each profession on the pinned
-    rows as a joint round would, and compare the joint edit with the single edits on the fourth. On the mini
+    rows as a joint round would, and compare the joint edit with the single edits on the fourth. On the built-in
     model the error is smallest at λ_rel 0.3 in each of four runs' edits (0.044-0.056 of the single edits' move,
     against 0.057-0.077 at 0.03 and 0.052-0.092 at 1). In images (1,024 held-out test images per profession) the
     gap between each profession's share on the tuning prompts and on the test prompts fell from 0.052 to 0.034.

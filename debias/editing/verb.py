@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 import torch
 
+from debias.profiles import DEFAULT_MODEL
 from debias.editing.apply import bake_edit
 from debias.editing.files import save_edit, save_pipeline as write_pipeline
 from debias.editing.tokens import DEFAULT_AUGMENTATIONS, edit_from_prompts
@@ -32,14 +33,14 @@ class EditResult:
         out = file or sys.stdout
         meta = self.metadata
         print(f"edit: {len(self.pairs)} pair(s), {meta['rows']} token rows, lambda={meta['lambda']:.6g} "
-              f"(relative {meta['lambda_relative']:.6g}), {self.layers} K/V layers of {self.model}", file=out)
+              f"(relative {meta['lambda_relative']:.6g}), {self.layers} text-reading layers of {self.model}", file=out)
         print(f"wrote {self.path}", file=out)
         if self.pipeline is not None:
             print(f"wrote edited pipeline {self.pipeline}", file=out)
 
 
 def edit(
-    model: Any = "mini",
+    model: Any = DEFAULT_MODEL,
     pairs: Sequence[tuple[str, str]] = (),
     *,
     lam: float | None = None,
@@ -60,28 +61,26 @@ def edit(
     model as a diffusers folder. The matrix is solved in float64; the file's weights are in the model's dtype.
     """
     from debias import __version__
-    from debias.auditing import resolve_pipeline
-    from debias.generate import distributed_from_env
-    from debias.models import find_cross_attention, model_info
-    from debias.threads import set_threads
+    from debias.models import find_cross_attention
+    from debias.setup import start
 
     _check_edit_options(pairs, lam, lam_relative)
-    set_threads(threads)
-    pipe, spec, _ = resolve_pipeline(model, allow_pickle, distributed_from_env(), device, dtype)
+    loaded = start(model, threads=threads, allow_pickle=allow_pickle, device=device, dtype=dtype).model
+    pipe = loaded.pipe
     M, info = edit_from_prompts(pipe, list(pairs), lam=lam, lam_relative=lam_relative, augmentations=augmentations,
                                 progress=progress)
     edits = [{"source": s, "destination": d, "lambda": info["lambda"], "lambda_relative": info["lambda_relative"]}
              for s, d in pairs]
     metadata = {"edits": edits, **{k: info[k] for k in ("augmentations", "lambda", "lambda_relative",
                                                           "lambda_scale", "rows")}}
-    path = save_edit(out, pipe, M, metadata=metadata)
+    path = save_edit(out, pipe, M, metadata=metadata, spec=loaded.spec, revision=loaded.revision)
     result = EditResult(path=Path(path), matrix=M, metadata=metadata, layers=len(find_cross_attention(pipe)),
-                        model=spec, pairs=[(s, d) for s, d in pairs])
+                        model=loaded.spec, pairs=[(s, d) for s, d in pairs])
     if save_pipeline is not None:
         bake_edit(pipe, M)
         result.pipeline = write_pipeline(pipe, save_pipeline, metadata={
-            "kind": "edited_pipeline", "debias_version": __version__, "base_model": model_info(pipe, spec),
-            "profile": getattr(pipe, "_debias_profile", None), **metadata})
+            "kind": "edited_pipeline", "debias_version": __version__, "base_model": loaded.info(),
+            "profile": loaded.profile.name, **metadata})
     return result
 
 

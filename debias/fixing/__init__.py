@@ -30,11 +30,11 @@ from debias.fixing.options import (
     DEFAULT_SIDE_SEEDS, DEFAULT_TEST_IMAGES, JOINT_PIN_LAMBDA_RELATIVE, TUNING_SEED_OFFSET, FixOptions,
 )
 from debias.fixing.plan import anchor_prompts_for, destination_phrase
-from debias.fixing.record import image_counts, print_summary
+from debias.fixing.record import image_counts
 from debias.fixing.verb import fix
 
 __all__ = [
     "DEFAULT_ANCHOR_STRENGTH", "DEFAULT_BUDGET", "DEFAULT_CHECK_IMAGES", "DEFAULT_JOINT_ROUNDS", "DEFAULT_MAX_DRIFT",
     "DEFAULT_SIDE_SEEDS", "DEFAULT_TEST_IMAGES", "JOINT_PIN_LAMBDA_RELATIVE", "TUNING_SEED_OFFSET", "FixOptions",
-    "anchor_prompts_for", "destination_phrase", "fix", "image_counts", "print_summary",
+    "anchor_prompts_for", "destination_phrase", "fix", "image_counts",
 ]

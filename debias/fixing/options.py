@@ -16,7 +16,7 @@ DEFAULT_JOINT_ROUNDS = 2
 DEFAULT_SIDE_SEEDS = 16  # seeds per unrelated prompt for the side-effect check
 LOG_LAMBDA_BOUNDS = (math.log(1e-4), math.log(1e4))
 # An edit may move the conditioning of unrelated prompts by at most this (mean relative norm of ‖(M − I)c‖ over
-# their token rows). On the mini model the demo's joint edit moves them by 0.086 and their images by 0.005 mean
+# their token rows). On the built-in model the demo's joint edit moves them by 0.086 and their images by 0.005 mean
 # absolute pixel change (0–1); without a limit the strongest edits change every prompt. None turns the limit off.
 DEFAULT_MAX_DRIFT = 0.12
 # Anchors: the bare augmentation templates ("a photo of", …) and the empty prompt, kept where they are (c* = c) with this
@@ -32,16 +32,12 @@ JOINT_PIN_LAMBDA_RELATIVE = 0.3
 MIN_CORRECTION = 0.01
 # The tuning side (tuning audit, λ search, joint rounds) draws its seeds from seed + this, the test audits from seed:
 # the strengths are judged on seeds as well as prompts they were not tuned on. A seed's starting noise decides much
-# of the perceived gender whatever the prompt says: on the mini model the per-seed count of "female" images over its
+# of the perceived gender whatever the prompt says: on the built-in model the per-seed count of "female" images over its
 # 8 professions has a variance of about 6 where independent draws would give 1.5, and it correlates 0.92 between
 # "a photo of …" and the held-out prompts. Tuning on the test seeds would fit their leaning and flatter the result.
 TUNING_SEED_OFFSET = 1_000_000
 
 UNEDITED = "already_within_tolerance"
-DEFAULT_SIDE_PROMPTS = (
-    "a photo of an apple", "a photo of a car", "a photo of a tree", "a photo of a house", "a bowl of fruit on a table",
-    "a city street at night", "a mountain landscape", "a cup of coffee", "a red bicycle", "a sailing boat on the sea",
-)
 
 
 def check_options(target, tolerance, budget, test_images, check_images, joint_rounds, side_seeds,
@@ -66,10 +62,10 @@ def check_options(target, tolerance, budget, test_images, check_images, joint_ro
                          f"got {anchor_strength}")
 
 
-def tuning_templates_for(given: tuple[str, ...] | None, is_mini: bool, audit_mod) -> tuple[str, ...]:
-    """The templates λ_p is tuned on; a test template among them would let the search see the final judge."""
-    templates = given or audit_mod.resolve_templates(None, "tuning", is_mini)[0]
-    test = audit_mod.resolve_templates(None, "test", is_mini)[0]
+def tuning_templates_for(given: Sequence[str] | None, default: Sequence[str], test: Sequence[str]) -> tuple[str, ...]:
+    """The templates λ_p is tuned on (``given``, else the profile's ``default``); a held-out ``test`` template
+    among them would let the search see the final judge."""
+    templates = tuple(given or default)
     test_lower = {t.lower() for t in test}
     shared = [t for t in templates if t.lower() in test_lower]
     if shared:
@@ -77,24 +73,6 @@ def tuning_templates_for(given: tuple[str, ...] | None, is_mini: bool, audit_mod
                          f"({', '.join(repr(t) for t in test)}); tuning on it would grade the fix on prompts it "
                          "was tuned on. Choose validation templates that the test set does not contain.")
     return templates
-
-
-def augmentations_for(is_mini: bool) -> tuple[str, ...]:
-    if is_mini:
-        from debias.mini import world
-
-        return tuple(world.AUGMENTATIONS)
-    from debias.editing import DEFAULT_AUGMENTATIONS
-
-    return tuple(DEFAULT_AUGMENTATIONS)
-
-
-def default_side_prompts(is_mini: bool) -> tuple[str, ...]:
-    if is_mini:
-        from debias.mini import world
-
-        return tuple(world.OBJECT_PROMPTS)
-    return DEFAULT_SIDE_PROMPTS
 
 
 @dataclass(frozen=True)
@@ -110,6 +88,7 @@ class FixOptions:
     check_images: int = DEFAULT_CHECK_IMAGES
     joint_rounds: int = DEFAULT_JOINT_ROUNDS
     tuning_templates: Optional[Sequence[str]] = None
+    templates: Optional[Sequence[str]] = None  # the held-out test templates (default: the profile's)
     preserve: Any = None
     preserve_strength: float = 1.0
     anchor_strength: float = DEFAULT_ANCHOR_STRENGTH
@@ -117,6 +96,9 @@ class FixOptions:
     side_seeds: int = DEFAULT_SIDE_SEEDS
     seed: int = 0
     classifier: Any = None
+    labels_female: Optional[Sequence[str]] = None
+    labels_male: Optional[Sequence[str]] = None
+    labels_none: Optional[Sequence[str]] = None
     min_confidence: Optional[float] = None  # 0.6 unless a saved fixed model records another
     steps: Optional[int] = None
     guidance: Optional[float] = None
@@ -131,6 +113,15 @@ class FixOptions:
     log_lambda_bounds: tuple[float, float] = LOG_LAMBDA_BOUNDS
     max_drift: Optional[float] = DEFAULT_MAX_DRIFT
     progress: bool = True
+
+    def run_options(self):
+        """The options a fix shares with an audit (classifier, labels, sampler, batch size)."""
+        from debias.setup import RunOptions
+
+        from debias.auditing import split_classifiers
+
+        return RunOptions(split_classifiers(self.classifier)[0], self.labels_female, self.labels_male, self.labels_none,
+                          self.min_confidence, self.steps, self.guidance, self.height, self.width, self.batch_size)
 
     @property
     def tuning_seed(self) -> int:

@@ -16,8 +16,10 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from debias import stats
 from debias.editing.solver import conditioning_drift, first_at_most, joint_from_pins
 from debias.fixing.options import JOINT_PIN_LAMBDA_RELATIVE, LOG_LAMBDA_BOUNDS
+from debias.results import ProfessionAudit
 from debias.search import SearchResult
 
 GENDER_WORDS = {"female": "female", "male": "male"}
@@ -29,8 +31,8 @@ class ProfessionState:
 
     entry: Any  # ProfessionEntry
     target: float
-    before: dict  # the before/audit.json row (test prompts)
-    tuning_before: dict  # the tuning/audit.json row
+    before: ProfessionAudit  # the before audit's row (test prompts): a judge only
+    tuning_before: ProfessionAudit  # the tuning audit's row: every decision reads this
     side: Optional[str] = None  # "male" / "female": the destination's gender word; None = unedited
     destination: Optional[str] = None
     rows: Optional[tuple[torch.Tensor, torch.Tensor]] = None
@@ -64,8 +66,9 @@ def destination_phrase(entry_phrase: str, side: str) -> str:
 
 
 def logit(p: float) -> float:
-    p = min(max(p, 1e-4), 1 - 1e-4)
-    return math.log(p / (1 - p))
+    """The logit the joint rounds correct strengths in; clamped at 1e-4 (not the search's 1e-6) so that a tuning
+    share of exactly 0 or 1 asks for a bounded shift."""
+    return stats.logit(p, eps=1e-4)
 
 
 def choose_destination(p: ProfessionState, share: float, pipe, augmentations) -> None:
@@ -100,9 +103,9 @@ def join_edit(p: ProfessionState, share: float, rnd: int, edited: list[Professio
     """
     choose_destination(p, share, pipe, augmentations)
     p.bounds = drift_bounds(p, probe, max_drift, bounds, anchors)
-    per_reach = [abs(logit(q.target) - logit(q.tuning_before["share_female"]))
+    per_reach = [abs(logit(q.target) - logit(q.tuning_before.share_female))
                  / max(edit_reach(q, q.log_lambda, anchors), 1e-6)
-                 for q in edited if q.tuning_before.get("share_female") is not None]
+                 for q in edited if q.tuning_before.share_female is not None]
     needed = abs(logit(p.target) - logit(share)) / (float(np.median(per_reach)) if per_reach else 4.0)
     x = first_at_most(lambda y: edit_reach(p, y, anchors), *p.bounds, needed)
     p.log_lambda, p.joined_round, p.status = (p.bounds[1] if x is None else x), rnd, ""
@@ -185,9 +188,9 @@ def drift_bounds(p: ProfessionState, probe, max_drift, bounds: tuple[float, floa
     return (strongest, hi)
 
 
-def search_seeds_per_round(tuning_row: dict, budget: int) -> int:
+def search_seeds_per_round(tuning_row: ProfessionAudit, budget: int) -> int:
     """Base seeds per λ so that about six images per λ are clear (unclear ones say nothing about the share)."""
-    n, unclear = tuning_row["n"], tuning_row["n_unclear"]
+    n, unclear = tuning_row.n, tuning_row.n_unclear
     clear_rate = max((n - unclear) / n if n else 1.0, 0.2)
     return int(min(max(8, math.ceil(6 / clear_rate)), 32, budget // 4))
 
@@ -229,7 +232,7 @@ def joint_matrix(edited: list[ProfessionState], preserve_rows, preserve_strength
     """One M that gives every edited profession's rows what its own tuned edit gives them.
 
     Each profession's search tuned λ_p for its edit *alone*. Summing the edits with strengths 1/λ_p (TIME's
-    joint form) lets strong edits drag the rows of weak ones: on the mini model the joint edit moved a
+    joint form) lets strong edits drag the rows of weak ones: on the built-in model the joint edit moved a
     profession's tuning prompt away from where its own edit puts it by 0.1-5.4 times that edit's size (worst
     for the weakest edits). So the joint edit instead pins each profession's rows C_p to their single-edit
     image C_p M_pᵀ, all with one weight (λ_rel = ``pin``), and reconciles the pins by least squares where rows

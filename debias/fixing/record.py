@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import sys
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,12 +13,9 @@ from debias import __version__, stats
 from debias.fixing.options import JOINT_PIN_LAMBDA_RELATIVE, TUNING_SEED_OFFSET, UNEDITED
 from debias.fixing.plan import ProfessionState
 from debias.cache import edit_id
+from debias.results import AuditResult, FixResult, ProfessionAudit, ProfessionFix
 
 FIX_STAGES = ("before", "tuning", "search", "joint", "after", "side_effects")
-
-
-def images_read(audit_record: dict) -> int:
-    return sum(row["n"] for row in audit_record["professions"])
 
 
 def image_counts(cache, used: dict[str, int]) -> dict[str, Any]:
@@ -72,18 +68,13 @@ def file_sha256(path: Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def fmt(x: Optional[float], digits: int = 3) -> str:
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}g}"
-
-
 def clean_number(x: Optional[float]) -> Optional[float]:
     return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
 
 
-def profession_record(p: ProfessionState, after_row: dict, tolerance: float) -> dict:
-    t = p.target
-    share_after = after_row["share_female"]
-    band = (t - tolerance, t + tolerance)
+def profession_record(p: ProfessionState, after_row: ProfessionAudit, tolerance: float) -> ProfessionFix:
+    t, before, search = p.target, p.before, p.search
+    share_after = after_row.share_female
     within_after = stats.within_band(share_after, t, tolerance)
     if p.status in (UNEDITED, "not_reachable"):
         status = p.status
@@ -92,116 +83,64 @@ def profession_record(p: ProfessionState, after_row: dict, tolerance: float) -> 
     else:
         status = "budget_exhausted"
     lam_rel = math.exp(p.log_lambda) if p.edited else None
-    search = p.search
-    return {
-        "profession": p.name, "phrase": p.entry.phrase, "target": t,
-        "destination": p.destination, "status": status,
-        "lambda": None if lam_rel is None else lam_rel * p.scale, "lambda_relative": lam_rel,
-        "lambda_scale": p.scale if p.side else None,
-        "lambda_relative_min": math.exp(p.bounds[0]) if p.side else None,  # strongest edit allowed (side effects)
-        "share_before": p.before["share_female"], "ci_low_before": p.before["ci_low"],
-        "ci_high_before": p.before["ci_high"], "n_before": p.before["n"],
-        "share_after": share_after, "ci_low_after": after_row["ci_low"], "ci_high_after": after_row["ci_high"],
-        "n_after": after_row["n"], "n_unclear_after": after_row["n_unclear"],
-        "delta_before": p.before["delta"], "delta_after": after_row["delta"],
-        "after_interval_within_band": bool(after_row["ci_low"] >= band[0] and after_row["ci_high"] <= band[1])
-        if share_after is not None else False,
-        "after_interval_overlaps_band": bool(after_row["ci_low"] <= band[1] and after_row["ci_high"] >= band[0])
-        if share_after is not None else False,
-        "planted_share": p.before.get("planted_share"), "oracle_share_before": p.before.get("oracle_share"),
-        "oracle_share_after": after_row.get("oracle_share"),
-        "tuning_share_before": p.tuning_before["share_female"],
-        "images_used_in_search": search.images_used if search else 0,
-        "search_status": search.status if search else None,
-        "search_message": search.message if search else None,
-        "search_lambda_relative": search.lambda_relative if search else None,
-        "search_share": clean_number(search.share) if search else None,
-        "search_ci_low": clean_number(search.ci_low) if search else None,
-        "search_ci_high": clean_number(search.ci_high) if search else None,
-        "closest_share": clean_number(search.closest_share) if search else None,
-        "joint": p.joint,
-        "joined_round": p.joined_round,  # left unedited, then edited after this joint round (cross-effect); or None
-        # the search's evaluations at finite λ (the unedited reference is kept apart: it has no λ)
-        "search": [row for row in search.trace(p.scale) if row["lambda"] is not None] if search else [],
-        "search_unedited": next((row for row in search.trace(p.scale) if row["lambda"] is None), None)
-        if search else None,
-    }
+    trace = search.trace(p.scale) if search else []
+    return ProfessionFix(
+        profession=p.name, phrase=p.entry.phrase, target=t, destination=p.destination, status=status,
+        lambda_=None if lam_rel is None else lam_rel * p.scale, lambda_relative=lam_rel,
+        lambda_scale=p.scale if p.side else None,
+        lambda_relative_min=math.exp(p.bounds[0]) if p.side else None,  # strongest edit allowed (side effects)
+        share_before=before.share_female, ci_low_before=before.ci_low, ci_high_before=before.ci_high,
+        n_before=before.n, share_after=share_after, ci_low_after=after_row.ci_low, ci_high_after=after_row.ci_high,
+        n_after=after_row.n, n_unclear_after=after_row.n_unclear, delta_before=before.delta,
+        delta_after=after_row.delta, within_band_before=before.within_band, within_band_after=within_after,
+        after_interval_within_band=stats.interval_within_band(after_row.ci_low, after_row.ci_high, t, tolerance),
+        after_interval_overlaps_band=stats.interval_overlaps_band(after_row.ci_low, after_row.ci_high, t, tolerance),
+        planted_share=before.planted_share, oracle_share_before=before.oracle_share,
+        oracle_share_after=after_row.oracle_share, tuning_share_before=p.tuning_before.share_female,
+        images_used_in_search=search.images_used if search else 0,
+        search_status=search.status if search else None, search_message=search.message if search else None,
+        search_lambda_relative=search.lambda_relative if search else None,
+        search_share=clean_number(search.share) if search else None,
+        search_ci_low=clean_number(search.ci_low) if search else None,
+        search_ci_high=clean_number(search.ci_high) if search else None,
+        closest_share=clean_number(search.closest_share) if search else None,
+        joint=p.joint, joined_round=p.joined_round,
+        search=[row for row in trace if row["lambda"] is not None],
+        search_unedited=next((row for row in trace if row["lambda"] is None), None) if search else None,
+    )
 
 
-def fix_record(run, opts, profs: Sequence[ProfessionState], before: dict, after: dict, side: dict, M,
-               preserve_prompts: Sequence[str], images: dict, started: datetime, wall: float) -> dict:
+def fix_record(run, opts, profs: Sequence[ProfessionState], before: AuditResult, after: AuditResult, side: dict, M,
+               preserve_prompts: Sequence[str], images: dict, started: datetime, wall: float) -> FixResult:
     """``fix.json``: the settings, the edit, before/after per profession with intervals, side effects, images."""
     from debias.auditing import hardware_info, package_versions
-    from debias.models import model_info
 
     tolerance, settings, out = opts.tolerance, run.settings, run.out
-    rows = [profession_record(p, a, tolerance) for p, a in zip(profs, after["professions"])]
-    within_before = sum(stats.within_band(r["share_before"], r["target"], tolerance) for r in rows)
-    within_after = sum(stats.within_band(r["share_after"], r["target"], tolerance) for r in rows)
+    rows = [profession_record(p, a, tolerance) for p, a in zip(profs, after.professions)]
     generation = settings.to_dict()
     generation.pop("device")
-    return {
-        "kind": "fix", "debias_version": __version__, "model": model_info(run.pipe, run.spec), "target": opts.target,
-        "tolerance": tolerance,
-        "budget": opts.budget, "test_images": opts.test_images, "check_images": opts.check_images,
-        "joint_rounds": opts.joint_rounds, "seed": opts.seed, "tuning_seed": opts.seed + TUNING_SEED_OFFSET,
-        "classifier": run.clf.describe(), "generation": generation, "augmentations": list(run.augmentations),
-        "tuning_templates": list(run.templates),
-        "preserve": {"prompts": list(preserve_prompts), "strength": opts.preserve_strength},
-        "anchors": {"prompts": list(run.anchor_prompts), "strength": opts.anchor_strength},
-        "joint_pin_lambda_relative": JOINT_PIN_LAMBDA_RELATIVE,
-        "versions": package_versions(), "hardware": hardware_info(settings, run.threads, run.dist),
-        "started_at": started.isoformat(timespec="seconds"),
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "wall_seconds": round(wall, 3),
-        "edit_file": {"path": "edit.safetensors", "sha256": file_sha256(out / "edit.safetensors"),
-                      "matrix_sha256": edit_id(M)} if M is not None else None,
-        "before": "before/audit.json", "after": "after/audit.json", "tuning_before": "tuning/audit.json",
-        "mean_delta_before": before["mean_delta"], "mean_delta_before_ci_low": before["mean_delta_ci_low"],
-        "mean_delta_before_ci_high": before["mean_delta_ci_high"],
-        "mean_delta_after": after["mean_delta"], "mean_delta_after_ci_low": after["mean_delta_ci_low"],
-        "mean_delta_after_ci_high": after["mean_delta_ci_high"],
-        "mean_delta_noise_floor_after": after.get("mean_delta_noise_floor"),
-        "within_tolerance_before": within_before, "within_tolerance_after": within_after,
-        "after_intervals_overlapping_band": sum(r["after_interval_overlaps_band"] for r in rows),
-        "edit_note": None if M is not None else f"nothing to edit: {nothing_edited(profs)}",
-        "images": images,
-        "side_effects": side,
-        "ci_note": stats.CI_NOTE,
-        "professions": rows,
-    }
-
-
-def print_summary(record: dict[str, Any], file=None) -> None:
-    """A readable table of the fix: per profession before → after with intervals, λ, status; headline Δ."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(file=file or sys.stdout)
-    t, tol = record["target"], record["tolerance"]
-    table = Table(title=f"Fix of {record['model'].get('spec')} (held-out test prompts, target {t} ± {tol})")
-    for col in ("profession", "destination", "before", "after", "λ_rel", "search images", "status"):
-        table.add_column(col, justify="left" if col in ("profession", "destination", "status") else "right")
-    for r in record["professions"]:
-        table.add_row(r["profession"], r["destination"] or "—",
-                      f"{fmt(r['share_before'], 2)} [{fmt(r['ci_low_before'], 2)}, {fmt(r['ci_high_before'], 2)}]",
-                      f"{fmt(r['share_after'], 2)} [{fmt(r['ci_low_after'], 2)}, {fmt(r['ci_high_after'], 2)}]",
-                      fmt(r["lambda_relative"]), str(r["images_used_in_search"]), r["status"])
-    console.print(table)
-    console.print(f"mean Δ before {fmt(record['mean_delta_before'], 2)} [{fmt(record['mean_delta_before_ci_low'], 2)}, "
-                  f"{fmt(record['mean_delta_before_ci_high'], 2)}] → after {fmt(record['mean_delta_after'], 2)} "
-                  f"[{fmt(record['mean_delta_after_ci_low'], 2)}, {fmt(record['mean_delta_after_ci_high'], 2)}] "
-                  f"(a perfect edit would read {fmt(record.get('mean_delta_noise_floor_after'), 2)} on as many "
-                  f"images); within tolerance {record['within_tolerance_before']} → {record['within_tolerance_after']} "
-                  f"of {len(record['professions'])}; after intervals reaching the band "
-                  f"{record.get('after_intervals_overlapping_band', '—')} of {len(record['professions'])}")
-    side = record.get("side_effects") or {}
-    if side.get("mean_abs_pixel_change") is not None:
-        console.print(f"side effect on unrelated prompts: mean absolute pixel change "
-                      f"{side['mean_abs_pixel_change']:.4f} (0–1 scale, same seeds)")
-    console.print(record["ci_note"])
-    if record.get("edit_note"):
-        console.print(f"{record['edit_note']}; no edit file was written and the model is unchanged")
-    images = record["images"]
-    made = ", ".join(f"{stage} {v['generated']}" for stage, v in images["by_stage"].items() if v["generated"])
-    console.print(f"{record['wall_seconds']:.0f} s; {images['generated']} images generated ({made or 'none'}), "
-                  f"{images['in_cache']} in the run folder's cache")
+    return FixResult(
+        kind="fix", debias_version=__version__, model=run.model.info(), target=opts.target, tolerance=tolerance,
+        budget=opts.budget, test_images=opts.test_images, check_images=opts.check_images,
+        joint_rounds=opts.joint_rounds, seed=opts.seed, tuning_seed=opts.seed + TUNING_SEED_OFFSET,
+        classifier=run.clf.describe(), generation=generation, augmentations=list(run.augmentations),
+        tuning_templates=list(run.templates),
+        preserve={"prompts": list(preserve_prompts), "strength": opts.preserve_strength},
+        anchors={"prompts": list(run.anchor_prompts), "strength": opts.anchor_strength},
+        joint_pin_lambda_relative=JOINT_PIN_LAMBDA_RELATIVE,
+        versions=package_versions(), hardware=hardware_info(settings, run.threads, run.dist),
+        started_at=started.isoformat(timespec="seconds"),
+        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), wall_seconds=round(wall, 3),
+        edit_file={"path": "edit.safetensors", "sha256": file_sha256(out / "edit.safetensors"),
+                   "matrix_sha256": edit_id(M)} if M is not None else None,
+        before="before/audit.json", after="after/audit.json", tuning_before="tuning/audit.json",
+        mean_delta_before=before.mean_delta, mean_delta_before_ci_low=before.mean_delta_ci_low,
+        mean_delta_before_ci_high=before.mean_delta_ci_high,
+        mean_delta_after=after.mean_delta, mean_delta_after_ci_low=after.mean_delta_ci_low,
+        mean_delta_after_ci_high=after.mean_delta_ci_high, mean_delta_noise_floor_after=after.mean_delta_noise_floor,
+        within_tolerance_before=sum(r.within_band_before for r in rows),
+        within_tolerance_after=sum(r.within_band_after for r in rows),
+        after_intervals_overlapping_band=sum(r.after_interval_overlaps_band for r in rows),
+        edit_note=None if M is not None else f"nothing to edit: {nothing_edited(profs)}",
+        images=images, side_effects=side, ci_note=stats.CI_NOTE, professions=rows,
+    )

@@ -21,53 +21,69 @@ import torch
 
 from debias import __version__, stats
 from debias.editing.solver import conditioning_drift
-from debias.fixing.options import MIN_CORRECTION, UNEDITED, FixOptions, augmentations_for, default_side_prompts
+from debias.fixing.options import MIN_CORRECTION, UNEDITED, FixOptions, tuning_templates_for
 from debias.fixing.plan import (
     Anchors, ProfessionState, anchor_prompts_for, choose_destination, drift_bounds, encode_preserve_rows, fitted_slope,
     join_edit, joint_matrix, pooled_correction, preserve_prompt_list, probe_rows, search_seeds_per_round,
     single_matrix,
 )
-from debias.fixing.record import edit_metadata, file_sha256, fmt, images_read, nothing_edited
+from debias.fixing.record import edit_metadata, file_sha256, nothing_edited
+from debias.summaries import fmt
 from debias.cache import edit_id
 from debias.generate import items_for_seeds, measure, work_items
 from debias.prompts import profession_prompts
+from debias.results import AuditResult
 from debias.search import SearchResult, search_lambda
+from debias.setup import LoadedModel
 
 
 @dataclass
 class FixRun:
     """What every step of a fix shares: the loaded model and classifier, sampling, the cache, the prompts."""
 
-    pipe: Any
-    spec: Any
+    model: LoadedModel
     clf: Any
     settings: Any
     cache: Any
     batch: int
-    oracle: Any
     say: Callable[[str], None]
     progress: bool
     out: Path
     entries: list
     templates: tuple[str, ...]  # the tuning templates
+    test_templates: Optional[tuple[str, ...]]  # the held-out test templates the user gave (None: the profile's)
     augmentations: tuple[str, ...]
     anchor_prompts: list[str]
     anchors: Optional[Anchors]
     probe_prompts: tuple[str, ...]  # unrelated prompts: the drift limit and the side-effect check
     probe: Optional[torch.Tensor]
     audit_options: dict  # what the before, tuning and after audits share
+    others: list  # further classifiers: the before and after audits compare them with the primary (clf)
     threads: int
     dist: Any
     used: Counter = field(default_factory=Counter)  # images read per stage (see image_counts)
 
-    def audit(self, name: str, n: int, prompt_set: str, seed: int, **extra) -> dict:
+    @property
+    def pipe(self):
+        return self.model.pipe
+
+    @property
+    def oracle(self):
+        return self.model.profile.oracle
+
+    def audit(self, name: str, n: int, prompt_set: str, seed: int, **extra) -> AuditResult:
         """One of the fix's audits (``before``, ``tuning``, ``after``) in ``out/name``, counted under ``name``."""
         from debias.auditing import audit
 
-        record = audit(self.pipe, professions=self.entries, images_per_profession=n, out=self.out / name,
-                       prompt_set=prompt_set, seed=seed, stage=name, **self.audit_options, **extra)
-        self.used[name] = images_read(record)
-        return record
+        options = dict(self.audit_options)
+        if prompt_set == "test" and self.test_templates:
+            options["templates"] = self.test_templates
+        if prompt_set == "test" and self.others:
+            options["classifier"] = [self.clf, *self.others]
+        result = audit(self.model, professions=self.entries, images_per_profession=n, out=self.out / name,
+                       prompt_set=prompt_set, seed=seed, stage=name, **{**options, **extra})
+        self.used[name] = result.images_read
+        return result
 
     def measure(self, items: Sequence[tuple[str, int]], stage: str, description: str) -> list:
         """Generate (or reuse) and classify ``items`` with the pipeline as it is now, counted under ``stage``."""
@@ -102,46 +118,38 @@ def setup(model: Any, opts: FixOptions, say: Callable[[str], None]) -> tuple[Fix
     """Load the model and classifier, choose sampling and prompts, and encode the rows every edit keeps fixed.
 
     Returns the run and the options with what a saved fixed model records filled in where they were unset."""
-    from debias import auditing as audit_mod
-    from debias.fixing.options import tuning_templates_for
     from debias.cache import ImageCache
-    from debias.generate import default_batch_size, default_settings
-    from debias.threads import set_threads
+    from debias.auditing import load_classifiers, split_classifiers
+    from debias.setup import professions_for, sampler_settings, start, templates_for
 
-    n_threads = set_threads(opts.threads)
-    dist = audit_mod.distributed_from_env()
-    pipe, spec, is_mini = audit_mod.resolve_pipeline(model, opts.allow_pickle, dist, opts.device, opts.dtype)
-    audit_mod.say_profile(pipe)
-    steps, guidance, height, width, classifier, min_confidence, scheduler = audit_mod.saved_defaults(
-        pipe, opts.steps, opts.guidance, opts.height, opts.width, opts.classifier, opts.min_confidence)
-    opts = replace(opts, steps=steps, guidance=guidance, height=height, width=width, classifier=classifier,
-                   min_confidence=min_confidence)
-    entries = audit_mod.resolve_professions(opts.professions, is_mini)
-    clf = audit_mod.resolve_classifier(opts.classifier, is_mini, None, None, None, opts.min_confidence, pipe)
-    settings = default_settings(pipe, is_mini=is_mini, steps=opts.steps, guidance=opts.guidance, height=opts.height,
-                                width=opts.width, scheduler=scheduler)
-    batch = opts.batch_size or default_batch_size(pipe, is_mini, settings)
+    begun = start(model, threads=opts.threads, allow_pickle=opts.allow_pickle, device=opts.device, dtype=opts.dtype)
+    loaded, run_opts = begun.model, opts.run_options().filled(begun.model)
+    clf, others = load_classifiers(loaded, run_opts, split_classifiers(opts.classifier)[1])
+    opts = replace(opts, steps=run_opts.steps, guidance=run_opts.guidance, height=run_opts.height,
+                   width=run_opts.width, classifier=run_opts.classifier, min_confidence=run_opts.min_confidence)
+    settings, batch = sampler_settings(loaded, run_opts)
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     cache = ImageCache(out)
-    augmentations = augmentations_for(is_mini)
+    test_templates = templates_for(loaded, opts.templates, "test")[0]
+    tuning = tuning_templates_for(opts.tuning_templates, loaded.profile.template_set().tuning, test_templates)
+    augmentations = loaded.profile.augmentations
     anchor_prompts = anchor_prompts_for(augmentations) if opts.anchor_strength > 0 else []
-    anchors = Anchors(probe_rows(pipe, anchor_prompts), opts.anchor_strength) if anchor_prompts else None
-    probe_prompts = tuple(opts.side_prompts or default_side_prompts(is_mini))
-    probe = probe_rows(pipe, probe_prompts) if opts.max_drift is not None and probe_prompts else None
+    anchors = Anchors(probe_rows(loaded.pipe, anchor_prompts), opts.anchor_strength) if anchor_prompts else None
+    probe_prompts = tuple(opts.side_prompts or loaded.profile.side_prompts)
+    probe = probe_rows(loaded.pipe, probe_prompts) if opts.max_drift is not None and probe_prompts else None
     audit_options = dict(classifier=clf, target=opts.target, tolerance=opts.tolerance, batch_size=batch,
                          steps=opts.steps, guidance=opts.guidance, height=opts.height, width=opts.width,
-                         threads=n_threads, cache=cache, progress=opts.progress)
-    return FixRun(pipe=pipe, spec=spec, clf=clf, settings=settings, cache=cache, batch=batch,
-                  oracle=audit_mod.mini_oracle() if is_mini else None, say=say, progress=opts.progress, out=out,
-                  entries=entries, templates=tuning_templates_for(opts.tuning_templates, is_mini, audit_mod),
-                  augmentations=augmentations, anchor_prompts=anchor_prompts, anchors=anchors,
-                  probe_prompts=probe_prompts, probe=probe, audit_options=audit_options, threads=n_threads,
-                  dist=dist), opts
+                         threads=begun.threads, cache=cache, progress=opts.progress)
+    return FixRun(model=loaded, clf=clf, settings=settings, cache=cache, batch=batch, say=say, progress=opts.progress,
+                  out=out, entries=professions_for(loaded, opts.professions), templates=tuning,
+                  test_templates=tuple(opts.templates) if opts.templates else None, augmentations=augmentations,
+                  anchor_prompts=anchor_prompts, anchors=anchors, probe_prompts=probe_prompts, probe=probe,
+                  audit_options=audit_options, others=others, threads=begun.threads, dist=begun.dist), opts
 
 
 # ----------------------------------------------------------------------------------------------- before
-def audit_before(run: FixRun, opts: FixOptions) -> tuple[dict, dict, list[ProfessionState]]:
+def audit_before(run: FixRun, opts: FixOptions) -> tuple[AuditResult, AuditResult, list[ProfessionState]]:
     """The test audit (a judge only) and the tuning audit (where every decision comes from), unedited."""
     run.say(f"fix: auditing {len(run.entries)} professions before the edit ({opts.test_images} images each, "
             "test prompts)")
@@ -149,7 +157,7 @@ def audit_before(run: FixRun, opts: FixOptions) -> tuple[dict, dict, list[Profes
     tuning = run.audit("tuning", opts.check_images, "tuning", opts.tuning_seed, templates=opts.tuning_templates)
     profs = [ProfessionState(entry=e, target=e.target if e.target is not None else opts.target, before=b,
                              tuning_before=tb)
-             for e, b, tb in zip(run.entries, before["professions"], tuning["professions"])]
+             for e, b, tb in zip(run.entries, before.professions, tuning.professions)]
     return before, tuning, profs
 
 
@@ -157,7 +165,7 @@ def audit_before(run: FixRun, opts: FixOptions) -> tuple[dict, dict, list[Profes
 def choose_destinations(run: FixRun, opts: FixOptions, profs: Sequence[ProfessionState]) -> None:
     """Edit towards the side under-represented on the tuning prompts, within the side-effect limit."""
     for p in profs:
-        share = p.tuning_before["share_female"]
+        share = p.tuning_before.share_female
         if share is None:
             p.status = "not_reachable"
             run.say(f"  {p.name}: no classified image on the tuning prompts; cannot choose a destination")
@@ -183,8 +191,8 @@ def search_strengths(run: FixRun, opts: FixOptions, profs: Sequence[ProfessionSt
         result = search_one(run, opts, p, start_hint)
         p.search = result
         run.used["search"] += result.images_used
-        run.say(f"search {p.name}: {result.status} — λ_rel {fmt(result.lambda_relative)}, share {fmt(result.share)} "
-                f"[{fmt(result.ci_low)}, {fmt(result.ci_high)}], {result.images_used} images")
+        run.say(f"search {p.name}: {result.status} — λ_rel {fmt(result.lambda_relative, 3)}, share "
+                f"{fmt(result.share, 3)} [{fmt(result.ci_low, 3)}, {fmt(result.ci_high, 3)}], {result.images_used} images")
         if result.status == "not_reachable":
             # still edited, at the strongest allowed λ: it moves the share as far towards the target as the
             # limits allow (the status says it does not get there; closest_share says how close)
@@ -200,11 +208,11 @@ def search_strengths(run: FixRun, opts: FixOptions, profs: Sequence[ProfessionSt
 def search_one(run: FixRun, opts: FixOptions, p: ProfessionState, start_hint: Optional[float]) -> SearchResult:
     """One profession's search, or the stored one made with exactly the same inputs."""
     from debias.io import atomic_write_json
-    from debias.models import model_info
+    from debias.models import fingerprint
 
     prompts = profession_prompts(p.entry, run.templates)
     per_round = search_seeds_per_round(p.tuning_before, opts.budget)
-    inputs = {"model": model_info(run.pipe, run.spec)["fingerprint"], "classifier": run.clf.cache_id,
+    inputs = {"model": fingerprint(run.pipe), "classifier": run.clf.cache_id,
               "settings": run.settings.to_dict(), "source": p.entry.phrase, "destination": p.destination,
               "augmentations": list(run.augmentations), "anchors": run.anchor_prompts,
               "anchor_strength": opts.anchor_strength, "prompts": prompts, "target": p.target,
@@ -216,7 +224,7 @@ def search_one(run: FixRun, opts: FixOptions, p: ProfessionState, start_hint: Op
         run.say(f"search {p.name}: reusing the finished search in {path}")
         return result
     run.say(f"search {p.name}: '{p.entry.phrase}' → '{p.destination}' on {quoted(prompts)}, share before "
-            f"{p.tuning_before['share_female']:.2f}, budget {opts.budget} images")
+            f"{p.tuning_before.share_female:.2f}, budget {opts.budget} images")
     result = search_lambda(
         run.evaluator(prompts, p, opts.tuning_seed), target=p.target, tolerance=opts.tolerance, budget=opts.budget,
         log_lambda_bounds=p.bounds, log_lambda_start=start_hint, first_seed=opts.tuning_seed,
@@ -283,7 +291,7 @@ def measure_joint_round(run: FixRun, opts: FixOptions, profs: Sequence[Professio
                 and not stats.within_band(est.share_female, p.target, opts.tolerance)
                 and not est.ci_low <= p.target <= est.ci_high):
             pushed_out.append((p, est.share_female))
-    run.say("  " + ", ".join(f"{p.name} {fmt(p.joint[-1]['share_female'])}" for p in profs))
+    run.say("  " + ", ".join(f"{p.name} {fmt(p.joint[-1]['share_female'], 3)}" for p in profs))
     return pushed_out
 
 
@@ -312,15 +320,14 @@ def ship_and_judge(run: FixRun, opts: FixOptions, profs: Sequence[ProfessionStat
                    preserve: list[str]) -> tuple[dict, dict]:
     """Write the edit file, then audit the test prompts at the same seeds with that file loaded into the weights
     (as a user gets it) and measure the side effects the same way; returns ``(after audit, side effects)``."""
-    from debias.models import model_info
-
     edit_file, edit_info, metadata = run.out / "edit.safetensors", None, None
     if M is not None:
         from debias.editing import save_edit
 
         metadata = edit_metadata(profs, preserve, opts.preserve_strength, run.anchor_prompts, opts.anchor_strength,
                                  run.augmentations, opts.target, opts.tolerance)
-        save_edit(edit_file, run.pipe, M, metadata=metadata)  # same edit, same bytes: reruns keep the hash
+        # same edit, same bytes: reruns keep the hash
+        save_edit(edit_file, run.pipe, M, metadata=metadata, spec=run.model.spec, revision=run.model.revision)
         edit_info = {"path": "../edit.safetensors", "sha256": file_sha256(edit_file), "matrix_sha256": edit_id(M),
                      "applied_as": "weights loaded from the edit file"}
     else:
@@ -329,11 +336,11 @@ def ship_and_judge(run: FixRun, opts: FixOptions, profs: Sequence[ProfessionStat
     items = side_items(run.probe_prompts, opts.side_seeds, opts.seed) if M is not None else []
     plain = run.measure(items, "side_effects", "side effects: unedited")
     run.say(f"fix: auditing after the edit ({opts.test_images} images each, same seeds)")
-    with shipped(run.pipe, edit_file if M is not None else None):
+    with shipped(run.model, edit_file if M is not None else None):
         after = run.audit("after", opts.test_images, "test", opts.seed, edit_info=edit_info)
         edited = run.measure(items, "side_effects", "side effects: edited")
         if opts.save_pipeline is not None and M is not None:
-            save_fixed_pipeline(run.pipe, opts.save_pipeline, model_info(run.pipe, run.spec), metadata,
+            save_fixed_pipeline(run.pipe, opts.save_pipeline, run.model.info(), metadata,
                                 audit_defaults(run, opts, after))
             run.say(f"wrote edited pipeline {opts.save_pipeline}")
     if opts.save_pipeline is not None and M is None:
@@ -403,22 +410,22 @@ def side_effects(ctx: FixRun, prompts: Sequence[str], n_seeds: int, plain: list,
 
 
 @contextlib.contextmanager
-def shipped(pipe, edit_file: Optional[Path]):
+def shipped(model: LoadedModel, edit_file: Optional[Path]):
     """The pipeline with ``edit_file`` loaded into its weights, as a user of the file gets it; restored on exit.
 
     The search tries edits by transforming the conditioning, which is exact in float32; in float16 or bfloat16
     weights the small change W·M − W is partly rounded away, so what is judged and saved must be the baked edit.
     """
     if edit_file is None:
-        yield pipe
+        yield model.pipe
         return
     from debias.editing import load_edit, revert_edit
 
-    load_edit(pipe, edit_file)
+    load_edit(model.pipe, edit_file, spec=model.spec, revision=model.revision)
     try:
-        yield pipe
+        yield model.pipe
     finally:
-        revert_edit(pipe)
+        revert_edit(model.pipe)
 
 
 def save_fixed_pipeline(pipe, folder, base_model: dict, metadata: dict, defaults: dict) -> None:
@@ -431,11 +438,11 @@ def save_fixed_pipeline(pipe, folder, base_model: dict, metadata: dict, defaults
                                       "audit_defaults": defaults, **metadata})
 
 
-def audit_defaults(run: FixRun, opts: FixOptions, after: dict) -> dict:
+def audit_defaults(run: FixRun, opts: FixOptions, after: AuditResult) -> dict:
     """What an audit of the saved model needs to judge it as the after audit did: sampler, size, test prompts,
     classifier (a spec; a classifier passed as an object cannot be recorded and must be passed again)."""
     settings = run.settings
     return {"scheduler": settings.scheduler, "steps": settings.steps, "guidance": settings.guidance,
-            "height": settings.height, "width": settings.width, "templates": list(after["templates"]),
+            "height": settings.height, "width": settings.width, "templates": list(after.templates),
             "classifier": opts.classifier if isinstance(opts.classifier, str) else None,
             "min_confidence": opts.min_confidence}

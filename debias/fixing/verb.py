@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from debias.profiles import DEFAULT_MODEL
 from debias.fixing.options import (
     DEFAULT_ANCHOR_STRENGTH, DEFAULT_BUDGET, DEFAULT_CHECK_IMAGES, DEFAULT_JOINT_ROUNDS, DEFAULT_MAX_DRIFT,
     DEFAULT_SIDE_SEEDS, DEFAULT_TEST_IMAGES, LOG_LAMBDA_BOUNDS, FixOptions, check_options,
@@ -17,6 +18,8 @@ from debias.fixing.options import (
 from debias.fixing.record import fix_record, image_counts
 from debias.fixing.steps import audit_before, choose_destinations, joint_edit, search_strengths, setup, ship_and_judge
 from debias.prompts import templates_from_option
+from debias.report import render_report
+from debias.results import FixResult
 
 
 def _echo(msg: str) -> None:
@@ -24,7 +27,7 @@ def _echo(msg: str) -> None:
 
 
 def fix(
-    model: Any = "mini",
+    model: Any = DEFAULT_MODEL,
     *,
     professions: str | os.PathLike | Sequence[Any] | None = None,
     out: str | os.PathLike = "runs/fix",
@@ -35,6 +38,7 @@ def fix(
     check_images: int = DEFAULT_CHECK_IMAGES,
     joint_rounds: int = DEFAULT_JOINT_ROUNDS,
     tuning_templates: Sequence[str] | None = None,
+    templates: Sequence[str] | None = None,
     preserve: Sequence[str] | str | os.PathLike | None = None,
     preserve_strength: float = 1.0,
     anchor_strength: float = DEFAULT_ANCHOR_STRENGTH,
@@ -42,6 +46,9 @@ def fix(
     side_seeds: int = DEFAULT_SIDE_SEEDS,
     seed: int = 0,
     classifier: Any = None,
+    labels_female: Sequence[str] | None = None,
+    labels_male: Sequence[str] | None = None,
+    labels_none: Sequence[str] | None = None,
     min_confidence: float | None = None,
     steps: int | None = None,
     guidance: float | None = None,
@@ -57,27 +64,32 @@ def fix(
     max_drift: float | None = DEFAULT_MAX_DRIFT,
     progress: bool = True,
     log: Callable[[str], None] | None = _echo,
-) -> dict[str, Any]:
-    """Fix a model's gender shares per profession; writes the run folder ``out`` and returns ``fix.json``'s record.
+) -> FixResult:
+    """Fix a model's gender shares per profession; writes the run folder ``out`` and returns the result (``fix.json``).
 
     ``budget`` bounds the images the λ search may use per profession (never exceeded). ``tuning_templates``
     are the prompts the strengths are tuned on (default: the model family's validation templates); image i of
-    a profession uses template i mod their number, so the search and the joint rounds pool them. ``preserve`` is a
+    a profession uses template i mod their number, so the search and the joint rounds pool them. ``templates`` are
+    the held-out test prompts the before and after audits judge on (default: the profile's test templates); the
+    classifier, label prompts and sampler options mean what they mean for :func:`debias.audit`. ``preserve`` is a
     list of prompts (or a file, one per line) to keep where they are (UCE-style, c* = c); the professions
     left unedited are always preserved. ``anchor_strength`` weighs the anchors (the bare augmentation templates and
     the empty prompt, kept fixed in the search and the joint edit alike; 0 turns them off). ``side_prompts``
-    are the unrelated prompts of the side-effect check (default: the mini world's objects, or a list of
-    everyday objects and scenes for real models).
+    are the unrelated prompts of the side-effect check (default: the model profile's).
     """
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     check_options(target, tolerance, budget, test_images, check_images, joint_rounds, side_seeds, anchor_strength)
-    if tuning_templates:  # read before loading anything, so a typo fails in a second, not after a download
+    # read before loading anything, so a typo fails in a second, not after a download
+    if tuning_templates:
         tuning_templates = templates_from_option(list(tuning_templates), "--tuning-templates")
+    if templates:
+        templates = templates_from_option(list(templates))
     opts = FixOptions(
         professions=professions, out=out, target=target, tolerance=tolerance, budget=budget, test_images=test_images,
-        check_images=check_images, joint_rounds=joint_rounds, tuning_templates=tuning_templates, preserve=preserve,
-        preserve_strength=preserve_strength, anchor_strength=anchor_strength, side_prompts=side_prompts,
-        side_seeds=side_seeds, seed=seed, classifier=classifier, min_confidence=min_confidence, steps=steps,
+        check_images=check_images, joint_rounds=joint_rounds, tuning_templates=tuning_templates, templates=templates,
+        preserve=preserve, preserve_strength=preserve_strength, anchor_strength=anchor_strength, side_prompts=side_prompts,
+        side_seeds=side_seeds, seed=seed, classifier=classifier, labels_female=labels_female,
+        labels_male=labels_male, labels_none=labels_none, min_confidence=min_confidence, steps=steps,
         guidance=guidance, height=height, width=width, device=device, dtype=dtype, batch_size=batch_size,
         threads=threads, save_pipeline=save_pipeline, allow_pickle=allow_pickle, log_lambda_bounds=log_lambda_bounds,
         max_drift=max_drift, progress=progress)
@@ -87,11 +99,8 @@ def fix(
     search_strengths(run, opts, profs)
     M, preserve_prompts = joint_edit(run, opts, profs)
     after, side = ship_and_judge(run, opts, profs, M, preserve_prompts)
-    record = fix_record(run, opts, profs, before, after, side, M, preserve_prompts, image_counts(run.cache, run.used),
+    result = fix_record(run, opts, profs, before, after, side, M, preserve_prompts, image_counts(run.cache, run.used),
                         started, time.perf_counter() - t0)
-    from debias.io import atomic_write_json
-    from debias.report import render_report
-
-    atomic_write_json(run.out / "fix.json", record)
+    result.save(run.out)
     render_report([run.out])
-    return record
+    return result

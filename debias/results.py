@@ -1,0 +1,301 @@
+"""The results of the verbs as typed objects that own their files: :class:`AuditResult` and :class:`FixResult`.
+
+An audit writes ``audit.json`` and ``audit.csv``; a fix writes ``fix.json``. Each file is one of these objects
+written by :meth:`to_json`; :meth:`from_json` reads it back, and a result read from disk and written again is
+byte-identical (the field order is the file's key order). The report reads these objects and recomputes
+nothing: every figure it shows, the per-profession "within the band" flags included, is a field here.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+from debias.errors import InputError
+
+AUDIT_CSV_COLUMNS = ("profession", "phrase", "target", "n", "n_female", "n_male", "n_unclear", "share_female",
+                     "ci_low", "ci_high", "p_value", "delta", "within_band", "planted_share", "oracle_share",
+                     "agreement")
+
+
+_KEY = {"lambda_": "lambda"}  # field name -> key in the file, where a keyword cannot be a field name
+_FIELD = {v: k for k, v in _KEY.items()}
+
+
+def _row_dict(row) -> dict[str, Any]:
+    return {_KEY.get(f.name, f.name): getattr(row, f.name) for f in fields(row)}
+
+
+def _from_dict(cls, data: dict, where: str):
+    """``cls(**data)``, with an error naming the file and the keys it does not know or misses."""
+    names = [f.name for f in fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise InputError(f"{where}: unknown field(s) {unknown[:3]} for {cls.__name__}; it was written by another "
+                         "version of debias. Re-run the command that wrote it with this version.")
+    try:
+        return cls(**data)
+    except TypeError as err:
+        raise InputError(f"{where}: not a complete {cls.__name__} ({err}); re-run the command that wrote it.") from None
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a number a result may hold")
+
+
+class _JsonFile:
+    """``to_dict`` / ``to_json`` / ``from_json`` for a dataclass whose ``professions`` are row dataclasses."""
+
+    ROW: type = dict
+    FILE = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["professions"] = [_row_dict(row) for row in self.professions]
+        return json.loads(json.dumps(data))  # a deep copy, in plain JSON types
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False, allow_nan=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "<dict>"):
+        if not isinstance(data, dict) or data.get("kind") != cls.FILE.split(".")[0] \
+                or not isinstance(data.get("professions"), list):
+            raise InputError(f"{where}: not a {cls.FILE} (it needs \"kind\": \"{cls.FILE.split('.')[0]}\" and a "
+                             "\"professions\" list); re-run the command that writes it.")
+        rows = [_from_dict(cls.ROW, {_FIELD.get(k, k): v for k, v in row.items()}, f"{where}: professions[{i}]")
+                for i, row in enumerate(data["professions"])]
+        return _from_dict(cls, {**data, "professions": rows}, where)
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike):
+        """Read ``path`` (a file, or a run folder holding the result's file)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / cls.FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
+        except FileNotFoundError:
+            raise InputError(f"{path} does not exist; run the command that writes it first.") from None
+        except (OSError, ValueError) as err:
+            raise InputError(f"{path} is not readable JSON ({err}).") from None
+        return cls.from_dict(data, str(path))
+
+    def save(self, out: str | os.PathLike) -> Path:
+        """Write the result's file into the run folder ``out``, atomically."""
+        from debias.io import atomic_write_text
+
+        return atomic_write_text(Path(out) / self.FILE, self.to_json())
+
+
+# -------------------------------------------------------------------------------------------------- audit
+@dataclass
+class ProfessionAudit:
+    """One profession's audit: counts, the female share with its 95% Wilson interval, the test and Δ."""
+
+    profession: str
+    phrase: str
+    prompts: list[str]
+    target: float
+    n: int
+    n_female: int
+    n_male: int
+    n_unclear: int
+    share_female: Optional[float]
+    ci_low: Optional[float]
+    ci_high: Optional[float]
+    p_value: float
+    delta: Optional[float]
+    within_band: bool  # share within target ± tolerance (stats.within_band)
+    planted_share: Optional[float] = None  # a synthetic world's planted share (its profile knows it)
+    oracle_share: Optional[float] = None  # the share its pixel oracle reads
+    agreement: Optional[float] = None  # classifier vs oracle on images both call female or male
+    by_prompt: list[dict] = field(default_factory=list)
+    samples: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class AuditResult(_JsonFile):
+    """``audit.json``: what was audited, how, and the share per profession; the headline is the mean Δ."""
+
+    ROW = ProfessionAudit
+    FILE = "audit.json"
+
+    kind: str
+    debias_version: str
+    model: dict
+    edit: Optional[dict]
+    classifier: dict
+    generation: dict
+    target: float
+    tolerance: float
+    prompt_set: str
+    templates: list[str]
+    stopping: dict
+    ci_note: str
+    versions: dict
+    hardware: dict
+    started_at: str
+    finished_at: str
+    wall_seconds: float
+    images_generated: int
+    images_reused: int
+    mean_delta: Optional[float]
+    mean_delta_ci_low: Optional[float]
+    mean_delta_ci_high: Optional[float]
+    mean_delta_noise_floor: Optional[float]
+    within_tolerance: int  # professions whose share is within the band
+    professions: list[ProfessionAudit]
+    # human labels against the classifier (debias.validity.record.validity_block); None: written before labels
+    validity: Optional[dict] = None
+    # the other classifiers of a --classifier A --classifier B audit against the primary (validity.compare)
+    classifiers: Optional[list[dict]] = None
+
+    def row(self, phrase: str) -> ProfessionAudit:
+        return next(r for r in self.professions if r.phrase == phrase)
+
+    @property
+    def images_read(self) -> int:
+        return sum(r.n for r in self.professions)
+
+    @property
+    def has_oracle(self) -> bool:
+        return any(r.oracle_share is not None or r.planted_share is not None for r in self.professions)
+
+    def to_csv(self) -> str:
+        """One row per profession (``audit.csv``)."""
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=AUDIT_CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for row in self.professions:
+            values = _row_dict(row)
+            writer.writerow({k: ("" if values.get(k) is None else values.get(k)) for k in AUDIT_CSV_COLUMNS})
+        return buf.getvalue()
+
+    def save(self, out: str | os.PathLike) -> Path:
+        """``audit.json`` (everything) and ``audit.csv`` (one row per profession), atomically."""
+        from debias.io import atomic_write_text
+
+        atomic_write_text(Path(out) / "audit.csv", self.to_csv())
+        return super().save(out)
+
+    def print_summary(self, file=None) -> None:
+        from debias.summaries import print_audit
+
+        print_audit(self, file or sys.stdout)
+
+
+# ---------------------------------------------------------------------------------------------------- fix
+@dataclass
+class ProfessionFix:
+    """One profession's fix: destination, strength, status, and its share before and after on the test prompts.
+
+    ``lambda_`` is written as ``"lambda"`` (a Python keyword cannot name a field)."""
+
+    profession: str
+    phrase: str
+    target: float
+    destination: Optional[str]
+    status: str  # fixed | already_within_tolerance | not_reachable | budget_exhausted
+    lambda_: Optional[float]  # absolute λ (solver units); None: unedited
+    lambda_relative: Optional[float]
+    lambda_scale: Optional[float]
+    lambda_relative_min: Optional[float]  # the strongest edit the side-effect limit allowed
+    share_before: Optional[float]
+    ci_low_before: Optional[float]
+    ci_high_before: Optional[float]
+    n_before: int
+    share_after: Optional[float]
+    ci_low_after: Optional[float]
+    ci_high_after: Optional[float]
+    n_after: int
+    n_unclear_after: int
+    delta_before: Optional[float]
+    delta_after: Optional[float]
+    within_band_before: bool
+    within_band_after: bool
+    after_interval_within_band: bool
+    after_interval_overlaps_band: bool
+    planted_share: Optional[float]
+    oracle_share_before: Optional[float]
+    oracle_share_after: Optional[float]
+    tuning_share_before: Optional[float]
+    images_used_in_search: int
+    search_status: Optional[str]
+    search_message: Optional[str]
+    search_lambda_relative: Optional[float]
+    search_share: Optional[float]
+    search_ci_low: Optional[float]
+    search_ci_high: Optional[float]
+    closest_share: Optional[float]
+    joint: list[dict]  # the joint rounds' measurements of this profession
+    joined_round: Optional[int]  # left unedited, then edited after this joint round (cross-effect); or None
+    search: list[dict]  # the search's evaluations at finite λ
+    search_unedited: Optional[dict]  # its unedited reference (no λ)
+
+
+@dataclass
+class FixResult(_JsonFile):
+    """``fix.json``: the settings, the edit, before/after per profession with intervals, side effects, images."""
+
+    ROW = ProfessionFix
+    FILE = "fix.json"
+
+    kind: str
+    debias_version: str
+    model: dict
+    target: float
+    tolerance: float
+    budget: int
+    test_images: int
+    check_images: int
+    joint_rounds: int
+    seed: int
+    tuning_seed: int
+    classifier: dict
+    generation: dict
+    augmentations: list[str]
+    tuning_templates: list[str]
+    preserve: dict
+    anchors: dict
+    joint_pin_lambda_relative: float
+    versions: dict
+    hardware: dict
+    started_at: str
+    finished_at: str
+    wall_seconds: float
+    edit_file: Optional[dict]
+    before: str  # the before audit's file, relative to the run folder
+    after: str
+    tuning_before: str
+    mean_delta_before: Optional[float]
+    mean_delta_before_ci_low: Optional[float]
+    mean_delta_before_ci_high: Optional[float]
+    mean_delta_after: Optional[float]
+    mean_delta_after_ci_low: Optional[float]
+    mean_delta_after_ci_high: Optional[float]
+    mean_delta_noise_floor_after: Optional[float]
+    within_tolerance_before: int
+    within_tolerance_after: int
+    after_intervals_overlapping_band: int
+    edit_note: Optional[str]
+    images: dict
+    side_effects: dict
+    ci_note: str
+    professions: list[ProfessionFix]
+
+    def audits(self, run_dir: str | os.PathLike) -> tuple[AuditResult, AuditResult]:
+        """The before and after audits this fix judged itself by."""
+        run_dir = Path(run_dir)
+        return AuditResult.from_json(run_dir / self.before), AuditResult.from_json(run_dir / self.after)
+
+    def print_summary(self, file=None) -> None:
+        from debias.summaries import print_fix
+
+        print_fix(self, file or sys.stdout)

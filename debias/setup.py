@@ -1,0 +1,221 @@
+"""One setup for every verb: threads, processes, the model with its profile, the classifier, the sampler.
+
+``audit``, ``fix`` and ``edit`` start the same way: set torch's thread count on purpose, learn whether this
+process is one of several (``accelerate launch``), load the model (or take a loaded pipeline) together with
+what debias knows about it (:class:`LoadedModel`), and choose the defaults the user left unset: first from
+what a saved fixed model records, then from the model's profile (:mod:`debias.profiles`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from debias.errors import InputError
+from debias.generate import Distributed, SamplerSettings, default_batch_size, default_settings, distributed_from_env
+from debias.profiles import Profile, builtin_model, get_profile, profile_of_folder, profile_of_pipeline
+
+DEFAULT_MIN_CONFIDENCE = 0.6
+
+
+@dataclass
+class LoadedModel:
+    """A pipeline and what debias knows about it; the pipeline itself is exactly what diffusers loaded."""
+
+    pipe: Any
+    spec: Optional[str]  # what the user named: a hub id, a folder, or a built-in model's name
+    profile: Profile
+    revision: Optional[str] = None
+    profile_source: Optional[str] = None  # the saved folder's record when it chose the profile
+    audit_defaults: dict = field(default_factory=dict)  # the settings a saved fixed model was judged with
+
+    @classmethod
+    def of(cls, pipe, spec: str | None = None, revision: str | None = None) -> "LoadedModel":
+        """Describe a pipeline from where diffusers loaded it (``pipe.name_or_path``): a built-in model's
+        folder, a folder saved by ``--save-pipeline`` (which records its profile and defaults), a pipeline class
+        a profile is made for (SD3, FLUX: :func:`~debias.profiles.profile_of_pipeline`), or anything else (the
+        default profile)."""
+        from debias.models import saved_profile, saved_record
+
+        source = getattr(pipe, "name_or_path", None) or None
+        folder = Path(os.path.expanduser(source)) if source else None
+        builtin = profile_of_folder(folder) if folder is not None and folder.is_dir() else None
+        if builtin is not None:
+            return cls(pipe, spec if spec is not None else builtin.name, builtin, revision)
+        record = saved_record(folder) if folder is not None and folder.is_dir() else {}
+        name, profile_source = saved_profile(folder, record) if record else (None, None)
+        profile = get_profile(name) if name else (profile_of_pipeline(pipe) or get_profile("default"))
+        return cls(pipe, spec if spec is not None else source, profile, revision,
+                   profile_source, dict(record.get("audit_defaults") or {}))
+
+    def info(self) -> dict[str, Any]:
+        """What a run record says about the model: spec, fingerprint, revision, profile (and where it came from)."""
+        from debias.models import fingerprint
+
+        return {"spec": self.spec, "fingerprint": fingerprint(self.pipe), "revision": self.revision,
+                "profile": self.profile.name, "profile_source": self.profile_source, "class": type(self.pipe).__name__}
+
+    def say_profile(self) -> None:
+        """Say when a model folder chose its own defaults (a fixed model keeps the profile it was made with)."""
+        if self.profile_source:
+            print(f"using the settings recorded in {self.profile_source} (model profile '{self.profile.name}'): the "
+                  "sampler, image size, test prompts and classifier its fix judged it with are the defaults (options "
+                  "given on the command line still win)", file=sys.stderr)
+
+
+def load_model(model: Any, *, allow_pickle: bool = False, dist: Distributed | None = None, device: str | None = None,
+               dtype: str | torch.dtype | None = None, revision: str | None = None) -> LoadedModel:
+    """A :class:`LoadedModel` from a spec (hub id, folder, built-in name), a pipeline, or a LoadedModel.
+
+    By default a spec loads on this process's GPU when there is one, in float16 unless the model's profile says
+    half precision gains nothing (the built-in model), else on the CPU in float32. A loaded model is moved when
+    ``device``/``dtype`` are given.
+    """
+    from debias.models import load_pipeline, resolve_dtype
+
+    if isinstance(model, LoadedModel) or not isinstance(model, str):
+        loaded = model if isinstance(model, LoadedModel) else LoadedModel.of(model)
+        if device is not None or dtype is not None:
+            loaded.pipe.to(device=device, dtype=resolve_dtype(dtype))
+        return loaded
+    device = device or default_device(dist or distributed_from_env())
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: torch sees no CUDA GPU here; use --device cpu, or install a CUDA "
+                         "build of torch on a machine with a GPU.")
+    if dtype is None and str(device).startswith("cuda") and _half_precision_helps(model):
+        dtype = torch.float16
+    pipe = load_pipeline(model, device=device, torch_dtype=dtype, allow_pickle=allow_pickle, revision=revision)
+    return LoadedModel.of(pipe, model, revision if revision is not None else _hub_revision(model))
+
+
+def _half_precision_helps(spec: str) -> bool:
+    from debias.models import saved_profile
+
+    builtin = builtin_model(spec)
+    if builtin is not None:
+        return builtin.half_precision_on_gpu
+    folder = Path(os.path.expanduser(spec))
+    name = saved_profile(folder)[0] if folder.is_dir() else None
+    return get_profile(name).half_precision_on_gpu if name else True
+
+
+def _hub_revision(spec: str) -> str | None:
+    from debias.models import cached_revision
+
+    if builtin_model(spec) is not None or Path(os.path.expanduser(spec)).exists():
+        return None
+    return cached_revision(spec)
+
+
+def default_device(dist: Distributed) -> str:
+    """This process's GPU when there is one (``cuda:LOCAL_RANK`` under ``accelerate launch``), else the CPU."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if dist.world_size > 1 else "cuda"
+
+
+# ------------------------------------------------------------------------------------------- defaults
+@dataclass(frozen=True)
+class RunOptions:
+    """The options audit and fix share for generating and classifying images (None: the default)."""
+
+    classifier: Any = None
+    labels_female: Optional[tuple[str, ...]] = None
+    labels_male: Optional[tuple[str, ...]] = None
+    labels_none: Optional[tuple[str, ...]] = None
+    min_confidence: Optional[float] = None
+    steps: Optional[int] = None
+    guidance: Optional[float] = None
+    height: Optional[int] = None
+    width: Optional[int] = None
+    batch_size: Optional[int] = None
+
+    def filled(self, model: LoadedModel) -> "RunOptions":
+        """Unset options taken from a saved fixed model's record; ``min_confidence`` 0.6 when nobody says."""
+        saved = model.audit_defaults
+
+        def pick(key: str):
+            given = getattr(self, key)
+            return given if given is not None else saved.get(key)
+
+        confidence = pick("min_confidence")
+        return RunOptions(classifier=pick("classifier"), labels_female=self.labels_female,
+                          labels_male=self.labels_male, labels_none=self.labels_none,
+                          min_confidence=DEFAULT_MIN_CONFIDENCE if confidence is None else confidence,
+                          steps=pick("steps"), guidance=pick("guidance"), height=pick("height"), width=pick("width"),
+                          batch_size=self.batch_size)
+
+
+def sampler_settings(model: LoadedModel, opts: RunOptions) -> tuple[SamplerSettings, int]:
+    """The sampler settings and batch size: the user's, else a saved model's, else the profile's."""
+    settings = default_settings(model.pipe, model.profile.sampler, steps=opts.steps, guidance=opts.guidance,
+                                height=opts.height, width=opts.width,
+                                scheduler=model.audit_defaults.get("scheduler"))
+    batch = opts.batch_size or default_batch_size(model.pipe, model.profile.sampler, settings)
+    return settings, batch
+
+
+def classifier_for(model: LoadedModel, opts: RunOptions):
+    """A loaded classifier passes through; a spec (or None: the profile's) loads on the pipeline's device."""
+    if opts.classifier is not None and not isinstance(opts.classifier, str):
+        return opts.classifier
+    from debias.classify import load_classifier
+
+    device = getattr(model.pipe, "device", None)
+    return load_classifier(opts.classifier or model.profile.classifier, labels_female=opts.labels_female,
+                           labels_male=opts.labels_male, labels_none=opts.labels_none,
+                           min_confidence=opts.min_confidence,
+                           device=device if isinstance(device, torch.device) else None)
+
+
+def professions_for(model: LoadedModel, professions) -> list:
+    """The list to work on: given entries (or phrases such as "a nurse"), a list file, or the profile's default."""
+    from debias.prompts import parse_professions, read_professions
+
+    if professions is None:
+        return model.profile.default_professions()
+    if isinstance(professions, (str, os.PathLike)):
+        return read_professions(professions)
+    entries = list(professions)
+    if entries and all(isinstance(p, str) for p in entries):  # phrases, checked as a list file's lines would be
+        entries = parse_professions("\n".join(entries), "professions=[…]")
+    if not entries:
+        raise InputError("no professions given; pass a profession list file or leave it unset for the defaults")
+    return entries
+
+
+def templates_for(model: LoadedModel, templates, prompt_set: str) -> tuple[tuple[str, ...], str]:
+    """User templates win (named "custom"); then the test prompts a saved fixed model was judged on; otherwise
+    the profile's tuning or test set."""
+    if templates:
+        return tuple(templates), "custom"
+    saved = model.audit_defaults.get("templates")
+    if saved and prompt_set == "test":
+        return tuple(saved), prompt_set
+    return model.profile.template_set().get(prompt_set), prompt_set
+
+
+@dataclass
+class Setup:
+    """What every verb starts from."""
+
+    threads: int
+    dist: Distributed
+    model: LoadedModel
+
+
+def start(model: Any, *, threads: int | None = None, allow_pickle: bool = False, device: str | None = None,
+          dtype: str | torch.dtype | None = None) -> Setup:
+    """Threads, processes and the model, in that order (the thread count must be set before torch works)."""
+    from debias.threads import set_threads
+
+    n_threads = set_threads(threads)
+    dist = distributed_from_env()
+    loaded = load_model(model, allow_pickle=allow_pickle, dist=dist, device=device, dtype=dtype)
+    loaded.say_profile()
+    return Setup(threads=n_threads, dist=dist, model=loaded)
