@@ -1,19 +1,22 @@
 """A real-size rehearsal: audit → fix → report through the CLI on SD 1.5-, SDXL- and FLUX.1-shaped pipelines.
 
     python benchmarks/rehearsal.py [--families sd15,sdxl,flux] [--threads 1] [--size auto|full|reduced]
+    python benchmarks/rehearsal.py --threads 8 --pixels 512 --steps 2 --size full \
+        --out benchmarks/results/rehearsal-gpu.json                       # on a GPU machine
 
 Each family is built from its published configuration (the values are below, with where they come from) with
 random weights, saved with ``save_pretrained`` (safetensors) and run as a user would: ``debias audit``, ``fix``
-and ``report`` as subprocesses on that folder, with a random tiny CLIP folder as ``--classifier``, 64×64 images,
+and ``report`` as subprocesses on that folder, with a random tiny CLIP folder as ``--classifier``, 64×64 images (``--pixels``),
 1 step (``--steps``) and the smallest budgets the fix accepts, on one profession. The images mean nothing; what
 is measured does not depend on them: every stage runs at the real widths; each command's peak memory (RSS; the
 CUDA peak on a GPU), seconds per image, the modules the edit changes and the edit file's size.
 
 Sizes: SD 1.5 at full size (1.07 B parameters, 4 GB in float32). SDXL (3.5 B, 13 GB) at full size when the
 memory available holds it twice over, else with its real widths and 2 instead of 10 transformer layers in the
-deepest blocks (``--size`` forces either). FLUX.1 (12 B transformer + 4.7 B T5-XXL: 62 GB in float32) always
+deepest blocks (``--size`` forces either). FLUX.1 (12 B transformer + 4.7 B T5-XXL: 63 GB in float32) always
 with its real widths (hidden 3072 = 24 heads × 128, T5 4096, joint_attention_dim 4096, pooled 768) but 1 of 19
-double-stream blocks, 1 of 38 single-stream blocks and 1 of 24 T5 layers. Reduced models' full-size weights are
+double-stream blocks, 1 of 38 single-stream blocks and none of the 24 T5 layers (its 4096-wide embedding and
+final norm stay: one layer at 512 tokens costs as much as the transformer here). Full-size weights are
 extrapolated from their per-block parameter counts. A failed stage is recorded with its error and the script
 goes on; running a subset of families updates their entries in ``benchmarks/results/rehearsal.json``.
 """
@@ -27,6 +30,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -83,7 +87,7 @@ FLUX_TRANSFORMER = dict(
     patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=24,
     joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56),
 )
-FLUX_REDUCED = dict(num_layers=1, num_single_layers=1, t5_layers=1)  # always: the full model needs 67 GB in float32
+FLUX_REDUCED = dict(num_layers=1, num_single_layers=1, t5_layers=0)  # always: the full model needs 63 GB in float32
 FLUX_VAE = dict(
     in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
     down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32,
@@ -155,7 +159,7 @@ def build_sdxl(size: str) -> tuple[Any, dict]:
 
 
 def build_flux(size: str) -> tuple[Any, dict]:
-    """FLUX.1 [dev] at its real widths with 1 double-stream block, 1 single-stream block and 1 T5-XXL layer."""
+    """FLUX.1 [dev] at its real widths with 1 double-stream block, 1 single-stream block and no T5-XXL layer."""
     import torch
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from tiny_models import clip_tokenizer, t5_tokenizer
@@ -169,15 +173,14 @@ def build_flux(size: str) -> tuple[Any, dict]:
                         text_encoder=_clip_text(CLIP_L_TEXT), tokenizer=clip_tokenizer(), text_encoder_2=t5,
                         tokenizer_2=t5_tokenizer(), transformer=transformer)
     double, single = _params(transformer.transformer_blocks[0]), _params(transformer.single_transformer_blocks[0])
-    t5_layer = _params(t5.encoder.block[0])
+    t5_layer = 4 * T5_XXL["d_model"] * T5_XXL["num_heads"] * T5_XXL["d_kv"] + 3 * T5_XXL["d_model"] * T5_XXL["d_ff"] \
+        + 2 * T5_XXL["d_model"]  # attention, gated feed-forward, two norms
     missing = ((FLUX_TRANSFORMER["num_layers"] - FLUX_REDUCED["num_layers"]) * double
                + (FLUX_TRANSFORMER["num_single_layers"] - FLUX_REDUCED["num_single_layers"]) * single
                + (T5_XXL["num_layers"] - FLUX_REDUCED["t5_layers"]) * t5_layer)
-    params = _params_of(pipe)
+    params, reduced = _params_of(pipe), "{num_layers} of 19 double-stream, {num_single_layers} of 38 single-stream blocks"
     return pipe, {"size": "reduced", "params": params, "full_params_estimate": params["total"] + missing,
-                  "reduced": (f"{FLUX_REDUCED['num_layers']} of 19 double-stream blocks, {FLUX_REDUCED['num_single_layers']} "
-                              f"of 38 single-stream blocks, {FLUX_REDUCED['t5_layers']} of 24 T5-XXL layers "
-                              "(widths unchanged)"),
+                  "reduced": reduced.format(**FLUX_REDUCED) + f", {FLUX_REDUCED['t5_layers']} of 24 T5-XXL layers",
                   "params_per_block": {"double": double, "single": single, "t5_layer": t5_layer}}
 
 
@@ -237,19 +240,21 @@ CLI = ("import atexit, os, sys\nimport torch\n\ndef _cuda_peak():\n    if torch.
 
 
 def _last_lines(log: Path, count: int = 12) -> list[str]:
-    lines = [line.split("\r")[-1].rstrip() for line in log.read_text(encoding="utf-8", errors="replace").splitlines()]
+    lines = [line.split("\r")[-1].rstrip() for line in log.read_text(encoding="utf-8", errors="replace").split("\n")]
     return [line for line in lines if line.strip() and "Warning" not in line][-count:]
 
 
 def seconds_per_image(images: Path) -> dict | None:
-    """Generation pace from the PNGs' modification times: a batch's PNGs are written together, so the time
-    from the first batch to the last, over the images after the first, excludes loading and warm-up."""
+    """Generation pace from the PNGs' modification times: a batch's PNGs are written together, so the time from
+    one batch to the next over its images is the time per image; the median over the batches leaves out the
+    first (warm-up) and the pauses between a fix's stages (solving, baking the edit)."""
     times = sorted(p.stat().st_mtime for p in images.glob("*.png"))
-    starts = [i for i in range(1, len(times)) if times[i] - times[i - 1] >= 0.5]  # each later batch's first PNG
-    if not starts:
+    starts = [0] + [i for i in range(1, len(times)) if times[i] - times[i - 1] >= 0.5]  # each batch's first PNG
+    ends = starts[1:] + [len(times)]
+    paces = [(times[e - 1] - times[s - 1]) / (e - s) for s, e in zip(starts[1:], ends[1:])]
+    if not paces:
         return None
-    return {"seconds_per_image": round((times[-1] - times[starts[0] - 1]) / (len(times) - starts[0]), 3),
-            "images": len(times), "batches": len(starts) + 1}
+    return {"seconds_per_image": round(statistics.median(paces), 3), "images": len(times), "batches": len(starts)}
 
 
 def describe_edit(path: Path) -> dict | None:
@@ -284,7 +289,7 @@ def run_child(argv: list[str], log: Path, threads: int, label: str) -> dict:
         _, status, usage = os.wait4(child.pid, 0)  # this child's own resource usage, not all children's
         child.returncode = os.waitstatus_to_exitcode(status)
     record = {"exit_code": child.returncode, "wall_s": round(time.perf_counter() - start, 1),
-              "peak_rss_gb": round(usage.ru_maxrss / 2**20, 2)}
+              "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "peak_rss_gb": round(usage.ru_maxrss / 2**20, 2)}
     cuda = log.with_suffix(".cuda")
     if cuda.is_file():
         record["cuda_peak_gb"] = round(int(cuda.read_text()) / 2**30, 2)
@@ -330,8 +335,7 @@ def build_and_save(name: str, size: str, folder: Path) -> None:
 
 
 def rehearse(family: Family, size: str, work: Path, threads: int, common: list[str]) -> dict:
-    """Build and save (in a child), then audit → fix → report through the CLI; every stage recorded, a failed
-    one with its error (the next ones still run)."""
+    """Build and save (in a child), then audit → fix → report through the CLI; a failed stage is recorded."""
     print(f"{family.name}: building ({size})", flush=True)
     runs = work / family.name
     folder = runs / "pipeline"
@@ -341,9 +345,9 @@ def rehearse(family: Family, size: str, work: Path, threads: int, common: list[s
         record["full_weights_gb_float32_estimate"] = round(record["full_params_estimate"] * 4 / 2**30, 1)
     record["full_kv_modules"] = family.full_kv_modules or None
     base = ["--model", str(folder), *common]
-    record["audit"] = run_cli(["audit", *base, "-n", "2", "--out", str(runs / "audit")], runs / "audit.log", threads)
+    record["audit"] = run_cli(["audit", *base, "-n", "1", "--out", str(runs / "audit")], runs / "audit.log", threads)
     # 3 check images: a share of 0, 1/3, 2/3 or 1 is never within 0.5 ± 0.05, so the fix always makes an edit
-    record["fix"] = run_cli(["fix", *base, "--budget", "32", "--test-images", "2", "--check-images", "3",
+    record["fix"] = run_cli(["fix", *base, "--budget", "32", "--test-images", "1", "--check-images", "3",
                              "--joint-rounds", "0", "--side-seeds", "1", "--side-prompts", SIDE_PROMPT,
                              "--out", str(runs / "fix")], runs / "fix.log", threads)
     reported = runs / ("fix" if record["fix"]["exit_code"] == 0 else "audit")
@@ -392,6 +396,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--size", choices=("auto", "full", "reduced"), default="auto",
                     help="SDXL at full size or with fewer transformer layers (auto: full when memory allows)")
     ap.add_argument("--steps", type=int, default=1)
+    ap.add_argument("--pixels", type=int, default=64, help="image height and width (64 on a CPU; 512 on a GPU)")
     ap.add_argument("--work", type=Path, default=None, help="folder for pipelines and runs (default: a temporary one)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "rehearsal.json")
     ap.add_argument("--build", default=None, help=argparse.SUPPRESS)  # the builder child (build_in_child)
@@ -400,18 +405,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.build:
         return build_and_save(args.build, args.size, args.folder)
     names = [n.strip() for n in args.families.split(",") if n.strip()]
-    unknown = [n for n in names if n not in FAMILIES]
-    if unknown:
-        ap.error(f"unknown famil{'ies' if len(unknown) > 1 else 'y'} {', '.join(unknown)}; choose from {', '.join(FAMILIES)}")
+    if not names or set(names) - set(FAMILIES):
+        ap.error(f"--families {args.families!r}: give a comma-separated subset of {', '.join(FAMILIES)}")
     record = json.loads(args.out.read_text()) if args.out.is_file() else {"kind": "bench-rehearsal", "families": {}}
     work = args.work or Path(tempfile.mkdtemp(prefix="debias-rehearsal-"))
-    clip = work / "clip"
+    clip, professions = work / "clip", work / "professions.txt"
     cuda = build_in_child("clip", "full", clip, args.threads)["cuda"]
-    record.update(_machine(args.threads, args.steps, cuda))
-    professions = work / "professions.txt"
+    record.update(_machine(args.threads, args.steps, args.pixels, cuda))
     professions.write_text(PROFESSIONS, encoding="utf-8")
     common = ["--classifier", str(clip), "--professions", str(professions), "--steps", str(args.steps),
-              "--height", "64", "--width", "64", "--threads", str(args.threads)]
+              "--height", str(args.pixels), "--width", str(args.pixels), "--threads", str(args.threads)]
     start = time.perf_counter()
     for name in names:
         family = FAMILIES[name]
@@ -426,11 +429,11 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _machine(threads: int, steps: int, cuda: str | None) -> dict:
+def _machine(threads: int, steps: int, pixels: int, cuda: str | None) -> dict:
     import psutil
 
-    return {"threads": threads, "settings": f"64×64, {steps} step(s), each family's default sampler and guidance, "
-                                            "default batch size (4 on a CPU); one profession",
+    return {"threads": threads, "settings": f"{pixels}×{pixels}, {steps} step(s), each family's default sampler and "
+                                            "guidance, default batch size (4 on a CPU); one profession",
             "parent_peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
             "machine": {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
                         "cuda": cuda, "platform": platform.platform(),
