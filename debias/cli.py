@@ -228,7 +228,7 @@ def fix_command(
     joint_rounds: int = typer.Option(2, "--joint-rounds", help="Rounds of re-tuning strengths against cross-effects of the joint edit."),
     side_prompts: list[str] = typer.Option([], "--side-prompts", help="Unrelated prompt for the side-effect check (repeatable; default: the model profile's)."),
     side_seeds: int = typer.Option(16, "--side-seeds", help="Seeds per unrelated prompt for the side-effect check."),
-    anchor_strength: float = typer.Option(100.0, "--anchor-strength", help="Weight of the anchors (the bare augmentation templates and the empty prompt, kept fixed so the edit moves only what the profession adds); 0 turns them off."),
+    anchor_strength: Optional[float] = typer.Option(None, "--anchor-strength", help="Weight of the anchors (the bare augmentation templates and the empty prompt, kept fixed so the edit moves only what the profession adds); 0 turns them off. Default: the model family's (100; 10 for SD3/FLUX.1)."),
     max_drift: float = typer.Option(0.12, "--max-drift", help="Strongest edit allowed: unrelated prompts' conditioning may move by at most this (relative norm); 0 turns the limit off."),
     classifier: Classifiers = [],
     labels_female: LabelsFemale = [],

@@ -3,7 +3,8 @@
 A profile holds the defaults an audit and a fix take when the user says nothing: the sampler (scheduler,
 steps, guidance, image size), the batch size, the prompt templates (tuning and held-out test), the default
 professions, the side-effect prompts, the edit's augmentation templates, the default classifier, and, for a
-synthetic world, an oracle that reads ground truth from pixels. The stages ask the profile; none of them
+synthetic world, oracles that read ground truth from pixels (``oracle`` for gender, ``oracles`` by
+attribute name for the others, :meth:`Profile.oracle_for`). The stages ask the profile; none of them
 knows which family it is running.
 
 Profiles register themselves with :func:`register_profile`. ``"default"`` (the Stable Diffusion family's
@@ -19,7 +20,7 @@ import importlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from debias.errors import InputError
 
@@ -76,7 +77,13 @@ class Profile:
     side_prompts: tuple[str, ...] = DEFAULT_SIDE_PROMPTS
     augmentations: tuple[str, ...] = DEFAULT_AUGMENTATIONS
     half_precision_on_gpu: bool = True  # float16 by default on a GPU (tiny weights gain nothing from it)
+    # the weight of the fix's anchors (bare templates, empty prompt) against one edit row when --anchor-strength
+    # is not given; None: the fix's own default (debias.fixing.DEFAULT_ANCHOR_STRENGTH); MMDiT families take less
+    anchor_strength: Optional[float] = None
     oracle: Optional[Callable[[list], list[str]]] = None  # images -> "female" | "male" | "unclear", ground truth
+    # more ground truths by attribute name: images -> one of the attribute's classes or "unclear" per image
+    # (e.g. {"skin": world.oracle_skin}); an attribute without one simply has no oracle counts
+    oracles: Mapping[str, Callable[[list], list[str]]] = field(default_factory=dict, hash=False)
     planted_share: Optional[Callable[[str], Optional[float]]] = None  # phrase -> the share the world planted
     builtin_folder: Optional[Callable[[], Path]] = None  # a built-in model: the folder ``--model NAME`` loads
     classifier_folder: Optional[Callable[[], Path]] = None  # its CLIP: the folder ``--classifier NAME`` loads
@@ -85,6 +92,12 @@ class Profile:
 
     def template_set(self):
         return self.templates()
+
+    def oracle_for(self, attribute: str) -> Optional[Callable[[list], list[str]]]:
+        """The ground truth of ``attribute`` this world can read from pixels, or None (``oracle`` is gender's)."""
+        if attribute == "gender" and self.oracle is not None:
+            return self.oracle
+        return self.oracles.get(attribute)
 
     def default_professions(self) -> list:
         return self.professions()
@@ -166,6 +179,16 @@ register_profile(Profile(
 # ------------------------------------------------------------------------------------------------------------
 
 
+# Anchors at 100 pin an MMDiT edit: T5 is bidirectional and its padding rows, which SD3 and FLUX read unmasked,
+# lie close to a prompt's own rows. On the tiny SD3 and FLUX pipelines (benchmarks/mmdit_anchors.py: 4 professions,
+# 3 held-out templates, 6 unrelated prompts), anchors at 100 let an edit at λ_rel 0.01 move held-out prompts 5%
+# (SD3) of the way to their destination; at 10, 32% (SD3) and 73% (FLUX), with the best ratio of that move to
+# the move of unrelated prompts of all the weights tried (SD3 1.2–1.5 against 0.9 without anchors, FLUX 0.6–0.9
+# against 0.6). Random tiny weights say how the rows interact, not how a real model responds: the side-effect
+# check of every fix is what judges a real one.
+MMDIT_ANCHOR_STRENGTH = 10.0
+
+
 def _transformer_config(pipe, key: str, default: Any = None) -> Any:
     return getattr(getattr(getattr(pipe, "transformer", None), "config", None), key, default)
 
@@ -176,7 +199,7 @@ def _mmdit_profile(name: str, description: str, steps: int, guidance: float, pip
         name=name, description=f"{description}: its flow-matching scheduler, {steps} steps, guidance {guidance:g}, "
                                "native size; TIMED's professions and templates; OpenAI CLIP ViT-L/14",
         sampler=Sampler(scheduler=None, steps=steps, guidance=guidance), pipeline_classes=(pipeline_class,),
-        recognises=recognises,
+        recognises=recognises, anchor_strength=MMDIT_ANCHOR_STRENGTH,
     ))
 
 

@@ -23,6 +23,7 @@ from debias.editing import (
     load_edit, prompt_tokens, read_edit, revert_edit, save_edit,
 )
 from debias.errors import EditError, InputError
+from debias.profiles import MMDIT_ANCHOR_STRENGTH, get_profile
 from debias.models import conditioning_width, denoiser, find_text_projections, fingerprint, model_family
 from tiny_models import clip_tokenizer, t5_tokenizer, tiny_flux, tiny_hunyuan_dit, tiny_sd1, tiny_sd3
 
@@ -309,8 +310,19 @@ def test_fix_runs_end_to_end_on_mmdit(name: str, tmp_path: Path) -> None:
     assert json.loads((out / "fix.json").read_text())["kind"] == "fix" and (out / "report.html").is_file()
     assert record["model"]["profile"] == {"sd3": "sd3-medium", "flux": "flux.1-schnell"}[name]
     assert record["generation"]["scheduler"] == "FlowMatchEulerDiscreteScheduler"
+    assert record["anchors"]["strength"] == MMDIT_ANCHOR_STRENGTH  # the family's, since none was given
     assert {p["status"] for p in record["professions"]} <= {"fixed", "already_within_tolerance", "not_reachable",
                                                             "budget_exhausted"}
     if record["edit_file"] is not None:
         edit = read_edit(out / record["edit_file"]["path"])
         assert set(edit.weights) == {"context_embedder.weight"} and edit.metadata["family"] == model_family(_pipe(name))
+
+
+def test_the_anchor_weight_is_the_users_else_the_familys() -> None:
+    from debias.fixing import DEFAULT_ANCHOR_STRENGTH
+    from debias.fixing.steps import anchor_strength_for
+
+    assert anchor_strength_for(None, get_profile("flux.1-schnell")) == MMDIT_ANCHOR_STRENGTH == 10.0
+    assert anchor_strength_for(None, get_profile("sd3.5-large")) == MMDIT_ANCHOR_STRENGTH
+    assert anchor_strength_for(None, get_profile("default")) == DEFAULT_ANCHOR_STRENGTH == 100.0
+    assert anchor_strength_for(0.0, get_profile("flux.1-schnell")) == 0.0  # the user's word wins, 0 included

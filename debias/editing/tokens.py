@@ -289,8 +289,9 @@ block, with the pooled vector held at the source's; λ_rel 1e-3 … 100, no anch
 prompts moved up to 27% (SD3) and 20% (FLUX) of the way to their destination while unrelated prompts moved
 0.2–0.8 of that distance; with "end" or "none" they moved away from it (−1.3 to −34 times the distance) and
 unrelated prompts moved 1.5–33 times it, because an edit fitted on a few word rows acts freely on the hundreds
-of unedited padding rows, which lie close to them. With the fix's anchors (strength 100, all rows of the bare
-templates) every choice stayed within ±0.06 of no move, and "all" was never worse."""
+of unedited padding rows, which lie close to them. "all" was never worse. The fix's anchors (all rows of the bare
+templates) pin these padding rows too, which is why MMDiT profiles weigh them 10 rather than 100
+(:data:`debias.profiles.MMDIT_ANCHOR_STRENGTH`, ``benchmarks/mmdit_anchors.py``)."""
 
 
 def token_segments(pipe, length: int) -> list[TokenSegment]:

@@ -57,7 +57,7 @@ def check_options(target, tolerance, budget, test_images, check_images, joint_ro
         raise InputError(f"--joint-rounds must be >= 0, got {joint_rounds}")
     if side_seeds < 0:
         raise InputError(f"--side-seeds must be >= 0, got {side_seeds}")
-    if not (math.isfinite(anchor_strength) and anchor_strength >= 0):
+    if anchor_strength is not None and not (math.isfinite(anchor_strength) and anchor_strength >= 0):
         raise InputError(f"--anchor-strength must be a finite number >= 0 (0 turns the anchors off), "
                          f"got {anchor_strength}")
 
@@ -91,7 +91,7 @@ class FixOptions:
     templates: Optional[Sequence[str]] = None  # the held-out test templates (default: the profile's)
     preserve: Any = None
     preserve_strength: float = 1.0
-    anchor_strength: float = DEFAULT_ANCHOR_STRENGTH
+    anchor_strength: Optional[float] = None  # None: the model profile's (DEFAULT_ANCHOR_STRENGTH unless it says)
     side_prompts: Optional[Sequence[str]] = None
     side_seeds: int = DEFAULT_SIDE_SEEDS
     seed: int = 0

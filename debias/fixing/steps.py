@@ -21,7 +21,7 @@ import torch
 
 from debias import __version__, stats
 from debias.editing.solver import conditioning_drift
-from debias.fixing.options import MIN_CORRECTION, UNEDITED, FixOptions, tuning_templates_for
+from debias.fixing.options import DEFAULT_ANCHOR_STRENGTH, MIN_CORRECTION, UNEDITED, FixOptions, tuning_templates_for
 from debias.fixing.plan import (
     Anchors, ProfessionState, anchor_prompts_for, choose_destination, drift_bounds, encode_preserve_rows, fitted_slope,
     join_edit, joint_matrix, pooled_correction, preserve_prompt_list, probe_rows, search_seeds_per_round,
@@ -114,6 +114,13 @@ class FixRun:
 
 
 # ------------------------------------------------------------------------------------------------ setup
+def anchor_strength_for(given: Optional[float], profile) -> float:
+    """The anchors' weight: the user's, else the model family's (MMDiT: less, see debias.profiles), else 100."""
+    if given is not None:
+        return given
+    return profile.anchor_strength if profile.anchor_strength is not None else DEFAULT_ANCHOR_STRENGTH
+
+
 def setup(model: Any, opts: FixOptions, say: Callable[[str], None]) -> tuple[FixRun, FixOptions]:
     """Load the model and classifier, choose sampling and prompts, and encode the rows every edit keeps fixed.
 
@@ -134,6 +141,7 @@ def setup(model: Any, opts: FixOptions, say: Callable[[str], None]) -> tuple[Fix
     test_templates = templates_for(loaded, opts.templates, "test")[0]
     tuning = tuning_templates_for(opts.tuning_templates, loaded.profile.template_set().tuning, test_templates)
     augmentations = loaded.profile.augmentations
+    opts = replace(opts, anchor_strength=anchor_strength_for(opts.anchor_strength, loaded.profile))
     anchor_prompts = anchor_prompts_for(augmentations) if opts.anchor_strength > 0 else []
     anchors = Anchors(probe_rows(loaded.pipe, anchor_prompts), opts.anchor_strength) if anchor_prompts else None
     probe_prompts = tuple(opts.side_prompts or loaded.profile.side_prompts)

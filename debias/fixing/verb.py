@@ -12,7 +12,7 @@ import torch
 
 from debias.profiles import DEFAULT_MODEL
 from debias.fixing.options import (
-    DEFAULT_ANCHOR_STRENGTH, DEFAULT_BUDGET, DEFAULT_CHECK_IMAGES, DEFAULT_JOINT_ROUNDS, DEFAULT_MAX_DRIFT,
+    DEFAULT_BUDGET, DEFAULT_CHECK_IMAGES, DEFAULT_JOINT_ROUNDS, DEFAULT_MAX_DRIFT,
     DEFAULT_SIDE_SEEDS, DEFAULT_TEST_IMAGES, LOG_LAMBDA_BOUNDS, FixOptions, check_options,
 )
 from debias.fixing.record import fix_record, image_counts
@@ -41,7 +41,7 @@ def fix(
     templates: Sequence[str] | None = None,
     preserve: Sequence[str] | str | os.PathLike | None = None,
     preserve_strength: float = 1.0,
-    anchor_strength: float = DEFAULT_ANCHOR_STRENGTH,
+    anchor_strength: float | None = None,
     side_prompts: Sequence[str] | None = None,
     side_seeds: int = DEFAULT_SIDE_SEEDS,
     seed: int = 0,
@@ -74,7 +74,8 @@ def fix(
     classifier, label prompts and sampler options mean what they mean for :func:`debias.audit`. ``preserve`` is a
     list of prompts (or a file, one per line) to keep where they are (UCE-style, c* = c); the professions
     left unedited are always preserved. ``anchor_strength`` weighs the anchors (the bare augmentation templates and
-    the empty prompt, kept fixed in the search and the joint edit alike; 0 turns them off). ``side_prompts``
+    the empty prompt, kept fixed in the search and the joint edit alike; 0 turns them off; None: the model
+    family's, :attr:`debias.profiles.Profile.anchor_strength`). ``side_prompts``
     are the unrelated prompts of the side-effect check (default: the model profile's).
     """
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
