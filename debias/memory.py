@@ -56,6 +56,7 @@ class MemoryOptions:
     vae_tiling: bool = False
     vae_slicing: bool = False
     attention_slicing: bool = False
+    adapt_batch: bool = False  # grow the batch to what the GPU's free memory holds (AdaptiveBatch)
 
     def __post_init__(self) -> None:
         if self.cpu_offload not in CPU_OFFLOAD_CHOICES:
@@ -77,7 +78,7 @@ def apply_memory_options(pipe, options: MemoryOptions, *, device: str | torch.de
     the options after loading and moving the pipeline: diffusers refuses ``pipe.to(...)`` once offload is on.
     """
     say = say or (lambda text: print(text, file=sys.stderr))
-    applied: list[str] = []
+    applied: list[str] = ["batch size adapts to free GPU memory"] if options.adapt_batch else []
     for name, apply in (("vae_tiling", _vae_tiling), ("vae_slicing", _vae_slicing),
                         ("attention_slicing", _attention_slicing)):
         if getattr(options, name):

@@ -18,6 +18,7 @@ import torch
 
 from debias.errors import InputError
 from debias.generate import Distributed, SamplerSettings, default_batch_size, default_settings, distributed_from_env
+from debias.memory import MemoryOptions, apply_memory_options
 from debias.profiles import Profile, builtin_model, get_profile, profile_of_folder, profile_of_pipeline
 
 DEFAULT_MIN_CONFIDENCE = 0.6
@@ -33,6 +34,8 @@ class LoadedModel:
     revision: Optional[str] = None
     profile_source: Optional[str] = None  # the saved folder's record when it chose the profile
     audit_defaults: dict = field(default_factory=dict)  # the settings a saved fixed model was judged with
+    memory: MemoryOptions = field(default_factory=MemoryOptions)  # what start() traded for memory
+    memory_applied: tuple[str, ...] = ()  # the same, in words, where the pipeline took it (run records)
 
     @classmethod
     def of(cls, pipe, spec: str | None = None, revision: str | None = None) -> "LoadedModel":
@@ -58,7 +61,8 @@ class LoadedModel:
         from debias.models import fingerprint
 
         return {"spec": self.spec, "fingerprint": fingerprint(self.pipe), "revision": self.revision,
-                "profile": self.profile.name, "profile_source": self.profile_source, "class": type(self.pipe).__name__}
+                "profile": self.profile.name, "profile_source": self.profile_source, "class": type(self.pipe).__name__,
+                **({"memory": list(self.memory_applied)} if self.memory_applied else {})}
 
     def say_profile(self) -> None:
         """Say when a model folder chose its own defaults (a fixed model keeps the profile it was made with)."""
@@ -210,12 +214,16 @@ class Setup:
 
 
 def start(model: Any, *, threads: int | None = None, allow_pickle: bool = False, device: str | None = None,
-          dtype: str | torch.dtype | None = None) -> Setup:
-    """Threads, processes and the model, in that order (the thread count must be set before torch works)."""
+          dtype: str | torch.dtype | None = None, memory: MemoryOptions | None = None) -> Setup:
+    """Threads, processes and the model, in that order (the thread count must be set before torch works); then
+    the ``memory`` options, after the model is on its device (diffusers refuses to move an offloaded one)."""
     from debias.threads import set_threads
 
     n_threads = set_threads(threads)
     dist = distributed_from_env()
     loaded = load_model(model, allow_pickle=allow_pickle, dist=dist, device=device, dtype=dtype)
+    if memory is not None and memory != MemoryOptions():
+        loaded.memory = memory
+        loaded.memory_applied = tuple(apply_memory_options(loaded.pipe, memory, device=device))
     loaded.say_profile()
     return Setup(threads=n_threads, dist=dist, model=loaded)

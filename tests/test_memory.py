@@ -41,7 +41,7 @@ def test_options_are_checked_with_the_choices() -> None:
     with pytest.raises(InputError, match="none, model, sequential"):
         MemoryOptions(cpu_offload="gpu")
     assert MemoryOptions().to_dict() == {"cpu_offload": "none", "vae_tiling": False, "vae_slicing": False,
-                                         "attention_slicing": False}
+                                         "attention_slicing": False, "adapt_batch": False}
     assert apply_memory_options(tiny_sd1(), MemoryOptions(), say=pytest.fail) == []
 
 
@@ -185,3 +185,15 @@ def test_measure_adapts_the_batch_and_still_halves_on_out_of_memory(tmp_path: Pa
                       progress=False, adapt_batch=True)
     assert calls == [4, 8, 8, 8, 2]  # 4 measured → 16 planned → out of memory → 8 from then on
     assert len(results) == 30
+
+
+def test_start_applies_the_memory_options_and_the_run_record_names_them() -> None:
+    from debias.setup import start
+
+    plain = start(tiny_sd1(), threads=1).model
+    assert plain.memory == MemoryOptions() and "memory" not in plain.info()  # default records stay as they were
+
+    options = MemoryOptions(vae_slicing=True, attention_slicing=True, adapt_batch=True)
+    loaded = start(tiny_sd1(), threads=1, memory=options).model
+    assert loaded.memory.adapt_batch and loaded.pipe.vae.use_slicing
+    assert len(loaded.info()["memory"]) == 3 and any("adapts" in note for note in loaded.info()["memory"])

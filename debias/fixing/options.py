@@ -106,6 +106,7 @@ class FixOptions:
     width: Optional[int] = None
     device: Optional[str] = None
     dtype: Any = None
+    memory: Any = None  # debias.memory.MemoryOptions: offload, VAE tiling/slicing, attention slicing, adaptive batch
     batch_size: Optional[int] = None
     threads: Optional[int] = None
     save_pipeline: Optional[str | os.PathLike] = None

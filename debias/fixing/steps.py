@@ -89,19 +89,23 @@ class FixRun:
         """Generate (or reuse) and classify ``items`` with the pipeline as it is now, counted under ``stage``."""
         if not items:
             return []
-        results = measure(self.pipe, self.clf, items, settings=self.settings, cache=self.cache, edit=None,
-                          batch_size=self.batch, oracle=self.oracle, progress=self.progress, description=description,
-                          stage=stage)
+        results = self.generate(items, stage=stage, description=description)
         self.used[stage] += len(results)
         return results
+
+    def generate(self, items: Sequence[tuple[str, int]], *, stage: str, description: str,
+                 edit: Optional[torch.Tensor] = None) -> list:
+        """:func:`debias.generate.measure` with this run's pipeline, classifier, sampler, cache and batching."""
+        return measure(self.pipe, self.clf, items, settings=self.settings, cache=self.cache, edit=edit,
+                       batch_size=self.batch, oracle=self.oracle, progress=self.progress, description=description,
+                       stage=stage, adapt_batch=self.model.memory.adapt_batch)
 
     def evaluator(self, prompts: Sequence[str], p: ProfessionState, seed_base: int):
         """``evaluate(λ_rel, seeds) -> labels`` for the search: tuning prompts under the single edit of ``p``."""
         def evaluate(lambda_relative: float, seeds: Sequence[int]) -> list[str]:
             M = None if math.isinf(lambda_relative) else single_matrix(p, math.log(lambda_relative), self.anchors)
-            results = measure(self.pipe, self.clf, items_for_seeds(prompts, seeds, seed_base), settings=self.settings,
-                              cache=self.cache, edit=M, batch_size=self.batch, oracle=self.oracle,
-                              progress=self.progress, description=f"{p.name}: {len(seeds)} images", stage="search")
+            results = self.generate(items_for_seeds(prompts, seeds, seed_base), stage="search",
+                                    description=f"{p.name}: {len(seeds)} images", edit=M)
             return [r.label for r in results]
 
         return evaluate
@@ -129,7 +133,8 @@ def setup(model: Any, opts: FixOptions, say: Callable[[str], None]) -> tuple[Fix
     from debias.auditing import load_classifiers, split_classifiers
     from debias.setup import professions_for, sampler_settings, start, templates_for
 
-    begun = start(model, threads=opts.threads, allow_pickle=opts.allow_pickle, device=opts.device, dtype=opts.dtype)
+    begun = start(model, threads=opts.threads, allow_pickle=opts.allow_pickle, device=opts.device, dtype=opts.dtype,
+                  memory=opts.memory)
     loaded, run_opts = begun.model, opts.run_options().filled(begun.model)
     clf, others = load_classifiers(loaded, run_opts, split_classifiers(opts.classifier)[1])
     opts = replace(opts, steps=run_opts.steps, guidance=run_opts.guidance, height=run_opts.height,
@@ -280,8 +285,7 @@ def measure_joint_round(run: FixRun, opts: FixOptions, profs: Sequence[Professio
         items += work_items(profession_prompts(p.entry, run.templates), rnd * opts.check_images, opts.check_images,
                             opts.tuning_seed)
         owner += [p.name] * opts.check_images
-    results = measure(run.pipe, run.clf, items, settings=run.settings, cache=run.cache, edit=M, batch_size=run.batch,
-                      oracle=run.oracle, progress=run.progress, description=f"joint round {rnd}", stage="joint")
+    results = run.generate(items, stage="joint", description=f"joint round {rnd}", edit=M)
     run.used["joint"] += len(results)
     by_name: dict[str, list[str]] = {}
     for name, r in zip(owner, results):

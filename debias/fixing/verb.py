@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from debias.memory import MemoryOptions
 from debias.profiles import DEFAULT_MODEL
 from debias.fixing.options import (
     DEFAULT_BUDGET, DEFAULT_CHECK_IMAGES, DEFAULT_JOINT_ROUNDS, DEFAULT_MAX_DRIFT,
@@ -56,6 +57,7 @@ def fix(
     width: int | None = None,
     device: str | None = None,
     dtype: str | torch.dtype | None = None,
+    memory: MemoryOptions | None = None,
     batch_size: int | None = None,
     threads: int | None = None,
     save_pipeline: str | os.PathLike | None = None,
@@ -76,7 +78,9 @@ def fix(
     left unedited are always preserved. ``anchor_strength`` weighs the anchors (the bare augmentation templates and
     the empty prompt, kept fixed in the search and the joint edit alike; 0 turns them off; None: the model
     family's, :attr:`debias.profiles.Profile.anchor_strength`). ``side_prompts``
-    are the unrelated prompts of the side-effect check (default: the model profile's).
+    are the unrelated prompts of the side-effect check (default: the model profile's). ``memory`` trades speed for
+    memory (:class:`debias.memory.MemoryOptions`: CPU offload, VAE tiling and slicing, attention slicing, a batch that
+    follows free GPU memory).
     """
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     check_options(target, tolerance, budget, test_images, check_images, joint_rounds, side_seeds, anchor_strength)
@@ -91,7 +95,7 @@ def fix(
         preserve=preserve, preserve_strength=preserve_strength, anchor_strength=anchor_strength, side_prompts=side_prompts,
         side_seeds=side_seeds, seed=seed, classifier=classifier, labels_female=labels_female,
         labels_male=labels_male, labels_none=labels_none, min_confidence=min_confidence, steps=steps,
-        guidance=guidance, height=height, width=width, device=device, dtype=dtype, batch_size=batch_size,
+        guidance=guidance, height=height, width=width, device=device, dtype=dtype, memory=memory, batch_size=batch_size,
         threads=threads, save_pipeline=save_pipeline, allow_pickle=allow_pickle, log_lambda_bounds=log_lambda_bounds,
         max_drift=max_drift, progress=progress)
     run, opts = setup(model, opts, log or (lambda _m: None))
