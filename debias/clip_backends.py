@@ -88,7 +88,7 @@ def load_transformers_clip(source: str, spec: str, device: torch.device):
         raise ModelLoadError(f"--classifier {spec!r}: no such folder. Pass a CLIP folder, a hub id like "
                              f"'openai/clip-vit-large-patch14', or open_clip:ARCH/PRETRAINED.")
     src = str(path) if path.exists() else source
-    unreachable = None if path.exists() else _hub_unreachable(source, "config.json")
+    unreachable = None if path.exists() else hub_unreachable(source, "config.json")
     cache_only = {"local_files_only": True} if unreachable else {}
     from debias.models import quiet_loading
 
@@ -129,7 +129,7 @@ def _activation(model: torch.nn.Module) -> str | None:
     return "+".join(sorted(found)) or None
 
 
-def _hub_unreachable(repo_id: str, filename: str) -> str | None:
+def hub_unreachable(repo_id: str, filename: str) -> str | None:
     """Why the Hugging Face hub cannot be reached, from one request without retries; ``None`` if it answers.
 
     On a network error huggingface_hub retries a file it has not cached with backoff (about 23 s a file, and
@@ -242,7 +242,7 @@ def _open_clip_weights(spec: str, tag: dict[str, Any]) -> str:
     if hub and "file" not in tag:
         repo_id, filename = os.path.split(hub)
         names = _open_clip_hub_files(filename)
-        unreachable = _hub_unreachable(repo_id, names[0])
+        unreachable = hub_unreachable(repo_id, names[0])
         if unreachable:
             from huggingface_hub import try_to_load_from_cache
 

@@ -76,7 +76,8 @@ class Profile:
     professions: Callable[[], list] = _timed_professions  # () -> list[prompts.ProfessionEntry]
     side_prompts: tuple[str, ...] = DEFAULT_SIDE_PROMPTS
     augmentations: tuple[str, ...] = DEFAULT_AUGMENTATIONS
-    half_precision_on_gpu: bool = True  # float16 by default on a GPU (tiny weights gain nothing from it)
+    half_precision_on_gpu: bool = True  # half precision by default on a GPU (tiny weights gain nothing from it)
+    half_dtype: str = "float16"  # which: FLUX.1 is made and released in bfloat16 (float16 overflows in it)
     # the weight of the fix's anchors (bare templates, empty prompt) against one edit row when --anchor-strength
     # is not given; None: the fix's own default (debias.fixing.DEFAULT_ANCHOR_STRENGTH); MMDiT families take less
     anchor_strength: Optional[float] = None
@@ -154,6 +155,12 @@ def profile_of_folder(folder: str | os.PathLike) -> Profile | None:
     return None
 
 
+def profiles_of_class(class_name: str) -> list[Profile]:
+    """The profiles made for a diffusers pipeline class (before a pipeline is loaded, only its class is known)."""
+    _load_builtins()
+    return [p for p in _REGISTRY.values() if class_name in p.pipeline_classes]
+
+
 def profile_of_pipeline(pipe) -> Profile | None:
     """The first registered profile made for ``pipe``'s class (``pipeline_classes``) that recognises it
     (``recognises``, e.g. FLUX.1-dev by its embedded guidance), or None: ``--model
@@ -194,12 +201,12 @@ def _transformer_config(pipe, key: str, default: Any = None) -> Any:
 
 
 def _mmdit_profile(name: str, description: str, steps: int, guidance: float, pipeline_class: str,
-                   recognises: Optional[Callable[[Any], bool]] = None) -> Profile:
+                   recognises: Optional[Callable[[Any], bool]] = None, half_dtype: str = "float16") -> Profile:
     return register_profile(Profile(
         name=name, description=f"{description}: its flow-matching scheduler, {steps} steps, guidance {guidance:g}, "
                                "native size; TIMED's professions and templates; OpenAI CLIP ViT-L/14",
         sampler=Sampler(scheduler=None, steps=steps, guidance=guidance), pipeline_classes=(pipeline_class,),
-        recognises=recognises, anchor_strength=MMDIT_ANCHOR_STRENGTH,
+        recognises=recognises, anchor_strength=MMDIT_ANCHOR_STRENGTH, half_dtype=half_dtype,
     ))
 
 
@@ -221,8 +228,10 @@ _mmdit_profile("sd3.5-large", "Stable Diffusion 3.5 Large (and other SD3 pipelin
                "StableDiffusion3Pipeline")
 # https://huggingface.co/black-forest-labs/FLUX.1-schnell and diffusers' Flux docs (timestep-distilled):
 # guidance_scale=0.0, num_inference_steps=4 (max_sequence_length=256). No guidance embedding.
+# Both FLUX.1 cards load it with torch_dtype=torch.bfloat16.
 _mmdit_profile("flux.1-schnell", "FLUX.1 [schnell]", 4, 0.0, "FluxPipeline",
-               lambda pipe: not _transformer_config(pipe, "guidance_embeds", False))
+               lambda pipe: not _transformer_config(pipe, "guidance_embeds", False), half_dtype="bfloat16")
 # https://huggingface.co/black-forest-labs/FLUX.1-dev and diffusers' Flux docs (guidance-distilled):
 # guidance_scale=3.5 (embedded guidance, not classifier-free), num_inference_steps=50.
-_mmdit_profile("flux.1-dev", "FLUX.1 [dev] (and other guidance-distilled FLUX.1 pipelines)", 50, 3.5, "FluxPipeline")
+_mmdit_profile("flux.1-dev", "FLUX.1 [dev] (and other guidance-distilled FLUX.1 pipelines)", 50, 3.5, "FluxPipeline",
+               half_dtype="bfloat16")

@@ -19,7 +19,9 @@ import torch
 from debias.errors import InputError
 from debias.generate import Distributed, SamplerSettings, default_batch_size, default_settings, distributed_from_env
 from debias.memory import MemoryOptions, apply_memory_options
-from debias.profiles import Profile, builtin_model, get_profile, profile_of_folder, profile_of_pipeline
+from debias.profiles import (
+    Profile, builtin_model, get_profile, profile_of_folder, profile_of_pipeline, profiles_of_class,
+)
 
 DEFAULT_MIN_CONFIDENCE = 0.6
 
@@ -91,21 +93,64 @@ def load_model(model: Any, *, allow_pickle: bool = False, dist: Distributed | No
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {device}: torch sees no CUDA GPU here; use --device cpu, or install a CUDA "
                          "build of torch on a machine with a GPU.")
-    if dtype is None and str(device).startswith("cuda") and _half_precision_helps(model):
-        dtype = torch.float16
+    if dtype is None and str(device).startswith("cuda"):
+        dtype = gpu_dtype(model, revision)
     pipe = load_pipeline(model, device=device, torch_dtype=dtype, allow_pickle=allow_pickle, revision=revision)
     return LoadedModel.of(pipe, model, revision if revision is not None else _hub_revision(model))
 
 
-def _half_precision_helps(spec: str) -> bool:
+def gpu_dtype(spec: str, revision: str | None = None) -> torch.dtype | None:
+    """The precision ``spec`` loads in on a GPU when the user names none: its family's half precision (float16;
+    bfloat16 for FLUX.1), or None (float32) for a profile that gains nothing from it. The family is known before
+    loading from a built-in name, a saved fixed model's record, or the pipeline class in ``model_index.json``."""
+    profiles = _profiles_before_loading(spec, revision)
+    if not profiles:
+        return torch.float16
+    if not all(p.half_precision_on_gpu for p in profiles):
+        return None
+    kinds = {p.half_dtype for p in profiles}
+    return getattr(torch, kinds.pop()) if len(kinds) == 1 else torch.float16
+
+
+def _profiles_before_loading(spec: str, revision: str | None) -> list[Profile]:
     from debias.models import saved_profile
 
     builtin = builtin_model(spec)
     if builtin is not None:
-        return builtin.half_precision_on_gpu
+        return [builtin]
     folder = Path(os.path.expanduser(spec))
     name = saved_profile(folder)[0] if folder.is_dir() else None
-    return get_profile(name).half_precision_on_gpu if name else True
+    if name:
+        return [get_profile(name)]
+    class_name = _pipeline_class_name(spec, folder, revision)
+    return profiles_of_class(class_name) if class_name else []
+
+
+def _pipeline_class_name(spec: str, folder: Path, revision: str | None) -> str | None:
+    """``_class_name`` from a folder's or a hub model's ``model_index.json``; None where it cannot be read (the
+    load that follows then says what is wrong)."""
+    import json
+
+    try:
+        index = folder / "model_index.json" if folder.is_dir() else _hub_model_index(spec, revision)
+        return json.loads(index.read_text(encoding="utf-8")).get("_class_name") if index else None
+    except Exception:  # offline, gated, not a pipeline: from_pretrained reports it with what to do
+        return None
+
+
+def _hub_model_index(spec: str, revision: str | None) -> Path | None:
+    """The cached ``model_index.json`` of a hub model, else downloaded, but only after one request without
+    retries says the hub answers (huggingface_hub retries an unreachable hub for about 23 s a file)."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    from debias.clip_backends import hub_unreachable
+
+    cached = try_to_load_from_cache(spec, "model_index.json", revision=revision)
+    if isinstance(cached, str):
+        return Path(cached)
+    if hub_unreachable(spec, "model_index.json"):
+        return None
+    return Path(hf_hub_download(spec, "model_index.json", revision=revision))
 
 
 def _hub_revision(spec: str) -> str | None:

@@ -326,3 +326,14 @@ def test_the_anchor_weight_is_the_users_else_the_familys() -> None:
     assert anchor_strength_for(None, get_profile("sd3.5-large")) == MMDIT_ANCHOR_STRENGTH
     assert anchor_strength_for(None, get_profile("default")) == DEFAULT_ANCHOR_STRENGTH == 100.0
     assert anchor_strength_for(0.0, get_profile("flux.1-schnell")) == 0.0  # the user's word wins, 0 included
+
+
+def test_a_gpu_loads_each_family_in_its_own_half_precision(tmp_path: Path) -> None:
+    from debias.setup import gpu_dtype
+    from tiny_models import save_tiny
+
+    for name, expected in (("flux", torch.bfloat16), ("sd3", torch.float16)):
+        assert gpu_dtype(str(save_tiny(_pipe(name), tmp_path / name))) == expected  # from model_index.json
+    assert gpu_dtype("mini") is None  # tiny weights gain nothing from half precision
+    # an unreachable hub (HF_HUB_OFFLINE=1 in tests) leaves the class unknown: float16, at once
+    assert gpu_dtype("black-forest-labs/FLUX.1-not-cached") == torch.float16
