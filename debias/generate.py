@@ -56,13 +56,15 @@ class SamplerSettings:
     dtype: str
     device: str  # device type ("cpu", "cuda"): kernels differ, so images may differ in the last bit
     vae_tiling: bool = False  # the VAE decodes these images in tiles (debias.memory.vae_tiles): other pixels
+    text_length: int | None = None  # T5 tokens, where the family's profile sets them (pipeline_options)
 
     def to_dict(self) -> dict[str, Any]:
-        """The settings as recorded and hashed into image keys; ``vae_tiling`` only when on, so images made
-        without it keep the keys they always had."""
+        """The settings as recorded and hashed into image keys; ``vae_tiling`` and ``text_length`` only when set,
+        so images made without them keep the keys they always had."""
         record = asdict(self)
-        if not self.vae_tiling:
-            record.pop("vae_tiling")
+        for key in ("vae_tiling", "text_length"):
+            if not record[key]:
+                record.pop(key)
         return record
 
 
@@ -125,6 +127,7 @@ def default_settings(
         width=int(width or sampler.width or native),
         dtype=str(_pipe_dtype(pipe)).replace("torch.", ""),
         device=_pipe_device(pipe).type,
+        text_length=pipeline_options(pipe).get("max_sequence_length"),
     )
     return replace(settings, vae_tiling=True) if vae_tiles(pipe, settings.height, settings.width) else settings
 
@@ -245,9 +248,17 @@ def pipeline_options(pipe) -> dict[str, Any]:
       warns on every call and skips it) and rewrites the text (URLs, punctuation, …), so the encoded text
       would depend on which optional packages are installed. Without it PixArt encodes
       ``prompt.lower().strip()``.
+    * ``max_sequence_length``: the T5 token count a family's profile names (``Sampler.text_length``;
+      FLUX.1-schnell: 256, as its card says), where the pipeline takes it; else the pipeline's own.
     """
+    from debias.profiles import profile_of_pipeline
+
     accepted = inspect.signature(pipe.__call__).parameters
-    return {name: value for name, value in PIPELINE_OPTIONS.items() if name in accepted}
+    options = {name: value for name, value in PIPELINE_OPTIONS.items() if name in accepted}
+    profile = profile_of_pipeline(pipe)
+    if profile is not None and profile.sampler.text_length and "max_sequence_length" in accepted:
+        options["max_sequence_length"] = profile.sampler.text_length
+    return options
 
 
 def call_arguments(pipe, **arguments: Any) -> dict[str, Any]:

@@ -62,6 +62,7 @@ class Sampler:
     height: int | None = None
     width: int | None = None
     batch_size: int | None = None  # None: chosen from the device and image size (generate.default_batch_size)
+    text_length: int | None = None  # T5 tokens (max_sequence_length) where the card names them; None: the pipeline's
 
 
 @dataclass(frozen=True)
@@ -201,11 +202,13 @@ def _transformer_config(pipe, key: str, default: Any = None) -> Any:
 
 
 def _mmdit_profile(name: str, description: str, steps: int, guidance: float, pipeline_class: str,
-                   recognises: Optional[Callable[[Any], bool]] = None, half_dtype: str = "float16") -> Profile:
+                   recognises: Optional[Callable[[Any], bool]] = None, half_dtype: str = "float16",
+                   text_length: Optional[int] = None) -> Profile:
     return register_profile(Profile(
         name=name, description=f"{description}: its flow-matching scheduler, {steps} steps, guidance {guidance:g}, "
                                "native size; TIMED's professions and templates; OpenAI CLIP ViT-L/14",
-        sampler=Sampler(scheduler=None, steps=steps, guidance=guidance), pipeline_classes=(pipeline_class,),
+        sampler=Sampler(scheduler=None, steps=steps, guidance=guidance, text_length=text_length),
+        pipeline_classes=(pipeline_class,),
         recognises=recognises, anchor_strength=MMDIT_ANCHOR_STRENGTH, half_dtype=half_dtype,
     ))
 
@@ -230,7 +233,8 @@ _mmdit_profile("sd3.5-large", "Stable Diffusion 3.5 Large (and other SD3 pipelin
 # guidance_scale=0.0, num_inference_steps=4 (max_sequence_length=256). No guidance embedding.
 # Both FLUX.1 cards load it with torch_dtype=torch.bfloat16.
 _mmdit_profile("flux.1-schnell", "FLUX.1 [schnell]", 4, 0.0, "FluxPipeline",
-               lambda pipe: not _transformer_config(pipe, "guidance_embeds", False), half_dtype="bfloat16")
+               lambda pipe: not _transformer_config(pipe, "guidance_embeds", False), half_dtype="bfloat16",
+               text_length=256)
 # https://huggingface.co/black-forest-labs/FLUX.1-dev and diffusers' Flux docs (guidance-distilled):
 # guidance_scale=3.5 (embedded guidance, not classifier-free), num_inference_steps=50.
 _mmdit_profile("flux.1-dev", "FLUX.1 [dev] (and other guidance-distilled FLUX.1 pipelines)", 50, 3.5, "FluxPipeline",

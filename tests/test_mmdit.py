@@ -83,14 +83,14 @@ def test_flux_rows_are_t5_tokens_and_pair_after_the_inserted_word() -> None:
     pipe = _pipe("flux")
     captured = encode_conditioning(pipe, ["a nurse", "a male nurse"])
     with torch.no_grad():
-        embeds = pipe.encode_prompt(["a nurse", "a male nurse"], None, device="cpu")[0]
-    assert captured.shape == (2, 512, 48) and torch.equal(captured, embeds)
+        embeds = pipe.encode_prompt(["a nurse", "a male nurse"], None, device="cpu", max_sequence_length=256)[0]
+    assert captured.shape == (2, 256, 48) and torch.equal(captured, embeds)  # schnell: 256 T5 tokens
     C, C_star = edit_rows(pipe, "a nurse", "a male nurse", augmentations=())
     # ▁a ↔ ▁a, ▁nurse ↔ ▁nurse (after ▁male), </s> ↔ </s>, padding in order; the last source pad has no partner
-    assert C.shape == (511, 48)
+    assert C.shape == (255, 48)
     assert torch.equal(C[:3], captured[0, :3]) and torch.equal(C_star[:3], captured[1, [0, 2, 3]])
     # T5 is bidirectional: the inserted word changes every row, the pads too, so they are edit rows
-    assert not torch.allclose(captured[0, 0], captured[1, 0]) and not torch.allclose(captured[0, 300], captured[1, 300])
+    assert not torch.allclose(captured[0, 0], captured[1, 0]) and not torch.allclose(captured[0, 200], captured[1, 200])
 
 
 @pytest.mark.parametrize("tokenizer", [t5_tokenizer, clip_tokenizer])
@@ -337,3 +337,16 @@ def test_a_gpu_loads_each_family_in_its_own_half_precision(tmp_path: Path) -> No
     assert gpu_dtype("mini") is None  # tiny weights gain nothing from half precision
     # an unreachable hub (HF_HUB_OFFLINE=1 in tests) leaves the class unknown: float16, at once
     assert gpu_dtype("black-forest-labs/FLUX.1-not-cached") == torch.float16
+
+
+def test_schnell_reads_256_t5_tokens_as_its_card_says_in_generation_and_edit_alike() -> None:
+    from debias.generate import default_settings, pipeline_options
+    from debias.profiles import profile_of_pipeline
+
+    for name, length in (("flux", 256), ("flux-dev", None)):
+        pipe = _pipe(name)
+        assert pipeline_options(pipe).get("max_sequence_length") == length
+        rows = encode_conditioning(pipe, ["a photo of a nurse"]).shape[1]
+        assert rows == (length or 512)  # the edit's rows are the rows generation feeds the transformer
+        settings = default_settings(pipe, profile_of_pipeline(pipe).sampler, steps=1, height=16, width=16)
+        assert settings.to_dict().get("text_length") == length  # in the record and the image keys, when set
