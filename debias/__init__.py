@@ -43,6 +43,10 @@ _EXPORTS: dict[str, str] = {
     "fix": "debias.fixing",
     "FixOptions": "debias.fixing",
     "render_report": "debias.report",
+    "MemoryOptions": "debias.memory",
+    "Attribute": "debias.attributes",
+    "get_attribute": "debias.attributes",
+    "load_attribute_file": "debias.attributes",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -13,6 +13,12 @@ other one reads the same images (cached, nothing generated again) and is compare
 The result's ``validity`` block says what human labels in ``out/labels/`` (``debias label``) make of the shares;
 without labels it says how many would be needed (:mod:`debias.validity.record`).
 
+With ``attributes`` (built-in names such as ``"skin"``, attribute files, or :class:`~debias.attributes.Attribute`
+objects) the same images are also read for those attributes, and with ``intersect`` (pairs such as
+``("gender", "skin")``) crossed; gender is audited as always. The result's ``attributes`` and ``intersections``
+blocks hold them (:mod:`debias.audit_attributes`); without them the result and its files are those of a
+gender-only audit, byte for byte.
+
 With ``ci_width`` the audit is sequential: it generates ``images_per_profession`` images per
 profession per round and keeps going for a profession until its interval is narrower than
 ``ci_width`` (full width) or ``max_images`` is reached.
@@ -33,12 +39,16 @@ import torch
 
 from debias.profiles import DEFAULT_MODEL
 from debias import __version__, stats
+from debias.attributes import Attribute
+from debias.audit_attributes import AttributePlan, attribute_classifiers, audit_attributes, plan_attributes
 from debias.cache import ImageCache, edit_id
 from debias.errors import InputError
 from debias.generate import Distributed, SampleResult, measure, work_items
+from debias.memory import MemoryOptions
 from debias.profiles import Profile
 from debias.prompts import (
-    ProfessionEntry, check_prompt_lengths, profession_prompts, read_professions, templates_from_option,
+    ProfessionEntry, check_prompt_lengths, parse_professions, profession_prompts, read_professions,
+    templates_from_option,
 )
 from debias.results import AuditResult, ProfessionAudit
 from debias.setup import RunOptions, classifier_for, professions_for, sampler_settings, start, templates_for
@@ -81,6 +91,9 @@ def audit(
     print_table: bool = False,
     write_report: bool = True,
     stage: str = "audit",
+    attributes: Sequence[str | Attribute] | None = None,
+    intersect: Sequence[str | Sequence[str]] | None = None,
+    memory: MemoryOptions | None = None,
 ) -> AuditResult:
     """Audit a model; writes ``out/audit.json``, ``out/audit.csv`` and the images, and returns the result.
 
@@ -91,14 +104,18 @@ def audit(
     also for an edit already baked into the weights (then ``edit_info["matrix_sha256"]`` names it). ``stage`` is
     stamped on the images generated (a fix counts its images by stage). ``cache`` shares an image cache between
     audits (a fix's); by default it is the output folder. ``write_report`` also renders ``out/report.html``.
+    ``attributes`` and ``intersect`` add attribute sections (see the module docstring; CLI ``--attribute``,
+    ``--intersect``); a profession list's targets may then name those attributes. ``memory`` trades speed for
+    memory (:class:`debias.memory.MemoryOptions`; a loaded model keeps what it was started with).
     """
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     _check_options(images_per_profession, target, tolerance, ci_width, max_images, batch_size, prompt_set)
     # read the user's files before loading anything, so a typo fails in a second, not after a download
-    listed = read_professions(professions) if isinstance(professions, (str, os.PathLike)) else professions
+    plan = plan_attributes(attributes, intersect)
+    listed = _listed(professions, plan)
     templates = templates_from_option(list(templates)) if templates else None
     primary, extra = split_classifiers(classifier)
-    run = start(model, threads=threads, allow_pickle=allow_pickle, device=device, dtype=dtype)
+    run = start(model, threads=threads, allow_pickle=allow_pickle, device=device, dtype=dtype, memory=memory)
     loaded, out = run.model, Path(out)
     opts = RunOptions(primary, labels_female, labels_male, labels_none, min_confidence, steps, guidance, height,
                       width, batch_size).filled(loaded)
@@ -107,13 +124,15 @@ def audit(
     if getattr(loaded.pipe, "tokenizer", None) is not None:
         check_prompt_lengths(entries, chosen_templates, loaded.pipe.tokenizer)
     clf, others = load_classifiers(loaded, opts, extra)
+    readers = attribute_classifiers(clf, plan)  # before generating: a classifier that cannot read them fails now
     settings, batch = sampler_settings(loaded, opts)
     cache = cache or ImageCache(out, rank=run.dist.rank)
     cache.rank = run.dist.rank
     cap = max_images or (DEFAULT_MAX_IMAGES if ci_width else images_per_profession)
     sampling = Sampling(measure=lambda items, description, classifier=clf: measure(
         loaded.pipe, classifier, items, settings=settings, cache=cache, edit=edit, batch_size=batch,
-        oracle=loaded.profile.oracle, dist=run.dist, progress=progress, description=description, stage=stage),
+        oracle=loaded.profile.oracle, dist=run.dist, progress=progress, description=description, stage=stage,
+        adapt_batch=loaded.memory.adapt_batch),
         per_round=images_per_profession, cap=cap, ci_width=ci_width, seed=seed)
     results, rounds = sample_until_done(entries, chosen_templates, sampling)
     result = _result(
@@ -123,6 +142,9 @@ def audit(
         stopping={"images_per_round": images_per_profession, "ci_width": ci_width, "max_images": cap, "rounds": rounds},
         cache=cache, out=out, started=started, wall=time.perf_counter() - t0)
     result.classifiers = [_compare(other, entries, results, sampling, result) for other in others] or None
+    result.attributes, result.intersections = audit_attributes(
+        plan, readers, entries, results, cache=cache, dist=run.dist, profile=loaded.profile, target=target,
+        tolerance=tolerance)
     if run.dist.is_main:
         _publish(result, out, write_report, print_table)
     return result
@@ -177,6 +199,15 @@ def sample_until_done(entries: Sequence[ProfessionEntry], templates: Sequence[st
 
 
 # ------------------------------------------------------------------------------------------- pieces
+def _listed(professions, plan: AttributePlan):
+    """A list file or phrases read now (their targets may name the plan's attributes); entries pass through."""
+    if isinstance(professions, (str, os.PathLike)):
+        return read_professions(professions, plan.attributes)
+    if professions and all(isinstance(p, str) for p in professions):
+        return parse_professions("\n".join(professions), "professions=[…]", plan.attributes)
+    return professions
+
+
 def split_classifiers(classifier: Any) -> tuple[Any, list]:
     """``(primary, others)`` from one classifier (spec or loaded) or a list of them; None is the default."""
     if not isinstance(classifier, (list, tuple)):

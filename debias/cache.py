@@ -10,6 +10,11 @@ Layout of a cache folder::
     images/<key>.png          one 8-bit RGB PNG per work item
     index/rank<r>.jsonl       {"type": "image", "key", "prompt", "seed", "image", "oracle"?}
                               {"type": "label", "key", "classifier", "label", "p_female"}
+                              {"type": "label", "key", "classifier", "attribute", "label"}   (other attributes)
+
+A label is keyed by image and classifier id. An attribute's classifier has its own id (a hash of its attribute,
+class prompts, "none" prompts, model and rule: :attr:`debias.classify.AttributeClassifier.cache_id`), so skin and
+age labels of one image never mix, and an attribute file whose prompts change is read again.
 """
 
 from __future__ import annotations

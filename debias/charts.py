@@ -168,3 +168,53 @@ def _short(text: str, limit: int = 28) -> str:
     text = str(text)
     text = text if len(text) <= limit else text[: limit - 1] + "…"
     return text.replace("$", r"\$")
+
+
+CLASS_COLORS = ("#1f5fbf", "#d9822b", "#2e9d5b", "#b4418e", "#6b4fbb", "#2a8c8c", "#c2b02e", "#8a8f98")
+
+
+def class_share_chart(
+    labels: Sequence[str],
+    classes: Sequence[str],
+    sides: Sequence[tuple[str, Sequence[Sequence[float] | None]]],
+    targets: Sequence[Sequence[float]],
+) -> str:
+    """Stacked bars of an attribute's class shares per profession, one bar per side (before above after).
+
+    ``sides`` holds ``(name, shares per label)``; a profession with no classified image on a side (None) gets a
+    note instead of a bar. The target distribution is marked by black ticks at its class boundaries, so a bar
+    on target has its colour changes on the ticks.
+    """
+    n, m = len(labels), max(len(sides), 1)
+    with plt.rc_context(_STYLE):
+        height = 1.15 + 0.22 * max(n, 1) * (1 + 0.6 * (m - 1))
+        fig, ax = plt.subplots(figsize=(6.8, height))
+        longest = max((len(_short(label)) for label in labels), default=4)
+        fig.subplots_adjust(left=min(0.42, 0.06 + 0.0105 * longest), right=0.97, bottom=0.5 / height,
+                            top=1 - 0.45 / height)
+        bar = 0.8 / m
+        for j, (side, values) in enumerate(sides):
+            for y, shares in enumerate(values):
+                yy = y - 0.4 + bar * (j + 0.5)
+                if m > 1:
+                    ax.text(-0.01, yy, side[:1], ha="right", va="center", fontsize=6, color=BEFORE_COLOR)
+                if shares is None:
+                    ax.text(0.5, yy, "no classified images", ha="center", va="center", fontsize=6.5,
+                            color=BEFORE_COLOR, style="italic")
+                    continue
+                left = 0.0
+                for c, share in enumerate(shares):
+                    ax.barh(yy, share, left=left, height=bar * 0.88, color=CLASS_COLORS[c % len(CLASS_COLORS)],
+                            label=_short(classes[c]) if (j, y) == (0, 0) else None)
+                    left += share
+        for y, target in enumerate(targets):
+            bounds = [sum(target[:c + 1]) for c in range(len(target) - 1)]
+            ax.vlines(bounds, y - 0.45, y + 0.45, colors="black", lw=1.3, label="target" if y == 0 else None)
+        ax.set_yticks(range(n), [_short(label) for label in labels])
+        ax.set_ylim(n - 0.5, -0.5)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("share of classified images" + (" (per profession: " + ", ".join(
+            f"{s[:1]} = {_short(s, 12)}" for s, _ in sides) + ")" if m > 1 else ""))
+        ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=min(len(classes) + 1, 6), frameon=False,
+                  handletextpad=0.3, columnspacing=1.2)
+        return figure_to_data_uri(fig)

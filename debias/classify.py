@@ -33,6 +33,12 @@ The MLP activation the built model runs is recorded in ``describe()`` (the ``cla
 alone when one request shows the hub cannot be reached, so an offline machine gets the error at once
 instead of after huggingface_hub's retries.
 
+Other attributes (:mod:`debias.attributes`: skin, age, attribute files) are read by
+:meth:`ZeroShotClassifier.for_attribute`, an :class:`AttributeClassifier` on the same loaded CLIP: each
+class's prompts averaged the same way, the same "no person" prompts and ``min_confidence``, and the
+k-class rule :func:`decide_classes` (unclear if P(no person) ≥ ½ or the top class's share of the
+classes' probability is below min_confidence; at k = 2 it is gender's rule).
+
 Images go in as uint8 ``[N, H, W, 3]`` arrays or tensors (exactly the pixels of the saved PNGs) and
 are preprocessed with tensor operations (resize shortest side, centre crop, normalise).
 """
@@ -48,6 +54,7 @@ import numpy as np
 import torch
 
 from debias.clip_backends import Preprocess, builtin_classifier, load_open_clip, load_transformers_clip
+from debias.attributes import Attribute
 from debias.errors import InputError
 
 DEFAULT_REAL_CLASSIFIER = "open_clip:ViT-L-14/openai"
@@ -127,6 +134,30 @@ class ZeroShotClassifier:
         """Labels ("female" / "male" / "unclear") and p_female per image."""
         return decide(self.probabilities(images), self.min_confidence)
 
+    @torch.inference_mode()
+    def image_features(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Normalised image features ``[N, D]`` (float32, CPU): what every attribute's classes are compared with,
+        so an audit of several attributes encodes each image once."""
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            feats = self.encode_images(self.preprocess(images[start:start + self.batch_size]).to(self.device)).float()
+            out.append((feats / feats.norm(dim=-1, keepdim=True)).cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.class_features.shape[1])
+
+    def for_attribute(self, attribute: Attribute) -> "AttributeClassifier":
+        """A zero-shot classifier of ``attribute``'s classes on this classifier's CLIP (nothing is loaded again).
+
+        Its classes' prompts come from the attribute; its "no person" prompts and ``min_confidence`` are this
+        classifier's, so an image one abstains on as "no person" the other does too.
+        """
+        if self.encode_text is None:
+            raise InputError(f"classifier {self.model!r} has no text encoder, so it cannot read the attribute "
+                             f"{attribute.name!r}; use a CLIP classifier (--classifier)")
+        groups = {c.name: c.labels for c in attribute.classes}
+        with torch.inference_mode():
+            feats = _group_features(self.encode_text, groups, attribute.class_names, self.labels.get("none", ()))
+        return AttributeClassifier(attribute=attribute, parent=self, class_features=feats)
+
 
 def decide(probs: torch.Tensor, min_confidence: float) -> tuple[list[str], torch.Tensor]:
     """The abstain rule on class probabilities ``[N, C]`` (columns: female, male, none...). Pure."""
@@ -141,16 +172,94 @@ def decide(probs: torch.Tensor, min_confidence: float) -> tuple[list[str], torch
 
 
 def _class_features(encode_text: Callable[[Sequence[str]], torch.Tensor], labels: dict[str, tuple[str, ...]]) -> torch.Tensor:
+    return _group_features(encode_text, labels, ("female", "male"), labels.get("none", ()))
+
+
+def _group_features(encode_text: Callable[[Sequence[str]], torch.Tensor], labels: dict[str, tuple[str, ...]],
+                    groups: Sequence[str], none: Sequence[str]) -> torch.Tensor:
+    """One row per group (its prompts' normalised embeddings averaged, renormalised), then one per "none" prompt."""
     rows = []
-    for group in ("female", "male"):
+    for group in groups:
         feats = encode_text(list(labels[group])).float()
         feats = feats / feats.norm(dim=-1, keepdim=True)
         mean = feats.mean(dim=0)
         rows.append(mean / mean.norm())
-    if labels.get("none"):
-        feats = encode_text(list(labels["none"])).float()
+    if none:
+        feats = encode_text(list(none)).float()
         rows.extend(feats / feats.norm(dim=-1, keepdim=True))
     return torch.stack(rows).cpu()
+
+
+# ------------------------------------------------------------------------------------ k-class attributes
+def decide_classes(probs: torch.Tensor, classes: Sequence[str], min_confidence: float) -> tuple[list[str], torch.Tensor]:
+    """The k-class abstain rule on probabilities ``[N, k + m]`` (the k classes, then m "none" prompts). Pure.
+
+    With ``p_c = P(c) / Σ_classes P`` an image is its top class, or "unclear" when ``max_c p_c < min_confidence``
+    or ``P(no person) ≥ ½``. At k = 2 it is :func:`decide`'s rule (max(p_female, 1 − p_female) is the top class's
+    p). Returns the labels and ``p`` ``[N, k]``.
+    """
+    k = len(classes)
+    if probs.ndim != 2 or probs.shape[1] < k:
+        raise ValueError(f"need probabilities [N, >= {k}] for {k} classes, got {tuple(probs.shape)}")
+    within = probs[:, :k]
+    none = probs[:, k:].sum(dim=1) if probs.shape[1] > k else torch.zeros(len(probs), dtype=probs.dtype)
+    p = within / within.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    top, index = p.max(dim=1)
+    labels = ["unclear" if t < min_confidence or n >= 0.5 else classes[i]
+              for t, n, i in zip(top.tolist(), none.tolist(), index.tolist())]
+    return labels, p
+
+
+@dataclass
+class AttributeClassifier:
+    """Zero-shot reading of one attribute's k classes on a loaded :class:`ZeroShotClassifier`'s CLIP.
+
+    Each class's prompts are averaged as normalised text embeddings (as gender's are); the parent's "no person"
+    prompts are separate classes; :func:`decide_classes` is the abstain rule.
+    """
+
+    attribute: Attribute
+    parent: ZeroShotClassifier
+    class_features: torch.Tensor  # [k + m, D]: the classes in the attribute's order, then the "none" prompts
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.attribute.class_names
+
+    @property
+    def min_confidence(self) -> float:
+        return self.parent.min_confidence
+
+    @property
+    def labels(self) -> dict[str, tuple[str, ...]]:
+        return {**self.attribute.labels(), "none": tuple(self.parent.labels.get("none", ()))}
+
+    @property
+    def abstain_rule(self) -> str:
+        none = " P(no person) >= 0.5, or" if self.labels["none"] else ""
+        return (f"unclear if{none} max_c p_c < min_confidence, where p_c = P(c) / sum of P over the "
+                f"{self.attribute.k} classes from a softmax over CLIP similarities; each class's prompts are averaged "
+                f"as normalised text embeddings, 'none' prompts are separate classes whose probabilities add")
+
+    def describe(self) -> dict[str, Any]:
+        """The ``classifier`` block of an attribute's section of ``audit.json``."""
+        return {"attribute": self.attribute.name, "backend": self.parent.backend, "model": self.parent.model,
+                "activation": self.parent.activation, "labels": {k: list(v) for k, v in self.labels.items()},
+                "abstain": {"rule": self.abstain_rule, "min_confidence": self.min_confidence,
+                            "no_person_threshold": 0.5 if self.labels["none"] else None}}
+
+    @property
+    def cache_id(self) -> str:
+        """Identifies what labels this classifier gives (attribute, prompts, model, rule) in the label cache."""
+        return hashlib.sha256(json.dumps(self.describe(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def classify_features(self, features: torch.Tensor) -> tuple[list[str], torch.Tensor]:
+        """Labels (a class or "unclear") and ``p`` ``[N, k]`` from the parent's normalised image features."""
+        logits = self.parent.logit_scale * features.float() @ self.class_features.T
+        return decide_classes(logits.softmax(dim=-1), self.classes, self.min_confidence)
+
+    def classify(self, images: torch.Tensor | np.ndarray) -> tuple[list[str], torch.Tensor]:
+        return self.classify_features(self.parent.image_features(images))
 
 
 def resolve_labels(female: Sequence[str] | None = None, male: Sequence[str] | None = None,

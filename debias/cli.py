@@ -91,8 +91,38 @@ Threads = Annotated[Optional[int], typer.Option(
     "--threads", help="Torch threads (default: DEBIAS_NUM_THREADS, or cores / processes).")]
 AllowPickle = Annotated[bool, typer.Option(
     "--allow-pickle", help="Allow pickle (.bin) weights; only for models you trust.")]
+AttributeOptions = Annotated[list[str], typer.Option(
+    "--attribute", help="Also read this attribute from the same images (repeatable): a built-in name (skin, age; "
+                        "gender is always audited) or an attribute file (format in debias/attributes.py). A "
+                        "profession list may give per-profession targets: 'a CEO | skin=0.5,0.3,0.2'.")]
+IntersectOptions = Annotated[list[str], typer.Option(
+    "--intersect", help="Cross two audited attributes per profession, e.g. gender,skin (repeatable): joint shares "
+                        "with simultaneous 95% intervals; cells too thin to read are flagged.")]
+FixAttributeOptions = Annotated[list[str], typer.Option(
+    "--attribute", help="Fix this attribute instead of gender (repeatable; gender too when named): a built-in name "
+                        "(gender, skin, age) or an attribute file. k - 1 strengths per profession towards the "
+                        "list's targets ('a CEO | skin=0.5,0.3,0.2') or uniform; gender is always measured.")]
+CpuOffload = Annotated[str, typer.Option(
+    "--cpu-offload", help="none, model (one component at a time on the GPU, a little slower) or sequential (one "
+                          "layer at a time: least GPU memory, much slower).")]
+VaeTiling = Annotated[bool, typer.Option(
+    "--vae-tiling", help="Decode in tiles (large images; changes pixels above the VAE's tile size, recorded).")]
+VaeSlicing = Annotated[bool, typer.Option("--vae-slicing", help="Decode one image of a batch at a time.")]
+AttentionSlicing = Annotated[bool, typer.Option(
+    "--attention-slicing", help="Compute attention a few heads at a time (UNets only; rarely needed with PyTorch 2).")]
+AdaptBatch = Annotated[bool, typer.Option(
+    "--adapt-batch", help="Grow the batch to what the GPU's free memory holds (measured on the first batch).")]
 SavePipeline = Annotated[Optional[Path], typer.Option(
     "--save-pipeline", help="Also write the edited model as a diffusers folder.")]
+
+
+def _memory(cpu_offload: str, vae_tiling: bool, vae_slicing: bool, attention_slicing: bool,
+            adapt_batch: bool):
+    """The memory options, or None when none is asked for (runs and their records stay as without them)."""
+    from debias.memory import MemoryOptions
+
+    options = MemoryOptions(cpu_offload, vae_tiling, vae_slicing, attention_slicing, adapt_batch)
+    return None if options == MemoryOptions() else options
 
 
 def _shared(**options) -> dict:
@@ -196,19 +226,32 @@ def audit_command(
     max_images: Optional[int] = typer.Option(None, "--max-images", help="Per-profession cap with --ci-width (default 1024)."),
     threads: Threads = None,
     allow_pickle: AllowPickle = False,
+    attribute: AttributeOptions = [],
+    intersect: IntersectOptions = [],
+    cpu_offload: CpuOffload = "none",
+    vae_tiling: VaeTiling = False,
+    vae_slicing: VaeSlicing = False,
+    attention_slicing: AttentionSlicing = False,
+    adapt_batch: AdaptBatch = False,
 ) -> None:
-    """Measure the perceived female share per profession, with 95% intervals (cached, resumable)."""
+    """Measure the perceived female share per profession, with 95% intervals (cached, resumable); with --attribute,
+    other attributes' class shares too."""
     from debias.auditing import audit
 
+    memory = _memory(cpu_offload, vae_tiling, vae_slicing, attention_slicing, adapt_batch)
     result = audit(model, images_per_profession=images_per_profession, out=out, prompt_set=prompt_set,
-                   ci_width=ci_width, max_images=max_images, print_table=True, **_shared(
+                   ci_width=ci_width, max_images=max_images, print_table=True, memory=memory, **_shared(
+                       attributes=attribute, intersect=intersect,
                        professions=professions, templates=templates, classifier=classifier,
                        labels_female=labels_female, labels_male=labels_male, labels_none=labels_none,
                        min_confidence=min_confidence, target=target, tolerance=tolerance, seed=seed,
                        batch_size=batch_size, steps=steps, guidance=guidance, height=height, width=width,
                        device=device, dtype=dtype, threads=threads, allow_pickle=allow_pickle))
     if result.hardware["processes"] == 1 or int(os.environ.get("RANK", "0") or 0) == 0:
-        typer.echo(f"wrote {out / 'audit.json'}, {out / 'audit.csv'} and {out / 'report.html'}")
+        extra = [name for name, present in (("audit_attributes.csv", result.attributes),
+                                            ("audit_intersections.csv", result.intersections)) if present]
+        written = ", ".join(str(out / name) for name in ["audit.json", "audit.csv", *extra])
+        typer.echo(f"wrote {written} and {out / 'report.html'}")
 
 
 @app.command("fix")
@@ -245,8 +288,15 @@ def fix_command(
     threads: Threads = None,
     save_pipeline: SavePipeline = None,
     allow_pickle: AllowPickle = False,
+    attribute: FixAttributeOptions = [],
+    cpu_offload: CpuOffload = "none",
+    vae_tiling: VaeTiling = False,
+    vae_slicing: VaeSlicing = False,
+    attention_slicing: AttentionSlicing = False,
+    adapt_batch: AdaptBatch = False,
 ) -> None:
-    """Edit the model so that each profession reaches the target share on held-out prompts (TIME, one joint edit)."""
+    """Edit the model so that each profession reaches the target share on held-out prompts (TIME, one joint edit);
+    with --attribute, the target distribution of those attributes."""
     from debias.fixing import fix
 
     preserve_arg: list[str] | str | None = preserve or None
@@ -255,7 +305,9 @@ def fix_command(
     result = fix(model, out=out, budget=budget, test_images=test_images, check_images=check_images,
                  joint_rounds=joint_rounds, tuning_templates=tuning_templates or None, preserve=preserve_arg,
                  anchor_strength=anchor_strength, side_prompts=side_prompts or None, side_seeds=side_seeds,
-                 max_drift=max_drift or None, save_pipeline=save_pipeline, **_shared(
+                 max_drift=max_drift or None, save_pipeline=save_pipeline,
+                 memory=_memory(cpu_offload, vae_tiling, vae_slicing, attention_slicing, adapt_batch), **_shared(
+                     attributes=attribute,
                      professions=professions, templates=templates, classifier=classifier,
                      labels_female=labels_female, labels_male=labels_male, labels_none=labels_none,
                      min_confidence=min_confidence, target=target, tolerance=tolerance, seed=seed,

@@ -8,12 +8,22 @@ takes, article included::
     an engineer
     a CEO | target=0.4        # optional per-profession target share of "female"
 
-A line is ``PHRASE`` or ``PHRASE | key=value, key=value``. The only key is ``target`` (a number in
-[0, 1]; the audit's ``--target`` applies where it is not given). The phrase must start with the
-article "a" or "an" because templates are written for a full noun phrase ("A photo of {}" →
-"A photo of an engineer"). Malformed lines, duplicates (case-insensitive) and empty files raise an
-:class:`~debias.errors.InputError` naming the file and line; :func:`check_prompt_lengths` rejects
-prompts the text encoder would silently truncate, once the pipeline's tokenizer is known.
+A line is ``PHRASE`` or ``PHRASE | TARGETS``: per-profession target distributions, one per attribute,
+separated by ``;``, each ``attribute=share,share,...`` with one share per class in the attribute's
+class order, summing to 1 (:func:`debias.attributes.parse_targets`)::
+
+    a nurse | target=0.4                            # share of "female" (the audit's --target elsewhere)
+    a CEO   | skin=0.5,0.3,0.2; gender=0.5,0.5      # skin: light, medium, dark; gender: female, male
+    a pilot | hair=0.5,0.5                          # an attribute file's attribute (given to the audit)
+
+``target=F`` is gender's target written as the share of "female" (``gender=F,1-F``); an attribute
+with no target on a line is audited against the uniform distribution. The names a line may use are
+the built-in attributes (gender, skin, age) and those the audit reads (``--attribute FILE``). The
+phrase must start with the article "a" or "an" because templates are written for a full noun phrase
+("A photo of {}" → "A photo of an engineer"). Malformed lines, duplicates (case-insensitive) and
+empty files raise an :class:`~debias.errors.InputError` naming the file and line;
+:func:`check_prompt_lengths` rejects prompts the text encoder would silently truncate, once the
+pipeline's tokenizer is known.
 
 Templates contain ``{}`` exactly once. Each profession has a *tuning* set (the prompt a fix tunes
 on) and a held-out *test* set (the prompts an audit judges on). The defaults are TIMED's (Orgad et
@@ -30,6 +40,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from debias.attributes import Attribute, builtin_attributes, parse_targets
 from debias.errors import InputError
 
 ARTICLES = ("a", "an")
@@ -37,16 +48,23 @@ ARTICLES = ("a", "an")
 
 @dataclass(frozen=True)
 class ProfessionEntry:
-    """One profession: its phrase with article ("an engineer"), an optional target, and where it came from."""
+    """One profession: its phrase with article ("an engineer"), optional targets, and where it came from."""
 
     phrase: str
-    target: float | None = None
+    target: float | None = None  # gender's target: the share of "female"
     source: str | None = None  # "path:line", for error messages
+    targets: tuple[tuple[str, tuple[float, ...]], ...] = ()  # other attributes' target distributions, as listed
 
     @property
     def name(self) -> str:
         """The phrase without its article: "engineer", "construction worker"."""
         return self.phrase.split(" ", 1)[1]
+
+    def target_for(self, attribute: str) -> tuple[float, ...] | None:
+        """The listed target distribution of ``attribute`` (gender: (F, 1 − F)), or None when the line gives none."""
+        if attribute == "gender":
+            return None if self.target is None else (self.target, 1.0 - self.target)
+        return dict(self.targets).get(attribute)
 
 
 @dataclass(frozen=True)
@@ -71,32 +89,49 @@ TIMED_TEMPLATES = TemplateSet(
 
 
 # --------------------------------------------------------------------------------- profession lists
-_KEY_VALUE = re.compile(r"^\s*([A-Za-z_]+)\s*=\s*(\S+)\s*$")
+_KEY_VALUE = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9_-]*)\s*=\s*(\S.*?)\s*$")
 
 
-def _parse_options(text: str, where: str) -> float | None:
-    target = None
-    for part in text.split(","):
-        if not part.strip():
+def _parse_options(text: str, where: str, attributes: Sequence[Attribute] = ()) -> tuple[float | None, tuple]:
+    """Gender's target and the other attributes' targets from the text after ``|`` (format: module docstring)."""
+    known = {**builtin_attributes(), **{a.name: a for a in attributes}}
+    target, others = None, {}
+    for part in (p.strip() for p in text.split(";")):
+        if not part:
             continue
         match = _KEY_VALUE.match(part)
         if not match:
-            raise InputError(f"{where}: cannot read {part.strip()!r}; options are written 'key=value', "
-                             f"e.g. 'a nurse | target=0.4'")
-        key, value = match.group(1).lower(), match.group(2)
-        if key != "target":
-            raise InputError(f"{where}: unknown option {key!r}; the only option is 'target' "
-                             f"(e.g. 'a nurse | target=0.4')")
-        try:
-            target = float(value)
-        except ValueError:
-            raise InputError(f"{where}: target {value!r} is not a number; write e.g. 'target=0.4'") from None
-        if not 0.0 <= target <= 1.0:
-            raise InputError(f"{where}: target {target} is outside [0, 1]; it is a share of 'female'")
+            raise InputError(f"{where}: cannot read {part!r}; options are written 'key=value', e.g. "
+                             f"'a nurse | target=0.4' or 'a CEO | skin=0.5,0.3,0.2; gender=0.5,0.5'")
+        key, value = match.group(1), match.group(2)
+        if key.lower() not in ("target", *known):
+            raise InputError(f"{where}: unknown option {key!r}; write 'target=F' (the share of 'female') or "
+                             f"'attribute=share,...' for an attribute this audit reads "
+                             f"({', '.join(known)}; add others with --attribute FILE)")
+        if key.lower() in ("target", "gender"):
+            if target is not None:
+                raise InputError(f"{where}: a second gender target ('target=F' and 'gender=F,M' are the same); "
+                                 f"give one")
+            gender = key.lower() == "gender"
+            target = parse_targets(part, known, where)["gender"][0] if gender else _binary_target(value.rstrip(", "), where)
+        elif key in others:
+            raise InputError(f"{where}: a second target for {key!r}; give each attribute once")
+        else:
+            others[key] = parse_targets(part, known, where)[key]
+    return target, tuple(others.items())
+
+
+def _binary_target(value: str, where: str) -> float:
+    try:
+        target = float(value)
+    except ValueError:
+        raise InputError(f"{where}: target {value!r} is not a number; write e.g. 'target=0.4'") from None
+    if not 0.0 <= target <= 1.0:
+        raise InputError(f"{where}: target {target} is outside [0, 1]; it is a share of 'female'")
     return target
 
 
-def _parse_line(raw: str, where: str) -> ProfessionEntry | None:
+def _parse_line(raw: str, where: str, attributes: Sequence[Attribute] = ()) -> ProfessionEntry | None:
     line = raw.split("#", 1)[0].strip()
     if not line:
         return None
@@ -112,17 +147,19 @@ def _parse_line(raw: str, where: str) -> ProfessionEntry | None:
     words = phrase.split(" ")
     if len(words) < 2 or words[0].lower() not in ARTICLES:
         raise InputError(f"{where}: {phrase!r} must start with its article, e.g. 'a nurse' or 'an engineer'")
-    target = _parse_options(options, where) if sep else None
-    return ProfessionEntry(phrase=phrase, target=target, source=where)
+    target, targets = _parse_options(options, where, attributes) if sep else (None, ())
+    return ProfessionEntry(phrase=phrase, target=target, source=where, targets=targets)
 
 
-def parse_professions(text: str, source: str = "<professions>") -> list[ProfessionEntry]:
-    """Parse a profession list (format in the module docstring); ``source`` names it in errors."""
+def parse_professions(text: str, source: str = "<professions>",
+                      attributes: Sequence[Attribute] = ()) -> list[ProfessionEntry]:
+    """Parse a profession list (format in the module docstring); ``source`` names it in errors; ``attributes``
+    are those beyond the built-ins its targets may name (an audit's ``--attribute FILE``)."""
     entries: list[ProfessionEntry] = []
     seen: dict[str, str] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
         where = f"{source}:{number}"
-        entry = _parse_line(raw, where)
+        entry = _parse_line(raw, where, attributes)
         if entry is None:
             continue
         key = entry.phrase.lower()
@@ -135,8 +172,8 @@ def parse_professions(text: str, source: str = "<professions>") -> list[Professi
     return entries
 
 
-def read_professions(path: str | Path) -> list[ProfessionEntry]:
-    """Read a profession list file (UTF-8)."""
+def read_professions(path: str | Path, attributes: Sequence[Attribute] = ()) -> list[ProfessionEntry]:
+    """Read a profession list file (UTF-8); ``attributes`` as for :func:`parse_professions`."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -146,7 +183,7 @@ def read_professions(path: str | Path) -> list[ProfessionEntry]:
         raise InputError(f"{path}: is a folder; --professions takes a text file, one profession per line") from None
     except UnicodeDecodeError as err:
         raise InputError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-    return parse_professions(text, str(path))
+    return parse_professions(text, str(path), attributes)
 
 
 def timed_professions() -> list[ProfessionEntry]:

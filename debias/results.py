@@ -15,13 +15,30 @@ import os
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from debias.errors import InputError
 
 AUDIT_CSV_COLUMNS = ("profession", "phrase", "target", "n", "n_female", "n_male", "n_unclear", "share_female",
                      "ci_low", "ci_high", "p_value", "delta", "within_band", "planted_share", "oracle_share",
                      "agreement")
+
+
+ATTRIBUTE_CSV_COLUMNS = ("attribute", "profession", "phrase", "class", "target", "target_source", "count", "n",
+                         "n_unclear", "share", "ci_low", "ci_high", "delta", "max_deviation", "p_value",
+                         "within_band", "oracle_count", "oracle_share", "agreement")
+INTERSECTION_CSV_COLUMNS = ("row_attribute", "col_attribute", "profession", "phrase", "n", "n_unclear", "delta",
+                            "row", "col", "count", "expected", "share", "ci_low", "ci_high", "flag")
+
+
+def csv_table(columns: Sequence[str], rows: list[dict]) -> str:
+    """CSV text of ``rows`` under ``columns`` (None as an empty cell), as every CSV debias writes."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
+    return buf.getvalue()
 
 
 _KEY = {"lambda_": "lambda"}  # field name -> key in the file, where a keyword cannot be a field name
@@ -156,6 +173,27 @@ class AuditResult(_JsonFile):
     validity: Optional[dict] = None
     # the other classifiers of a --classifier A --classifier B audit against the primary (validity.compare)
     classifiers: Optional[list[dict]] = None
+    # attributes beyond gender and their intersections (debias.audit_attributes); absent from the file when None
+    attributes: Optional[list[dict]] = None
+    intersections: Optional[list[dict]] = None
+
+    OPTIONAL = ("attributes", "intersections")  # written only when present, so gender-only files keep their bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        for key in self.OPTIONAL:
+            if data[key] is None:
+                del data[key]
+        return data
+
+    def attribute(self, name: str) -> dict:
+        """The section of attribute ``name`` (``attributes``), with an error naming the ones there are."""
+        for section in self.attributes or []:
+            if section["attribute"] == name:
+                return section
+        there = ", ".join(s["attribute"] for s in self.attributes or []) or "none"
+        raise InputError(f"this audit has no section for attribute {name!r} (it has: {there}); audit with "
+                         f"--attribute {name}")
 
     def row(self, phrase: str) -> ProfessionAudit:
         return next(r for r in self.professions if r.phrase == phrase)
@@ -170,19 +208,55 @@ class AuditResult(_JsonFile):
 
     def to_csv(self) -> str:
         """One row per profession (``audit.csv``)."""
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=AUDIT_CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        for row in self.professions:
-            values = _row_dict(row)
-            writer.writerow({k: ("" if values.get(k) is None else values.get(k)) for k in AUDIT_CSV_COLUMNS})
-        return buf.getvalue()
+        return csv_table(AUDIT_CSV_COLUMNS, [_row_dict(row) for row in self.professions])
+
+    def attributes_csv(self) -> str | None:
+        """One row per attribute × profession × class (``audit_attributes.csv``); None without attributes."""
+        if not self.attributes:
+            return None
+        rows = []
+        for section in self.attributes:
+            for r in section["professions"]:
+                for i, cls in enumerate(section["classes"]):
+                    oracle = r["oracle_counts"]
+                    rows.append({
+                        "attribute": section["attribute"], "profession": r["profession"], "phrase": r["phrase"],
+                        "class": cls, "target": r["target"][i], "target_source": r["target_source"],
+                        "count": r["counts"][i], "n": r["n"], "n_unclear": r["n_unclear"],
+                        "share": None if r["shares"] is None else r["shares"][i], "ci_low": r["ci_low"][i],
+                        "ci_high": r["ci_high"][i], "delta": r["delta"], "max_deviation": r["max_deviation"],
+                        "p_value": r["p_value"], "within_band": r["within_band"],
+                        "oracle_count": None if oracle is None else oracle[i],
+                        "oracle_share": None if r["oracle_shares"] is None else r["oracle_shares"][i],
+                        "agreement": r["agreement"]})
+        return csv_table(ATTRIBUTE_CSV_COLUMNS, rows)
+
+    def intersections_csv(self) -> str | None:
+        """One row per intersection × profession × cell (``audit_intersections.csv``); None without intersections."""
+        if not self.intersections:
+            return None
+        rows = []
+        for section in self.intersections:
+            a, b = section["attributes"]
+            for r in section["professions"]:
+                for cell in r["cells"]:
+                    rows.append({"row_attribute": a, "col_attribute": b, "profession": r["profession"],
+                                 "phrase": r["phrase"], "n": r["n"], "n_unclear": r["n_unclear"], "delta": r["delta"],
+                                 **cell})
+        return csv_table(INTERSECTION_CSV_COLUMNS, rows)
 
     def save(self, out: str | os.PathLike) -> Path:
-        """``audit.json`` (everything) and ``audit.csv`` (one row per profession), atomically."""
+        """``audit.json`` (everything), ``audit.csv`` (one row per profession) and, with attributes or intersections,
+        ``audit_attributes.csv`` / ``audit_intersections.csv``, atomically (a stale one of an earlier run is removed)."""
         from debias.io import atomic_write_text
 
         atomic_write_text(Path(out) / "audit.csv", self.to_csv())
+        for name, text in (("audit_attributes.csv", self.attributes_csv()),
+                           ("audit_intersections.csv", self.intersections_csv())):
+            if text is not None:
+                atomic_write_text(Path(out) / name, text)
+            elif (Path(out) / name).is_file():
+                (Path(out) / name).unlink()
         return super().save(out)
 
     def print_summary(self, file=None) -> None:
@@ -289,6 +363,14 @@ class FixResult(_JsonFile):
     side_effects: dict
     ci_note: str
     professions: list[ProfessionFix]
+    # an attribute fix's per-attribute before/after (debias.fixing.kclass_record); absent from the file when None
+    attribute_fixes: Optional[list[dict]] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        if data["attribute_fixes"] is None:
+            del data["attribute_fixes"]  # a gender fix's file keeps its bytes
+        return data
 
     def audits(self, run_dir: str | os.PathLike) -> tuple[AuditResult, AuditResult]:
         """The before and after audits this fix judged itself by."""

@@ -47,8 +47,40 @@ def print_audit(result, file: TextIO, run_dir: str = "RUN_DIR") -> None:
                       f"[{fmt(other['mean_delta_ci_low'])}, {fmt(other['mean_delta_ci_high'])}], agreement with the "
                       f"primary {fmt(agree['rate'])} [{fmt(agree['ci_low'])}, {fmt(agree['ci_high'])}]; disagrees on: "
                       f"{', '.join(other['disagreeing']) or 'none'}")
+    for section in result.attributes or []:
+        _print_attribute(console, section)
+    for section in result.intersections or []:
+        _print_intersection(console, section)
     console.print(f"images generated {result.images_generated}, reused from cache {result.images_reused}; "
                   f"{result.wall_seconds:.1f} s")
+
+
+def _print_attribute(console: Console, section: dict) -> None:
+    """One attribute: per profession its class shares (target in parentheses), Δ, p and the band."""
+    classes = section["classes"]
+    table = Table(title=f"{section['attribute']}: share per class (target) — simultaneous 95% intervals in "
+                        f"audit_attributes.csv")
+    for col in ("profession", "n", "unclear", *classes, "Δ", "p", "within"):
+        table.add_column(col, justify="left" if col == "profession" else "right")
+    for r in section["professions"]:
+        shares = r["shares"] or [None] * len(classes)
+        table.add_row(r["phrase"], str(r["n"]), str(r["n_unclear"]),
+                      *(f"{fmt(s)} ({fmt(t)})" for s, t in zip(shares, r["target"])), fmt(r["delta"]),
+                      f"{r['p_value']:.2g}", "yes" if r["within_band"] else "no")
+    console.print(table)
+    console.print(f"{section['attribute']}: mean Δ = {fmt(section['mean_delta'])} [{fmt(section['mean_delta_ci_low'])}, "
+                  f"{fmt(section['mean_delta_ci_high'])}]; within ±{section['tolerance']:g} of target: "
+                  f"{section['within_tolerance']} of {len(section['professions'])}")
+
+
+def _print_intersection(console: Console, section: dict) -> None:
+    """An intersection in one line per profession: readable cells, and how many were too thin or empty."""
+    a, b = section["attributes"]
+    console.print(f"{a} × {b} (cells expected to hold < {section['min_expected']:g} images are not read):")
+    for r in section["professions"]:
+        cells = ", ".join(f"{c['row']}/{c['col']} {fmt(c['share'])}" for c in r["cells"] if c["flag"] != "tiny")
+        console.print(f"  {r['phrase']}: n={r['n']}; {cells or 'no readable cell'}; tiny {r['tiny_cells']}, "
+                      f"empty {r['empty_cells']}")
 
 
 def _print_validity(console: Console, v: Optional[dict], run_dir: str) -> None:
@@ -71,9 +103,44 @@ def _print_validity(console: Console, v: Optional[dict], run_dir: str) -> None:
                       f"{fmt(v['mean_delta'])} [{fmt(v['mean_delta_ci_low'])}, {fmt(v['mean_delta_ci_high'])}]")
 
 
+def _shares(values) -> str:
+    return "—" if values is None else " / ".join(f"{x:.2f}" for x in values)
+
+
+def _print_attribute_fix(console: Console, block: dict) -> None:
+    """One attribute of an attribute fix: class shares before → after per profession, or how far a held one moved."""
+    classes = " / ".join(block["classes"])
+    if not block["fixed"]:
+        console.print(f"{block['attribute']} (not fixed, measured): {block['moved']} of {len(block['professions'])} "
+                      f"professions moved beyond noise; mean largest class-share change "
+                      f"{fmt(block['mean_largest_change'])}")
+        return
+    table = Table(title=f"{block['attribute']} ({classes}), held-out test prompts, within ± {block['tolerance']}")
+    for col in ("profession", "target", "before", "after", "λ_rel per class", "status"):
+        table.add_column(col, justify="left" if col in ("profession", "status") else "right")
+    for r in block["professions"]:
+        lams = " / ".join("—" if x is None else f"{x:.3g}" for x in r["lambda_relative"])
+        table.add_row(r["profession"], _shares(r["target"]), _shares(r["before"]["shares"]),
+                      _shares(r["after"]["shares"]), lams, r["status"])
+    console.print(table)
+    n = len(block["professions"])
+    console.print(f"{block['attribute']}: mean Δ before {_interval(block['mean_delta_before'], block['mean_delta_before_ci_low'], block['mean_delta_before_ci_high'])}"
+                  f" → after {_interval(block['mean_delta_after'], block['mean_delta_after_ci_low'], block['mean_delta_after_ci_high'])}; "
+                  f"within tolerance {block['within_tolerance_before']} → {block['within_tolerance_after']} of {n}")
+
+
 def print_fix(result, file: TextIO) -> None:
     """The fix per profession (before → after with intervals, λ, status), the headline Δ, side effects, images."""
     console = Console(file=file)
+    if result.attribute_fixes:
+        for block in result.attribute_fixes:
+            _print_attribute_fix(console, block)
+    else:
+        _print_gender_fix(console, result)
+    _print_run(console, result)
+
+
+def _print_gender_fix(console: Console, result) -> None:
     n = len(result.professions)
     table = Table(title=f"Fix of {result.model.get('spec')} (held-out test prompts, target {result.target} "
                         f"± {result.tolerance})")
@@ -89,6 +156,9 @@ def print_fix(result, file: TextIO) -> None:
                   f"(a perfect edit would read {fmt(result.mean_delta_noise_floor_after)} on as many images); within "
                   f"tolerance {result.within_tolerance_before} → {result.within_tolerance_after} of {n}; after "
                   f"intervals reaching the band {result.after_intervals_overlapping_band} of {n}")
+
+
+def _print_run(console: Console, result) -> None:
     side = result.side_effects or {}
     if side.get("mean_abs_pixel_change") is not None:
         console.print(f"side effect on unrelated prompts: mean absolute pixel change "

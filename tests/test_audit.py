@@ -146,8 +146,10 @@ def test_killed_run_resumes_without_redoing_work(tmp_path: Path, capsys) -> None
 def test_two_process_accelerate_run_equals_one_process(tmp_path: Path) -> None:
     professions = _list(tmp_path)
     one, two = tmp_path / "one", tmp_path / "two"
-    main(_cli_args(one, professions, 8, ("--batch-size", "3")))
-    args2 = _cli_args(two, professions, 8, ("--batch-size", "3", "--threads", "1"))
+    # with an attribute and an intersection, so their labelling is split over the processes too
+    attributes = ("--attribute", "skin", "--intersect", "gender,skin")
+    main(_cli_args(one, professions, 8, ("--batch-size", "3", *attributes)))
+    args2 = _cli_args(two, professions, 8, ("--batch-size", "3", "--threads", "1", *attributes))
     # accelerate's --cpu launcher starts one process (several need MPI); --multi_gpu starts them with
     # torchrun, and without a GPU debias joins them in accelerate's multi-CPU (gloo) state
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
@@ -160,6 +162,11 @@ def test_two_process_accelerate_run_equals_one_process(tmp_path: Path) -> None:
     assert _numbers(a) == _numbers(b)
     assert sorted(p.name for p in (two / "index").glob("*.jsonl")) == ["rank0.jsonl", "rank1.jsonl"]
     assert _image_lines(two) == 24 and b["images_generated"] == 24
+    assert b["attributes"][0]["attribute"] == "skin" and b["intersections"][0]["attributes"] == ["gender", "skin"]
+    skin_labels = [json.loads(line) for f in (two / "index").glob("*.jsonl") for line in f.read_text().splitlines()
+                   if '"attribute": "skin"' in line]
+    assert len(skin_labels) == 24 and {r["key"] for r in skin_labels} == {  # each image labelled once, by one process
+        Path(s["image"]).stem for r in b["professions"] for s in r["samples"]}
 
 
 # ------------------------------------------------------------------------------------------ CLI errors

@@ -115,3 +115,17 @@ def test_out_of_memory_halves_the_batch_then_says_what_to_lower(tmp_path, capsys
                                               r"--height/--width \(e.g. 8\)"):
         audit(pipe, classifier=HalfClassifier(), professions=_list(tmp_path), images_per_profession=1,
               out=tmp_path / "b", steps=2, batch_size=2, progress=False)
+
+
+def test_attribute_options_are_declared_once_for_audit_and_fix(capsys):
+    """--attribute and --intersect are shared declarations (cli.AttributeOptions, cli.IntersectOptions): audit has
+    them, and a verb that audits (fix) takes them under the same names."""
+    import typing
+
+    from debias import cli
+
+    for declared, flag in ((cli.AttributeOptions, "--attribute"), (cli.IntersectOptions, "--intersect")):
+        option = typing.get_args(declared)[1]
+        assert flag in (option.default, *option.param_decls)  # typer keeps an Annotated option's name as its default
+    code, out, _ = run_cli(["audit", "--help"], capsys)
+    assert code == 0 and "--attribute" in out and "--intersect" in out

@@ -471,3 +471,130 @@ def test_sample_report_in_reports_is_current_with_the_code(tmp_path):
     assert top <= _keys(sample), (stale, sorted(top - _keys(sample)))
     for row in sample["professions"]:  # and the page shows what its twin says
         assert row["profession"] in html
+
+
+# --------------------------------------------------------------------------- attributes beyond gender
+
+def _add_attributes(audit_dir: Path, shift: int, evil: bool = False) -> AuditResult:
+    """Give a saved audit a skin section and a gender × skin intersection, built by the audit's own functions from
+    labels made up per image (``shift`` moves them, so before and after differ)."""
+    from debias.attributes import SKIN, Attribute, AttributeClass
+    from debias.audit_attributes import AttributePlan, attribute_section, intersection_section, profession_section
+    from debias.prompts import ProfessionEntry
+
+    skin = SKIN
+    if evil:  # free text of an attribute file: its description and prompts
+        skin = Attribute("skin", tuple(AttributeClass(c.name, (c.labels[0] + " " + runs.EVIL,), c.destination)
+                                       for c in SKIN.classes), "skin " + runs.EVIL)
+    audit = AuditResult.from_json(audit_dir)
+    entries = [ProfessionEntry(r.phrase) for r in audit.professions]
+    gender = {r.phrase: runs._labels(r.n_female, r.n_male, r.n_unclear) for r in audit.professions}  # every image
+    labels = {phrase: [("light", "medium", "dark", "unclear")[(i * i + shift * (j + 1)) % 4] if i % 5 else "light"
+                       for i in range(len(gender[phrase]))] for j, phrase in enumerate(gender)}
+    targets = {phrase: ((0.6, 0.3, 0.1) if j == 0 else skin.uniform_target()) for j, phrase in enumerate(gender)}
+    rows = [profession_section(e, skin, labels[e.phrase], targets[e.phrase], "list" if j == 0 else "uniform",
+                               audit.tolerance, ["light"] * len(labels[e.phrase]) if j == 1 else None)
+            for j, e in enumerate(entries)]
+    audit.attributes = [attribute_section(skin, {"labels": {k: list(v) for k, v in skin.labels().items()}}, rows,
+                                          audit.tolerance, True)]
+    plan = AttributePlan((skin,), (("gender", "skin"),))
+    audit.intersections = [intersection_section(
+        ("gender", "skin"), plan, entries, {"gender": gender, "skin": labels},
+        {"gender": {e.phrase: (0.5, 0.5) for e in entries}, "skin": targets})]
+    audit.save(audit_dir)
+    return audit
+
+
+@pytest.fixture(scope="module")
+def attribute_reports(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("attributes")
+    audit_dir = runs.make_audit(root / "audit")
+    fix_dir = runs.make_fix(root / "fix", evil=True)
+    audits = {"audit": {"audit": _add_attributes(audit_dir, 0)},
+              "fix": {"before": _add_attributes(fix_dir / "before", 0, evil=True),
+                      "after": _add_attributes(fix_dir / "after", 3, evil=True)}}
+    out = {}
+    for kind, folder in (("audit", audit_dir), ("fix", fix_dir)):
+        html_path = render_report([folder])
+        out[kind] = {"html": html_path.read_text(encoding="utf-8"), "audits": audits[kind],
+                     "report": json.loads(twin_paths(html_path)[0].read_text(encoding="utf-8"))}
+    return out
+
+
+@pytest.mark.parametrize("kind", ["audit", "fix"])
+def test_attribute_twin_is_the_audits_sections(attribute_reports, kind):
+    r = attribute_reports[kind]
+    (block,), (crossed,) = r["report"]["attributes"], r["report"]["intersections"]
+    sides = list(r["audits"])
+    assert block["attribute"] == "skin" and block["sides"] == sides and block["classes"] == ["light", "medium", "dark"]
+    for side, audit in r["audits"].items():
+        section = audit.attributes[0]
+        assert block["headline"][side] == {"mean_delta": section["mean_delta"],
+                                           "mean_delta_ci_low": section["mean_delta_ci_low"],
+                                           "mean_delta_ci_high": section["mean_delta_ci_high"],
+                                           "within_tolerance": section["within_tolerance"],
+                                           "n_professions": len(section["professions"])}
+        for row, recorded in zip(block["professions"], section["professions"]):
+            assert row["phrase"] == recorded["phrase"]
+            assert row[side] == {k: v for k, v in recorded.items() if k not in ("profession", "phrase", "labels")}
+        for row, recorded in zip(crossed["professions"], audit.intersections[0]["professions"]):
+            assert row[side] == {k: v for k, v in recorded.items() if k not in ("profession", "phrase")}
+    assert crossed["attributes"] == ["gender", "skin"] and crossed["rows"] == ["female", "male"]
+
+
+@pytest.mark.parametrize("kind", ["audit", "fix"])
+def test_attribute_sections_show_the_twins_numbers(attribute_reports, kind):
+    r = attribute_reports[kind]
+    page = pagecheck.parse(r["html"])
+    status = {text: key for key, text in STATUS_TEXT.items()}
+    keys = [item for item in page.keys if item["key"].startswith(("attributes.", "intersections."))]
+    for item in page.keys:
+        value = pagecheck.resolve(r["report"], item["key"])
+        if item["value"] is not None:
+            assert json.loads(item["value"]) == value, item
+        shown = status.get(item["text"], item["text"]) if "status" in item["key"] else item["text"]
+        assert pagecheck.shown_matches(shown, value), item
+    assert page.loose == []
+    crossed = r["report"]["intersections"][0]
+    sides = crossed["sides"]
+    cells = [c for row in crossed["professions"] for side in sides for c in row[side]["cells"]]
+    # each class share, its interval and target, Δ, p, n, unclear and the band per profession and side
+    n_rows = len(r["report"]["attributes"][0]["professions"]) * len(sides)
+    shown = {k["key"] for k in keys}
+    assert sum(".shares." in k and k.startswith("attributes.") for k in shown) == 3 * n_rows
+    assert sum(k.endswith(".within_band") for k in shown) == n_rows
+    # the heatmap: a count for every cell, a share only where the cell is readable; tiny cells greyed and named
+    assert sum(k.endswith(".count") for k in shown) == len(cells)
+    assert sum(k.startswith("intersections.") and k.endswith(".share") for k in shown) == \
+        sum(c["flag"] != "tiny" for c in cells)
+    assert r["html"].count("hm flag-tiny") == sum(c["flag"] == "tiny" for c in cells) > 0
+    assert r["html"].count("hm flag-ok") == sum(c["flag"] == "ok" for c in cells) > 0
+    assert r["html"].count('<span class="flag-word">empty</span>') == sum(c["flag"] == "empty" for c in cells)
+    assert r["html"].count('alt="Chart: share of each skin class') == 1
+    assert 'href="#attribute-0"' in r["html"] and 'href="#intersection-0"' in r["html"]
+    assert "oracle shares</th>" in r["html"]  # one profession had an oracle
+
+
+def test_attribute_text_is_escaped_and_gender_only_reports_have_no_sections(attribute_reports, rendered):
+    html = attribute_reports["fix"]["html"]
+    assert "<script>alert" not in html and html.count("<script") == 1
+    text = "".join(pagecheck.parse(html).text)
+    assert "skin " + runs.EVIL in text and "a photo of a person with light skin " + runs.EVIL in text
+    for kind in ("audit", "fix", "compare"):
+        assert "attributes" not in rendered[kind]["report"] and "intersections" not in rendered[kind]["report"]
+        assert 'id="attribute-' not in rendered[kind]["html"] and "heatmap" not in rendered[kind]["html"]
+        assert "flag-tiny" in attribute_reports["audit"]["html"]  # its styles come only with its sections
+
+
+def test_class_share_chart_draws_sides_and_targets():
+    from debias import charts
+
+    uri = charts.class_share_chart(["nurse", "ceo $x"], ["light", "medium", "dark"],
+                                   [("before", [[0.2, 0.3, 0.5], None]), ("after", [[0.3, 0.3, 0.4], [0.1, 0.1, 0.8]])],
+                                   [[1 / 3] * 3, [0.5, 0.3, 0.2]])
+    assert uri.startswith("data:image/png;base64,")
+    w, h = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).size
+    assert w > 300 and h > 100
+    more = charts.class_share_chart([f"p{i}" for i in range(12)], ["a", "b"], [("audit", [[0.5, 0.5]] * 12)],
+                                    [[0.5, 0.5]] * 12)
+    assert Image.open(io.BytesIO(base64.b64decode(more.split(",", 1)[1]))).size[1] > h  # taller with more rows

@@ -38,6 +38,7 @@ MIN_CORRECTION = 0.01
 TUNING_SEED_OFFSET = 1_000_000
 
 UNEDITED = "already_within_tolerance"
+NOT_TARGETED = "not_targeted"  # gender in an attribute fix that does not edit it: measured before and after only
 
 
 def check_options(target, tolerance, budget, test_images, check_images, joint_rounds, side_seeds,

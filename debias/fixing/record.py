@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from debias import __version__, stats
-from debias.fixing.options import JOINT_PIN_LAMBDA_RELATIVE, TUNING_SEED_OFFSET, UNEDITED
+from debias.fixing.options import JOINT_PIN_LAMBDA_RELATIVE, NOT_TARGETED, TUNING_SEED_OFFSET, UNEDITED
 from debias.fixing.plan import ProfessionState
 from debias.cache import edit_id
 from debias.results import AuditResult, FixResult, ProfessionAudit, ProfessionFix
@@ -76,7 +76,7 @@ def profession_record(p: ProfessionState, after_row: ProfessionAudit, tolerance:
     t, before, search = p.target, p.before, p.search
     share_after = after_row.share_female
     within_after = stats.within_band(share_after, t, tolerance)
-    if p.status in (UNEDITED, "not_reachable"):
+    if p.status in (UNEDITED, "not_reachable", NOT_TARGETED):
         status = p.status
     elif within_after:
         status = "fixed"

@@ -27,7 +27,7 @@ from debias.fixing.plan import (
     join_edit, joint_matrix, pooled_correction, preserve_prompt_list, probe_rows, search_seeds_per_round,
     single_matrix,
 )
-from debias.fixing.record import edit_metadata, file_sha256, nothing_edited
+from debias.fixing.record import edit_metadata, file_sha256
 from debias.summaries import fmt
 from debias.cache import edit_id
 from debias.generate import items_for_seeds, measure, work_items
@@ -62,6 +62,7 @@ class FixRun:
     threads: int
     dist: Any
     used: Counter = field(default_factory=Counter)  # images read per stage (see image_counts)
+    attribute_classifiers: dict = field(default_factory=dict)  # attribute name -> its classifier (attribute fix)
 
     @property
     def pipe(self):
@@ -220,7 +221,6 @@ def search_strengths(run: FixRun, opts: FixOptions, profs: Sequence[ProfessionSt
 
 def search_one(run: FixRun, opts: FixOptions, p: ProfessionState, start_hint: Optional[float]) -> SearchResult:
     """One profession's search, or the stored one made with exactly the same inputs."""
-    from debias.io import atomic_write_json
     from debias.models import fingerprint
 
     prompts = profession_prompts(p.entry, run.templates)
@@ -232,10 +232,10 @@ def search_one(run: FixRun, opts: FixOptions, p: ProfessionState, start_hint: Op
               "tolerance": opts.tolerance, "budget": opts.budget, "seed": opts.tuning_seed, "bounds": list(p.bounds),
               "start": start_hint, "seeds_per_round": per_round, "version": 3}
     path = run.out / "search" / f"{slug(p.name)}.json"
-    result = load_search(path, inputs)
-    if result is not None:
+    stored = load_stored(path, inputs)
+    if stored is not None:
         run.say(f"search {p.name}: reusing the finished search in {path}")
-        return result
+        return SearchResult.from_dict(stored)
     run.say(f"search {p.name}: '{p.entry.phrase}' → '{p.destination}' on {quoted(prompts)}, share before "
             f"{p.tuning_before.share_female:.2f}, budget {opts.budget} images")
     result = search_lambda(
@@ -244,7 +244,7 @@ def search_one(run: FixRun, opts: FixOptions, p: ProfessionState, start_hint: Op
         seeds_per_round=per_round, direction=p.direction, rng_seed=opts.seed,
         on_evaluation=lambda e, used, name=p.name: run.report(name, e, used, opts.budget),
     )
-    atomic_write_json(path, {"inputs": inputs, "result": result.to_dict(p.scale)})
+    store(path, inputs, result.to_dict(p.scale))
     return result
 
 
@@ -328,28 +328,33 @@ def retune(run: FixRun, opts: FixOptions, edited: list[ProfessionState],
 
 
 # ------------------------------------------------------------------------------------------------- after
-def ship_and_judge(run: FixRun, opts: FixOptions, profs: Sequence[ProfessionState], M: Optional[torch.Tensor],
-                   preserve: list[str]) -> tuple[dict, dict]:
+def gender_metadata(run: FixRun, opts: FixOptions, profs: Sequence[ProfessionState], preserve: list[str]) -> dict:
+    """What the edit file of a gender fix records."""
+    return edit_metadata(profs, preserve, opts.preserve_strength, run.anchor_prompts, opts.anchor_strength,
+                         run.augmentations, opts.target, opts.tolerance)
+
+
+def ship_and_judge(run: FixRun, opts: FixOptions, M: Optional[torch.Tensor], metadata: Optional[dict],
+                   why_nothing: str, **audit_extra) -> tuple[AuditResult, dict]:
     """Write the edit file, then audit the test prompts at the same seeds with that file loaded into the weights
-    (as a user gets it) and measure the side effects the same way; returns ``(after audit, side effects)``."""
-    edit_file, edit_info, metadata = run.out / "edit.safetensors", None, None
+    (as a user gets it) and measure the side effects the same way; returns ``(after audit, side effects)``.
+    ``audit_extra`` goes to the after audit (an attribute fix's attributes)."""
+    edit_file, edit_info = run.out / "edit.safetensors", None
     if M is not None:
         from debias.editing import save_edit
 
-        metadata = edit_metadata(profs, preserve, opts.preserve_strength, run.anchor_prompts, opts.anchor_strength,
-                                 run.augmentations, opts.target, opts.tolerance)
         # same edit, same bytes: reruns keep the hash
         save_edit(edit_file, run.pipe, M, metadata=metadata, spec=run.model.spec, revision=run.model.revision)
         edit_info = {"path": "../edit.safetensors", "sha256": file_sha256(edit_file), "matrix_sha256": edit_id(M),
                      "applied_as": "weights loaded from the edit file"}
     else:
-        run.say(f"fix: nothing to edit: {nothing_edited(profs)}. No edit file is written and the model is unchanged.")
+        run.say(f"fix: nothing to edit: {why_nothing}. No edit file is written and the model is unchanged.")
         edit_file.unlink(missing_ok=True)  # an earlier run's edit would no longer describe this run
     items = side_items(run.probe_prompts, opts.side_seeds, opts.seed) if M is not None else []
     plain = run.measure(items, "side_effects", "side effects: unedited")
     run.say(f"fix: auditing after the edit ({opts.test_images} images each, same seeds)")
     with shipped(run.model, edit_file if M is not None else None):
-        after = run.audit("after", opts.test_images, "test", opts.seed, edit_info=edit_info)
+        after = run.audit("after", opts.test_images, "test", opts.seed, edit_info=edit_info, **audit_extra)
         edited = run.measure(items, "side_effects", "side effects: edited")
         if opts.save_pipeline is not None and M is not None:
             save_fixed_pipeline(run.pipe, opts.save_pipeline, run.model.info(), metadata,
@@ -365,8 +370,8 @@ def ship_and_judge(run: FixRun, opts: FixOptions, profs: Sequence[ProfessionStat
     return after, side
 
 
-def load_search(path: Path, inputs: dict) -> Optional[SearchResult]:
-    """A finished search stored in the run folder, if it was made with exactly these inputs."""
+def load_stored(path: Path, inputs: dict) -> Optional[dict]:
+    """A finished search's result stored in the run folder, if it was made with exactly these inputs."""
     if not path.is_file():
         return None
     try:
@@ -375,7 +380,14 @@ def load_search(path: Path, inputs: dict) -> Optional[SearchResult]:
         return None
     if saved.get("inputs") != json.loads(json.dumps(inputs)):
         return None
-    return SearchResult.from_dict(saved["result"])
+    return saved["result"]
+
+
+def store(path: Path, inputs: dict, result: dict) -> None:
+    """Keep a finished search (atomically), so an interrupted fix resumes without redoing it."""
+    from debias.io import atomic_write_json
+
+    atomic_write_json(path, {"inputs": inputs, "result": result})
 
 
 def slug(name: str) -> str:

@@ -10,17 +10,45 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from debias.attributes import Attribute, resolve_attribute
+from debias.errors import InputError
 from debias.memory import MemoryOptions
 from debias.profiles import DEFAULT_MODEL
 from debias.fixing.options import (
     DEFAULT_BUDGET, DEFAULT_CHECK_IMAGES, DEFAULT_JOINT_ROUNDS, DEFAULT_MAX_DRIFT,
     DEFAULT_SIDE_SEEDS, DEFAULT_TEST_IMAGES, LOG_LAMBDA_BOUNDS, FixOptions, check_options,
 )
-from debias.fixing.record import fix_record, image_counts
-from debias.fixing.steps import audit_before, choose_destinations, joint_edit, search_strengths, setup, ship_and_judge
-from debias.prompts import templates_from_option
+from debias.fixing.kclass_steps import fix_attributes
+from debias.fixing.record import fix_record, image_counts, nothing_edited
+from debias.fixing.steps import (
+    audit_before, choose_destinations, gender_metadata, joint_edit, search_strengths, setup, ship_and_judge,
+)
+from debias.prompts import read_professions, templates_from_option
 from debias.report import render_report
 from debias.results import FixResult
+
+
+def fix_gender(run, opts: FixOptions, started: datetime, t0: float) -> FixResult:
+    """The binary gender fix: one destination and one λ per profession, joint rounds against cross-effects."""
+    before, tuning, profs = audit_before(run, opts)
+    choose_destinations(run, opts, profs)
+    search_strengths(run, opts, profs)
+    M, preserve_prompts = joint_edit(run, opts, profs)
+    metadata = gender_metadata(run, opts, profs, preserve_prompts) if M is not None else None
+    after, side = ship_and_judge(run, opts, M, metadata, nothing_edited(profs))
+    return fix_record(run, opts, profs, before, after, side, M, preserve_prompts, image_counts(run.cache, run.used),
+                      started, time.perf_counter() - t0)
+
+
+def fixed_attributes(specs: Sequence[str | Attribute] | None) -> list[Attribute]:
+    """``--attribute`` values of a fix: built-in names (gender included) or attribute files, each once."""
+    chosen: list[Attribute] = []
+    for spec in specs or ():
+        attribute = spec if isinstance(spec, Attribute) else resolve_attribute(str(spec))
+        if any(a.name == attribute.name for a in chosen):
+            raise InputError(f"--attribute {spec}: attribute {attribute.name!r} is given twice; give each once")
+        chosen.append(attribute)
+    return chosen
 
 
 def _echo(msg: str) -> None:
@@ -58,6 +86,7 @@ def fix(
     device: str | None = None,
     dtype: str | torch.dtype | None = None,
     memory: MemoryOptions | None = None,
+    attributes: Sequence[str | Attribute] | None = None,
     batch_size: int | None = None,
     threads: int | None = None,
     save_pipeline: str | os.PathLike | None = None,
@@ -81,10 +110,19 @@ def fix(
     are the unrelated prompts of the side-effect check (default: the model profile's). ``memory`` trades speed for
     memory (:class:`debias.memory.MemoryOptions`: CPU offload, VAE tiling and slicing, attention slicing, a batch that
     follows free GPU memory).
+
+    ``attributes`` (``--attribute``, repeatable: a built-in name such as ``"skin"`` or an attribute file) fixes
+    those attributes instead: k − 1 strengths per profession towards the under-represented classes, one joint
+    edit, every audited attribute measured before and after (:mod:`debias.fixing.kclass`); gender is always
+    measured, and fixed only when named. Targets: the profession list's (``a CEO | skin=0.5,0.3,0.2``), else
+    uniform (gender: ``target``). ``fix.json`` then holds ``attribute_fixes``.
     """
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     check_options(target, tolerance, budget, test_images, check_images, joint_rounds, side_seeds, anchor_strength)
     # read before loading anything, so a typo fails in a second, not after a download
+    fixed = fixed_attributes(attributes)
+    if fixed and isinstance(professions, (str, os.PathLike)):  # its targets may name an attribute file's attribute
+        professions = read_professions(professions, [a for a in fixed if a.name != "gender"])
     if tuning_templates:
         tuning_templates = templates_from_option(list(tuning_templates), "--tuning-templates")
     if templates:
@@ -99,13 +137,10 @@ def fix(
         threads=threads, save_pipeline=save_pipeline, allow_pickle=allow_pickle, log_lambda_bounds=log_lambda_bounds,
         max_drift=max_drift, progress=progress)
     run, opts = setup(model, opts, log or (lambda _m: None))
-    before, tuning, profs = audit_before(run, opts)
-    choose_destinations(run, opts, profs)
-    search_strengths(run, opts, profs)
-    M, preserve_prompts = joint_edit(run, opts, profs)
-    after, side = ship_and_judge(run, opts, profs, M, preserve_prompts)
-    result = fix_record(run, opts, profs, before, after, side, M, preserve_prompts, image_counts(run.cache, run.used),
-                        started, time.perf_counter() - t0)
+    if fixed:
+        result = fix_attributes(run, opts, fixed, started, t0)
+    else:
+        result = fix_gender(run, opts, started, t0)
     result.save(run.out)
     render_report([run.out])
     return result

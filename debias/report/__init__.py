@@ -11,8 +11,9 @@ folder. The report reads :class:`~debias.results.AuditResult` / :class:`~debias.
 recomputes none of their figures. Every number the page shows is in the ``report.json`` twin written beside
 the HTML, under the results' names; the twin adds only descriptions of them (typical precision, the
 conclusion). Modules: ``runs`` (finding and reading), ``rows`` (one row per profession), ``summary`` (headline,
-warnings, method), ``validity`` (human labels and other classifiers), ``samples`` (images), ``figures`` (charts),
-``render`` (the page and its twins), ``build``.
+warnings, method), ``validity`` (human labels and other classifiers), ``attributes`` (attributes beyond gender
+and their intersections, where an audit read them), ``samples`` (images), ``figures`` (charts), ``render`` (the
+page and its twins), ``build``.
 
 Human labels added after a run (``debias label``) reach the page through the results: before rendering,
 :func:`render_report` recomputes each audit's ``validity`` block from the labels in its folder and records it in

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from debias import __version__
-from debias.report import figures, rows as _rows, samples as _samples, summary as _summary, validity as _validity
+from debias.report import attributes as _attributes, figures, rows as _rows, samples as _samples
+from debias.report import summary as _summary, validity as _validity
 from debias.report.render import default_out, write_report
 from debias.report.runs import read_runs
 from debias.results import AuditResult
@@ -52,7 +53,9 @@ def build_report(run_dirs: Sequence[str | Path]) -> tuple[dict, dict]:
         "method": _summary.method(runs),
         "warnings": warnings,
     }
+    _attributes.attach(report, runs)
     assets["share_chart"] = figures.share_chart(report)
+    assets["attribute_charts"] = figures.attribute_charts(report)
     assets["search_charts"] = figures.search_charts(report)
     return report, assets
 

@@ -56,3 +56,16 @@ def search_chart(row: dict, tolerance: float) -> str | None:
         row["profession"], [{"x": p.get(x), "n_female": p.get("n_female"), "n_male": p.get("n_male")} for p in points],
         row.get(x), row["target"], tolerance, unedited, x_label="λ (relative)" if relative else "λ (absolute)",
         fitted=(row.get("search_share"), row.get("search_ci_low"), row.get("search_ci_high")))
+
+
+def attribute_charts(report: dict) -> list[str]:
+    """One stacked-bar chart of class shares per attribute block (each side's bar, the target ticked)."""
+    from debias import charts
+
+    out = []
+    for block in report.get("attributes", []):
+        rows = block["professions"]
+        sides = [(side, [(r[side] or {}).get("shares") for r in rows]) for side in block["sides"]]
+        targets = [next(r[side]["target"] for side in block["sides"] if r[side]) for r in rows]
+        out.append(charts.class_share_chart([r["profession"] for r in rows], block["classes"], sides, targets))
+    return out

@@ -7,8 +7,6 @@ file is inserted as text, never as markup.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 from pathlib import Path
@@ -16,6 +14,8 @@ from typing import Any, Sequence
 
 from debias.errors import InputError
 from debias.io import atomic_write_json, atomic_write_text
+from debias.report.attributes import heat
+from debias.results import csv_table
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 STATUS_TEXT = {"fixed": "fixed", "already_within_tolerance": "already within tolerance",
@@ -83,6 +83,7 @@ def render_html(report: dict, assets: dict) -> str:
     env.filters["fmt"] = fmt
     env.filters["dv"] = json.dumps
     env.globals["isnum"] = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    env.globals["heat"] = heat
     return env.get_template("report.html.j2").render(
         r=report, a=assets, method_table=method_table(report["method"]["runs"]), fix_table=fix_table(report["method"]),
         status_text=STATUS_TEXT)
@@ -106,12 +107,7 @@ def twin_paths(out: Path) -> tuple[Path, Path]:
 def csv_text(rows: list[dict]) -> str:
     """One row per profession with the scalar columns of the JSON twin (same names)."""
     keys = list(dict.fromkeys(k for r in rows for k, v in r.items() if not isinstance(v, (list, dict))))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in keys})
-    return buf.getvalue()
+    return csv_table(keys, rows)
 
 
 def write_report(report: dict, assets: dict, out: Path) -> Path:

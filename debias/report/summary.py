@@ -19,7 +19,8 @@ from debias.validity.record import PPI_HEADLINE
 UNCLEAR_WARN_SHARE = 0.2  # warn when more than this share of a profession's images is unclear
 # audit.json fields that are the measurement's results; every other field is a setting shown under Method
 RESULT_FIELDS = {"kind", "professions", "mean_delta", "mean_delta_ci_low", "mean_delta_ci_high",
-                 "mean_delta_noise_floor", "within_tolerance", "validity", "classifiers"}
+                 "mean_delta_noise_floor", "within_tolerance", "validity", "classifiers", "attributes",
+                 "intersections"}
 # fix.json fields shown elsewhere (the rows, side effects, the headline), left out of its settings
 FIX_SHOWN_ELSEWHERE = {"kind", "professions", "side_effects", "before", "after"}
 # the headline figures fix.json records (it has no noise floor before the edit: the before audit's is shown)

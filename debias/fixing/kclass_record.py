@@ -1,0 +1,124 @@
+"""The ``attribute_fixes`` block of an attribute fix's ``fix.json``: per attribute, before → after per profession.
+
+Fixed attributes: each profession's target, destinations, status, the search's strengths, and its class shares
+with simultaneous 95% intervals (Goodman) before and after on the held-out test prompts, Δ and the band; mean Δ
+before and after with bootstrap intervals (:func:`debias.multiclass.mean_delta_interval`). Attributes the audits
+read but the fix does not edit (gender, when only skin is fixed): per profession the largest change of a class
+share, against the noise of two independent samples of those sizes (95%, Bonferroni over the classes). The
+before and after images share their seeds, so the differences are paired and this noise bound is conservative:
+a change beyond it is a real move of that attribute.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+from scipy.stats import norm
+
+from debias import multiclass
+from debias.attributes import Attribute
+from debias.fixing.kclass import ALREADY, ClassEdit, class_counts, within_tolerance
+
+BAND_RULE = "within the band when every class share is within tolerance of its target: max_c |p_c - t_c| <= tolerance"
+NOISE_RULE = ("moved when some class share changed by more than z * sqrt(p_b (1 - p_b) / n_b + p_a (1 - p_a) / n_a), "
+              "z for 95% with Bonferroni over the classes; before and after share seeds, so this is conservative")
+
+
+def _num(x) -> Optional[float]:
+    return None if x is None or not math.isfinite(float(x)) else float(x)
+
+
+def _shares(counts: Sequence[int]) -> Optional[list[float]]:
+    shares = multiclass.shares(counts)
+    return None if shares is None else [float(x) for x in shares]
+
+
+def distribution(counts: Sequence[int], n_unclear: int, target: Sequence[float], tolerance: float) -> dict:
+    """Counts, shares with simultaneous 95% intervals, Δ and the band for one profession in one audit."""
+    shares = multiclass.shares(counts)
+    if shares is None:
+        return {"counts": list(counts), "n_unclear": n_unclear, "shares": None, "ci_low": None, "ci_high": None,
+                "delta": None, "within_band": None}
+    intervals = multiclass.simultaneous_intervals(counts)
+    return {"counts": list(counts), "n_unclear": n_unclear, "shares": [float(x) for x in shares],
+            "ci_low": [float(x) for x in intervals[:, 0]], "ci_high": [float(x) for x in intervals[:, 1]],
+            "delta": _num(multiclass.delta(shares, target)),
+            "within_band": within_tolerance(counts, target, tolerance)}
+
+
+def edit_status(edit: ClassEdit, after_within: Optional[bool]) -> str:
+    if edit.status in (ALREADY, "not_reachable"):
+        return edit.status
+    return "fixed" if after_within else "budget_exhausted"
+
+
+def fixed_block(attribute: Attribute, edits: Sequence[ClassEdit], before, after, tolerance: float) -> dict:
+    """One fixed attribute's block."""
+    rows, pairs_before, pairs_after = [], [], []
+    for e in edits:
+        b_counts, b_unclear = class_counts(before, attribute, e.entry.phrase)
+        a_counts, a_unclear = class_counts(after, attribute, e.entry.phrase)
+        b, a = (distribution(b_counts, b_unclear, e.target, tolerance),
+                distribution(a_counts, a_unclear, e.target, tolerance))
+        pairs_before.append((b_counts, e.target))
+        pairs_after.append((a_counts, e.target))
+        search = e.search
+        rows.append({
+            "profession": e.entry.name, "phrase": e.entry.phrase, "target": list(e.target),
+            "destinations": e.destinations(), "status": edit_status(e, a["within_band"]),
+            "tuning_counts": list(e.tuning_counts), "caps": list(e.caps) or None,
+            "strengths": list(e.strengths), "lambda_relative": [None if w <= 0 else 1.0 / w for w in e.strengths],
+            "search": None if search is None else {
+                "status": search.status, "message": search.message, "images_used": search.images_used,
+                "reference_class": search.reference_class, "shares": [_num(x) for x in search.shares],
+                "ci_low": [_num(x) for x in search.ci_low], "ci_high": [_num(x) for x in search.ci_high]},
+            "before": b, "after": a})
+    mean_b, low_b, high_b = multiclass.mean_delta_interval(pairs_before)
+    mean_a, low_a, high_a = multiclass.mean_delta_interval(pairs_after)
+    return {"attribute": attribute.name, "fixed": True, "classes": list(attribute.class_names),
+            "tolerance": tolerance, "band_rule": BAND_RULE, "interval_method": "goodman",
+            "mean_delta_before": mean_b, "mean_delta_before_ci_low": low_b, "mean_delta_before_ci_high": high_b,
+            "mean_delta_after": mean_a, "mean_delta_after_ci_low": low_a, "mean_delta_after_ci_high": high_a,
+            "within_tolerance_before": sum(bool(r["before"]["within_band"]) for r in rows),
+            "within_tolerance_after": sum(bool(r["after"]["within_band"]) for r in rows),
+            "professions": rows}
+
+
+def moved_beyond_noise(before: Sequence[int], after: Sequence[int]) -> tuple[Optional[float], Optional[float]]:
+    """``(largest class-share change, its noise bound)`` between two audits of one profession."""
+    nb, na = sum(before), sum(after)
+    if nb == 0 or na == 0:
+        return None, None
+    pb, pa = np.asarray(before) / nb, np.asarray(after) / na
+    z = norm.ppf(1 - 0.05 / (2 * len(before)))
+    se = np.sqrt(pb * (1 - pb) / nb + pa * (1 - pa) / na)
+    change = np.abs(pa - pb)
+    worst = int(np.argmax(change - z * se))
+    return float(change.max()), float(z * se[worst])
+
+
+def held_block(attribute: Attribute, entries: Sequence, before, after) -> dict:
+    """An attribute the audits read but the fix does not edit: did the edit move it beyond its noise?"""
+    rows = []
+    for e in entries:
+        b_counts, b_unclear = class_counts(before, attribute, e.phrase)
+        a_counts, a_unclear = class_counts(after, attribute, e.phrase)
+        change, noise = moved_beyond_noise(b_counts, a_counts)
+        rows.append({"profession": e.name, "phrase": e.phrase, "counts_before": list(b_counts),
+                     "counts_after": list(a_counts), "n_unclear_before": b_unclear, "n_unclear_after": a_unclear,
+                     "shares_before": _shares(b_counts), "shares_after": _shares(a_counts),
+                     "largest_change": change, "noise": noise,
+                     "moved": None if change is None else bool(change > noise)})
+    changes = [r["largest_change"] for r in rows if r["largest_change"] is not None]
+    return {"attribute": attribute.name, "fixed": False, "classes": list(attribute.class_names),
+            "noise_rule": NOISE_RULE, "mean_largest_change": float(np.mean(changes)) if changes else None,
+            "moved": sum(bool(r["moved"]) for r in rows), "professions": rows}
+
+
+def attribute_fixes(fixed: Sequence[Attribute], held: Sequence[Attribute], profs: Sequence[Sequence[ClassEdit]],
+                    entries: Sequence, before, after, tolerance: float) -> list[dict]:
+    """The block: every fixed attribute (in the order given), then every attribute measured but not fixed."""
+    blocks = [fixed_block(a, [edits[i] for edits in profs], before, after, tolerance) for i, a in enumerate(fixed)]
+    return blocks + [held_block(a, entries, before, after) for a in held]

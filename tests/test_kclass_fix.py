@@ -1,0 +1,126 @@
+"""The attribute fix: the k-class edit's math, its record, and `fix(attributes=...)` end to end on the mini model."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from debias.editing import edit_matrix
+from debias.errors import InputError
+from debias.fixing.kclass import combined_matrix, strongest_within, weighted_rows, within_tolerance
+from debias.fixing.kclass_record import distribution, moved_beyond_noise
+from debias.fixing.plan import Anchors
+from debias.fixing.verb import fixed_attributes
+
+
+def _rows(seed: int, n: int = 12, d: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    C = torch.randn(n, d, generator=g, dtype=torch.float64)
+    return C, C + 0.3 * torch.randn(n, d, generator=g, dtype=torch.float64)
+
+
+def test_one_class_at_strength_w_is_the_binary_edit_at_lambda_one_over_w() -> None:
+    (C, S), anchors = _rows(0), Anchors(torch.randn(20, 16, dtype=torch.float64), 100.0)
+    scale, w = 3.0, 0.25
+    binary = edit_matrix(C, S, scale / w, preserve=anchors.rows, preserve_weight=anchors.strength)
+    assert torch.allclose(combined_matrix([(C, S, w)], scale, anchors), binary, atol=1e-10)
+    assert torch.allclose(combined_matrix([(C, S, w)], scale, None), edit_matrix(C, S, scale / w), atol=1e-10)
+
+
+def test_classes_without_strength_add_no_rows_and_none_means_no_edit() -> None:
+    a, b = _rows(1), _rows(2)
+    assert combined_matrix([(*a, 0.0), (*b, 0.0)], 1.0, None) is None
+    assert torch.allclose(combined_matrix([(*a, 0.0), (*b, 2.0)], 1.0, None), combined_matrix([(*b, 2.0)], 1.0, None))
+    sources, _, weights = weighted_rows([(*a, 1.0), (*b, 3.0)])
+    assert sources.shape[0] == 24 and weights.tolist() == [1.0] * 12 + [3.0] * 12
+
+
+def test_two_destinations_pull_the_source_between_them_by_their_strengths() -> None:
+    C = torch.eye(4, dtype=torch.float64)[:2]
+    up, down = C + torch.tensor([0, 0, 1.0, 0]), C + torch.tensor([0, 0, 0, 1.0])
+    M = combined_matrix([(C, up, 4.0), (C, down, 1.0)], 1e-6, None)
+    moved = C @ M.T - C
+    assert torch.all(moved[:, 2] > 3.5 * moved[:, 3])  # the stronger destination takes 4/5 of the pull
+
+
+def test_the_strongest_strength_within_the_drift_limit() -> None:
+    drift = lambda x: math.exp(x) / 10  # noqa: E731 - drift grows with w = exp(x)
+    assert strongest_within(drift, -5.0, 5.0, 0.5) == pytest.approx(5.0, rel=1e-6)
+    assert strongest_within(drift, -5.0, 1.0, 0.5) == pytest.approx(math.e)  # the limit is never reached
+    assert strongest_within(drift, 3.0, 5.0, 0.5) == pytest.approx(math.exp(3.0))  # even the weakest is too strong
+
+
+def test_the_band_and_the_distribution_of_one_profession() -> None:
+    assert within_tolerance([34, 33, 33], [1 / 3] * 3, 0.05) and not within_tolerance([50, 30, 20], [1 / 3] * 3, 0.05)
+    assert within_tolerance([0, 0, 0], [1 / 3] * 3, 0.05) is None
+    d = distribution([50, 30, 20], 4, [1 / 3] * 3, 0.05)
+    assert d["shares"] == [0.5, 0.3, 0.2] and d["within_band"] is False and d["n_unclear"] == 4
+    assert all(lo <= s <= hi for lo, s, hi in zip(d["ci_low"], d["shares"], d["ci_high"]))
+    assert d["delta"] == pytest.approx((0.5 - 1 / 3) / (2 / 3))
+
+
+def test_a_held_attribute_moves_only_beyond_its_noise() -> None:
+    change, noise = moved_beyond_noise([60, 40], [58, 42])
+    assert change == pytest.approx(0.02) and change < noise
+    change, noise = moved_beyond_noise([90, 10], [40, 60])
+    assert change == pytest.approx(0.5) and change > noise
+    assert moved_beyond_noise([0, 0], [3, 4]) == (None, None)
+
+
+def test_fix_attribute_values_are_checked_before_anything_loads(tmp_path: Path) -> None:
+    assert [a.name for a in fixed_attributes(["gender", "skin"])] == ["gender", "skin"]
+    with pytest.raises(InputError, match="given twice"):
+        fixed_attributes(["skin", "skin"])
+    with pytest.raises(InputError, match="unknown attribute 'skn'.*Did you mean 'skin'"):
+        fixed_attributes(["skn"])
+    bad = tmp_path / "hair.txt"
+    bad.write_text("attribute: hair\nclass: blond\nlabel: a photo of a blond person\n", encoding="utf-8")
+    with pytest.raises(InputError, match="hair.txt"):
+        fixed_attributes([str(bad)])
+
+
+@pytest.mark.slow
+def test_fix_gender_as_two_classes_moves_both_professions_towards_parity(tmp_path: Path) -> None:
+    import debias
+
+    out = tmp_path / "run"
+    result = debias.fix("mini", professions=["a nurse", "an engineer"], attributes=["gender"], out=out,
+                        test_images=32, check_images=32, budget=192, side_seeds=2, progress=False, log=None,
+                        threads=1)
+    (block,) = result.attribute_fixes  # gender is fixed, so it is not also listed as held
+    assert block["attribute"] == "gender" and block["fixed"] and block["classes"] == ["female", "male"]
+    assert block["mean_delta_after"] < block["mean_delta_before"] - 0.2
+    nurse, engineer = block["professions"]
+    assert nurse["strengths"][1] > 0 == nurse["strengths"][0]  # the nurse is edited towards "a male nurse" only
+    assert engineer["strengths"][0] > 0 == engineer["strengths"][1]
+    assert engineer["after"]["shares"][0] > engineer["before"]["shares"][0] + 0.2
+    for row in (nurse, engineer):
+        assert sum(row["after"]["counts"]) + row["after"]["n_unclear"] == 32
+        assert row["status"] in ("fixed", "budget_exhausted", "not_reachable")
+    saved = json.loads((out / "fix.json").read_text())
+    assert saved["attribute_fixes"] == json.loads(json.dumps(result.attribute_fixes))
+    assert (out / "edit.safetensors").is_file() and (out / "report.html").is_file()
+    assert sorted(p.name for p in (out / "search").iterdir()) == ["gender-engineer.json", "gender-nurse.json"]
+
+
+@pytest.mark.slow
+def test_fix_skin_measures_gender_before_and_after_as_held(tmp_path: Path) -> None:
+    import debias
+
+    result = debias.fix("mini", professions=["a pilot"], attributes=["skin"], out=tmp_path / "run",
+                        test_images=24, check_images=24, budget=128, side_seeds=2, progress=False, log=None,
+                        threads=1)
+    skin, gender = result.attribute_fixes
+    assert (skin["attribute"], skin["fixed"], gender["attribute"], gender["fixed"]) == ("skin", True, "gender", False)
+    (row,) = skin["professions"]
+    assert row["target"] == pytest.approx([1 / 3] * 3) and len(row["destinations"]) == 3
+    assert row["destinations"][2] == "a pilot with dark skin"
+    (held,) = gender["professions"]
+    assert sum(held["counts_before"]) + held["n_unclear_before"] == 24
+    assert isinstance(held["moved"], bool) and held["noise"] > 0
+    assert np.isfinite(skin["mean_delta_before"])
