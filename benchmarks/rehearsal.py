@@ -334,7 +334,24 @@ def build_and_save(name: str, size: str, folder: Path) -> None:
     (folder / "build.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
 
 
-def rehearse(family: Family, size: str, work: Path, threads: int, common: list[str]) -> dict:
+# the memory options measured with --memory (each an audit of the same images as the plain one, in its own folder)
+MEMORY_VARIANTS = {
+    "slicing": ["--vae-slicing", "--attention-slicing"],
+    "vae_tiling": ["--vae-tiling"],
+    "model_offload": ["--cpu-offload", "model"],  # skipped with its reason where there is no GPU
+}
+
+
+def memory_variants(base: list[str], runs: Path, threads: int) -> dict:
+    """The plain audit again under each memory option: peak memory and time beside the plain one."""
+    out = {}
+    for name, flags in MEMORY_VARIANTS.items():
+        out[name] = run_cli(["audit", *base, *flags, "-n", "1", "--out", str(runs / f"audit-{name}")],
+                            runs / f"audit-{name}.log", threads)
+    return out
+
+
+def rehearse(family: Family, size: str, work: Path, threads: int, common: list[str], memory: bool = False) -> dict:
     """Build and save (in a child), then audit → fix → report through the CLI; a failed stage is recorded."""
     print(f"{family.name}: building ({size})", flush=True)
     runs = work / family.name
@@ -352,6 +369,8 @@ def rehearse(family: Family, size: str, work: Path, threads: int, common: list[s
                              "--out", str(runs / "fix")], runs / "fix.log", threads)
     reported = runs / ("fix" if record["fix"]["exit_code"] == 0 else "audit")
     record["report"] = run_cli(["report", str(reported)], runs / "report.log", threads)
+    if memory:
+        record["memory_variants"] = memory_variants(base, runs, threads)
     record.update(_outcome(runs))
     shutil.rmtree(folder, ignore_errors=True)
     return record
@@ -397,6 +416,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="SDXL at full size or with fewer transformer layers (auto: full when memory allows)")
     ap.add_argument("--steps", type=int, default=1)
     ap.add_argument("--pixels", type=int, default=64, help="image height and width (64 on a CPU; 512 on a GPU)")
+    ap.add_argument("--memory", action="store_true",
+                    help="also audit under each memory option (slicing, VAE tiling, model offload) and record peaks")
     ap.add_argument("--work", type=Path, default=None, help="folder for pipelines and runs (default: a temporary one)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "rehearsal.json")
     ap.add_argument("--build", default=None, help=argparse.SUPPRESS)  # the builder child (build_in_child)
@@ -418,7 +439,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     for name in names:
         family = FAMILIES[name]
-        result = rehearse(family, choose_size(family, args.size), work, args.threads, common)
+        result = rehearse(family, choose_size(family, args.size), work, args.threads, common, args.memory)
         result["measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
         record["families"][name] = result
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -447,6 +468,10 @@ def _print_row(name: str, r: dict) -> None:
     print(f"{name}: {r['size']}, {r['params']['total'] / 1e9:.2f} B parameters, peak RSS "
           f"{max(r[s]['peak_rss_gb'] for s in ('audit', 'fix'))} GB, {pace} s/image, edit: {edit.get('modules', 0)} "
           f"modules, {edit.get('mb', 0)} MB; failed: {failed}", flush=True)
+    for variant, run in (r.get("memory_variants") or {}).items():
+        print(f"    audit with {variant}: exit {run['exit_code']}, peak RSS {run['peak_rss_gb']} GB, CUDA peak "
+              f"{run.get('cuda_peak_gb', '–')} GB (plain: {r['audit'].get('cuda_peak_gb', '–')}), {run['wall_s']} s",
+              flush=True)
 
 
 if __name__ == "__main__":
