@@ -124,3 +124,10 @@ def test_fix_skin_measures_gender_before_and_after_as_held(tmp_path: Path) -> No
     assert sum(held["counts_before"]) + held["n_unclear_before"] == 24
     assert isinstance(held["moved"], bool) and held["noise"] > 0
     assert np.isfinite(skin["mean_delta_before"])
+    # the report shows the fix's status and strengths beside the skin section, each number from its twin
+    twin = json.loads((tmp_path / "run" / "report.json").read_text())
+    (section,) = twin["attributes"]
+    assert section["fixed"] and section["professions"][0]["fix"] == {"status": row["status"],
+                                                                     "lambda_relative": row["lambda_relative"]}
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert 'data-key="attributes.0.professions.0.fix.status"' in html and "λ_rel per class" in html
