@@ -200,7 +200,7 @@ def profession_section(entry, attribute: Attribute, labels: Sequence[str], targe
     """One profession's numbers for one attribute (the keys: the module docstring)."""
     counts, unclear = multiclass.count_labels(labels, attribute.class_names)
     est = multiclass.estimate(counts, target, attribute.class_names, n_unclear=unclear, method=INTERVALS)
-    deviation = None if est.shares is None else max(abs(p - t) for p, t in zip(est.shares, est.target))
+    deviation = multiclass.max_deviation(est.shares, est.target)
     row = {"profession": entry.name, "phrase": entry.phrase, "target": list(est.target), "target_source": source,
            "n": est.n, "n_unclear": est.n_unclear, "counts": list(est.counts), "shares": _floats(est.shares),
            "ci_low": list(est.ci_low), "ci_high": list(est.ci_high), "delta": est.delta,

@@ -94,20 +94,22 @@ def apply_memory_options(pipe, options: MemoryOptions, *, device: str | torch.de
     return applied
 
 
-def _vae_tiling(pipe) -> tuple[bool, str]:
+def _vae_switch(pipe, kind: str) -> tuple[bool, str]:
+    """The VAE's own ``enable_tiling`` / ``enable_slicing`` (``kind``: "tiling" | "slicing"), where it has them."""
     vae = getattr(pipe, "vae", None)
-    if vae is None or not hasattr(vae, "enable_tiling") or not hasattr(vae, "use_tiling"):
-        return False, f"{type(vae).__name__ if vae is not None else 'this pipeline'} has no tiled decoding"
-    vae.enable_tiling()
-    return True, f"vae_tiling ({type(vae).__name__}.enable_tiling: tiles above {tile_size(pipe)} px)"
+    if vae is None or not hasattr(vae, f"enable_{kind}") or not hasattr(vae, f"use_{kind}"):
+        return False, f"{type(vae).__name__ if vae is not None else 'this pipeline'} has no {kind[:-3]}ed decoding"
+    getattr(vae, f"enable_{kind}")()
+    where = f": tiles above {tile_size(pipe)} px" if kind == "tiling" else ""
+    return True, f"vae_{kind} ({type(vae).__name__}.enable_{kind}{where})"
+
+
+def _vae_tiling(pipe) -> tuple[bool, str]:
+    return _vae_switch(pipe, "tiling")
 
 
 def _vae_slicing(pipe) -> tuple[bool, str]:
-    vae = getattr(pipe, "vae", None)
-    if vae is None or not hasattr(vae, "enable_slicing") or not hasattr(vae, "use_slicing"):
-        return False, f"{type(vae).__name__ if vae is not None else 'this pipeline'} has no sliced decoding"
-    vae.enable_slicing()
-    return True, f"vae_slicing ({type(vae).__name__}.enable_slicing)"
+    return _vae_switch(pipe, "slicing")
 
 
 def _attention_slicing(pipe) -> tuple[bool, str]:

@@ -102,6 +102,14 @@ def delta(shares: Sequence[float] | None, target: Sequence[float]) -> float | No
     return float(np.max(np.abs(p - t)) / np.max(np.maximum(t, 1.0 - t)))
 
 
+def max_deviation(shares: Sequence[float] | None, target: Sequence[float]) -> float | None:
+    """max_c |p_c − t_c|: the band rule's number (within the band when it is at most the tolerance; gender's
+    |F − t| at k = 2). None when nothing was read."""
+    if shares is None:
+        return None
+    return float(max(abs(float(p) - float(t)) for p, t in zip(shares, target)))
+
+
 def mean_delta(rows: Sequence[tuple[Sequence[int], Sequence[float]]]) -> float | None:
     """Mean Δ over professions from ``(counts, target)`` pairs; professions with no classified image are left out."""
     values = [delta(shares(c), t) for c, t in rows]

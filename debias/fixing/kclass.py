@@ -173,10 +173,8 @@ def class_counts(audit, attribute: Attribute, phrase: str) -> tuple[tuple[int, .
 
 def within_tolerance(counts: Sequence[int], target: Sequence[float], tolerance: float) -> Optional[bool]:
     """The audit's band rule: every class share within ``tolerance`` of its target (None: nothing read)."""
-    shares = multiclass.shares(counts)
-    if shares is None:
-        return None
-    return bool(np.max(np.abs(np.asarray(shares) - np.asarray(target))) <= tolerance + 1e-12)
+    deviation = multiclass.max_deviation(multiclass.shares(counts), target)
+    return None if deviation is None else deviation <= tolerance
 
 
 def search_tolerance(target: Sequence[float], tolerance: float) -> float:

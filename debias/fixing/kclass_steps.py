@@ -12,6 +12,7 @@ from typing import Sequence
 
 from debias import multiclass
 from debias.attributes import GENDER, Attribute
+from debias.audit_attributes import profession_target
 from debias.fixing.kclass import (
     ALREADY, ClassEdit, class_caps, class_counts, class_matrix, encode_class_rows, joint_class_matrix,
     search_tolerance, within_tolerance,
@@ -21,13 +22,6 @@ from debias.fixing.plan import encode_preserve_rows, preserve_prompt_list
 from debias.search_k import KSearchResult, search_strengths
 
 MAX_STRENGTH = 1e4  # w = 1 / λ_rel: the binary fix's strongest edit (LOG_LAMBDA_BOUNDS' 1e-4)
-
-
-def target_of(entry, attribute: Attribute, default_gender: float) -> tuple[float, ...]:
-    """The profession list's target for ``attribute``, else gender's ``--target``, else uniform."""
-    from debias.audit_attributes import profession_target
-
-    return profession_target(entry, attribute, default_gender)[0]
 
 
 def audits_before(run, opts: FixOptions, attributes: Sequence[Attribute]):
@@ -48,7 +42,7 @@ def plan_edits(run, opts: FixOptions, attributes: Sequence[Attribute], tuning) -
         edits = []
         for attribute in attributes:
             counts, _ = class_counts(tuning, attribute, entry.phrase)
-            edit = ClassEdit(attribute, entry, target_of(entry, attribute, opts.target), counts)
+            edit = ClassEdit(attribute, entry, profession_target(entry, attribute, opts.target)[0], counts)
             inside = within_tolerance(counts, edit.target, opts.tolerance)
             if inside is None:
                 edit.status = "not_reachable"
@@ -173,7 +167,7 @@ def gender_states(run, opts: FixOptions, before, tuning, profs: Sequence[Sequenc
     states = []
     for entry, edits in zip(run.entries, profs):
         status = NOT_TARGETED if index is None else edits[index].status
-        states.append(ProfessionState(entry=entry, target=target_of(entry, GENDER, opts.target)[0],
+        states.append(ProfessionState(entry=entry, target=opts.target if entry.target is None else entry.target,
                                       before=before.row(entry.phrase), tuning_before=tuning.row(entry.phrase),
                                       status=status))
     return states
