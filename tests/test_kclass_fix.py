@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,7 +13,10 @@ import torch
 
 from debias.editing import edit_matrix
 from debias.errors import InputError
-from debias.fixing.kclass import combined_matrix, strongest_within, weighted_rows, within_tolerance
+from debias.attributes import GENDER, SKIN
+from debias.fixing.kclass import (
+    ClassEdit, combined_matrix, competing_edits, strongest_within, weighted_rows, within_tolerance,
+)
 from debias.fixing.kclass_record import distribution, moved_beyond_noise
 from debias.fixing.plan import Anchors
 from debias.fixing.verb import fixed_attributes
@@ -46,6 +50,20 @@ def test_two_destinations_pull_the_source_between_them_by_their_strengths() -> N
     M = combined_matrix([(C, up, 4.0), (C, down, 1.0)], 1e-6, None)
     moved = C @ M.T - C
     assert torch.all(moved[:, 2] > 3.5 * moved[:, 3])  # the stronger destination takes 4/5 of the pull
+
+
+def test_two_attributes_edited_on_one_profession_are_flagged_as_competing() -> None:
+    pilot = SimpleNamespace(phrase="a pilot")
+
+    def edit(attribute, strengths) -> ClassEdit:
+        return ClassEdit(attribute, pilot, (0.5,) * attribute.k, (0,) * attribute.k,
+                         search=SimpleNamespace(strengths=strengths))
+
+    gender, skin = edit(GENDER, (0.04, 0.0)), edit(SKIN, (0.0, 0.14, 23.8))
+    warning = competing_edits([gender, skin])
+    assert warning.startswith("a pilot: gender (largest strength 0.04), skin (largest strength 23.8)")
+    assert competing_edits([gender, edit(SKIN, (0.0, 0.0, 0.0))]) is None  # skin not edited: nothing competes
+    assert competing_edits([skin]) is None
 
 
 def test_the_strongest_strength_within_the_drift_limit() -> None:

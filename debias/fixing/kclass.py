@@ -66,6 +66,22 @@ class ClassEdit:
         return [c.destination_phrase(self.entry.phrase) for c in self.attribute.classes]
 
 
+def competing_edits(edits: Sequence[ClassEdit]) -> Optional[str]:
+    """A warning when one profession edits more than one attribute, else None.
+
+    One solve moves the profession's prompt to the strength-weighted mean of all its destinations, so
+    destinations of different attributes ("a female pilot", "a pilot with dark skin") compete rather than
+    compose: where one attribute's strengths are far larger, the other's edit has almost no effect.
+    """
+    edited = [e for e in edits if e.edited]
+    if len(edited) < 2:
+        return None
+    parts = ", ".join(f"{e.attribute.name} (largest strength {max(e.strengths):.3g})" for e in edited)
+    return (f"{edited[0].entry.phrase}: {parts} are edited in one solve, which moves the prompt to the strength-"
+            f"weighted mean of all their destinations, so the stronger edit can cancel the weaker; read each "
+            f"attribute in the after audit, or fix one attribute at a time")
+
+
 # ---------------------------------------------------------------------------------------------------- math
 def weighted_rows(parts: Sequence[tuple[torch.Tensor, torch.Tensor, float]]):
     """Stack ``(C, C*, w)`` blocks with w > 0 into sources, destinations and per-row weights (None: no block)."""

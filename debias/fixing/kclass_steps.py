@@ -14,8 +14,8 @@ from debias import multiclass
 from debias.attributes import GENDER, Attribute
 from debias.audit_attributes import profession_target
 from debias.fixing.kclass import (
-    ALREADY, ClassEdit, class_caps, class_counts, class_matrix, encode_class_rows, joint_class_matrix,
-    search_tolerance, within_tolerance,
+    ALREADY, ClassEdit, class_caps, class_counts, class_matrix, competing_edits, encode_class_rows,
+    joint_class_matrix, search_tolerance, within_tolerance,
 )
 from debias.fixing.options import JOINT_PIN_LAMBDA_RELATIVE, NOT_TARGETED, FixOptions
 from debias.fixing.plan import encode_preserve_rows, preserve_prompt_list
@@ -140,6 +140,8 @@ def joint_edit(run, opts: FixOptions, profs: Sequence[Sequence[ClassEdit]]):
     preserve += [e.entry.phrase for e in unedited if e.entry.phrase not in preserve]
     rows = encode_preserve_rows(run.pipe, preserve, run.augmentations) if preserve else None
     M = joint_class_matrix(profs, rows, opts.preserve_strength, run.anchors, JOINT_PIN_LAMBDA_RELATIVE)
+    for warning in filter(None, map(competing_edits, profs)):
+        run.say(f"warning: {warning}")
     if M is not None:
         edited = sum(any(e.edited for e in edits) for edits in profs)
         run.say(f"joint edit: one matrix for {edited} professions' {sum(e.edited for es in profs for e in es)} edits")
