@@ -13,9 +13,9 @@ import torch
 
 from debias.editing import edit_matrix
 from debias.errors import InputError
-from debias.attributes import GENDER, SKIN
+from debias.attributes import AGE, GENDER, SKIN
 from debias.fixing.kclass import (
-    ClassEdit, combined_matrix, competing_edits, strongest_within, weighted_rows, within_tolerance,
+    ClassEdit, CrossedAttribute, combined_matrix, edit_of, strongest_within, weighted_rows, within_tolerance,
 )
 from debias.fixing.kclass_record import distribution, moved_beyond_noise
 from debias.fixing.plan import Anchors
@@ -52,18 +52,35 @@ def test_two_destinations_pull_the_source_between_them_by_their_strengths() -> N
     assert torch.all(moved[:, 2] > 3.5 * moved[:, 3])  # the stronger destination takes 4/5 of the pull
 
 
-def test_two_attributes_edited_on_one_profession_are_flagged_as_competing() -> None:
-    pilot = SimpleNamespace(phrase="a pilot")
+def test_two_attributes_cross_into_cells_whose_destinations_name_both() -> None:
+    crossed = CrossedAttribute(SKIN, GENDER)  # gender's word goes next to the profession whichever comes first
+    assert crossed.name == "skin+gender" and crossed.k == 6
+    assert crossed.class_names[:2] == ("light_female", "light_male")
+    assert [c.destination_phrase("an engineer") for c in crossed.classes[-2:]] == [
+        "a female engineer with dark skin", "a male engineer with dark skin"]
+    elderly = CrossedAttribute(GENDER, AGE).classes[AGE.index("old")]  # female_old
+    assert elderly.destination_phrase("a pilot") == "an elderly female pilot"
+    target = crossed.target((0.5, 0.3, 0.2), (0.4, 0.6))
+    assert target == pytest.approx([0.2, 0.3, 0.12, 0.18, 0.08, 0.12])
+    skin, gender = crossed.marginals(target)
+    assert skin == pytest.approx([0.5, 0.3, 0.2]) and gender == pytest.approx([0.4, 0.6])
+    assert crossed.marginals([1, 2, 3, 4, 5, 6]) == ([3, 7, 11], [9, 12])
+    assert crossed.joint_labels(["dark", "unclear", "light"], ["male", "female", "unclear"]) == [
+        "dark_male", "unclear", "unclear"]
 
-    def edit(attribute, strengths) -> ClassEdit:
-        return ClassEdit(attribute, pilot, (0.5,) * attribute.k, (0,) * attribute.k,
-                         search=SimpleNamespace(strengths=strengths))
 
-    gender, skin = edit(GENDER, (0.04, 0.0)), edit(SKIN, (0.0, 0.14, 23.8))
-    warning = competing_edits([gender, skin])
-    assert warning.startswith("a pilot: gender (largest strength 0.04), skin (largest strength 23.8)")
-    assert competing_edits([gender, edit(SKIN, (0.0, 0.0, 0.0))]) is None  # skin not edited: nothing competes
-    assert competing_edits([skin]) is None
+def test_a_crossed_edit_is_reported_per_attribute_with_the_cells_strengths() -> None:
+    crossed = CrossedAttribute(GENDER, SKIN)
+    pilot = SimpleNamespace(phrase="a pilot", name="pilot")
+    strengths = (0.0, 0.5, 2.0, 0.0, 0.0, 1.0)
+    edit = ClassEdit(crossed, pilot, crossed.target((0.5, 0.5), (1 / 3,) * 3), (3, 1, 0, 10, 4, 2),
+                     search=SimpleNamespace(strengths=strengths), status="")
+    skin = edit_of([edit], SKIN)
+    assert skin.attribute is SKIN and skin.edited_as is crossed
+    assert skin.target == pytest.approx((1 / 3,) * 3) and skin.tuning_counts == (13, 5, 2)
+    assert skin.strengths == strengths and skin.destinations()[2] == "a female pilot with dark skin"
+    assert edit_of([edit], GENDER).tuning_counts == (4, 16)
+    assert edit_of([edit], AGE) is None
 
 
 def test_the_strongest_strength_within_the_drift_limit() -> None:
@@ -92,6 +109,8 @@ def test_a_held_attribute_moves_only_beyond_its_noise() -> None:
 
 def test_fix_attribute_values_are_checked_before_anything_loads(tmp_path: Path) -> None:
     assert [a.name for a in fixed_attributes(["gender", "skin"])] == ["gender", "skin"]
+    with pytest.raises(InputError, match="3 attributes given.*two crossed"):
+        fixed_attributes(["gender", "skin", "age"])
     with pytest.raises(InputError, match="given twice"):
         fixed_attributes(["skin", "skin"])
     with pytest.raises(InputError, match="unknown attribute 'skn'.*Did you mean 'skin'"):
@@ -149,3 +168,29 @@ def test_fix_skin_measures_gender_before_and_after_as_held(tmp_path: Path) -> No
                                                                      "lambda_relative": row["lambda_relative"]}
     html = (tmp_path / "run" / "report.html").read_text()
     assert 'data-key="attributes.0.professions.0.fix.status"' in html and "λ_rel per class" in html
+
+
+@pytest.mark.slow
+def test_fix_gender_and_skin_crossed_reports_both_on_their_own_shares(tmp_path: Path) -> None:
+    import debias
+
+    out = tmp_path / "run"
+    result = debias.fix("mini", professions=["a pilot"], attributes=["gender", "skin"], out=out,
+                        test_images=24, check_images=24, budget=96, side_seeds=2, progress=False, log=None,
+                        threads=1)
+    gender, skin = result.attribute_fixes  # both fixed, nothing held
+    assert [b["crossed"] for b in (gender, skin)] == [["gender", "skin"]] * 2
+    (g,), (s,) = gender["professions"], skin["professions"]
+    assert g["cells"] == s["cells"] == ["female_light", "female_medium", "female_dark", "male_light", "male_medium",
+                                        "male_dark"]
+    assert g["destinations"][2] == "a female pilot with dark skin" and len(g["strengths"]) == 6
+    assert g["strengths"] == s["strengths"] and g["target"] == [0.5, 0.5] and s["target"] == pytest.approx([1 / 3] * 3)
+    for row in (g, s):  # each judged on its own shares in the after audit
+        assert sum(row["after"]["counts"]) + row["after"]["n_unclear"] == 24
+    assert [p.name for p in (out / "search").iterdir()] == ["gender+skin-pilot.json"]
+    after = json.loads((out / "after" / "audit.json").read_text())
+    assert [section["attributes"] for section in after["intersections"]] == [["gender", "skin"]]
+    twin = json.loads((out / "report.json").read_text())
+    (section,) = twin["attributes"]  # skin's section (gender has the report's main table)
+    assert section["crossed"] == ["gender", "skin"] and section["cells"] == s["cells"]
+    assert "λ_rel per cell" in (out / "report.html").read_text()

@@ -13,9 +13,16 @@ reference) gets none. :func:`debias.search_k.search_strengths` finds the w with 
 tuning prompts, each class capped where its edit alone would move unrelated prompts' conditioning by more than
 ``max_drift`` (the binary fix's side-effect limit, per class).
 
-Several attributes at once (``--attribute gender --attribute skin``) are searched one at a time, each under its
-own edit alone, and then solved together: each profession's edit carries every attribute's weighted rows. The
-professions' edits are joined into one M by pinning each profession's rows to what its own edit gives them
+Two attributes at once (``--attribute gender --attribute skin``) are fixed as **one crossed attribute** whose
+classes are their cells (:class:`CrossedAttribute`): a destination per cell ("a female pilot with dark skin"),
+the target the product of the two targets, one strength per cell, searched on the joint counts by the same
+k-class search. Fixing them as two attributes in one solve does not work: the solve sends the prompt to the
+strength-weighted mean of all destinations, so "a female pilot" and "a pilot with dark skin" compete and the
+attribute with the larger strengths cancels the other (measured on the mini world v2: the librarian's skin
+strengths of 16-18 left its gender edit of 0.04 without effect). A cell's destination names both classes, so
+every destination moves both attributes at once and nothing cancels.
+
+The professions' edits are joined into one M by pinning each profession's rows to what its own edit gives them
 (:func:`debias.editing.solver.joint_from_pins`, as in the binary fix); there are no joint rounds. The after audit
 on the held-out test prompts measures *every* audited attribute under the shipped edit: the fixed ones against
 their targets, and the others (gender, when only skin is fixed) against their own before-values, to show that
@@ -32,7 +39,7 @@ import numpy as np
 import torch
 
 from debias import multiclass
-from debias.attributes import GENDER, Attribute
+from debias.attributes import GENDER, Attribute, AttributeClass
 from debias.editing.solver import conditioning_drift
 from debias.fixing.plan import Anchors, kept_rows, profession_edit_rows
 from debias.search_k import KSearchResult
@@ -40,11 +47,70 @@ from debias.search_k import KSearchResult
 ALREADY = "already_within_tolerance"
 
 
+@dataclass(frozen=True)
+class Cell:
+    """One cell of a crossed attribute: a class of each attribute, and the destination that names both."""
+
+    name: str
+    parts: tuple[AttributeClass, ...]  # applied in this order: gender's first, so "a female pilot with dark skin"
+
+    def destination_phrase(self, profession_phrase: str) -> str:
+        phrase = profession_phrase
+        for part in self.parts:
+            phrase = part.destination_phrase(phrase)
+        return phrase
+
+
+@dataclass(frozen=True)
+class CrossedAttribute:
+    """Two attributes fixed together, as one attribute whose classes are their cells (first-attribute-major, the
+    order of :func:`debias.multiclass.joint_counts`): ``female_light, female_medium, …, male_dark``."""
+
+    first: Attribute
+    second: Attribute
+
+    @property
+    def name(self) -> str:
+        return f"{self.first.name}+{self.second.name}"
+
+    @property
+    def pair(self) -> tuple[str, str]:
+        return (self.first.name, self.second.name)
+
+    @property
+    def classes(self) -> tuple[Cell, ...]:
+        gender_first = self.second.name == GENDER.name
+        return tuple(Cell(f"{a.name}_{b.name}", (b, a) if gender_first else (a, b))
+                     for a in self.first.classes for b in self.second.classes)
+
+    @property
+    def k(self) -> int:
+        return self.first.k * self.second.k
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.classes)
+
+    def target(self, first: Sequence[float], second: Sequence[float]) -> tuple[float, ...]:
+        """The joint target: the product of the two (independence: the target says nothing about how they mix)."""
+        return tuple(float(x) for x in np.outer(first, second).ravel())
+
+    def marginals(self, values: Sequence[float]) -> tuple[list, list]:
+        """Per-cell counts or shares summed to each attribute's classes: ``(first's, second's)``."""
+        table = np.asarray(values).reshape(self.first.k, self.second.k)
+        return table.sum(1).tolist(), table.sum(0).tolist()
+
+    def joint_labels(self, first: Sequence[str], second: Sequence[str]) -> list[str]:
+        """Each image's cell, or "unclear" where either attribute was not read."""
+        names_a, names_b = set(self.first.class_names), set(self.second.class_names)
+        return [f"{a}_{b}" if a in names_a and b in names_b else "unclear" for a, b in zip(first, second)]
+
+
 @dataclass
 class ClassEdit:
     """One profession × one attribute: the target, each class's destination rows, the search's strengths."""
 
-    attribute: Attribute
+    attribute: Attribute | CrossedAttribute
     entry: object  # prompts.ProfessionEntry
     target: tuple[float, ...]
     tuning_counts: tuple[int, ...]
@@ -53,33 +119,35 @@ class ClassEdit:
     caps: tuple[float, ...] = ()  # strongest w per class the side-effect limit allows
     search: Optional[KSearchResult] = None
     status: str = ""
+    edited_as: Optional[CrossedAttribute] = None  # a crossed fix's view of one of its attributes (fix.json)
 
     @property
     def strengths(self) -> tuple[float, ...]:
-        return self.search.strengths if self.search is not None else (0.0,) * self.attribute.k
+        """One per class of the attribute edited (for a view, per cell of the crossed attribute)."""
+        return self.search.strengths if self.search is not None else (0.0,) * (self.edited_as or self.attribute).k
 
     @property
     def edited(self) -> bool:
         return any(w > 0 for w in self.strengths)
 
     def destinations(self) -> list[str]:
-        return [c.destination_phrase(self.entry.phrase) for c in self.attribute.classes]
+        return [c.destination_phrase(self.entry.phrase) for c in (self.edited_as or self.attribute).classes]
 
 
-def competing_edits(edits: Sequence[ClassEdit]) -> Optional[str]:
-    """A warning when one profession edits more than one attribute, else None.
+def edit_of(edits: Sequence[ClassEdit], attribute: Attribute) -> Optional[ClassEdit]:
+    """One profession's edit of ``attribute``; where it was edited crossed with another, a view of the crossed
+    edit with this attribute's target and tuning counts (strengths and destinations stay the cells')."""
+    from dataclasses import replace
 
-    One solve moves the profession's prompt to the strength-weighted mean of all its destinations, so
-    destinations of different attributes ("a female pilot", "a pilot with dark skin") compete rather than
-    compose: where one attribute's strengths are far larger, the other's edit has almost no effect.
-    """
-    edited = [e for e in edits if e.edited]
-    if len(edited) < 2:
-        return None
-    parts = ", ".join(f"{e.attribute.name} (largest strength {max(e.strengths):.3g})" for e in edited)
-    return (f"{edited[0].entry.phrase}: {parts} are edited in one solve, which moves the prompt to the strength-"
-            f"weighted mean of all their destinations, so the stronger edit can cancel the weaker; read each "
-            f"attribute in the after audit, or fix one attribute at a time")
+    for e in edits:
+        if e.attribute.name == attribute.name:
+            return e
+        if isinstance(e.attribute, CrossedAttribute) and attribute.name in e.attribute.pair:
+            side = e.attribute.pair.index(attribute.name)
+            return replace(e, attribute=attribute, target=tuple(e.attribute.marginals(e.target)[side]),
+                           tuning_counts=tuple(int(x) for x in e.attribute.marginals(e.tuning_counts)[side]),
+                           edited_as=e.attribute)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------- math
@@ -177,9 +245,13 @@ def encode_class_rows(pipe, edit: ClassEdit, augmentations) -> None:
     edit.scale = lambda_scale(edit.rows[0][0])
 
 
-def class_counts(audit, attribute: Attribute, phrase: str) -> tuple[tuple[int, ...], int]:
+def class_counts(audit, attribute: Attribute | CrossedAttribute, phrase: str) -> tuple[tuple[int, ...], int]:
     """``(counts per class, unclear)`` of one profession in an audit: gender from its rows, others from their
-    sections."""
+    sections, a crossed attribute from the audit's intersection of its two."""
+    if isinstance(attribute, CrossedAttribute):
+        section = next(s for s in audit.intersections or [] if tuple(s["attributes"]) == attribute.pair)
+        row = next(r for r in section["professions"] if r["phrase"] == phrase)
+        return tuple(int(c["count"]) for c in row["cells"]), int(row["n_unclear"])
     if attribute.name == GENDER.name:
         row = audit.row(phrase)
         return (row.n_female, row.n_male), row.n_unclear

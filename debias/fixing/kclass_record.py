@@ -19,7 +19,7 @@ from scipy.stats import norm
 
 from debias import multiclass
 from debias.attributes import Attribute
-from debias.fixing.kclass import ALREADY, ClassEdit, class_counts, within_tolerance
+from debias.fixing.kclass import ALREADY, ClassEdit, class_counts, edit_of, within_tolerance
 
 BAND_RULE = "within the band when every class share is within tolerance of its target: max_c |p_c - t_c| <= tolerance"
 NOISE_RULE = ("moved when some class share changed by more than z * sqrt(p_b (1 - p_b) / n_b + p_a (1 - p_a) / n_a), "
@@ -67,6 +67,7 @@ def fixed_block(attribute: Attribute, edits: Sequence[ClassEdit], before, after,
         search = e.search
         rows.append({
             "profession": e.entry.name, "phrase": e.entry.phrase, "target": list(e.target),
+            "cells": list(e.edited_as.class_names) if e.edited_as else None,
             "destinations": e.destinations(), "status": edit_status(e, a["within_band"]),
             "tuning_counts": list(e.tuning_counts), "caps": list(e.caps) or None,
             "strengths": list(e.strengths), "lambda_relative": [None if w <= 0 else 1.0 / w for w in e.strengths],
@@ -77,8 +78,10 @@ def fixed_block(attribute: Attribute, edits: Sequence[ClassEdit], before, after,
             "before": b, "after": a})
     mean_b, low_b, high_b = multiclass.mean_delta_interval(pairs_before)
     mean_a, low_a, high_a = multiclass.mean_delta_interval(pairs_after)
+    crossed = next((e.edited_as for e in edits if e.edited_as), None)
     return {"attribute": attribute.name, "fixed": True, "classes": list(attribute.class_names),
-            "tolerance": tolerance, "band_rule": BAND_RULE, "interval_method": "goodman",
+            "crossed": list(crossed.pair) if crossed else None, "tolerance": tolerance, "band_rule": BAND_RULE,
+            "interval_method": "goodman",
             "mean_delta_before": mean_b, "mean_delta_before_ci_low": low_b, "mean_delta_before_ci_high": high_b,
             "mean_delta_after": mean_a, "mean_delta_after_ci_low": low_a, "mean_delta_after_ci_high": high_a,
             "within_tolerance_before": sum(bool(r["before"]["within_band"]) for r in rows),
@@ -119,6 +122,7 @@ def held_block(attribute: Attribute, entries: Sequence, before, after) -> dict:
 
 def attribute_fixes(fixed: Sequence[Attribute], held: Sequence[Attribute], profs: Sequence[Sequence[ClassEdit]],
                     entries: Sequence, before, after, tolerance: float) -> list[dict]:
-    """The block: every fixed attribute (in the order given), then every attribute measured but not fixed."""
-    blocks = [fixed_block(a, [edits[i] for edits in profs], before, after, tolerance) for i, a in enumerate(fixed)]
+    """The block: every fixed attribute (in the order given), then every attribute measured but not fixed. Two
+    attributes fixed together are each reported on their own shares; their rows carry the cells' strengths."""
+    blocks = [fixed_block(a, [edit_of(edits, a) for edits in profs], before, after, tolerance) for a in fixed]
     return blocks + [held_block(a, entries, before, after) for a in held]

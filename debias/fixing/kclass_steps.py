@@ -3,7 +3,9 @@
 audit before (test and tuning prompts, every attribute) → per profession and fixed attribute: the band check,
 destination rows, side-effect caps, the k-class strength search (stored, so a resumed run reuses it) → one joint
 edit → the shipped edit's after audit and side effects (:func:`.steps.ship_and_judge`) → the ``attribute_fixes``
-block of ``fix.json``. The math is in :mod:`.kclass`; :mod:`debias.search_k` searches.
+block of ``fix.json``. Two fixed attributes are edited as their crossed attribute (cells, :class:`.kclass.
+CrossedAttribute`); the audits then also cross the two, which is where the cells' counts come from. The math is
+in :mod:`.kclass`; :mod:`debias.search_k` searches.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from debias import multiclass
 from debias.attributes import GENDER, Attribute
 from debias.audit_attributes import profession_target
 from debias.fixing.kclass import (
-    ALREADY, ClassEdit, class_caps, class_counts, class_matrix, competing_edits, encode_class_rows,
+    ALREADY, ClassEdit, CrossedAttribute, class_caps, class_counts, class_matrix, edit_of, encode_class_rows,
     joint_class_matrix, search_tolerance, within_tolerance,
 )
 from debias.fixing.options import JOINT_PIN_LAMBDA_RELATIVE, NOT_TARGETED, FixOptions
@@ -24,26 +26,56 @@ from debias.search_k import KSearchResult, search_strengths
 MAX_STRENGTH = 1e4  # w = 1 / λ_rel: the binary fix's strongest edit (LOG_LAMBDA_BOUNDS' 1e-4)
 
 
+def edited_attributes(fixed: Sequence[Attribute]) -> list[Attribute | CrossedAttribute]:
+    """What the fix edits: the one fixed attribute, or the two crossed (their cells are the classes)."""
+    return [CrossedAttribute(*fixed)] if len(fixed) == 2 else list(fixed)
+
+
+def audit_extra(fixed: Sequence[Attribute]) -> dict:
+    """What every audit of the fix reads besides gender: the fixed attributes, crossed when there are two."""
+    extra = {"attributes": [a for a in fixed if a.name != GENDER.name]}
+    if len(fixed) == 2:
+        extra["intersect"] = [tuple(a.name for a in fixed)]
+    return extra
+
+
 def audits_before(run, opts: FixOptions, attributes: Sequence[Attribute]):
     """The test audit (a judge only) and the tuning audit (every decision), both reading every attribute."""
-    extra = [a for a in attributes if a.name != GENDER.name]
+    extra = audit_extra(attributes)
     run.say(f"fix: auditing {len(run.entries)} professions before the edit ({opts.test_images} images each, test "
-            f"prompts; {', '.join(['gender'] + [a.name for a in extra])})")
-    before = run.audit("before", opts.test_images, "test", opts.seed, attributes=extra)
+            f"prompts; {', '.join(['gender'] + [a.name for a in extra['attributes']])})")
+    before = run.audit("before", opts.test_images, "test", opts.seed, **extra)
     tuning = run.audit("tuning", opts.check_images, "tuning", opts.tuning_seed, templates=opts.tuning_templates,
-                       attributes=extra)
+                       **extra)
     return before, tuning
 
 
-def plan_edits(run, opts: FixOptions, attributes: Sequence[Attribute], tuning) -> list[list[ClassEdit]]:
-    """Per profession, one :class:`ClassEdit` per fixed attribute, with its band check and caps."""
+def edit_target(entry, attribute: Attribute | CrossedAttribute, default_gender: float) -> tuple[float, ...]:
+    if isinstance(attribute, CrossedAttribute):
+        return attribute.target(profession_target(entry, attribute.first, default_gender)[0],
+                                profession_target(entry, attribute.second, default_gender)[0])
+    return profession_target(entry, attribute, default_gender)[0]
+
+
+def inside_band(edit: ClassEdit, counts, tolerance: float):
+    """The audit's band rule on the counts; for a crossed attribute on both attributes' own shares (what the
+    after audit judges), not on the cells."""
+    if not isinstance(edit.attribute, CrossedAttribute):
+        return within_tolerance(counts, edit.target, tolerance)
+    checks = [within_tolerance(c, t, tolerance)
+              for c, t in zip(edit.attribute.marginals(counts), edit.attribute.marginals(edit.target))]
+    return None if None in checks else all(checks)
+
+
+def plan_edits(run, opts: FixOptions, attributes: Sequence[Attribute | CrossedAttribute], tuning) -> list[list[ClassEdit]]:
+    """Per profession, one :class:`ClassEdit` per edited attribute, with its band check and caps."""
     profs = []
     for entry in run.entries:
         edits = []
         for attribute in attributes:
             counts, _ = class_counts(tuning, attribute, entry.phrase)
-            edit = ClassEdit(attribute, entry, profession_target(entry, attribute, opts.target)[0], counts)
-            inside = within_tolerance(counts, edit.target, opts.tolerance)
+            edit = ClassEdit(attribute, entry, edit_target(entry, attribute, opts.target), counts)
+            inside = inside_band(edit, counts, opts.tolerance)
             if inside is None:
                 edit.status = "not_reachable"
                 run.say(f"  {entry.name} ({attribute.name}): no image read on the tuning prompts; left unedited")
@@ -85,8 +117,7 @@ def search_one(run, opts: FixOptions, edit: ClassEdit) -> KSearchResult:
     from debias.prompts import profession_prompts
 
     prompts = profession_prompts(edit.entry, run.templates)
-    classifier = attribute_classifier(run, edit.attribute)
-    inputs = {"model": fingerprint(run.pipe), "classifier": classifier.cache_id if classifier else run.clf.cache_id,
+    inputs = {"model": fingerprint(run.pipe), "classifier": classifier_id(run, edit.attribute),
               "settings": run.settings.to_dict(), "source": edit.entry.phrase, "destinations": edit.destinations(),
               "augmentations": list(run.augmentations), "anchors": run.anchor_prompts,
               "anchor_strength": opts.anchor_strength, "prompts": prompts, "target": list(edit.target),
@@ -102,8 +133,7 @@ def search_one(run, opts: FixOptions, edit: ClassEdit) -> KSearchResult:
         M = class_matrix(edit, strengths, run.anchors)
         results = run.generate(items_for_seeds(prompts, seeds, opts.tuning_seed), stage="search", edit=M,
                                description=f"{edit.entry.name} ({edit.attribute.name}): {len(seeds)} images")
-        labels = labels_of(run, edit.attribute, classifier, results)
-        return multiclass.count_labels(labels, edit.attribute.class_names)[0]
+        return multiclass.count_labels(read_classes(run, edit.attribute, results), edit.attribute.class_names)[0]
 
     run.say(f"search {edit.entry.name} ({edit.attribute.name}): '{edit.entry.phrase}' → "
             f"{', '.join(repr(d) for d in edit.destinations())}, budget {opts.budget} images")
@@ -124,6 +154,22 @@ def attribute_classifier(run, attribute: Attribute):
     return run.attribute_classifiers[attribute.name]
 
 
+def classifier_id(run, attribute: Attribute | CrossedAttribute) -> str:
+    """What reads ``attribute`` (a stored search is reused only under the same classifier)."""
+    if isinstance(attribute, CrossedAttribute):
+        return " + ".join(classifier_id(run, a) for a in (attribute.first, attribute.second))
+    classifier = attribute_classifier(run, attribute)
+    return classifier.cache_id if classifier else run.clf.cache_id
+
+
+def read_classes(run, attribute: Attribute | CrossedAttribute, results) -> list[str]:
+    """Each result's class of ``attribute`` (a crossed attribute's cell: both read, then joined)."""
+    if isinstance(attribute, CrossedAttribute):
+        return attribute.joint_labels(read_classes(run, attribute.first, results),
+                                      read_classes(run, attribute.second, results))
+    return labels_of(run, attribute, attribute_classifier(run, attribute), results)
+
+
 def labels_of(run, attribute: Attribute, classifier, results) -> list[str]:
     """Each result's class of ``attribute``: gender's label, or the attribute classifier's (cached)."""
     if classifier is None:
@@ -140,8 +186,6 @@ def joint_edit(run, opts: FixOptions, profs: Sequence[Sequence[ClassEdit]]):
     preserve += [e.entry.phrase for e in unedited if e.entry.phrase not in preserve]
     rows = encode_preserve_rows(run.pipe, preserve, run.augmentations) if preserve else None
     M = joint_class_matrix(profs, rows, opts.preserve_strength, run.anchors, JOINT_PIN_LAMBDA_RELATIVE)
-    for warning in filter(None, map(competing_edits, profs)):
-        run.say(f"warning: {warning}")
     if M is not None:
         edited = sum(any(e.edited for e in edits) for edits in profs)
         run.say(f"joint edit: one matrix for {edited} professions' {sum(e.edited for es in profs for e in es)} edits")
@@ -165,10 +209,10 @@ def gender_states(run, opts: FixOptions, before, tuning, profs: Sequence[Sequenc
     """Gender's rows of ``fix.json``: its own edit's status where gender is fixed, else measured only."""
     from debias.fixing.plan import ProfessionState
 
-    index = next((i for i, a in enumerate(fixed) if a.name == GENDER.name), None)
     states = []
     for entry, edits in zip(run.entries, profs):
-        status = NOT_TARGETED if index is None else edits[index].status
+        own = edit_of(edits, GENDER)
+        status = NOT_TARGETED if own is None else own.status
         states.append(ProfessionState(entry=entry, target=opts.target if entry.target is None else entry.target,
                                       before=before.row(entry.phrase), tuning_before=tuning.row(entry.phrase),
                                       status=status))
@@ -185,12 +229,11 @@ def fix_attributes(run, opts: FixOptions, fixed: Sequence[Attribute], started, t
     from debias.fixing.steps import ship_and_judge
 
     before, tuning = audits_before(run, opts, fixed)
-    profs = plan_edits(run, opts, fixed, tuning)
+    profs = plan_edits(run, opts, edited_attributes(fixed), tuning)
     search_all(run, opts, profs)
     M, preserve = joint_edit(run, opts, profs)
     metadata = edit_metadata(profs, preserve, opts, run) if M is not None else None
-    extra = [a for a in fixed if a.name != GENDER.name]
-    after, side = ship_and_judge(run, opts, M, metadata, nothing_edited(profs), attributes=extra)
+    after, side = ship_and_judge(run, opts, M, metadata, nothing_edited(profs), **audit_extra(fixed))
     held = [] if any(a.name == GENDER.name for a in fixed) else [GENDER]
     block = attribute_fixes(fixed, held, profs, run.entries, before, after, opts.tolerance)
     result = fix_record(run, opts, gender_states(run, opts, before, tuning, profs, fixed), before, after, side, M,

@@ -48,6 +48,11 @@ def fixed_attributes(specs: Sequence[str | Attribute] | None) -> list[Attribute]
         if any(a.name == attribute.name for a in chosen):
             raise InputError(f"--attribute {spec}: attribute {attribute.name!r} is given twice; give each once")
         chosen.append(attribute)
+    if len(chosen) > 2:
+        raise InputError(f"--attribute: {len(chosen)} attributes given ({', '.join(a.name for a in chosen)}); a fix "
+                         f"edits one attribute, or two crossed (one destination per pair of classes, e.g. 'a female "
+                         f"pilot with dark skin'). Fix two, then fix the next on the saved pipeline "
+                         f"(--save-pipeline), which the second fix's before audit then measures")
     return chosen
 
 

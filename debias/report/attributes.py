@@ -76,6 +76,8 @@ def _add_fix(block: dict, fix) -> None:
     if fixed is None:
         return
     by_phrase = {r["phrase"]: r for r in fixed["professions"]}
+    block["crossed"] = fixed.get("crossed")  # fixed together with another attribute: strengths are per cell
+    block["cells"] = next((r["cells"] for r in fixed["professions"] if r.get("cells")), None)
     for row in block["professions"]:
         found = by_phrase.get(row["phrase"])
         row["fix"] = None if found is None else {"status": found["status"],
