@@ -101,7 +101,8 @@ IntersectOptions = Annotated[list[str], typer.Option(
 FixAttributeOptions = Annotated[list[str], typer.Option(
     "--attribute", help="Fix this attribute instead of gender (repeatable; gender too when named): a built-in name "
                         "(gender, skin, age) or an attribute file. k - 1 strengths per profession towards the "
-                        "list's targets ('a CEO | skin=0.5,0.3,0.2') or uniform; gender is always measured.")]
+                        "list's targets ('a CEO | skin=0.5,0.3,0.2') or uniform; gender is always measured. Two "
+                        "are fixed crossed (one destination per pair of classes); at most two per run.")]
 CpuOffload = Annotated[str, typer.Option(
     "--cpu-offload", help="none, model (one component at a time on the GPU, a little slower) or sequential (one "
                           "layer at a time: least GPU memory, much slower).")]
