@@ -2,7 +2,8 @@
 diffusers ``StableDiffusionPipeline`` trained on it, shipped in the package.
 
 ``PIPELINE_DIR`` loads with ``StableDiffusionPipeline.from_pretrained`` offline;
-``CLASSIFIER_DIR`` is the mini CLIP (transformers ``CLIPModel``) that reads gender zero-shot.
+``CLASSIFIER_DIR`` is the mini CLIP (transformers ``CLIPModel``) that reads gender zero-shot. ``V2_*`` are the
+same for mini world v2 (gender, skin tone and age).
 """
 
 from __future__ import annotations
@@ -15,6 +16,12 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 PIPELINE_DIR = WEIGHTS_DIR / "pipeline"
 CLASSIFIER_DIR = WEIGHTS_DIR / "classifier"
 WORLD_JSON = WEIGHTS_DIR / "world.json"
+
+# Mini world v2 (``--model mini-v2``): the same world whose people also carry a skin tone and an age
+# (:mod:`debias.mini.world2`), trained the same way; its own pipeline and classifier.
+V2_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights_v2"
+V2_PIPELINE_DIR = V2_WEIGHTS_DIR / "pipeline"
+V2_CLASSIFIER_DIR = V2_WEIGHTS_DIR / "classifier"
 
 # Default sampler settings (see docs/mini-model.md for why): a multistep solver at 10 steps and no
 # classifier-free guidance, which samples the learned shares instead of amplifying them.

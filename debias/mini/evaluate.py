@@ -86,6 +86,83 @@ def format_table(rows: list[dict], images_per_s: float) -> str:
     return "\n".join(lines)
 
 
+def measure_attributes(pipe, classifier, n: int = 64, seed: int = 0, template: str = world.TUNING_TEMPLATE,
+                       professions=None) -> dict:
+    """Mini world v2 against its ground truth: per profession and attribute, planted / oracle / CLIP shares.
+
+    Each attribute is read by the classifier as an audit reads it (gender with the classifier's own labels, skin
+    and age with the built-in attributes' label prompts) and by the v2 pixel oracle. Shares are over every image
+    for CLIP and over the images the oracle could read for the oracle; ``agreement`` is over those images too.
+    The summary per attribute pools the professions: agreement, and the correlation of CLIP's class shares with
+    the planted ones (and with the oracle's) over professions × classes.
+    """
+    from . import world2
+
+    rows = []
+    professions = list(professions or world2.PROFESSIONS)
+    readers = {name: (classifier if name == "gender" else classifier.for_attribute(attr))
+               for name, attr in world2.ATTRIBUTES.items()}
+    for prof in professions:
+        imgs = generate(pipe, template.format(prof.phrase), n, seed)
+        truth = world2.oracle(imgs)
+        for name, attr in world2.ATTRIBUTES.items():
+            clip = np.asarray(readers[name].classify(imgs)[0])
+            oracle = np.asarray([t[name] for t in truth])
+            clear = oracle != "unclear"
+            rows.append({
+                "profession": prof.name, "attribute": name, "classes": list(attr.class_names),
+                "planted": list(prof.planted(name)),
+                "oracle": [float((oracle[clear] == c).mean()) if clear.any() else None for c in attr.class_names],
+                "clip": [float((clip == c).mean()) for c in attr.class_names],
+                "agree": int((clip[clear] == oracle[clear]).sum()), "clear": int(clear.sum()), "n": n,
+            })
+    return {"n": n, "seed": seed, "template": template, "rows": rows, "summary": attribute_summary(rows)}
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Pearson's r, or None where it is undefined (fewer than 3 points, or a constant side)."""
+    if len(a) < 3 or np.std(a) == 0 or np.std(b) == 0:
+        return None
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def attribute_summary(rows: list[dict]) -> dict:
+    """Per attribute: pooled CLIP–oracle agreement and r(planted, CLIP), r(oracle, CLIP) over professions × classes."""
+    out = {}
+    for name in dict.fromkeys(r["attribute"] for r in rows):
+        mine = [r for r in rows if r["attribute"] == name]
+        planted = np.concatenate([r["planted"] for r in mine])
+        clip = np.concatenate([r["clip"] for r in mine])
+        oracle = np.concatenate([[np.nan if v is None else v for v in r["oracle"]] for r in mine])
+        ok = ~np.isnan(oracle)
+        out[name] = {
+            "agreement": sum(r["agree"] for r in mine) / max(1, sum(r["clear"] for r in mine)),
+            "unclear": 1 - sum(r["clear"] for r in mine) / sum(r["n"] for r in mine),
+            "r_planted_clip": _correlation(planted, clip),
+            "r_oracle_clip": _correlation(oracle[ok], clip[ok]),
+        }
+    return out
+
+
+def format_attributes(measured: dict) -> str:
+    """The v2 table: one line per profession and attribute, then the summary per attribute."""
+    def shares(values) -> str:
+        return "/".join("-" if v is None else f"{v:.2f}" for v in values)
+
+    lines = [f"{'profession':<10} {'attribute':<7} {'planted':>16} {'oracle':>16} {'clip':>16} {'agree':>6}"]
+    for r in measured["rows"]:
+        agree = r["agree"] / r["clear"] if r["clear"] else float("nan")
+        lines.append(f"{r['profession']:<10} {r['attribute']:<7} {shares(r['planted']):>16} "
+                     f"{shares(r['oracle']):>16} {shares(r['clip']):>16} {agree:>6.2f}")
+    def num(v) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    for name, s in measured["summary"].items():
+        lines.append(f"{name}: agreement {num(s['agreement'])}, unclear {num(s['unclear'])}, "
+                     f"r(planted, clip) {num(s['r_planted_clip'])}, r(oracle, clip) {num(s['r_oracle_clip'])}")
+    return "\n".join(lines)
+
+
 def lambda_sweep(pipe, source: str = "a nurse", destination: str = "a male nurse",
                  lams: tuple[float, ...] = (1e4, 3e3, 1e3, 300.0, 100.0, 30.0, 10.0), n: int = 64, seed: int = 0,
                  steps: int = 10, guidance: float = 1.0, other: str = "a teacher") -> list[dict]:
@@ -138,17 +215,17 @@ def sample_grid(pipe, path: str | Path, per_row: int = 10, seed: int = 0, steps:
     return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
-def load(weights: str | Path | None = None):
-    """(pipeline, zero-shot classifier) of a mini-model folder (default: the shipped weights)."""
+def load(weights: str | Path | None = None, v2: bool = False):
+    """(pipeline, zero-shot classifier) of a mini-model folder (default: the shipped weights of v1, or of v2)."""
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from . import PIPELINE_DIR
+    from . import V2_WEIGHTS_DIR, WEIGHTS_DIR
 
-    root = Path(weights) if weights else None
-    pipe = StableDiffusionPipeline.from_pretrained(root / "pipeline" if root else PIPELINE_DIR, dtype=torch.float32)
+    root = Path(weights) if weights else (V2_WEIGHTS_DIR if v2 else WEIGHTS_DIR)
+    pipe = StableDiffusionPipeline.from_pretrained(root / "pipeline", dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    return pipe, load_mini_classifier(root / "classifier" if root else None)
+    return pipe, load_mini_classifier(root / "classifier")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -158,17 +235,28 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=200, help="images per profession")
     ap.add_argument("--weights", default=None, help="a mini-model folder (default: the shipped weights)")
+    ap.add_argument("--world", choices=("v1", "v2"), default="v1",
+                    help="v2: measure gender, skin and age against mini world v2's oracle (default weights: mini-v2)")
     ap.add_argument("--guidance", type=float, default=None)
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--grid", default=None, metavar="PNG", help="also save a grid of samples")
+    ap.add_argument("--json", default=None, metavar="FILE", help="v2: also write the measurements as JSON")
     ap.add_argument("--sweep", action="store_true", help="also sweep λ of a TIME edit a nurse -> a male nurse")
     args = ap.parse_args(argv)
     set_threads(args.threads)
-    pipe, classifier = load(args.weights)
+    pipe, classifier = load(args.weights, v2=args.world == "v2")
     steps = args.steps or SAMPLER["steps"]
     guidance = SAMPLER["guidance"] if args.guidance is None else args.guidance
+    if args.world == "v2":
+        measured = measure_attributes(pipe, classifier, n=args.n, seed=args.seed)
+        print(format_attributes(measured))
+        if args.json:
+            from ..io import atomic_write_json
+
+            print(f"wrote {atomic_write_json(args.json, measured)}")
+        return
     rows, ips = measure_professions(pipe, classifier, n=args.n, seed=args.seed, steps=steps, guidance=guidance)
     print(f"sampler: {type(pipe.scheduler).__name__}, {steps} steps, guidance {guidance}, n={args.n}, "
           f"template {world.TUNING_TEMPLATE!r}")

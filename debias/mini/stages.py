@@ -1,7 +1,10 @@
 """The three networks of the mini model and how each is trained: tiny CLIP, VAE, UNet (each from its own rng).
 
 :mod:`debias.mini.train` runs them in order. Every stage takes a numpy ``Generator`` for the world's samples and
-seeds torch itself where it draws noise, so the same seed and thread count give byte-identical weights.
+seeds torch itself where it draws noise, so the same seed and thread count give byte-identical weights. The
+stages that draw training images take the world module as ``w``: :mod:`debias.mini.world` (the default) or
+:mod:`debias.mini.world2`, which share the sampling interface (``sample_batch``, ``sample_caption``,
+``render_sample``, ``PROFESSIONS``).
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ def clip_config(tokenizer):
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=64)
 
 
-def train_clip(tokenizer, steps: int, batch: int, rng: np.random.Generator, lr: float = 2e-3):
+def train_clip(tokenizer, steps: int, batch: int, rng: np.random.Generator, lr: float = 2e-3, w=world):
     """Contrastive training; images with identical captions count as positives of each other."""
     import torch
     from transformers import CLIPModel
@@ -65,7 +68,7 @@ def train_clip(tokenizer, steps: int, batch: int, rng: np.random.Generator, lr: 
     sched = _lr_schedule(opt, steps, 0.1)
     bar = _progress(steps, "clip")
     for _ in range(steps):
-        images, samples = world.sample_batch(batch, rng)
+        images, samples = w.sample_batch(batch, rng)
         captions = [s.caption for s in samples]
         same = torch.tensor([[a == b for b in captions] for a in captions], dtype=torch.float32)
         logits = model(input_ids=ids_of(captions), pixel_values=_to_tensor(images)).logits_per_image
@@ -81,42 +84,52 @@ def train_clip(tokenizer, steps: int, batch: int, rng: np.random.Generator, lr: 
     return model.eval()
 
 
-def clip_zero_shot(model, classifier, tokenizer, rng: np.random.Generator, n: int = 512) -> dict:
+def clip_zero_shot(model, classifier, tokenizer, rng: np.random.Generator, n: int = 512, w=world) -> dict:
     """Zero-shot gender and profession accuracy on fresh renders (held-out templates included).
 
     Gender is read by ``classifier``, the package's zero-shot classifier loaded from the saved CLIP folder, so the
-    figure is the one audits get; the profession is read by the CLIP ``model`` itself over "a photo of <profession>"
-    prompts (a check of what it learned; no audit reads professions).
+    figure is the one audits get (in mini world v2 also skin and age, with the built-in attributes' label
+    prompts); the profession is read by the CLIP ``model`` itself over "a photo of <profession>" prompts (a check
+    of what it learned; no audit reads professions).
     """
     import torch
 
-    samples = [world.sample_caption(rng) for _ in range(4 * n)]
+    samples = [w.sample_caption(rng) for _ in range(4 * n)]
     people = [s for s in samples if s.subject in world.BACKGROUND][:n]
-    images = np.stack([world.render(s.subject, s.gender, rng, s.template) for s in people])
+    images = np.stack([w.render_sample(s, rng) for s in people])
     labels, _ = classifier.classify(images)
     gender_acc = float(np.mean([label == s.gender for label, s in zip(labels, people)]))
-    prompts = [world.TUNING_TEMPLATE.format(prof.phrase) for prof in world.PROFESSIONS]
+    out = {"clip_gender_accuracy": gender_acc}
+    for name, attribute in getattr(w, "ATTRIBUTES", {}).items():
+        if name != "gender":
+            read, _ = classifier.for_attribute(attribute).classify(images)
+            out[f"clip_{name}_accuracy"] = float(np.mean([r == getattr(s.person, name) for r, s in zip(read, people)]))
+    prompts = [world.TUNING_TEMPLATE.format(prof.phrase) for prof in w.PROFESSIONS]
     ids = CaptionIds(tokenizer)(prompts)
     with torch.no_grad():
         logits = model(input_ids=ids, pixel_values=_to_tensor(images)).logits_per_image
-    names = [prof.name for prof in world.PROFESSIONS]
+    names = [prof.name for prof in w.PROFESSIONS]
     prof_acc = float(np.mean([names[i] == s.subject for i, s in zip(logits.argmax(1).tolist(), people)]))
-    return {"clip_gender_accuracy": gender_acc, "clip_profession_accuracy": prof_acc, "clip_eval_n": len(people)}
+    return {**out, "clip_profession_accuracy": prof_acc, "clip_eval_n": len(people)}
 
 
 # --------------------------------------------------------------------------------------- VAE
-def train_vae(steps: int, batch: int, rng: np.random.Generator, lr: float = 1e-3, kl_weight: float = 1e-6):
+def train_vae(steps: int, batch: int, rng: np.random.Generator, lr: float = 1e-3, kl_weight: float = 1e-6, w=world,
+              init=None):
+    """Reconstruction + tiny KL; ``init`` (a trained VAE of the same shape) makes it a fine-tune."""
     import torch
     from diffusers import AutoencoderKL
 
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64),
                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                         layers_per_block=1, norm_num_groups=32, sample_size=world.SIZE)
+    if init is not None:
+        vae.load_state_dict(init.state_dict())
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = _lr_schedule(opt, steps, 0.05)
     bar = _progress(steps, "vae")
     for _ in range(steps):
-        images, _ = world.sample_batch(batch, rng)
+        images, _ = w.sample_batch(batch, rng)
         x = _to_tensor(images)
         post = vae.encode(x).latent_dist
         recon = vae.decode(post.sample()).sample
@@ -132,14 +145,14 @@ def train_vae(steps: int, batch: int, rng: np.random.Generator, lr: float = 1e-3
     return vae.eval()
 
 
-def encode_dataset(vae, n: int, rng: np.random.Generator, batch: int = 256):
+def encode_dataset(vae, n: int, rng: np.random.Generator, batch: int = 256, w=world):
     """Render n training samples once and keep their latent mean/std and captions."""
     import torch
 
     means, stds, captions, psnrs = [], [], [], []
     with torch.no_grad():
         for start in range(0, n, batch):
-            images, samples = world.sample_batch(min(batch, n - start), rng)
+            images, samples = w.sample_batch(min(batch, n - start), rng)
             x = _to_tensor(images)
             dist = vae.encode(x).latent_dist
             means.append(dist.mean)
@@ -153,6 +166,21 @@ def encode_dataset(vae, n: int, rng: np.random.Generator, batch: int = 256):
 
 
 # -------------------------------------------------------------------------------------- UNet
+def round_trip_oracle(vae, rng: np.random.Generator, n: int = 512, w=world) -> dict:
+    """How often the world's oracle still reads each attribute after a VAE round trip (the ceiling a generated
+    image can reach): renders of people, encoded to the latent mean and decoded."""
+    import torch
+
+    samples = [s for s in (w.sample_caption(rng) for _ in range(3 * n)) if s.gender is not None][:n]
+    images = np.stack([w.render_sample(s, rng) for s in samples])
+    with torch.no_grad():
+        recon = vae.decode(vae.encode(_to_tensor(images)).latent_dist.mean).sample.clamp(-1, 1)
+    recon = ((recon.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().astype(np.uint8)
+    read = w.oracle(recon)
+    return {f"vae_round_trip_{name}": float(np.mean([r[name] == getattr(s.person, name) for r, s in zip(read, samples)]))
+            for name in w.ATTRIBUTES}
+
+
 def build_unet():
     from diffusers import UNet2DConditionModel
 
@@ -173,7 +201,7 @@ def noise_scheduler():
 
 def train_unet(text_encoder, ids_of: CaptionIds, means, stds, captions, scaling: float, steps: int,
                batch: int, rng: np.random.Generator, lr: float = 1e-3, ema_decay: float = 0.999,
-               dropout: float = 0.1, snr_gamma: float = 5.0):
+               dropout: float = 0.1, snr_gamma: float = 5.0, init=None):
     """Epsilon DDPM loss on pre-encoded latents, frozen text encoder, EMA weights returned.
 
     The loss is Min-SNR-γ weighted (Hang et al., 2023): each timestep's ε-loss is scaled by
@@ -185,6 +213,8 @@ def train_unet(text_encoder, ids_of: CaptionIds, means, stds, captions, scaling:
     import torch
 
     unet = build_unet()
+    if init is not None:  # fine-tune: start from a trained UNet of the same shape (e.g. the first world's)
+        unet.load_state_dict(init.state_dict())
     ema = copy.deepcopy(unet).requires_grad_(False)
     sched = noise_scheduler()
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)

@@ -45,19 +45,23 @@ def bpe_merges(words: list[str]) -> list[tuple[str, str]]:
     return merges
 
 
-def build_tokenizer(folder: Path):
+def build_tokenizer(folder: Path, words: list[str] | None = None):
     """A BPE tokenizer in which every mini-world word is exactly one token, as a CLIPTokenizer.
+
+    ``words`` default to the first world's vocabulary; a word may also be a lone symbol ("-", which CLIP's
+    pre-tokenizer splits off "middle-aged"), added after the letters so the first world's ids stay put.
 
     The merges come from :func:`bpe_merges`; vocab.json and merges.txt are written by hand because
     newer transformers saves only tokenizer.json, and classic CLIP loaders expect the two files.
     """
     from transformers import CLIPTokenizer
 
-    words = world.vocabulary()
+    words = list(words) if words is not None else world.vocabulary()
     pairs = bpe_merges(words)
     merges = [f"{a} {b}" for a, b in pairs]
     letters = "abcdefghijklmnopqrstuvwxyz"
-    alphabet = list(letters) + [c + "</w>" for c in letters]
+    symbols = sorted({c for w in words for c in w} - set(letters))
+    alphabet = list(letters) + [c + "</w>" for c in letters] + symbols + [c + "</w>" for c in symbols]
     products = [a + b for a, b in pairs]
     vocab = {tok: i for i, tok in enumerate([BOS, EOS] + alphabet + [p for p in products if p not in alphabet])}
     folder.mkdir(parents=True, exist_ok=True)

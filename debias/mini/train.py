@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from ..io import atomic_write_json
-from . import SAMPLER, world
+from . import SAMPLER, world, world2
 from .stages import (
     clip_zero_shot,
     encode_dataset,
     noise_scheduler,
+    round_trip_oracle,
     train_clip,
     train_unet,
     train_vae,
@@ -54,18 +55,28 @@ def text_encoder_from_clip(model):
     return te.eval().requires_grad_(False)
 
 
-def world_json(seed: int, measurements: dict, settings: dict) -> dict:
+WORLDS = {"v1": world, "v2": world2}
+
+
+def _profession_json(p) -> dict:
+    if hasattr(p, "planted_share"):
+        return {"name": p.name, "article": p.article, "phrase": p.phrase, "planted_share": p.planted_share}
+    return {"name": p.name, "article": p.article, "phrase": p.phrase, "planted_share": p.female,
+            "planted": {name: list(p.planted(name)) for name in world2.ATTRIBUTES},
+            "female_by_age": list(p.female_by_age) if p.female_by_age else None}
+
+
+def world_json(seed: int, measurements: dict, settings: dict, w=world) -> dict:
     return {
-        "name": "debias mini world",
+        "name": "debias mini world" if w is world else "debias mini world v2 (gender, skin tone, age)",
         "image_size": world.SIZE,
-        "professions": [{"name": p.name, "article": p.article, "phrase": p.phrase,
-                         "planted_share": p.planted_share} for p in world.PROFESSIONS],
+        "professions": [_profession_json(p) for p in w.PROFESSIONS],
         "tuning_template": world.TUNING_TEMPLATE,
         "augmentations": list(world.AUGMENTATIONS),
         "test_templates": list(world.TEST_TEMPLATES),
         "object_prompts": list(world.OBJECT_PROMPTS),
         "classifier_labels": {g: [world.TUNING_TEMPLATE.format("a " + w)] for g, w in world.PERSON_WORDS.items()},
-        "caption_mix": world.CAPTION_MIX,
+        "caption_mix": w.CAPTION_MIX,
         "sampler": dict(SAMPLER),
         "training": {"seed": seed, **settings},
         "measurements": measurements,
@@ -134,6 +145,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--smoke", action="store_true", help="every stage for a few steps (seconds)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--world", choices=sorted(WORLDS), default="v1",
+                    help="v1: gender only (the shipped mini model); v2: gender, skin tone and age (mini-v2)")
+    ap.add_argument("--init-from", default=None, metavar="DIR",
+                    help="a trained mini-model folder to fine-tune from: its VAE and UNet are the starting points "
+                         "(with --vae-steps 0 its VAE is used as it is)")
     ap.add_argument("--export-from", default=None, metavar="DIR",
                     help="no training: copy the trained folder DIR to --out for shipping (UNet/VAE in float16)")
     for key, value in STEPS["full"].items():
@@ -156,10 +172,12 @@ def main(argv: list[str] | None = None) -> dict:
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     print(f"mini model: seed {args.seed}, {threads} thread(s), settings {settings}", flush=True)
-    return build(Path(args.out), args.seed, settings, smoke=args.smoke)
+    if args.init_from:
+        settings["init_from"] = str(args.init_from)
+    return build(Path(args.out), args.seed, settings, smoke=args.smoke, w=WORLDS[args.world])
 
 
-def build(out: Path, seed: int, settings: dict, *, smoke: bool = False) -> dict:
+def build(out: Path, seed: int, settings: dict, *, smoke: bool = False, w=world) -> dict:
     """Every stage in order, each seeded on its own (so a change to one leaves the others' draws alone).
 
     torch is reseeded before each network and every stage has its own numpy rng; the evaluation runs on the
@@ -169,7 +187,8 @@ def build(out: Path, seed: int, settings: dict, *, smoke: bool = False) -> dict:
 
     import torch
 
-    from .evaluate import format_table, load_mini_classifier, measure_professions
+    from .evaluate import (format_attributes, format_table, load_mini_classifier, measure_attributes,
+                           measure_professions)
 
     torch.manual_seed(seed)
     rngs = [np.random.default_rng([seed, k]) for k in range(6)]
@@ -177,62 +196,92 @@ def build(out: Path, seed: int, settings: dict, *, smoke: bool = False) -> dict:
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         tok_dir = Path(tmp) / "tokenizer"
-        tokenizer = build_tokenizer(tok_dir)
+        tokenizer = build_tokenizer(tok_dir, w.vocabulary())
         times["tokenizer_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
         torch.manual_seed(seed)
-        clip_model = train_clip(tokenizer, settings["clip_steps"], settings["clip_batch"], rngs[0])
+        clip_model = train_clip(tokenizer, settings["clip_steps"], settings["clip_batch"], rngs[0], w=w)
         times["clip_s"] = time.perf_counter() - t
         save_classifier(Path(tmp) / "classifier", clip_model, tok_dir)  # read back as audits load it
         classifier = load_mini_classifier(Path(tmp) / "classifier")
-        m.update(clip_zero_shot(clip_model, classifier, tokenizer, rngs[1], n=64 if smoke else 512))
-        print(f"clip: zero-shot gender {m['clip_gender_accuracy']:.3f}, profession "
-              f"{m['clip_profession_accuracy']:.3f} on {m['clip_eval_n']} held-out renders "
-              f"({times['clip_s']:.0f}s)", flush=True)
+        m.update(clip_zero_shot(clip_model, classifier, tokenizer, rngs[1], n=64 if smoke else 512, w=w))
+        accuracies = ", ".join(f"{k[5:-9]} {v:.3f}" for k, v in m.items() if k.endswith("_accuracy"))
+        print(f"clip: zero-shot {accuracies} on {m['clip_eval_n']} held-out renders ({times['clip_s']:.0f}s)",
+              flush=True)
 
         t = time.perf_counter()
         torch.manual_seed(seed + 1)
-        vae, means, stds, captions = vae_stage(settings, rngs[2], rngs[3], m)
+        vae, means, stds, captions = vae_stage(settings, rngs[2], rngs[3], m, w)
         times["vae_s"] = time.perf_counter() - t
-        print(f"vae: PSNR {m['vae_psnr_db']:.1f} dB, scaling_factor {m['vae_scaling_factor']:.3f} "
+        trip = "".join(f", round trip {k[15:]} {v:.3f}" for k, v in m.items() if k.startswith("vae_round_trip_"))
+        print(f"vae: PSNR {m['vae_psnr_db']:.1f} dB, scaling_factor {m['vae_scaling_factor']:.3f}{trip} "
               f"({times['vae_s']:.0f}s)", flush=True)
 
         t = time.perf_counter()
         torch.manual_seed(seed + 2)
         text_encoder = text_encoder_from_clip(clip_model)
+        init = _trained_part(settings, "unet")
         unet, m["unet_loss"] = train_unet(text_encoder, CaptionIds(tokenizer), means, stds, captions,
                                           m["vae_scaling_factor"], settings["unet_steps"], settings["unet_batch"],
-                                          rngs[4])
+                                          rngs[4], init=init, lr=_lr(settings, "unet"))
         times["unet_s"] = time.perf_counter() - t
         m["unet_params"] = sum(p.numel() for p in unet.parameters())
         print(f"unet: loss {m['unet_loss']:.4f}, {m['unet_params']} params ({times['unet_s']:.0f}s)", flush=True)
 
         pipe = assemble_pipeline(vae, text_encoder, tokenizer, unet)
         t = time.perf_counter()
-        m["shares"], m["images_per_s_one_thread"] = measure_professions(
-            pipe, classifier, n=settings["eval_n"], seed=seed, steps=SAMPLER["steps"], guidance=SAMPLER["guidance"])
+        if w is world2:  # its faces and hair are not the first world's, so its own oracle reads them
+            m["attributes"] = measure_attributes(pipe, classifier, n=settings["eval_n"], seed=seed)
+            print(format_attributes(m["attributes"]), flush=True)
+        else:
+            m["shares"], m["images_per_s_one_thread"] = measure_professions(
+                pipe, classifier, n=settings["eval_n"], seed=seed, steps=SAMPLER["steps"],
+                guidance=SAMPLER["guidance"])
+            print(format_table(m["shares"], m["images_per_s_one_thread"]), flush=True)
         times["eval_s"] = time.perf_counter() - t
-        print(format_table(m["shares"], m["images_per_s_one_thread"]), flush=True)
         m["times_s"] = {k: round(v, 1) for k, v in times.items()}
-        save_all(out, pipe, clip_model, tok_dir, world_json(seed, m, settings))
+        save_all(out, pipe, clip_model, tok_dir, world_json(seed, m, settings, w))
     m["size_bytes"] = folder_size(out)
-    info = world_json(seed, m, settings)
+    info = world_json(seed, m, settings, w)
     atomic_write_json(out / "world.json", info)
     print(f"wrote {out} ({m['size_bytes'] / 1e6:.1f} MB); times {m['times_s']}", flush=True)
     return info
 
 
-def vae_stage(settings: dict, train_rng: np.random.Generator, data_rng: np.random.Generator, m: dict):
-    """Train the VAE, encode the UNet's training set once, and set the latent scaling factor.
+FINE_TUNE_LR = {"vae": 3e-4, "unet": 5e-4}  # from scratch: 1e-3 both; a full-size first Adam step wrecks a trained net
+
+
+def _lr(settings: dict, part: str) -> float:
+    return FINE_TUNE_LR[part] if settings.get("init_from") else 1e-3
+
+
+def _trained_part(settings: dict, part: str):
+    """The ``part`` ("unet" or "vae") of the ``init_from`` folder in float32, or None without one."""
+    if not settings.get("init_from"):
+        return None
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    cls = UNet2DConditionModel if part == "unet" else AutoencoderKL
+    return cls.from_pretrained(Path(settings["init_from"]) / "pipeline" / part, torch_dtype=torch.float32).eval()
+
+
+def vae_stage(settings: dict, train_rng: np.random.Generator, data_rng: np.random.Generator, m: dict, w=world):
+    """Train the VAE (or take ``init_from``'s with ``vae_steps`` 0), encode the UNet's training set once, and set
+    the latent scaling factor.
 
     The scaling factor makes sampled latents unit-variance, the scale the noise schedule assumes. Records PSNR
     and the factor in ``m``; returns (vae, latent means, latent stds, captions).
     """
     import torch
 
-    vae = train_vae(settings["vae_steps"], settings["vae_batch"], train_rng)
-    means, stds, captions, psnr = encode_dataset(vae, settings["latents"], data_rng)
+    init = _trained_part(settings, "vae")
+    vae = init if init is not None and settings["vae_steps"] == 0 else \
+        train_vae(settings["vae_steps"], settings["vae_batch"], train_rng, w=w, init=init, lr=_lr(settings, "vae"))
+    if hasattr(w, "oracle"):
+        m.update(round_trip_oracle(vae, np.random.default_rng(data_rng.integers(2**31)), w=w))
+    means, stds, captions, psnr = encode_dataset(vae, settings["latents"], data_rng, w=w)
     scaling = float(1.0 / (means + stds * torch.randn_like(means)).std())
     vae.register_to_config(scaling_factor=scaling)
     m["vae_psnr_db"], m["vae_scaling_factor"] = psnr, scaling

@@ -142,9 +142,10 @@ class _Canvas:
             self.img[r0 : r1 + 1, c0 : c1 + 1] = colour
 
 
-def _draw_person(cv: _Canvas, gender: str, shirt, lower, rng: np.random.Generator) -> None:
-    hair = _jitter(rng, HAIR, 8)
-    skin = _jitter(rng, SKIN, 6)
+def _draw_person(cv: _Canvas, gender: str, shirt, lower, rng: np.random.Generator,
+                 skin_colour=SKIN, hair_colour=HAIR) -> None:
+    hair = _jitter(rng, hair_colour, 8)
+    skin = _jitter(rng, skin_colour, 6)
     if gender == "female":
         cv.rect(4, 14, 11, 12, hair)  # long hair bands beside head and shoulders
         cv.rect(4, 14, 19, 20, hair)
@@ -245,11 +246,13 @@ def _frame(img: np.ndarray, template: str | None) -> None:
     img[:width], img[-width:], img[:, :width], img[:, -width:] = colour, colour, colour, colour
 
 
-def render(subject: str, gender: str | None, rng: np.random.Generator, template: str | None = None) -> np.ndarray:
+def render(subject: str, gender: str | None, rng: np.random.Generator, template: str | None = None, *,
+           skin_colour=SKIN, hair_colour=HAIR) -> np.ndarray:
     """Draw one 32×32 image: ``subject`` is a profession name, "person" or an object name.
 
     ``gender`` is "female"/"male" for people and ignored for objects. Position, colours and
-    pixel noise are jittered from ``rng``, so one seed always draws the same picture.
+    pixel noise are jittered from ``rng``, so one seed always draws the same picture. The skin and
+    hair colours are this world's unless mini world v2 (:mod:`debias.mini.world2`) passes its own.
     """
     dy, dx = int(rng.integers(-1, 2)), int(rng.integers(-2, 3))
     if subject in OBJECTS:
@@ -262,10 +265,10 @@ def render(subject: str, gender: str | None, rng: np.random.Generator, template:
         if subject == "person":
             cv = _Canvas(_jitter(rng, NEUTRAL_BG, 6), dy, dx)
             shirt = _jitter(rng, SHIRT_PALETTE[int(rng.integers(len(SHIRT_PALETTE)))], 10)
-            _draw_person(cv, gender, shirt, lower, rng)
+            _draw_person(cv, gender, shirt, lower, rng, skin_colour, hair_colour)
         elif subject in _BY_NAME:
             cv = _Canvas(_jitter(rng, BACKGROUND[subject], 10), dy, dx)
-            _draw_person(cv, gender, _jitter(rng, SHIRT[subject], 5), lower, rng)
+            _draw_person(cv, gender, _jitter(rng, SHIRT[subject], 5), lower, rng, skin_colour, hair_colour)
             _draw_profession(cv, subject)
         else:
             raise KeyError(f"unknown mini-world subject {subject!r}")
@@ -306,9 +309,14 @@ def sample_caption(rng: np.random.Generator) -> Sample:
     return Sample(template.format(OBJECTS[name]), name, None, template)
 
 
+def render_sample(sample: Sample, rng: np.random.Generator) -> np.ndarray:
+    """The image a training caption stands for (each world has one, so the training stages take either)."""
+    return render(sample.subject, sample.gender, rng, sample.template)
+
+
 def sample_batch(n: int, rng: np.random.Generator) -> tuple[np.ndarray, list[Sample]]:
     samples = [sample_caption(rng) for _ in range(n)]
-    images = np.stack([render(s.subject, s.gender, rng, s.template) for s in samples])
+    images = np.stack([render_sample(s, rng) for s in samples])
     return images, samples
 
 
@@ -349,33 +357,40 @@ def _gender_score(img: np.ndarray) -> float | None:
     dy = int(round(rows.mean() + r0 - HEAD_CENTRE[0]))
     dx = int(round(cols.mean() + c0 - HEAD_CENTRE[1]))
 
-    def region(r0: int, r1: int, cs: Iterable[int]) -> np.ndarray:
-        rr = np.clip(np.arange(r0, r1 + 1) + dy, 0, SIZE - 1)
-        cc = np.clip(np.asarray(list(cs)) + dx, 0, SIZE - 1)
-        return img[np.ix_(rr, cc)]
-
-    bands = region(6, 10, (11, 20))
+    bands = figure_region(img, dy, dx, 6, 10, (11, 20))
     dark = bands.mean(axis=-1) < 120
     hair = float((_differs(bands, bg) & dark).mean())
-    gap = float(_differs(region(21, 25, (15, 16)), bg).mean())
-    wide = float(_differs(region(23, 25, (10, 21)), bg).mean())
-    return hair + gap + wide
+    return hair + lower_body_score(img, bg, dy, dx)
+
+
+def figure_region(img: np.ndarray, dy: int, dx: int, r0: int, r1: int, cols: Iterable[int]) -> np.ndarray:
+    """Pixels of rows r0..r1 and the given columns in figure coordinates, moved by the figure's jitter."""
+    rr = np.clip(np.arange(r0, r1 + 1) + dy, 0, SIZE - 1)
+    cc = np.clip(np.asarray(list(cols)) + dx, 0, SIZE - 1)
+    return img[np.ix_(rr, cc)]
+
+
+def lower_body_score(img: np.ndarray, bg: np.ndarray, dy: int, dx: int) -> float:
+    """0..2: the skirt's two shape cues (no gap between the legs, a wide hem), fractional."""
+    gap = float(_differs(figure_region(img, dy, dx, 21, 25, (15, 16)), bg).mean())
+    wide = float(_differs(figure_region(img, dy, dx, 23, 25, (10, 21)), bg).mean())
+    return gap + wide
+
+
+def gender_from_score(score: float | None) -> str:
+    """Three cues, each 0..1: two or more present is "female", at most one "male", between is "unclear"."""
+    if score is None:
+        return "unclear"
+    if score >= 1.9:
+        return "female"
+    if score <= 1.1:
+        return "male"
+    return "unclear"
 
 
 def oracle_gender(images) -> list[str]:
     """Read the drawn gender cue: "female", "male" or "unclear" (no head, or mixed cues)."""
-    out = []
-    for img in _as_array(images):
-        score = _gender_score(img)
-        if score is None:
-            out.append("unclear")
-        elif score >= 1.9:
-            out.append("female")
-        elif score <= 1.1:
-            out.append("male")
-        else:
-            out.append("unclear")
-    return out
+    return [gender_from_score(_gender_score(img)) for img in _as_array(images)]
 
 
 def oracle_profession(images) -> list[str | None]:

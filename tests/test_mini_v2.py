@@ -1,0 +1,112 @@
+"""Mini world v2: people with a skin tone and an age, planted shares per profession, and an oracle for each."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from debias.attributes import AGE, GENDER, SKIN
+from debias.mini import world, world2
+
+
+def test_the_oracle_reads_every_attribute_of_rendered_people() -> None:
+    rng = np.random.default_rng(7)
+    images, samples = world2.sample_batch(600, rng)
+    read = world2.oracle(images)
+    people = [(r, s.person) for r, s in zip(read, samples) if s.person is not None]
+    assert len(people) > 400
+    for name in ("gender", "skin", "age"):
+        right = np.mean([r[name] == getattr(p, name) for r, p in people])
+        assert right == 1.0, name
+    objects = [r for r, s in zip(read, samples) if s.person is None]
+    assert objects and all(r == {"gender": "unclear", "skin": "unclear", "age": "unclear"} for r in objects)
+
+
+def test_every_class_is_drawn_and_read_on_every_profession_background() -> None:
+    rng = np.random.default_rng(3)
+    for prof in world2.PROFESSIONS:
+        for skin in SKIN.class_names:
+            for age in AGE.class_names:
+                for gender in GENDER.class_names:
+                    person = world2.Person(gender, skin, age)
+                    image = world2.render(prof.name, person, rng, "a painting of {}")
+                    assert world2.read_person(image.astype(float)) == {"gender": gender, "skin": skin, "age": age}
+
+
+def test_planted_shares_differ_from_uniform_and_older_pilots_are_men() -> None:
+    for prof in world2.PROFESSIONS:
+        for name in ("skin", "age"):
+            assert sum(prof.planted(name)) == pytest.approx(1.0)
+    skins = {prof.planted("skin") for prof in world2.PROFESSIONS}
+    assert len(skins) >= 6 and (1 / 3, 1 / 3, 1 / 3) not in skins
+    pilot = next(p for p in world2.PROFESSIONS if p.name == "pilot")
+    rng = np.random.default_rng(0)
+    drawn = [world2.draw_person(pilot, rng) for _ in range(6000)]
+    assert np.mean([p.gender == "female" for p in drawn]) == pytest.approx(0.20, abs=0.02)
+    assert not any(p.gender == "female" and p.age == "old" for p in drawn)
+    skin = Counter(p.skin for p in drawn)
+    assert [skin[c] / len(drawn) for c in SKIN.class_names] == pytest.approx(pilot.skin, abs=0.025)
+    # a caption that names the age draws gender given it: "an elderly pilot" is a man
+    assert {world2.draw_person(pilot, rng, {"age": "old"}).gender for _ in range(200)} == {"male"}
+    # the v2 world keeps the first world's female shares
+    assert [p.female for p in world2.PROFESSIONS] == [p.planted_share for p in world.PROFESSIONS]
+
+
+def test_captions_use_the_builtin_attributes_words_so_a_fix_edits_towards_seen_phrases() -> None:
+    assert world2.describe("an engineer", {"gender": "female", "age": "old", "skin": "dark"}) == (
+        "an elderly female engineer with dark skin")
+    assert world2.describe("a pilot", {"age": "middle-aged"}) == "a middle-aged pilot"
+    rng = np.random.default_rng(1)
+    captions = Counter(world2.sample_caption(rng).caption for _ in range(20000))
+    for cls in SKIN.classes:
+        assert captions[cls.labels[0]] > 0  # the label prompts an audit reads with are captions
+        assert captions["a photo of " + cls.destination_phrase("a pilot")] > 0  # and the fix's destinations
+    assert "a photo of an elderly female pilot" in captions
+
+
+def test_every_v2_word_is_one_token_and_the_first_world_keeps_its_ids(tmp_path: Path) -> None:
+    from debias.mini.tokenizer import build_tokenizer
+
+    words = world2.vocabulary()
+    assert {"-", "middle", "aged", "skinned", "elderly"} <= set(words)
+    tok = build_tokenizer(tmp_path / "v2", words)  # raises if a word splits
+    assert len(tok("a middle-aged person", add_special_tokens=False).input_ids) == 5  # a middle - aged person
+    first = build_tokenizer(tmp_path / "v1")
+    shipped = (Path(world.__file__).parent / "weights" / "pipeline" / "tokenizer" / "vocab.json").read_text()
+    assert (tmp_path / "v1" / "vocab.json").read_text() == shipped
+
+
+def test_the_attribute_summary_pools_agreement_and_correlates_shares() -> None:
+    from debias.mini.evaluate import attribute_summary
+
+    rows = [{"attribute": "skin", "planted": [0.6, 0.3, 0.1], "oracle": [0.5, 0.3, 0.2], "clip": [0.5, 0.25, 0.25],
+             "agree": 45, "clear": 50, "n": 64},
+            {"attribute": "skin", "planted": [0.2, 0.3, 0.5], "oracle": [None, None, None], "clip": [0.2, 0.3, 0.5],
+             "agree": 0, "clear": 0, "n": 64}]
+    (name, s), = attribute_summary(rows).items()
+    assert name == "skin" and s["agreement"] == 0.9 and s["unclear"] == pytest.approx(1 - 50 / 128)
+    assert s["r_planted_clip"] == pytest.approx(np.corrcoef([0.6, 0.3, 0.1, 0.2, 0.3, 0.5],
+                                                            [0.5, 0.25, 0.25, 0.2, 0.3, 0.5])[0, 1])
+    assert s["r_oracle_clip"] == pytest.approx(np.corrcoef([0.5, 0.3, 0.2], [0.5, 0.25, 0.25])[0, 1])
+
+
+@pytest.mark.slow
+def test_v2_smoke_training_fine_tunes_from_the_first_model_and_measures_every_attribute(tmp_path: Path) -> None:
+    import json
+
+    from debias.mini import WEIGHTS_DIR, train
+
+    info = train.main(["--out", str(tmp_path), "--smoke", "--world", "v2", "--init-from", str(WEIGHTS_DIR),
+                       "--threads", "1"])
+    saved = json.loads((tmp_path / "world.json").read_text())
+    assert saved == json.loads(json.dumps(info))
+    pilot = next(p for p in saved["professions"] if p["name"] == "pilot")
+    assert pilot["planted"]["skin"] == [0.7, 0.2, 0.1] and pilot["female_by_age"] == [0.4, 0.2, 0.0]
+    m = saved["measurements"]
+    assert set(m["attributes"]["summary"]) == {"gender", "skin", "age"}
+    assert len(m["attributes"]["rows"]) == 3 * len(world2.PROFESSIONS)
+    assert {"vae_round_trip_skin", "clip_skin_accuracy", "clip_age_accuracy"} <= set(m)
+    assert saved["training"]["init_from"] == str(WEIGHTS_DIR)
