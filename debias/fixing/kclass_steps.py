@@ -2,7 +2,7 @@
 
 audit before (test and tuning prompts, every attribute) → per profession and fixed attribute: the band check,
 destination rows, side-effect caps, the k-class strength search (stored, so a resumed run reuses it) → one joint
-edit → the shipped edit's after audit and side effects (:func:`.steps.ship_and_judge`) → the ``attribute_fixes``
+edit → the shipped edit's after audit and side effects (:func:`.ship.ship_and_judge`) → the ``attribute_fixes``
 block of ``fix.json``. Two fixed attributes are edited as their crossed attribute (cells, :class:`.kclass.
 CrossedAttribute`); the audits then also cross the two, which is where the cells' counts come from. The math is
 in :mod:`.kclass`; :mod:`debias.search_k` searches.
@@ -226,7 +226,7 @@ def fix_attributes(run, opts: FixOptions, fixed: Sequence[Attribute], started, t
 
     from debias.fixing.kclass_record import attribute_fixes
     from debias.fixing.record import fix_record, image_counts
-    from debias.fixing.steps import ship_and_judge
+    from debias.fixing.ship import ship_and_judge
 
     before, tuning = audits_before(run, opts, fixed)
     profs = plan_edits(run, opts, edited_attributes(fixed), tuning)

@@ -20,9 +20,8 @@ from debias.fixing.options import (
 )
 from debias.fixing.kclass_steps import fix_attributes
 from debias.fixing.record import fix_record, image_counts, nothing_edited
-from debias.fixing.steps import (
-    audit_before, choose_destinations, gender_metadata, joint_edit, search_strengths, setup, ship_and_judge,
-)
+from debias.fixing.ship import ship_and_judge
+from debias.fixing.steps import audit_before, choose_destinations, gender_metadata, joint_edit, search_strengths, setup
 from debias.prompts import read_professions, templates_from_option
 from debias.report import render_report
 from debias.results import FixResult
