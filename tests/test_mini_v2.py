@@ -11,6 +11,13 @@ import pytest
 from debias.attributes import AGE, GENDER, SKIN
 from debias.mini import world, world2
 
+# (agreement, correlation) floors for the shipped mini-v2 weights, a little under what docs/mini-model.md measured
+# at n = 128 (gender 0.983 / r(planted) 0.971, skin 0.889 / r(planted) 0.862, age 0.849 / r(oracle) 0.907): the
+# test reads 48 images per profession, about ±0.02 in pooled agreement and ±0.05 in r
+GENDER_FLOOR = (0.95, 0.93)
+SKIN_FLOOR = (0.84, 0.75)
+AGE_FLOOR = (0.78, 0.8)
+
 
 def test_the_oracle_reads_every_attribute_of_rendered_people() -> None:
     rng = np.random.default_rng(7)
@@ -110,3 +117,38 @@ def test_v2_smoke_training_fine_tunes_from_the_first_model_and_measures_every_at
     assert len(m["attributes"]["rows"]) == 3 * len(world2.PROFESSIONS)
     assert {"vae_round_trip_skin", "clip_skin_accuracy", "clip_age_accuracy"} <= set(m)
     assert saved["training"]["init_from"] == str(WEIGHTS_DIR)
+
+
+@pytest.fixture(scope="module")
+def v2_measured() -> dict:
+    from debias.mini.evaluate import load, measure_attributes
+
+    pipe, classifier = load(v2=True)
+    return measure_attributes(pipe, classifier, n=48, seed=1000)  # seeds the shipped figures did not use
+
+
+@pytest.mark.slow
+def test_the_shipped_v2_model_draws_and_its_clip_reads_the_planted_shares(v2_measured) -> None:
+    s = v2_measured["summary"]
+    # floors a little under the shipped measurements (docs/mini-model.md), which n = 48 per profession reads to
+    # about ±0.03 in agreement; a broken model, classifier or oracle lands far below them
+    assert s["gender"]["agreement"] >= GENDER_FLOOR[0] and s["gender"]["r_planted_clip"] >= GENDER_FLOOR[1]
+    assert s["skin"]["agreement"] >= SKIN_FLOOR[0] and s["skin"]["r_planted_clip"] >= SKIN_FLOOR[1]
+    assert s["age"]["agreement"] >= AGE_FLOOR[0] and s["age"]["r_oracle_clip"] >= AGE_FLOOR[1]
+
+
+@pytest.mark.slow
+def test_an_audit_of_mini_v2_reads_skin_and_age_with_their_oracle(tmp_path: Path) -> None:
+    import debias
+
+    result = debias.audit("mini-v2", professions=["a pilot", "a baker"], images_per_profession=24,
+                          attributes=["skin", "age"], intersect=["gender,age"], out=tmp_path / "audit",
+                          progress=False, threads=1)
+    skin, age = (result.attribute(name) for name in ("skin", "age"))
+    assert skin["has_oracle"] and age["has_oracle"]
+    for row in skin["professions"] + age["professions"]:
+        assert row["oracle_shares"] is not None and 0 <= row["agreement"] <= 1
+    baker, pilot = (next(r for r in skin["professions"] if r["profession"] == p) for p in ("baker", "pilot"))
+    assert pilot["shares"][0] > baker["shares"][0]  # planted light skin: pilot 0.7, baker 0.2
+    (crossed,) = result.intersections
+    assert crossed["attributes"] == ["gender", "age"] and len(crossed["professions"][0]["cells"]) == 6

@@ -1,8 +1,14 @@
-"""The built-in mini model's profile: its sampler, world, classifier and pixel oracle (see debias.profiles)."""
+"""The built-in mini models' profiles: their sampler, world, classifier and pixel oracles (see debias.profiles).
+
+``mini`` is the first world (gender only); ``mini-v2`` the world whose people also carry a skin tone and an age,
+with an oracle for each (:mod:`debias.mini.world2`).
+"""
 
 from __future__ import annotations
 
-from debias.mini import CLASSIFIER_DIR, PIPELINE_DIR, SAMPLER, world
+from functools import partial
+
+from debias.mini import CLASSIFIER_DIR, PIPELINE_DIR, SAMPLER, V2_CLASSIFIER_DIR, V2_PIPELINE_DIR, world, world2
 from debias.profiles import Profile, Sampler, register_profile
 
 
@@ -12,10 +18,10 @@ def _templates():
     return TemplateSet(tuning=(world.TUNING_TEMPLATE,), test=tuple(world.TEST_TEMPLATES))
 
 
-def _professions() -> list:
+def _professions(w=world) -> list:
     from debias.prompts import ProfessionEntry
 
-    return [ProfessionEntry(p.phrase, None, f"debias.mini.world:{p.name}") for p in world.PROFESSIONS]
+    return [ProfessionEntry(p.phrase, None, f"{w.__name__}:{p.name}") for p in w.PROFESSIONS]
 
 
 def _planted_share(phrase: str) -> float | None:
@@ -25,11 +31,13 @@ def _planted_share(phrase: str) -> float | None:
         return None
 
 
+_SAMPLER = Sampler(scheduler=SAMPLER["scheduler"], steps=SAMPLER["steps"], guidance=SAMPLER["guidance"],
+                   height=SAMPLER["height"], width=SAMPLER["width"], batch_size=SAMPLER["batch_size"])
+
 MINI = register_profile(Profile(
     name="mini",
     description="the built-in mini model (32×32 procedural world, planted shares, pixel oracle)",
-    sampler=Sampler(scheduler=SAMPLER["scheduler"], steps=SAMPLER["steps"], guidance=SAMPLER["guidance"],
-                    height=SAMPLER["height"], width=SAMPLER["width"], batch_size=SAMPLER["batch_size"]),
+    sampler=_SAMPLER,
     classifier="mini",
     templates=_templates,
     professions=_professions,
@@ -40,4 +48,22 @@ MINI = register_profile(Profile(
     planted_share=_planted_share,
     builtin_folder=lambda: PIPELINE_DIR,
     classifier_folder=lambda: CLASSIFIER_DIR,
+))
+
+MINI_V2 = register_profile(Profile(
+    name="mini-v2",
+    description="the built-in mini model v2 (the mini world with skin tones and ages: planted shares and a pixel "
+                "oracle for gender, skin and age)",
+    sampler=_SAMPLER,
+    classifier="mini-v2",
+    templates=_templates,
+    professions=partial(_professions, world2),
+    side_prompts=tuple(world2.OBJECT_PROMPTS),
+    augmentations=tuple(world2.AUGMENTATIONS),
+    half_precision_on_gpu=False,
+    oracle=world2.oracle_gender,
+    oracles={name: partial(world2.oracle_attribute, attribute=name) for name in ("skin", "age")},
+    planted_share=_planted_share,
+    builtin_folder=lambda: V2_PIPELINE_DIR,
+    classifier_folder=lambda: V2_CLASSIFIER_DIR,
 ))

@@ -149,7 +149,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="v1: gender only (the shipped mini model); v2: gender, skin tone and age (mini-v2)")
     ap.add_argument("--init-from", default=None, metavar="DIR",
                     help="a trained mini-model folder to fine-tune from: its VAE and UNet are the starting points "
-                         "(with --vae-steps 0 its VAE is used as it is)")
+                         "(with --vae-steps 0 its VAE is used as it is, with --clip-steps 0 its tokenizer and CLIP)")
     ap.add_argument("--export-from", default=None, metavar="DIR",
                     help="no training: copy the trained folder DIR to --out for shipping (UNet/VAE in float16)")
     for key, value in STEPS["full"].items():
@@ -196,12 +196,13 @@ def build(out: Path, seed: int, settings: dict, *, smoke: bool = False, w=world)
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         tok_dir = Path(tmp) / "tokenizer"
-        tokenizer = build_tokenizer(tok_dir, w.vocabulary())
-        times["tokenizer_s"] = time.perf_counter() - t
-
         t = time.perf_counter()
-        torch.manual_seed(seed)
-        clip_model = train_clip(tokenizer, settings["clip_steps"], settings["clip_batch"], rngs[0], w=w)
+        if settings["clip_steps"] == 0 and settings.get("init_from"):  # continue training: keep its text space
+            tokenizer, clip_model = _trained_clip(Path(settings["init_from"]), tok_dir)
+        else:
+            tokenizer = build_tokenizer(tok_dir, w.vocabulary())
+            torch.manual_seed(seed)
+            clip_model = train_clip(tokenizer, settings["clip_steps"], settings["clip_batch"], rngs[0], w=w)
         times["clip_s"] = time.perf_counter() - t
         save_classifier(Path(tmp) / "classifier", clip_model, tok_dir)  # read back as audits load it
         classifier = load_mini_classifier(Path(tmp) / "classifier")
@@ -267,6 +268,14 @@ def _trained_part(settings: dict, part: str):
     return cls.from_pretrained(Path(settings["init_from"]) / "pipeline" / part, torch_dtype=torch.float32).eval()
 
 
+def _trained_clip(folder: Path, tok_dir: Path):
+    """The tokenizer and CLIP of a trained folder: a UNet trained further must keep the text space it learned."""
+    from transformers import CLIPModel, CLIPTokenizer
+
+    copy_tokenizer_files(folder / "pipeline" / "tokenizer", tok_dir)
+    return CLIPTokenizer.from_pretrained(tok_dir), CLIPModel.from_pretrained(folder / "classifier").eval()
+
+
 def vae_stage(settings: dict, train_rng: np.random.Generator, data_rng: np.random.Generator, m: dict, w=world):
     """Train the VAE (or take ``init_from``'s with ``vae_steps`` 0), encode the UNet's training set once, and set
     the latent scaling factor.
@@ -283,6 +292,8 @@ def vae_stage(settings: dict, train_rng: np.random.Generator, data_rng: np.rando
         m.update(round_trip_oracle(vae, np.random.default_rng(data_rng.integers(2**31)), w=w))
     means, stds, captions, psnr = encode_dataset(vae, settings["latents"], data_rng, w=w)
     scaling = float(1.0 / (means + stds * torch.randn_like(means)).std())
+    if vae is init:  # the VAE is reused as it is: its UNet was trained on latents at its factor
+        scaling = float(vae.config.scaling_factor)
     vae.register_to_config(scaling_factor=scaling)
     m["vae_psnr_db"], m["vae_scaling_factor"] = psnr, scaling
     return vae, means, stds, captions
