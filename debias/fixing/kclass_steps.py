@@ -51,6 +51,7 @@ def audits_before(run, opts: FixOptions, attributes: Sequence[Attribute]):
 
 
 def edit_target(entry, attribute: Attribute | CrossedAttribute, default_gender: float) -> tuple[float, ...]:
+    """The profession's target for what is edited (a crossed attribute's: the product of its two targets)."""
     if isinstance(attribute, CrossedAttribute):
         return attribute.target(profession_target(entry, attribute.first, default_gender)[0],
                                 profession_target(entry, attribute.second, default_gender)[0])
@@ -67,7 +68,8 @@ def inside_band(edit: ClassEdit, counts, tolerance: float):
     return None if None in checks else all(checks)
 
 
-def plan_edits(run, opts: FixOptions, attributes: Sequence[Attribute | CrossedAttribute], tuning) -> list[list[ClassEdit]]:
+def plan_edits(run, opts: FixOptions, attributes: Sequence[Attribute | CrossedAttribute],
+               tuning) -> list[list[ClassEdit]]:
     """Per profession, one :class:`ClassEdit` per edited attribute, with its band check and caps."""
     profs = []
     for entry in run.entries:

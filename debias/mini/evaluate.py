@@ -127,7 +127,8 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float | None:
 
 
 def attribute_summary(rows: list[dict]) -> dict:
-    """Per attribute: pooled CLIP–oracle agreement and r(planted, CLIP), r(oracle, CLIP) over professions × classes."""
+    """Per attribute: pooled CLIP–oracle agreement, and r(planted, CLIP) and r(oracle, CLIP) over professions ×
+    classes."""
     out = {}
     for name in dict.fromkeys(r["attribute"] for r in rows):
         mine = [r for r in rows if r["attribute"] == name]

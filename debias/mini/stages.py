@@ -177,7 +177,8 @@ def round_trip_oracle(vae, rng: np.random.Generator, n: int = 512, w=world) -> d
         recon = vae.decode(vae.encode(_to_tensor(images)).latent_dist.mean).sample.clamp(-1, 1)
     recon = ((recon.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().astype(np.uint8)
     read = w.oracle(recon)
-    return {f"vae_round_trip_{name}": float(np.mean([r[name] == getattr(s.person, name) for r, s in zip(read, samples)]))
+    return {f"vae_round_trip_{name}": float(np.mean([r[name] == getattr(s.person, name)
+                                                     for r, s in zip(read, samples)]))
             for name in w.ATTRIBUTES}
 
 
