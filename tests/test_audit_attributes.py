@@ -60,6 +60,23 @@ def _without(record: dict, keys=VOLATILE + ("attributes", "intersections")) -> d
     return {k: v for k, v in record.items() if k not in keys}
 
 
+def _split_pixel_readings(record, readings: list):
+    """The record with each sample's ``p_female`` taken out into ``readings`` (in order). The stand-in classifier
+    reads it from pixel brightness, and another CPU's float kernels (seen between machines of one type) move the
+    tiny model's pixels in the 4th decimal; counts, labels and statistics must still match exactly."""
+    if isinstance(record, dict):
+        out = {}
+        for k, v in record.items():
+            if k == "p_female" and isinstance(v, float):
+                readings.append(v)
+                v = None
+            out[k] = _split_pixel_readings(v, readings)
+        return out
+    if isinstance(record, list):
+        return [_split_pixel_readings(v, readings) for v in record]
+    return record
+
+
 # ------------------------------------------------------------------------------------------ the abstain rule
 def test_k_class_abstain_rule():
     classes = ("light", "medium", "dark")
@@ -275,7 +292,10 @@ def test_gender_only_audit_is_what_it_was(tmp_path: Path) -> None:
     assert list(now) == list(old)  # the same keys in the same order
     for record in (old, now):
         record["model"]["spec"] = "tiny"  # a temporary folder, another each run
-    assert _without(now, VOLATILE) == _without(old, VOLATILE)
+    readings_now, readings_old = [], []
+    assert _split_pixel_readings(_without(now, VOLATILE), readings_now) == _split_pixel_readings(
+        _without(old, VOLATILE), readings_old)
+    assert readings_now == pytest.approx(readings_old, abs=2e-3) and len(readings_now) == len(readings_old) > 0
     assert (tmp_path / "tiny" / "audit.csv").read_text() == (FIXTURE / "tiny" / "audit.csv").read_text()
     assert result.attributes is None and not (tmp_path / "tiny" / "audit_attributes.csv").exists()
 
