@@ -43,7 +43,8 @@ from debias.attributes import Attribute
 from debias.audit_attributes import AttributePlan, attribute_classifiers, audit_attributes, plan_attributes
 from debias.cache import ImageCache, edit_id
 from debias.errors import InputError
-from debias.generate import Distributed, SampleResult, measure, work_items
+from debias.distributed import Distributed
+from debias.generate import SampleResult, measure, work_items
 from debias.memory import MemoryOptions
 from debias.profiles import Profile
 from debias.prompts import (

@@ -27,15 +27,15 @@ The cache itself (keys, PNGs, index) is :mod:`debias.cache`.
 from __future__ import annotations
 
 import inspect
-import os
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
 from debias.cache import ImageCache, edit_id, item_key, model_key
+from debias.distributed import Distributed
 from debias.errors import GenerationError, InputError
 from debias.memory import AdaptiveBatch, execution_device, vae_tiles
 
@@ -172,31 +172,6 @@ def use_scheduler(pipe, name: str | None) -> None:
         raise InputError(f"unknown scheduler {name!r}; use a diffusers scheduler class name such as "
                          f"'DPMSolverMultistepScheduler'")
     pipe.scheduler = cls.from_config(pipe.scheduler.config)
-
-
-# --------------------------------------------------------------------------------------- distributed
-@dataclass(frozen=True)
-class Distributed:
-    """Which share of the work items this process does, and how to wait for the others."""
-
-    rank: int = 0
-    world_size: int = 1
-    barrier: Callable[[], None] = field(default=lambda: None, compare=False)
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def distributed_from_env() -> Distributed:
-    """One process, or the ``accelerate launch`` group this process belongs to (from its env vars)."""
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
-        return Distributed()
-    from accelerate import PartialState
-
-    # cpu=True selects accelerate's multi-CPU (gloo) state when there is no GPU to share the work
-    state = PartialState(cpu=not torch.cuda.is_available())
-    return Distributed(rank=state.process_index, world_size=state.num_processes, barrier=state.wait_for_everyone)
 
 
 # ------------------------------------------------------------------------------------------- measure

@@ -17,7 +17,8 @@ from typing import Any, Optional
 import torch
 
 from debias.errors import InputError
-from debias.generate import Distributed, SamplerSettings, default_batch_size, default_settings, distributed_from_env
+from debias.distributed import Distributed, distributed_from_env
+from debias.generate import SamplerSettings, default_batch_size, default_settings
 from debias.memory import MemoryOptions, apply_memory_options
 from debias.profiles import (
     Profile, builtin_model, get_profile, profile_of_folder, profile_of_pipeline, profiles_of_class,
