@@ -30,10 +30,16 @@ def _python_block(containing: str) -> str:
     return block
 
 
+def _run_readme_block(containing: str, folder, monkeypatch, capsys) -> str:
+    """Run the README's Python example that contains ``containing`` in ``folder``, as a reader would; what it
+    printed."""
+    monkeypatch.chdir(folder)
+    exec(compile(_python_block(containing), "README.md", "exec"), {})
+    return capsys.readouterr().out
+
+
 def test_readme_edit_example_runs(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    exec(compile(_python_block("debias.edit("), "README.md", "exec"), {})
-    said = capsys.readouterr().out
+    said = _run_readme_block("debias.edit(", tmp_path, monkeypatch, capsys)
     assert re.search(r"^\d+ K/V layers edited; \d+ token rows$", said, flags=re.M)
     assert "edit: 1 pair(s)" in said and (tmp_path / "nurse.safetensors").is_file()
     edit = debias.editing.read_edit(tmp_path / "nurse.safetensors")
@@ -43,9 +49,7 @@ def test_readme_edit_example_runs(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_readme_audit_example_runs(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    exec(compile(_python_block("debias.audit("), "README.md", "exec"), {})
-    said = capsys.readouterr().out
+    said = _run_readme_block("debias.audit(", tmp_path, monkeypatch, capsys)
     result = debias.AuditResult.from_json(tmp_path / "runs/py-audit")
     nurse = result.row("a nurse")
     assert f"nurse {nurse.share_female:.2f} [{nurse.ci_low:.2f}, {nurse.ci_high:.2f}]" in said
@@ -55,9 +59,7 @@ def test_readme_audit_example_runs(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_readme_fix_and_report_example_runs(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    exec(compile(_python_block("debias.fix("), "README.md", "exec"), {})
-    said = capsys.readouterr().out
+    said = _run_readme_block("debias.fix(", tmp_path, monkeypatch, capsys)
     result = debias.FixResult.from_json(tmp_path / "runs/py-fix")
     for row in result.professions:
         assert f"{row.profession}: {row.share_before:.2f} -> {row.share_after:.2f} ({row.status})" in said
