@@ -304,9 +304,16 @@ def sample_caption(rng: np.random.Generator) -> Sample:
     if u < mix["person"]:
         gender = "female" if rng.random() < 0.5 else "male"
         return Sample(template.format(f"a {PERSON_WORDS[gender]}"), "person", gender, template)
+    caption, name, template = object_caption(rng)
+    return Sample(caption, name, None, template)
+
+
+def object_caption(rng: np.random.Generator) -> tuple[str, str, str]:
+    """``(caption, object name, template)`` of an object caption (the augmentation templates only: no "an apple
+    at work")."""
     name = list(OBJECTS)[int(rng.integers(len(OBJECTS)))]
-    template = AUGMENTATIONS[int(rng.integers(len(AUGMENTATIONS)))]  # no "an apple at work"
-    return Sample(template.format(OBJECTS[name]), name, None, template)
+    template = AUGMENTATIONS[int(rng.integers(len(AUGMENTATIONS)))]
+    return template.format(OBJECTS[name]), name, template
 
 
 def render_sample(sample: Sample, rng: np.random.Generator) -> np.ndarray:

@@ -213,9 +213,8 @@ def sample_caption(rng: np.random.Generator) -> Sample:
     if u < mix["person"]:
         caption, name, cls = LABEL_CAPTIONS[int(rng.integers(len(LABEL_CAPTIONS)))]
         return Sample(caption, "person", draw_person(None, rng, {name: cls}), TUNING_TEMPLATE)
-    name = list(OBJECTS)[int(rng.integers(len(OBJECTS)))]
-    template = AUGMENTATIONS[int(rng.integers(len(AUGMENTATIONS)))]
-    return Sample(template.format(OBJECTS[name]), name, None, template)
+    caption, name, template = world.object_caption(rng)
+    return Sample(caption, name, None, template)
 
 
 def render_sample(sample: Sample, rng: np.random.Generator) -> np.ndarray:
