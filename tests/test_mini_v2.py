@@ -47,6 +47,8 @@ def test_planted_shares_differ_from_uniform_and_older_pilots_are_men() -> None:
     for prof in world2.PROFESSIONS:
         for name in ("skin", "age"):
             assert sum(prof.planted(name)) == pytest.approx(1.0)
+        if prof.female_by_age is not None:  # the age-given female shares average to the profession's
+            assert float(np.dot(prof.age, prof.female_by_age)) == pytest.approx(prof.female)
     skins = {prof.planted("skin") for prof in world2.PROFESSIONS}
     assert len(skins) >= 6 and (1 / 3, 1 / 3, 1 / 3) not in skins
     pilot = next(p for p in world2.PROFESSIONS if p.name == "pilot")

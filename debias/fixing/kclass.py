@@ -32,7 +32,7 @@ one fix does not undo another.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
 import numpy as np
@@ -77,10 +77,14 @@ class CrossedAttribute:
     def pair(self) -> tuple[str, str]:
         return (self.first.name, self.second.name)
 
+    @staticmethod
+    def cell_name(first: str, second: str) -> str:
+        return f"{first}_{second}"
+
     @property
     def classes(self) -> tuple[Cell, ...]:
         gender_first = self.second.name == GENDER.name
-        return tuple(Cell(f"{a.name}_{b.name}", (b, a) if gender_first else (a, b))
+        return tuple(Cell(self.cell_name(a.name, b.name), (b, a) if gender_first else (a, b))
                      for a in self.first.classes for b in self.second.classes)
 
     @property
@@ -103,7 +107,7 @@ class CrossedAttribute:
     def joint_labels(self, first: Sequence[str], second: Sequence[str]) -> list[str]:
         """Each image's cell, or "unclear" where either attribute was not read."""
         names_a, names_b = set(self.first.class_names), set(self.second.class_names)
-        return [f"{a}_{b}" if a in names_a and b in names_b else "unclear" for a, b in zip(first, second)]
+        return [self.cell_name(a, b) if a in names_a and b in names_b else "unclear" for a, b in zip(first, second)]
 
 
 @dataclass
@@ -137,8 +141,6 @@ class ClassEdit:
 def edit_of(edits: Sequence[ClassEdit], attribute: Attribute) -> Optional[ClassEdit]:
     """One profession's edit of ``attribute``; where it was edited crossed with another, a view of the crossed
     edit with this attribute's target and tuning counts (strengths and destinations stay the cells')."""
-    from dataclasses import replace
-
     for e in edits:
         if e.attribute.name == attribute.name:
             return e

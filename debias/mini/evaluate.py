@@ -150,14 +150,14 @@ def format_attributes(measured: dict) -> str:
     def shares(values) -> str:
         return "/".join("-" if v is None else f"{v:.2f}" for v in values)
 
+    def num(v) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
     lines = [f"{'profession':<10} {'attribute':<7} {'planted':>16} {'oracle':>16} {'clip':>16} {'agree':>6}"]
     for r in measured["rows"]:
         agree = r["agree"] / r["clear"] if r["clear"] else float("nan")
         lines.append(f"{r['profession']:<10} {r['attribute']:<7} {shares(r['planted']):>16} "
                      f"{shares(r['oracle']):>16} {shares(r['clip']):>16} {agree:>6.2f}")
-    def num(v) -> str:
-        return "-" if v is None else f"{v:.3f}"
-
     for name, s in measured["summary"].items():
         lines.append(f"{name}: agreement {num(s['agreement'])}, unclear {num(s['unclear'])}, "
                      f"r(planted, clip) {num(s['r_planted_clip'])}, r(oracle, clip) {num(s['r_oracle_clip'])}")

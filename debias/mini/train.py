@@ -193,7 +193,6 @@ def build(out: Path, seed: int, settings: dict, *, smoke: bool = False, w=world)
     torch.manual_seed(seed)
     rngs = [np.random.default_rng([seed, k]) for k in range(6)]
     times, m = {}, {}
-    t = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         tok_dir = Path(tmp) / "tokenizer"
         t = time.perf_counter()

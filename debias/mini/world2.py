@@ -70,34 +70,9 @@ PROFESSIONS: list[Profession] = [
     Profession("pilot", "a", 0.20, (0.7, 0.2, 0.1), (0.3, 0.4, 0.3), female_by_age=(0.4, 0.2, 0.0)),
     Profession("engineer", "an", 0.10, (0.3, 0.5, 0.2), (0.5, 0.3, 0.2)),
 ]
-_BY_NAME = {p.name: p for p in PROFESSIONS}
 
 # Caption mix of the training set (fractions sum to 1).
 CAPTION_MIX = {"profession": 0.45, "attributed_profession": 0.30, "person": 0.15, "object": 0.10}
-
-
-def _check_planted() -> None:
-    for p in PROFESSIONS:
-        for name in ("skin", "age"):
-            if abs(sum(p.planted(name)) - 1) > 1e-9:
-                raise AssertionError(f"{p.name}: planted {name} shares do not sum to 1")
-        if p.female_by_age is not None and abs(float(np.dot(p.age, p.female_by_age)) - p.female) > 1e-9:
-            raise AssertionError(f"{p.name}: female_by_age does not average to the female share")
-
-
-_check_planted()
-
-
-def profession_of(prompt: str) -> Profession | None:
-    for word in prompt.lower().split():
-        if word in _BY_NAME:
-            return _BY_NAME[word]
-    return None
-
-
-def planted_share(name_or_phrase: str) -> float:
-    """Planted female share, as :func:`debias.mini.world.planted_share` (same professions, same shares)."""
-    return world.planted_share(name_or_phrase)
 
 
 def planted_joint(profession: Profession) -> dict[tuple[str, str], float]:
@@ -135,14 +110,12 @@ def draw_person(profession: Profession | None, rng: np.random.Generator, given: 
             given.setdefault(name, attr.class_names[int(rng.integers(attr.k))])
         return Person(**given)
     joint = planted_joint(profession)
-    if "gender" in given and "age" in given:
-        pass
-    elif "age" in given:
+    if "age" in given and "gender" not in given:
         female = joint[("female", given["age"])] / profession.age[AGE.index(given["age"])]
         given["gender"] = "female" if rng.random() < female else "male"
-    elif "gender" in given:
+    elif "gender" in given and "age" not in given:
         given["age"] = _choice(rng, AGE.class_names, [joint[(given["gender"], a)] for a in AGE.class_names])
-    else:
+    elif "gender" not in given:  # neither named: the joint cell
         cells = list(joint)
         given["gender"], given["age"] = cells[int(rng.choice(len(cells), p=np.asarray(list(joint.values()))))]
     given.setdefault("skin", _choice(rng, SKIN.class_names, profession.skin))
