@@ -121,6 +121,32 @@ def test_v2_smoke_training_fine_tunes_from_the_first_model_and_measures_every_at
     assert saved["training"]["init_from"] == str(WEIGHTS_DIR)
 
 
+def test_fine_tuning_clip_needs_a_folder_to_start_from(tmp_path: Path) -> None:
+    from debias.mini import train
+
+    with pytest.raises(SystemExit, match="--fine-tune-clip needs --init-from DIR"):
+        train.main(["--out", str(tmp_path), "--smoke", "--world", "v2", "--fine-tune-clip"])
+
+
+@pytest.mark.slow
+def test_v2_smoke_training_fine_tunes_the_shipped_clip_keeping_its_tokenizer(tmp_path: Path) -> None:
+    import torch
+    from transformers import CLIPModel
+
+    from debias.mini import V2_WEIGHTS_DIR, train
+
+    train.main(["--out", str(tmp_path), "--smoke", "--world", "v2", "--init-from", str(V2_WEIGHTS_DIR),
+                "--fine-tune-clip", "--threads", "1"])
+    vocab = "pipeline/tokenizer/vocab.json"
+    assert (tmp_path / vocab).read_text() == (V2_WEIGHTS_DIR / vocab).read_text()
+    before = CLIPModel.from_pretrained(V2_WEIGHTS_DIR / "classifier").state_dict()
+    after = CLIPModel.from_pretrained(tmp_path / "classifier").state_dict()
+    moved = [k for k in before if not torch.equal(before[k], after[k])]
+    assert moved  # trained further, from the shipped weights
+    close = [k for k in before if torch.allclose(before[k], after[k], atol=0.05)]
+    assert len(close) == len(before)  # three small steps: every tensor near where it started
+
+
 @pytest.fixture(scope="module")
 def v2_measured() -> dict:
     from debias.mini.evaluate import load, measure_attributes

@@ -57,12 +57,16 @@ def clip_config(tokenizer):
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=64)
 
 
-def train_clip(tokenizer, steps: int, batch: int, rng: np.random.Generator, lr: float = 2e-3, w=world):
-    """Contrastive training; images with identical captions count as positives of each other."""
+def train_clip(tokenizer, steps: int, batch: int, rng: np.random.Generator, lr: float = 2e-3, w=world, init=None):
+    """Contrastive training; images with identical captions count as positives of each other.
+
+    ``init`` (a trained CLIPModel with the same tokenizer) is fine-tuned rather than a new one trained, so the
+    text space a UNet was trained on moves little when the renders change.
+    """
     import torch
     from transformers import CLIPModel
 
-    model = CLIPModel(clip_config(tokenizer))
+    model = CLIPModel(clip_config(tokenizer)) if init is None else init.train()
     ids_of = CaptionIds(tokenizer)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = _lr_schedule(opt, steps, 0.1)

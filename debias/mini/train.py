@@ -150,6 +150,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--init-from", default=None, metavar="DIR",
                     help="a trained mini-model folder to fine-tune from: its VAE and UNet are the starting points "
                          "(with --vae-steps 0 its VAE is used as it is, with --clip-steps 0 its tokenizer and CLIP)")
+    ap.add_argument("--fine-tune-clip", action="store_true",
+                    help="with --init-from: train its tokenizer's CLIP further for --clip-steps instead of a new one "
+                         "(for renders that changed while the words did not)")
     ap.add_argument("--export-from", default=None, metavar="DIR",
                     help="no training: copy the trained folder DIR to --out for shipping (UNet/VAE in float16)")
     for key, value in STEPS["full"].items():
@@ -172,8 +175,11 @@ def main(argv: list[str] | None = None) -> dict:
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     print(f"mini model: seed {args.seed}, {threads} thread(s), settings {settings}", flush=True)
+    if args.fine_tune_clip and not args.init_from:
+        raise SystemExit("--fine-tune-clip needs --init-from DIR: the folder whose CLIP is trained further")
     if args.init_from:
         settings["init_from"] = str(args.init_from)
+        settings["fine_tune_clip"] = args.fine_tune_clip
     return build(Path(args.out), args.seed, settings, smoke=args.smoke, w=WORLDS[args.world])
 
 
@@ -196,8 +202,11 @@ def build(out: Path, seed: int, settings: dict, *, smoke: bool = False, w=world)
     with tempfile.TemporaryDirectory() as tmp:
         tok_dir = Path(tmp) / "tokenizer"
         t = time.perf_counter()
-        if settings["clip_steps"] == 0 and settings.get("init_from"):  # continue training: keep its text space
-            tokenizer, clip_model = _trained_clip(Path(settings["init_from"]), tok_dir)
+        if settings.get("init_from") and (settings["clip_steps"] == 0 or settings.get("fine_tune_clip")):
+            tokenizer, clip_model = _trained_clip(Path(settings["init_from"]), tok_dir)  # keep its text space
+            if settings["clip_steps"]:
+                clip_model = train_clip(tokenizer, settings["clip_steps"], settings["clip_batch"], rngs[0], w=w,
+                                        init=clip_model, lr=FINE_TUNE_LR["clip"])
         else:
             tokenizer = build_tokenizer(tok_dir, w.vocabulary())
             torch.manual_seed(seed)
@@ -249,7 +258,7 @@ def build(out: Path, seed: int, settings: dict, *, smoke: bool = False, w=world)
     return info
 
 
-FINE_TUNE_LR = {"vae": 3e-4, "unet": 5e-4}  # from scratch: 1e-3 both; a full-size first Adam step wrecks a trained net
+FINE_TUNE_LR = {"clip": 3e-4, "vae": 3e-4, "unet": 5e-4}  # from scratch: 1e-3 both; a full-size first Adam step wrecks a trained net
 
 
 def _lr(settings: dict, part: str) -> float:
