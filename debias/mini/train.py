@@ -165,6 +165,8 @@ def main(argv: list[str] | None = None) -> dict:
     from ..threads import set_threads
 
     args = parse_args(argv)
+    if args.fine_tune_clip and not args.init_from:
+        raise SystemExit("--fine-tune-clip needs --init-from DIR: the folder whose CLIP is trained further")
     threads = set_threads(args.threads)
     if args.export_from:
         size = export_weights(Path(args.export_from), Path(args.out))
@@ -175,8 +177,6 @@ def main(argv: list[str] | None = None) -> dict:
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     print(f"mini model: seed {args.seed}, {threads} thread(s), settings {settings}", flush=True)
-    if args.fine_tune_clip and not args.init_from:
-        raise SystemExit("--fine-tune-clip needs --init-from DIR: the folder whose CLIP is trained further")
     if args.init_from:
         settings["init_from"] = str(args.init_from)
         settings["fine_tune_clip"] = args.fine_tune_clip
