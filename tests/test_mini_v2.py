@@ -180,3 +180,25 @@ def test_an_audit_of_mini_v2_reads_skin_and_age_with_their_oracle(tmp_path: Path
     assert pilot["shares"][0] > baker["shares"][0]  # planted light skin: pilot 0.7, baker 0.2
     (crossed,) = result.intersections
     assert crossed["attributes"] == ["gender", "age"] and len(crossed["professions"][0]["cells"]) == 6
+
+
+def test_evaluate_v2_samples_with_the_requested_steps_and_guidance(tmp_path: Path, monkeypatch) -> None:
+    import json
+
+    from debias.mini import evaluate
+
+    calls = []
+    real = evaluate.generate
+
+    def spy(pipe, prompt, n, seed=0, steps=10, guidance=1.0, batch_size=64):
+        calls.append((steps, guidance))
+        return real(pipe, prompt, n, seed, steps, guidance, batch_size)
+
+    monkeypatch.setattr(evaluate, "generate", spy)
+    out = tmp_path / "measured.json"
+    evaluate.main(["--world", "v2", "--n", "2", "--steps", "3", "--guidance", "2.5", "--threads", "1",
+                   "--json", str(out)])
+    assert calls and set(calls) == {(3, 2.5)}  # every profession, with what was asked (it once used 10 and 1.0)
+    measured = json.loads(out.read_text())
+    assert (measured["steps"], measured["guidance"]) == (3, 2.5)
+    assert len(measured["rows"]) == 3 * len(world2.PROFESSIONS)

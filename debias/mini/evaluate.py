@@ -87,7 +87,7 @@ def format_table(rows: list[dict], images_per_s: float) -> str:
 
 
 def measure_attributes(pipe, classifier, n: int = 64, seed: int = 0, template: str = world.TUNING_TEMPLATE,
-                       professions=None) -> dict:
+                       professions=None, steps: int = 10, guidance: float = 1.0) -> dict:
     """Mini world v2 against its ground truth: per profession and attribute, planted / oracle / CLIP shares.
 
     Each attribute is read by the classifier as an audit reads it (gender with the classifier's own labels, skin
@@ -103,7 +103,7 @@ def measure_attributes(pipe, classifier, n: int = 64, seed: int = 0, template: s
     readers = {name: (classifier if name == "gender" else classifier.for_attribute(attr))
                for name, attr in world2.ATTRIBUTES.items()}
     for prof in professions:
-        imgs = generate(pipe, template.format(prof.phrase), n, seed)
+        imgs = generate(pipe, template.format(prof.phrase), n, seed, steps, guidance)
         truth = world2.oracle(imgs)
         for name, attr in world2.ATTRIBUTES.items():
             clip = np.asarray(readers[name].classify(imgs)[0])
@@ -116,7 +116,8 @@ def measure_attributes(pipe, classifier, n: int = 64, seed: int = 0, template: s
                 "clip": [float((clip == c).mean()) for c in attr.class_names],
                 "agree": int((clip[clear] == oracle[clear]).sum()), "clear": int(clear.sum()), "n": n,
             })
-    return {"n": n, "seed": seed, "template": template, "rows": rows, "summary": attribute_summary(rows)}
+    return {"n": n, "seed": seed, "template": template, "steps": steps, "guidance": guidance, "rows": rows,
+            "summary": attribute_summary(rows)}
 
 
 def _correlation(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -251,7 +252,8 @@ def main(argv: list[str] | None = None) -> None:
     steps = args.steps or SAMPLER["steps"]
     guidance = SAMPLER["guidance"] if args.guidance is None else args.guidance
     if args.world == "v2":
-        measured = measure_attributes(pipe, classifier, n=args.n, seed=args.seed)
+        measured = measure_attributes(pipe, classifier, n=args.n, seed=args.seed, steps=steps, guidance=guidance)
+        print(f"sampler: {type(pipe.scheduler).__name__}, {steps} steps, guidance {guidance}, n={args.n}")
         print(format_attributes(measured))
         if args.json:
             from ..io import atomic_write_json

@@ -241,7 +241,8 @@ def build(out: Path, seed: int, settings: dict, *, smoke: bool = False, w=world)
         pipe = assemble_pipeline(vae, text_encoder, tokenizer, unet)
         t = time.perf_counter()
         if w is world2:  # its faces and hair are not the first world's, so its own oracle reads them
-            m["attributes"] = measure_attributes(pipe, classifier, n=settings["eval_n"], seed=seed)
+            m["attributes"] = measure_attributes(pipe, classifier, n=settings["eval_n"], seed=seed,
+                                                 steps=SAMPLER["steps"], guidance=SAMPLER["guidance"])
             print(format_attributes(m["attributes"]), flush=True)
         else:
             m["shares"], m["images_per_s_one_thread"] = measure_professions(
