@@ -100,6 +100,7 @@ def test_the_attribute_summary_pools_agreement_and_correlates_shares() -> None:
     assert s["r_planted_clip"] == pytest.approx(np.corrcoef([0.6, 0.3, 0.1, 0.2, 0.3, 0.5],
                                                             [0.5, 0.25, 0.25, 0.2, 0.3, 0.5])[0, 1])
     assert s["r_oracle_clip"] == pytest.approx(np.corrcoef([0.5, 0.3, 0.2], [0.5, 0.25, 0.25])[0, 1])
+    assert s["r_planted_oracle"] == pytest.approx(np.corrcoef([0.6, 0.3, 0.1], [0.5, 0.3, 0.2])[0, 1])
 
 
 @pytest.mark.slow

@@ -128,8 +128,13 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float | None:
 
 
 def attribute_summary(rows: list[dict]) -> dict:
-    """Per attribute: pooled CLIP–oracle agreement, and r(planted, CLIP) and r(oracle, CLIP) over professions ×
-    classes."""
+    """Per attribute: pooled CLIP–oracle agreement, and r(planted, CLIP), r(planted, oracle) and r(oracle, CLIP)
+    over professions × classes.
+
+    The three correlations split the audit's error: r(planted, oracle) is the generator's (does it draw the shares
+    it was trained on, as far as the pixel oracle can tell?), r(oracle, CLIP) the classifier's (does it read what
+    was drawn?), r(planted, CLIP) both.
+    """
     out = {}
     for name in dict.fromkeys(r["attribute"] for r in rows):
         mine = [r for r in rows if r["attribute"] == name]
@@ -141,6 +146,7 @@ def attribute_summary(rows: list[dict]) -> dict:
             "agreement": sum(r["agree"] for r in mine) / max(1, sum(r["clear"] for r in mine)),
             "unclear": 1 - sum(r["clear"] for r in mine) / sum(r["n"] for r in mine),
             "r_planted_clip": _correlation(planted, clip),
+            "r_planted_oracle": _correlation(planted[ok], oracle[ok]),
             "r_oracle_clip": _correlation(oracle[ok], clip[ok]),
         }
     return out
@@ -161,7 +167,8 @@ def format_attributes(measured: dict) -> str:
                      f"{shares(r['oracle']):>16} {shares(r['clip']):>16} {agree:>6.2f}")
     for name, s in measured["summary"].items():
         lines.append(f"{name}: agreement {num(s['agreement'])}, unclear {num(s['unclear'])}, "
-                     f"r(planted, clip) {num(s['r_planted_clip'])}, r(oracle, clip) {num(s['r_oracle_clip'])}")
+                     f"r(planted, clip) {num(s['r_planted_clip'])}, r(planted, oracle) "
+                     f"{num(s.get('r_planted_oracle'))}, r(oracle, clip) {num(s['r_oracle_clip'])}")
     return "\n".join(lines)
 
 
