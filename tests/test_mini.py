@@ -200,7 +200,7 @@ def test_smoke_training_writes_a_loadable_folder(tmp_path):
     from debias.mini import train
 
     info = train.main(["--out", str(tmp_path), "--smoke", "--seed", "3", "--threads", "1"])
-    assert info["training"]["seed"] == 3
+    assert info["training"]["seed"] == 3 and info["training"]["device"] == "cpu"
     saved = json.loads((tmp_path / "world.json").read_text())
     assert saved["measurements"]["size_bytes"] > 0 and len(saved["measurements"]["shares"]) == len(world.PROFESSIONS)
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "pipeline")
@@ -213,15 +213,24 @@ def test_smoke_training_writes_a_loadable_folder(tmp_path):
     tok = CLIPTokenizer.from_pretrained(tmp_path / "classifier")
     assert len(tok("librarian", add_special_tokens=False).input_ids) == 1
 
-    # Same seed in a fresh process with another string-hash seed: byte-identical weights.
+    # Same seed in a fresh process with another string-hash seed, the device named: byte-identical weights.
     import os
     import subprocess
     import sys
 
     again = tmp_path / "again"
     env = dict(os.environ, PYTHONHASHSEED="12345", DEBIAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    subprocess.run([sys.executable, "-m", "debias.mini.train", "--out", str(again), "--smoke", "--seed", "3"],
-                   env=env, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "debias.mini.train", "--out", str(again), "--smoke", "--seed", "3",
+                    "--device", "cpu"], env=env, check=True, capture_output=True)
     for part in ("pipeline/unet/diffusion_pytorch_model.safetensors", "pipeline/text_encoder/model.safetensors",
                  "pipeline/tokenizer/vocab.json", "classifier/model.safetensors"):
         assert (again / part).read_bytes() == (tmp_path / part).read_bytes(), part
+
+
+@pytest.mark.parametrize("device", ["cuda:99", "no-such-device"])  # no machine here has a hundredth GPU
+def test_training_refuses_a_device_torch_cannot_use_before_training(tmp_path, device):
+    from debias.mini import train
+
+    with pytest.raises(SystemExit, match=rf"--device {device}: torch cannot use it here .*--device cpu"):
+        train.main(["--out", str(tmp_path / "out"), "--smoke", "--device", device, "--threads", "1"])
+    assert not (tmp_path / "out").exists()

@@ -110,7 +110,7 @@ def test_v2_smoke_training_fine_tunes_from_the_first_model_and_measures_every_at
     from debias.mini import WEIGHTS_DIR, train
 
     info = train.main(["--out", str(tmp_path), "--smoke", "--world", "v2", "--init-from", str(WEIGHTS_DIR),
-                       "--threads", "1"])
+                       "--head-weight", "5", "--threads", "1"])
     saved = json.loads((tmp_path / "world.json").read_text())
     assert saved == json.loads(json.dumps(info))
     pilot = next(p for p in saved["professions"] if p["name"] == "pilot")
@@ -119,7 +119,7 @@ def test_v2_smoke_training_fine_tunes_from_the_first_model_and_measures_every_at
     assert set(m["attributes"]["summary"]) == {"gender", "skin", "age"}
     assert len(m["attributes"]["rows"]) == 3 * len(world2.PROFESSIONS)
     assert {"vae_round_trip_skin", "clip_skin_accuracy", "clip_age_accuracy"} <= set(m)
-    assert saved["training"]["init_from"] == str(WEIGHTS_DIR)
+    assert saved["training"]["init_from"] == str(WEIGHTS_DIR) and saved["training"]["head_weight"] == 5.0
 
 
 def test_fine_tuning_clip_needs_a_folder_to_start_from(tmp_path: Path) -> None:
@@ -203,3 +203,61 @@ def test_evaluate_v2_samples_with_the_requested_steps_and_guidance(tmp_path: Pat
     measured = json.loads(out.read_text())
     assert (measured["steps"], measured["guidance"]) == (3, 2.5)
     assert len(measured["rows"]) == 3 * len(world2.PROFESSIONS)
+
+
+def test_head_loss_maps_weight_the_latent_cells_over_hair_and_face() -> None:
+    from debias.mini.stages import head_loss_maps
+
+    rng = np.random.default_rng(11)
+    images, samples = world2.sample_batch(64, rng)
+    maps = head_loss_maps(images, world2, 5.0).numpy()
+    assert maps.shape == (64, 16, 16) and set(np.unique(maps)) <= {1.0, 5.0}
+    people = [i for i, s in enumerate(samples) if s.person is not None]
+    assert len(people) > 30
+    for i in people:
+        dy, dx = world2._head(images[i])
+        face = [(r, c) for r in range(6 + dy, 11 + dy) for c in range(13 + dx, 19 + dx)]  # the oracle's face
+        hair = [(5 + dy, c) for c in range(13 + dx, 19 + dx)]  # the hair strip under a hat
+        assert all(maps[i, r // 2, c // 2] == 5.0 for r, c in face + hair)
+        assert maps[i, 0, 0] == 1.0 and maps[i, 15, 8] == 1.0  # sky and feet: plain loss
+        assert (maps[i] == 5.0).sum() <= 25  # the head only: at most 5 × 5 of the 256 cells
+    objects = [i for i, s in enumerate(samples) if s.person is None]
+    assert objects and all((maps[i] == 1.0).all() for i in objects)
+
+
+def test_the_unet_loss_uses_the_maps_and_all_ones_is_the_plain_loss() -> None:
+    import torch
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from debias.mini import V2_WEIGHTS_DIR
+    from debias.mini.stages import train_unet
+    from debias.mini.tokenizer import CaptionIds
+
+    tokenizer = CLIPTokenizer.from_pretrained(V2_WEIGHTS_DIR / "pipeline" / "tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(V2_WEIGHTS_DIR / "pipeline" / "text_encoder")
+    gen = torch.Generator().manual_seed(0)
+    means, stds = torch.randn(8, 4, 16, 16, generator=gen), torch.full((8, 4, 16, 16), 0.1)
+    captions = ["a photo of a nurse", "a photo of a pilot"] * 4
+    heads = torch.ones(8, 16, 16)
+    heads[:, 2:6, 6:10] = 5.0
+
+    def trained(maps):
+        torch.manual_seed(0)
+        unet, loss = train_unet(text_encoder, CaptionIds(tokenizer), means, stds, captions, 1.0, steps=2, batch=4,
+                                rng=np.random.default_rng(0), loss_maps=maps)
+        return unet.state_dict(), loss
+
+    plain, plain_loss = trained(None)
+    ones, ones_loss = trained(torch.ones(8, 16, 16))
+    weighted, weighted_loss = trained(heads)
+    assert ones_loss == plain_loss and all(torch.equal(plain[k], ones[k]) for k in plain)
+    assert weighted_loss != plain_loss and any(not torch.equal(plain[k], weighted[k]) for k in plain)
+
+
+@pytest.mark.parametrize("argv", [["--head-weight", "5"], ["--world", "v2", "--head-weight", "0"]])
+def test_head_weight_is_refused_outside_world_v2_or_at_zero(tmp_path: Path, argv) -> None:
+    from debias.mini import train
+
+    with pytest.raises(SystemExit, match="--head-weight .*world v2 .*must be above 0"):
+        train.main(["--out", str(tmp_path / "out"), "--smoke", "--threads", "1", *argv])
+    assert not (tmp_path / "out").exists()

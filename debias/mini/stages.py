@@ -57,16 +57,18 @@ def clip_config(tokenizer):
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=64)
 
 
-def train_clip(tokenizer, steps: int, batch: int, rng: np.random.Generator, lr: float = 2e-3, w=world, init=None):
+def train_clip(tokenizer, steps: int, batch: int, rng: np.random.Generator, lr: float = 2e-3, w=world, init=None,
+               device: str = "cpu"):
     """Contrastive training; images with identical captions count as positives of each other.
 
     ``init`` (a trained CLIPModel with the same tokenizer) is fine-tuned rather than a new one trained, so the
-    text space a UNet was trained on moves little when the renders change.
+    text space a UNet was trained on moves little when the renders change. Trains on ``device`` and returns the
+    model on the CPU, where the rest of the build uses it.
     """
     import torch
     from transformers import CLIPModel
 
-    model = CLIPModel(clip_config(tokenizer)) if init is None else init.train()
+    model = (CLIPModel(clip_config(tokenizer)) if init is None else init.train()).to(device)
     ids_of = CaptionIds(tokenizer)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = _lr_schedule(opt, steps, 0.1)
@@ -74,8 +76,9 @@ def train_clip(tokenizer, steps: int, batch: int, rng: np.random.Generator, lr: 
     for _ in range(steps):
         images, samples = w.sample_batch(batch, rng)
         captions = [s.caption for s in samples]
-        same = torch.tensor([[a == b for b in captions] for a in captions], dtype=torch.float32)
-        logits = model(input_ids=ids_of(captions), pixel_values=_to_tensor(images)).logits_per_image
+        same = torch.tensor([[a == b for b in captions] for a in captions], dtype=torch.float32).to(device)
+        pixels = _to_tensor(images).to(device)
+        logits = model(input_ids=ids_of(captions).to(device), pixel_values=pixels).logits_per_image
         target = same / same.sum(1, keepdim=True)
         loss = -(target * logits.log_softmax(1)).sum(1).mean() - (target * logits.T.log_softmax(1)).sum(1).mean()
         opt.zero_grad()
@@ -85,7 +88,7 @@ def train_clip(tokenizer, steps: int, batch: int, rng: np.random.Generator, lr: 
         bar.set_postfix(loss=f"{loss.item() / 2:.3f}")
         bar.update()
     bar.close()
-    return model.eval()
+    return model.to("cpu").eval()
 
 
 def clip_zero_shot(model, classifier, tokenizer, rng: np.random.Generator, n: int = 512, w=world) -> dict:
@@ -119,8 +122,9 @@ def clip_zero_shot(model, classifier, tokenizer, rng: np.random.Generator, n: in
 
 # --------------------------------------------------------------------------------------- VAE
 def train_vae(steps: int, batch: int, rng: np.random.Generator, lr: float = 1e-3, kl_weight: float = 1e-6, w=world,
-              init=None):
-    """Reconstruction + tiny KL; ``init`` (a trained VAE of the same shape) makes it a fine-tune."""
+              init=None, device: str = "cpu"):
+    """Reconstruction + tiny KL; ``init`` (a trained VAE of the same shape) makes it a fine-tune. Trains on
+    ``device``, returns the VAE on the CPU."""
     import torch
     from diffusers import AutoencoderKL
 
@@ -129,12 +133,13 @@ def train_vae(steps: int, batch: int, rng: np.random.Generator, lr: float = 1e-3
                         layers_per_block=1, norm_num_groups=32, sample_size=world.SIZE)
     if init is not None:
         vae.load_state_dict(init.state_dict())
+    vae.to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = _lr_schedule(opt, steps, 0.05)
     bar = _progress(steps, "vae")
     for _ in range(steps):
         images, _ = w.sample_batch(batch, rng)
-        x = _to_tensor(images)
+        x = _to_tensor(images).to(device)
         post = vae.encode(x).latent_dist
         recon = vae.decode(post.sample()).sample
         mse = torch.nn.functional.mse_loss(recon, x)
@@ -146,27 +151,56 @@ def train_vae(steps: int, batch: int, rng: np.random.Generator, lr: float = 1e-3
         bar.set_postfix(mse=f"{mse.item():.4f}")
         bar.update()
     bar.close()
-    return vae.eval()
+    return vae.to("cpu").eval()
 
 
-def encode_dataset(vae, n: int, rng: np.random.Generator, batch: int = 256, w=world):
-    """Render n training samples once and keep their latent mean/std and captions."""
+def encode_dataset(vae, n: int, rng: np.random.Generator, batch: int = 256, w=world, device: str = "cpu",
+                   head_weight: float = 1.0):
+    """Render n training samples once and keep their latent mean/std (on the CPU) and captions.
+
+    With ``head_weight`` ≠ 1 it also keeps each sample's loss map (see :func:`head_loss_maps`), else None.
+    """
     import torch
 
-    means, stds, captions, psnrs = [], [], [], []
+    means, stds, captions, psnrs, maps = [], [], [], [], []
+    vae.to(device)
     with torch.no_grad():
         for start in range(0, n, batch):
             images, samples = w.sample_batch(min(batch, n - start), rng)
-            x = _to_tensor(images)
+            x = _to_tensor(images).to(device)
             dist = vae.encode(x).latent_dist
-            means.append(dist.mean)
-            stds.append(dist.std)
+            means.append(dist.mean.cpu())
+            stds.append(dist.std.cpu())
             captions += [s.caption for s in samples]
+            if head_weight != 1.0:
+                maps.append(head_loss_maps(images, w, head_weight))
             if start < 1024:
                 recon = vae.decode(dist.mean).sample.clamp(-1, 1)
                 mse = ((recon - x) ** 2).mean(dim=(1, 2, 3)) / 4  # range 2 → 1
-                psnrs.append(-10 * torch.log10(mse))
-    return torch.cat(means), torch.cat(stds), captions, float(torch.cat(psnrs).mean())
+                psnrs.append(-10 * torch.log10(mse).cpu())
+    vae.to("cpu")
+    return torch.cat(means), torch.cat(stds), captions, float(torch.cat(psnrs).mean()), \
+        (torch.cat(maps) if maps else None)
+
+
+def head_loss_maps(images: np.ndarray, w, weight: float):
+    """Per render, a latent-sized map of loss weights: ``weight`` on the cells over the head, 1 elsewhere.
+
+    Why: in mini world v2 skin tone and age are the face's and the hair's colour, 6 to 30 of 1,024 pixels, so
+    in a plain ε-loss they weigh almost nothing next to the background and clothes, and the UNet learned them
+    last and loosely (faces between two tones, age shares flattened towards a third). Weighting those cells
+    (the latent is the image halved) makes their error count. Renders without a found head keep all ones.
+    """
+    import torch
+
+    side = world.SIZE // 2
+    maps = torch.ones(len(images), side, side)
+    for i, img in enumerate(images):
+        box = w.head_box(img)
+        if box is not None:
+            top, bottom, left, right = (min(side - 1, max(0, v // 2)) for v in box)
+            maps[i, top:bottom + 1, left:right + 1] = weight
+    return maps
 
 
 # -------------------------------------------------------------------------------------- UNet
@@ -206,12 +240,18 @@ def noise_scheduler():
 
 def train_unet(text_encoder, ids_of: CaptionIds, means, stds, captions, scaling: float, steps: int,
                batch: int, rng: np.random.Generator, lr: float = 1e-3, ema_decay: float = 0.999,
-               dropout: float = 0.1, snr_gamma: float = 5.0, init=None):
-    """Epsilon DDPM loss on pre-encoded latents, frozen text encoder, EMA weights returned.
+               dropout: float = 0.1, snr_gamma: float = 5.0, init=None, device: str = "cpu", loss_maps=None):
+    """Epsilon DDPM loss on pre-encoded latents, frozen text encoder, EMA weights returned (on the CPU).
 
     The loss is Min-SNR-γ weighted (Hang et al., 2023): each timestep's ε-loss is scaled by
     min(SNR, γ)/SNR, so the nearly-clean steps, whose error is pixel noise, stop dominating and the
     noisy steps that decide the picture's layout (which gender cue, which background) learn faster.
+
+    ``loss_maps`` (one latent-sized map per sample, from :func:`head_loss_maps`) weight the ε-error per latent
+    cell, each map scaled to mean 1 so the loss keeps its size.
+
+    On another ``device`` the noise and timesteps are still drawn on the CPU from the same generator, so a GPU
+    run sees the same draws as a CPU run (its weights differ only by the device's arithmetic).
     """
     import copy
 
@@ -220,7 +260,12 @@ def train_unet(text_encoder, ids_of: CaptionIds, means, stds, captions, scaling:
     unet = build_unet()
     if init is not None:  # fine-tune: start from a trained UNet of the same shape (e.g. the first world's)
         unet.load_state_dict(init.state_dict())
+    unet.to(device)
     ema = copy.deepcopy(unet).requires_grad_(False)
+    text_encoder = text_encoder.to(device)
+    means, stds = means.to(device), stds.to(device)
+    if loss_maps is not None:
+        loss_maps = (loss_maps / loss_maps.mean(dim=(1, 2), keepdim=True))[:, None].to(device)
     sched = noise_scheduler()
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
     lr_sched = _lr_schedule(opt, steps, 0.05)
@@ -230,25 +275,26 @@ def train_unet(text_encoder, ids_of: CaptionIds, means, stds, captions, scaling:
         missing = sorted({c for c in caps if c not in text_cache})
         if missing:
             with torch.no_grad():
-                hidden = text_encoder(ids_of(missing))[0]
+                hidden = text_encoder(ids_of(missing).to(device))[0]
             text_cache.update(zip(missing, hidden))
         return torch.stack([text_cache[c] for c in caps])
 
     gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
     alphas = sched.alphas_cumprod
     snr = alphas / (1 - alphas)
-    weight = snr.clamp(max=snr_gamma) / snr
+    weight = (snr.clamp(max=snr_gamma) / snr).to(device)
     bar = _progress(steps, "unet")
     losses = []
     for step in range(steps):
         idx = rng.integers(0, len(captions), batch)
         caps = ["" if rng.random() < dropout else captions[i] for i in idx]
-        idx_t = torch.from_numpy(idx)
-        z = (means[idx_t] + stds[idx_t] * torch.randn(means[idx_t].shape, generator=gen)) * scaling
-        noise = torch.randn(z.shape, generator=gen)
-        t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=gen)
+        idx_t = torch.from_numpy(idx).to(device)
+        z = (means[idx_t] + stds[idx_t] * torch.randn(means[idx_t].shape, generator=gen).to(device)) * scaling
+        noise = torch.randn(z.shape, generator=gen).to(device)
+        t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=gen).to(device)
         pred = unet(sched.add_noise(z, noise, t), t, encoder_hidden_states=embed(caps)).sample
-        loss = (weight[t] * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+        error = (pred - noise) ** 2 if loss_maps is None else loss_maps[idx_t] * (pred - noise) ** 2
+        loss = (weight[t] * error.mean(dim=(1, 2, 3))).mean()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -262,4 +308,5 @@ def train_unet(text_encoder, ids_of: CaptionIds, means, stds, captions, scaling:
         bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
         bar.update()
     bar.close()
-    return ema.eval(), float(np.mean(losses[-200:])) if losses else float("nan")
+    text_encoder.to("cpu")
+    return ema.to("cpu").eval(), float(np.mean(losses[-200:])) if losses else float("nan")

@@ -3,7 +3,8 @@
 ``python -m debias.mini.train --out DIR --seed 0`` writes ``DIR/pipeline`` (a standard diffusers
 ``StableDiffusionPipeline`` folder), ``DIR/classifier`` (a transformers ``CLIPModel`` folder) and
 ``DIR/world.json``, and prints what it measured. ``--smoke`` runs every stage for a few steps.
-Run it with one torch thread per core you give it: two threads on a shared core stall badly.
+Run it with one torch thread per core you give it: two threads on a shared core stall badly. ``--device cuda``
+trains on a GPU, where batches far larger than the CPU's 32 are cheap.
 
 The tokenizer is :mod:`debias.mini.tokenizer`, the networks and their training loops :mod:`debias.mini.stages`;
 this module runs them in order, measures, and writes (or exports) the folder.
@@ -145,6 +146,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--smoke", action="store_true", help="every stage for a few steps (seconds)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu",
+                    help="where CLIP, the VAE and the UNet train and the training set is encoded (cpu, cuda, "
+                         "cuda:1, …); rendering and the evaluation stay on the CPU. A GPU makes large batches "
+                         "cheap (--unet-batch 1024)")
+    ap.add_argument("--head-weight", type=float, default=1.0,
+                    help="world v2: weight of the UNet's loss on the latent cells over each head (hair and face, "
+                         "where skin tone and age are drawn); 1 is the plain loss. The shipped mini-v2 used 5")
     ap.add_argument("--world", choices=sorted(WORLDS), default="v1",
                     help="v1: gender only (the shipped mini model); v2: gender, skin tone and age (mini-v2)")
     ap.add_argument("--init-from", default=None, metavar="DIR",
@@ -167,6 +175,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.fine_tune_clip and not args.init_from:
         raise SystemExit("--fine-tune-clip needs --init-from DIR: the folder whose CLIP is trained further")
+    check_device(args.device)
+    if args.head_weight != 1.0 and (args.head_weight <= 0 or not hasattr(WORLDS[args.world], "head_box")):
+        raise SystemExit(f"--head-weight {args.head_weight}: it weights the loss over heads in world v2 (add "
+                         "--world v2) and must be above 0; 1 is the plain loss")
     threads = set_threads(args.threads)
     if args.export_from:
         size = export_weights(Path(args.export_from), Path(args.out))
@@ -176,11 +188,27 @@ def main(argv: list[str] | None = None) -> dict:
     for key in settings:
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
+    settings["device"] = args.device
+    if args.head_weight != 1.0:
+        settings["head_weight"] = args.head_weight
     print(f"mini model: seed {args.seed}, {threads} thread(s), settings {settings}", flush=True)
     if args.init_from:
         settings["init_from"] = str(args.init_from)
         settings["fine_tune_clip"] = args.fine_tune_clip
     return build(Path(args.out), args.seed, settings, smoke=args.smoke, w=WORLDS[args.world])
+
+
+def check_device(device: str) -> None:
+    """Refuse a device torch cannot use before anything is trained, saying what to use instead."""
+    import torch
+
+    try:
+        torch.empty(1, device=device)
+    except (RuntimeError, AssertionError) as err:  # a bad name, or CUDA/MPS absent from this machine or build
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise SystemExit(f"--device {device}: torch cannot use it here ({first}). Train on the CPU with "
+                         "--device cpu (the default), or on a machine whose torch sees that device "
+                         "(python -c 'import torch; print(torch.cuda.is_available())').") from None
 
 
 def build(out: Path, seed: int, settings: dict, *, smoke: bool = False, w=world) -> dict:
@@ -206,11 +234,12 @@ def build(out: Path, seed: int, settings: dict, *, smoke: bool = False, w=world)
             tokenizer, clip_model = _trained_clip(Path(settings["init_from"]), tok_dir)  # keep its text space
             if settings["clip_steps"]:
                 clip_model = train_clip(tokenizer, settings["clip_steps"], settings["clip_batch"], rngs[0], w=w,
-                                        init=clip_model, lr=FINE_TUNE_LR["clip"])
+                                        init=clip_model, lr=FINE_TUNE_LR["clip"], device=_device(settings))
         else:
             tokenizer = build_tokenizer(tok_dir, w.vocabulary())
             torch.manual_seed(seed)
-            clip_model = train_clip(tokenizer, settings["clip_steps"], settings["clip_batch"], rngs[0], w=w)
+            clip_model = train_clip(tokenizer, settings["clip_steps"], settings["clip_batch"], rngs[0], w=w,
+                                    device=_device(settings))
         times["clip_s"] = time.perf_counter() - t
         save_classifier(Path(tmp) / "classifier", clip_model, tok_dir)  # read back as audits load it
         classifier = load_mini_classifier(Path(tmp) / "classifier")
@@ -221,7 +250,7 @@ def build(out: Path, seed: int, settings: dict, *, smoke: bool = False, w=world)
 
         t = time.perf_counter()
         torch.manual_seed(seed + 1)
-        vae, means, stds, captions = vae_stage(settings, rngs[2], rngs[3], m, w)
+        vae, means, stds, captions, loss_maps = vae_stage(settings, rngs[2], rngs[3], m, w)
         times["vae_s"] = time.perf_counter() - t
         trip = "".join(f", round trip {k[15:]} {v:.3f}" for k, v in m.items() if k.startswith("vae_round_trip_"))
         print(f"vae: PSNR {m['vae_psnr_db']:.1f} dB, scaling_factor {m['vae_scaling_factor']:.3f}{trip} "
@@ -233,7 +262,8 @@ def build(out: Path, seed: int, settings: dict, *, smoke: bool = False, w=world)
         init = _trained_part(settings, "unet")
         unet, m["unet_loss"] = train_unet(text_encoder, CaptionIds(tokenizer), means, stds, captions,
                                           m["vae_scaling_factor"], settings["unet_steps"], settings["unet_batch"],
-                                          rngs[4], init=init, lr=_lr(settings, "unet"))
+                                          rngs[4], init=init, lr=_lr(settings, "unet"), device=_device(settings),
+                                          loss_maps=loss_maps)
         times["unet_s"] = time.perf_counter() - t
         m["unet_params"] = sum(p.numel() for p in unet.parameters())
         print(f"unet: loss {m['unet_loss']:.4f}, {m['unet_params']} params ({times['unet_s']:.0f}s)", flush=True)
@@ -261,6 +291,10 @@ def build(out: Path, seed: int, settings: dict, *, smoke: bool = False, w=world)
 
 # from scratch: 2e-3 for CLIP, 1e-3 for the VAE and UNet; a full-size first Adam step wrecks a trained net
 FINE_TUNE_LR = {"clip": 3e-4, "vae": 3e-4, "unet": 5e-4}
+
+
+def _device(settings: dict) -> str:
+    return settings.get("device", "cpu")  # settings written before --device existed name none: the CPU
 
 
 def _lr(settings: dict, part: str) -> float:
@@ -291,22 +325,25 @@ def vae_stage(settings: dict, train_rng: np.random.Generator, data_rng: np.rando
     the latent scaling factor.
 
     The scaling factor makes sampled latents unit-variance, the scale the noise schedule assumes. Records PSNR
-    and the factor in ``m``; returns (vae, latent means, latent stds, captions).
+    and the factor in ``m``; returns (vae, latent means, latent stds, captions, loss maps or None).
     """
     import torch
 
     init = _trained_part(settings, "vae")
     vae = init if init is not None and settings["vae_steps"] == 0 else \
-        train_vae(settings["vae_steps"], settings["vae_batch"], train_rng, w=w, init=init, lr=_lr(settings, "vae"))
+        train_vae(settings["vae_steps"], settings["vae_batch"], train_rng, w=w, init=init, lr=_lr(settings, "vae"),
+                  device=_device(settings))
     if hasattr(w, "oracle"):
         m.update(round_trip_oracle(vae, np.random.default_rng(data_rng.integers(2**31)), w=w))
-    means, stds, captions, psnr = encode_dataset(vae, settings["latents"], data_rng, w=w)
+    means, stds, captions, psnr, loss_maps = encode_dataset(vae, settings["latents"], data_rng, w=w,
+                                                            device=_device(settings),
+                                                            head_weight=settings.get("head_weight", 1.0))
     scaling = float(1.0 / (means + stds * torch.randn_like(means)).std())
     if vae is init:  # the VAE is reused as it is: its UNet was trained on latents at its factor
         scaling = float(vae.config.scaling_factor)
     vae.register_to_config(scaling_factor=scaling)
     m["vae_psnr_db"], m["vae_scaling_factor"] = psnr, scaling
-    return vae, means, stds, captions
+    return vae, means, stds, captions, loss_maps
 
 
 if __name__ == "__main__":

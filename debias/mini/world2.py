@@ -243,6 +243,16 @@ def _head(img: np.ndarray) -> tuple[int, int] | None:
     return int(rows[0] + 3 - 6), int(round(cols.mean() + 10 - world.HEAD_CENTRE[1]))
 
 
+def head_box(img: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Pixel rows and columns (first, last, inclusive) around a render's head, hair cap and face, found as the
+    oracle finds it; None where no face is found. Training can weight the loss there (``--head-weight``)."""
+    head = _head(img)
+    if head is None:
+        return None
+    dy, dx = head
+    return 4 + dy, 10 + dy, 12 + dx, 19 + dx
+
+
 def read_person(img: np.ndarray) -> dict[str, str]:
     """Gender, skin and age of one image, each a class name or "unclear"."""
     head = _head(img)
