@@ -11,12 +11,12 @@ import pytest
 from debias.attributes import AGE, GENDER, SKIN
 from debias.mini import world, world2
 
-# (agreement, correlation) floors for the shipped mini-v2 weights, a little under what docs/mini-model.md measured
-# at n = 128 (gender 0.983 / r(planted) 0.971, skin 0.889 / r(planted) 0.862, age 0.849 / r(oracle) 0.907): the
-# test reads 48 images per profession, about ±0.02 in pooled agreement and ±0.05 in r
-GENDER_FLOOR = (0.95, 0.93)
-SKIN_FLOOR = (0.84, 0.75)
-AGE_FLOOR = (0.78, 0.8)
+# (agreement, r(planted, CLIP)) floors for the shipped mini-v2 weights, under what docs/mini-model.md measured at
+# n = 128 (gender 0.992 / 0.970, skin 0.923 / 0.921, age 0.887 / 0.801): the test reads 48 images per profession on
+# other seeds (there 0.994 / 0.972, 0.931 / 0.885, 0.889 / 0.793), about ±0.02 in pooled agreement and ±0.06 in r
+GENDER_FLOOR = (0.96, 0.93)
+SKIN_FLOOR = (0.89, 0.83)
+AGE_FLOOR = (0.84, 0.7)
 
 
 def test_the_oracle_reads_every_attribute_of_rendered_people() -> None:
@@ -163,7 +163,8 @@ def test_the_shipped_v2_model_draws_and_its_clip_reads_the_planted_shares(v2_mea
     # about ±0.03 in agreement; a broken model, classifier or oracle lands far below them
     assert s["gender"]["agreement"] >= GENDER_FLOOR[0] and s["gender"]["r_planted_clip"] >= GENDER_FLOOR[1]
     assert s["skin"]["agreement"] >= SKIN_FLOOR[0] and s["skin"]["r_planted_clip"] >= SKIN_FLOOR[1]
-    assert s["age"]["agreement"] >= AGE_FLOOR[0] and s["age"]["r_oracle_clip"] >= AGE_FLOOR[1]
+    assert s["age"]["agreement"] >= AGE_FLOOR[0] and s["age"]["r_planted_clip"] >= AGE_FLOOR[1]
+    assert all(s[name]["r_oracle_clip"] >= 0.85 for name in ("gender", "skin", "age"))  # CLIP reads what is drawn
 
 
 @pytest.mark.slow
