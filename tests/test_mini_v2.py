@@ -12,11 +12,11 @@ from debias.attributes import AGE, GENDER, SKIN
 from debias.mini import world, world2
 
 # (agreement, r(planted, CLIP)) floors for the shipped mini-v2 weights, under what docs/mini-model.md measured at
-# n = 128 (gender 0.992 / 0.970, skin 0.923 / 0.921, age 0.887 / 0.801): the test reads 48 images per profession on
-# other seeds (there 0.994 / 0.972, 0.931 / 0.885, 0.889 / 0.793), about ±0.02 in pooled agreement and ±0.06 in r
-GENDER_FLOOR = (0.96, 0.93)
-SKIN_FLOOR = (0.89, 0.83)
-AGE_FLOOR = (0.84, 0.7)
+# n = 128 (gender 0.998 / 0.954, skin 0.960 / 0.975, age 0.919 / 0.859): the test reads 48 images per profession on
+# other seeds (there 0.995 / 0.983, 0.982 / 0.941, 0.927 / 0.798), about ±0.02 in pooled agreement and ±0.06 in r
+GENDER_FLOOR = (0.97, 0.9)
+SKIN_FLOOR = (0.93, 0.88)
+AGE_FLOOR = (0.87, 0.72)
 
 
 def test_the_oracle_reads_every_attribute_of_rendered_people() -> None:
