@@ -258,9 +258,10 @@ def main(argv: list[str] | None = None) -> None:
     pipe, classifier = load(args.weights, v2=args.world == "v2")
     steps = args.steps or SAMPLER["steps"]
     guidance = SAMPLER["guidance"] if args.guidance is None else args.guidance
+    print(f"sampler: {type(pipe.scheduler).__name__}, {steps} steps, guidance {guidance}, n={args.n}, "
+          f"template {world.TUNING_TEMPLATE!r}")
     if args.world == "v2":
         measured = measure_attributes(pipe, classifier, n=args.n, seed=args.seed, steps=steps, guidance=guidance)
-        print(f"sampler: {type(pipe.scheduler).__name__}, {steps} steps, guidance {guidance}, n={args.n}")
         print(format_attributes(measured))
         if args.json:
             from ..io import atomic_write_json
@@ -268,8 +269,6 @@ def main(argv: list[str] | None = None) -> None:
             print(f"wrote {atomic_write_json(args.json, measured)}")
         return
     rows, ips = measure_professions(pipe, classifier, n=args.n, seed=args.seed, steps=steps, guidance=guidance)
-    print(f"sampler: {type(pipe.scheduler).__name__}, {steps} steps, guidance {guidance}, n={args.n}, "
-          f"template {world.TUNING_TEMPLATE!r}")
     print(format_table(rows, ips))
     if args.grid:
         print(f"wrote {sample_grid(pipe, args.grid, seed=args.seed, steps=steps, guidance=guidance)}")
