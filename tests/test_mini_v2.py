@@ -43,6 +43,23 @@ def test_every_class_is_drawn_and_read_on_every_profession_background() -> None:
                     assert world2.read_person(image.astype(float)) == {"gender": gender, "skin": skin, "age": age}
 
 
+@pytest.mark.parametrize("t, age", [(0.3, "young"), (0.7, "middle-aged")])
+def test_hair_between_two_ages_is_read_as_the_nearer_and_leaves_face_and_gender_alone(t, age) -> None:
+    # a generator draws hair between the classes' colours; between young and middle-aged it comes within the
+    # face finder's reach of the dark skin tone, and a finder that took it for the face read the hair as skin
+    # and the background as hair (light-skinned women read dark-skinned, old and of unclear gender)
+    young, middle = (np.asarray(world2.HAIR_BY_AGE[a], float) for a in ("young", "middle-aged"))
+    hair = tuple(np.round((1 - t) * young + t * middle).astype(int))
+    rng = np.random.default_rng(5)
+    for prof in world2.PROFESSIONS:
+        for skin in SKIN.class_names:
+            for gender in GENDER.class_names:
+                for _ in range(3):
+                    image = world.render(prof.name, gender, rng, None, skin_colour=world2.SKIN_TONES[skin],
+                                         hair_colour=hair)
+                    assert world2.read_person(image) == {"gender": gender, "skin": skin, "age": age}
+
+
 def test_planted_shares_differ_from_uniform_and_older_pilots_are_men() -> None:
     for prof in world2.PROFESSIONS:
         for name in ("skin", "age"):
@@ -262,3 +279,4 @@ def test_head_weight_is_refused_outside_world_v2_or_at_zero(tmp_path: Path, argv
     with pytest.raises(SystemExit, match="--head-weight .*world v2 .*must be above 0"):
         train.main(["--out", str(tmp_path / "out"), "--smoke", "--threads", "1", *argv])
     assert not (tmp_path / "out").exists()
+

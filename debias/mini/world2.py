@@ -225,22 +225,33 @@ def _nearest(colour: np.ndarray, table: np.ndarray, names) -> str:
     return list(names)[int(dist.argmin())] if dist.min() < _MAX_COLOUR_DISTANCE else "unclear"
 
 
-def _head(img: np.ndarray) -> tuple[int, int] | None:
-    """The figure's jitter (dy, dx), found from the face: the skin tone with most pixels where a head can be.
+_FACE_ROWS = np.array([6, 7, 9, 10])  # the face under the hair cap (row 5), without the eye row (8)
+_FACE_COLS = np.arange(13, 19)
+_SHIFTS = [(dy, dx) for dy in range(-2, 3) for dx in range(-3, 4)]  # the renders' jitter, one pixel of slack
 
-    dy comes from the face's top row (the hair cap covers head rows 4-5, so skin starts at row 6) rather than
-    its centroid, because a brown shirt under a dark face would pull a centroid down.
+
+def _head(img: np.ndarray) -> tuple[int, int] | None:
+    """The figure's jitter (dy, dx): where a block of the face's shape is most filled by one skin tone.
+
+    Why a block and not the tone's pixels: hair between two classes' colours (which a generator draws) can be
+    as close to the dark skin tone as the face is, so "every pixel of the tone" takes in the hair cap and the
+    long hair, and a head found from them sits two rows high. The face block (four rows by six columns, the
+    eye row left out) fits the face alone: shifted onto the hair it takes in the eyes or the background. Where
+    something else fits as well, the face is the highest of the tied blocks (a shirt of its colour lies below
+    it) and long hair beside it ties evenly either side, so the mean column is the face's.
     """
-    window = img[3:11, 10:22]
-    masks = [np.linalg.norm(window - tone, axis=-1) < 45 for tone in _TONES]
-    mask = max(masks, key=lambda m: int(m.sum()))
-    if mask.sum() < 8:
+    rows = np.clip(_FACE_ROWS[None, :] + np.array([dy for dy, _ in _SHIFTS])[:, None], 0, world.SIZE - 1)
+    cols = np.clip(_FACE_COLS[None, :] + np.array([dx for _, dx in _SHIFTS])[:, None], 0, world.SIZE - 1)
+    blocks = img[rows[:, :, None], cols[:, None, :]].astype(float)  # shift × 4 × 6 × RGB
+    near = np.linalg.norm(blocks[None] - _TONES[:, None, None, None], axis=-1) < 45  # tone × shift × 4 × 6
+    filled = near.sum(axis=(2, 3))
+    tone = int(filled.max(axis=1).argmax())
+    best = filled[tone].max()
+    if best < _FACE_ROWS.size * _FACE_COLS.size // 2:
         return None
-    rows = np.nonzero(mask.sum(axis=1) >= 3)[0]
-    if not len(rows):
-        return None
-    _, cols = np.nonzero(mask)
-    return int(rows[0] + 3 - 6), int(round(cols.mean() + 10 - world.HEAD_CENTRE[1]))
+    tied = [_SHIFTS[i] for i in np.nonzero(filled[tone] == best)[0]]
+    dy = min(dy for dy, _ in tied)  # the face sits above a shirt of its colour, never below one
+    return dy, int(round(np.mean([dx for y, dx in tied if y == dy])))
 
 
 def head_box(img: np.ndarray) -> tuple[int, int, int, int] | None:
