@@ -280,3 +280,62 @@ def test_head_weight_is_refused_outside_world_v2_or_at_zero(tmp_path: Path, argv
         train.main(["--out", str(tmp_path / "out"), "--smoke", "--threads", "1", *argv])
     assert not (tmp_path / "out").exists()
 
+
+def test_a_decoder_fine_tune_keeps_the_encoder_and_weights_the_heads_pixels() -> None:
+    import torch
+    from diffusers import AutoencoderKL
+
+    from debias.mini import V2_PIPELINE_DIR
+    from debias.mini.stages import head_loss_maps, train_vae
+
+    images, samples = world2.sample_batch(16, np.random.default_rng(3))
+    pixels = head_loss_maps(images, world2, 5.0, cell=1)
+    latent = head_loss_maps(images, world2, 5.0)
+    assert pixels.shape == (16, 32, 32)  # a cell per pixel
+    people = [i for i, s in enumerate(samples) if s.person is not None]
+    assert people and all(int((pixels[i] == 5.0).sum()) == 7 * 8 for i in people)  # hair cap to chin, 8 wide
+    assert torch.equal(latent.repeat_interleave(2, 1).repeat_interleave(2, 2)[pixels == 5.0],
+                       torch.full((56 * len(people),), 5.0))  # inside the latent map's head cells
+
+    shipped = AutoencoderKL.from_pretrained(V2_PIPELINE_DIR / "vae", torch_dtype=torch.float32)
+
+    def tuned(head_weight: float) -> dict:
+        torch.manual_seed(0)
+        vae = train_vae(2, 4, np.random.default_rng(0), w=world2, init=shipped, lr=3e-4, decoder_only=True,
+                        head_weight=head_weight)
+        return vae.state_dict()
+
+    plain, weighted = tuned(1.0), tuned(5.0)
+    before = shipped.state_dict()
+    for name in before:
+        frozen = name.startswith(("encoder.", "quant_conv."))
+        assert torch.equal(before[name], plain[name]) == frozen, name  # the encoder alone is kept
+    assert any(not torch.equal(plain[k], weighted[k]) for k in plain if k.startswith("decoder."))
+
+
+def test_fine_tuning_the_decoder_needs_a_folder_and_steps(tmp_path: Path) -> None:
+    from debias.mini import V2_WEIGHTS_DIR, train
+
+    for argv in (["--fine-tune-decoder"], ["--fine-tune-decoder", "--init-from", str(V2_WEIGHTS_DIR)]):
+        with pytest.raises(SystemExit, match="--fine-tune-decoder needs --init-from DIR and --vae-steps N"):
+            train.main(["--out", str(tmp_path / "out"), "--world", "v2", "--threads", "1", *argv])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_v2_smoke_decoder_fine_tune_keeps_the_shipped_encoder_and_latent_scale(tmp_path: Path) -> None:
+    import torch
+    from diffusers import AutoencoderKL
+
+    from debias.mini import V2_WEIGHTS_DIR, train
+
+    info = train.main(["--out", str(tmp_path), "--smoke", "--world", "v2", "--init-from", str(V2_WEIGHTS_DIR),
+                       "--clip-steps", "0", "--fine-tune-decoder", "--vae-steps", "2", "--head-weight", "5",
+                       "--threads", "1"])
+    before = AutoencoderKL.from_pretrained(V2_WEIGHTS_DIR / "pipeline" / "vae", torch_dtype=torch.float32)
+    after = AutoencoderKL.from_pretrained(tmp_path / "pipeline" / "vae", torch_dtype=torch.float32)
+    assert after.config.scaling_factor == before.config.scaling_factor  # its UNet's latents keep their scale
+    old, new = before.state_dict(), after.state_dict()
+    assert all(torch.equal(old[k], new[k]) for k in old if k.startswith(("encoder.", "quant_conv.")))
+    assert any(not torch.equal(old[k], new[k]) for k in old if k.startswith("decoder."))
+    assert info["training"]["fine_tune_decoder"] is True and info["training"]["head_weight"] == 5.0
