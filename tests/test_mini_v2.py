@@ -12,11 +12,12 @@ from debias.attributes import AGE, GENDER, SKIN
 from debias.mini import world, world2
 
 # (agreement, r(planted, CLIP)) floors for the shipped mini-v2 weights, under what docs/mini-model.md measured at
-# n = 128 (gender 0.998 / 0.954, skin 0.960 / 0.975, age 0.919 / 0.859): the test reads 48 images per profession on
-# other seeds (there 0.995 / 0.983, 0.982 / 0.941, 0.927 / 0.798), about ±0.02 in pooled agreement and ±0.06 in r
-GENDER_FLOOR = (0.97, 0.9)
-SKIN_FLOOR = (0.93, 0.88)
-AGE_FLOOR = (0.87, 0.72)
+# n = 128 (gender 0.997 / 0.985, skin 0.998 / 0.969, age 0.967 / 0.903): the test reads 48 images per profession on
+# other seeds (there 1.000 / 0.983, 0.992 / 0.935, 0.975 / 0.847; an r over 48 images is pulled down by their
+# sampling noise), about ±0.02 in pooled agreement and ±0.06 in r
+GENDER_FLOOR = (0.97, 0.92)
+SKIN_FLOOR = (0.96, 0.87)
+AGE_FLOOR = (0.93, 0.78)
 
 
 def test_the_oracle_reads_every_attribute_of_rendered_people() -> None:
