@@ -168,7 +168,7 @@ def format_attributes(measured: dict) -> str:
     for name, s in measured["summary"].items():
         lines.append(f"{name}: agreement {num(s['agreement'])}, unclear {num(s['unclear'])}, "
                      f"r(planted, clip) {num(s['r_planted_clip'])}, r(planted, oracle) "
-                     f"{num(s.get('r_planted_oracle'))}, r(oracle, clip) {num(s['r_oracle_clip'])}")
+                     f"{num(s['r_planted_oracle'])}, r(oracle, clip) {num(s['r_oracle_clip'])}")
     return "\n".join(lines)
 
 

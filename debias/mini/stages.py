@@ -140,26 +140,22 @@ def train_vae(steps: int, batch: int, rng: np.random.Generator, lr: float = 1e-3
     if init is not None:
         vae.load_state_dict(init.state_dict())
     vae.to(device)
-    trained = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()] if decoder_only else vae.parameters()
-    if decoder_only:
+    if decoder_only:  # the KL term then has no gradient left: it only measures the frozen encoder
         vae.encoder.requires_grad_(False)
         vae.quant_conv.requires_grad_(False)
-    opt = torch.optim.AdamW(trained, lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     sched = _lr_schedule(opt, steps, 0.05)
     bar = _progress(steps, "vae")
     for _ in range(steps):
         images, _ = w.sample_batch(batch, rng)
         x = _to_tensor(images).to(device)
-        with torch.set_grad_enabled(not decoder_only):
-            post = vae.encode(x).latent_dist
+        post = vae.encode(x).latent_dist
         recon = vae.decode(post.sample()).sample
         if head_weight == 1.0:
             mse = torch.nn.functional.mse_loss(recon, x)
         else:
-            maps = head_loss_maps(images, w, head_weight, cell=1)
-            maps = (maps / maps.mean(dim=(1, 2), keepdim=True))[:, None].to(device)
-            mse = (maps * (recon - x) ** 2).mean()
-        loss = mse if decoder_only else mse + kl_weight * post.kl().mean()
+            mse = (mean_one(head_loss_maps(images, w, head_weight, cell=1)).to(device) * (recon - x) ** 2).mean()
+        loss = mse + kl_weight * post.kl().mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -218,6 +214,11 @@ def head_loss_maps(images: np.ndarray, w, weight: float, cell: int = 2):
             top, bottom, left, right = (min(side - 1, max(0, v // cell)) for v in box)
             maps[i, top:bottom + 1, left:right + 1] = weight
     return maps
+
+
+def mean_one(maps):
+    """Loss maps scaled to mean 1 each, with a channel axis: weighting moves the error, not the loss's size."""
+    return (maps / maps.mean(dim=(1, 2), keepdim=True))[:, None]
 
 
 # -------------------------------------------------------------------------------------- UNet
@@ -282,7 +283,7 @@ def train_unet(text_encoder, ids_of: CaptionIds, means, stds, captions, scaling:
     text_encoder = text_encoder.to(device)
     means, stds = means.to(device), stds.to(device)
     if loss_maps is not None:
-        loss_maps = (loss_maps / loss_maps.mean(dim=(1, 2), keepdim=True))[:, None].to(device)
+        loss_maps = mean_one(loss_maps).to(device)
     sched = noise_scheduler()
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
     lr_sched = _lr_schedule(opt, steps, 0.05)

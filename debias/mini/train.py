@@ -152,8 +152,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "cheap (--unet-batch 1024)")
     ap.add_argument("--head-weight", type=float, default=1.0,
                     help="world v2: weight of the UNet's loss on the latent cells over each head (hair and face, "
-                         "where skin tone and age are drawn), and of the decoder's with --fine-tune-decoder; 1 is "
-                         "the plain loss. The shipped mini-v2 used 5")
+                         "where skin tone and age are drawn), and of the VAE's on its pixels when --vae-steps trains "
+                         "it; 1 is the plain loss. The shipped mini-v2 used 5")
     ap.add_argument("--world", choices=sorted(WORLDS), default="v1",
                     help="v1: gender only (the shipped mini model); v2: gender, skin tone and age (mini-v2)")
     ap.add_argument("--init-from", default=None, metavar="DIR",
@@ -163,9 +163,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="with --init-from: train its tokenizer's CLIP further for --clip-steps instead of a new one "
                          "(for renders that changed while the words did not)")
     ap.add_argument("--fine-tune-decoder", action="store_true",
-                    help="with --init-from and --vae-steps N: train only its VAE's decoder, with --head-weight on "
-                         "the heads' pixels. The encoder, the latents and the UNet trained on them stay valid; "
-                         "the decoder draws a few-pixel cue (grey hair) more faithfully")
+                    help="with --init-from and --vae-steps N: train only its VAE's decoder (with --head-weight, "
+                         "weighted on the heads' pixels). The encoder, the latents and the UNet trained on them "
+                         "stay valid; the decoder draws a few-pixel cue (grey hair) more faithfully")
     ap.add_argument("--export-from", default=None, metavar="DIR",
                     help="no training: copy the trained folder DIR to --out for shipping (UNet/VAE in float16)")
     for key, value in STEPS["full"].items():
@@ -340,18 +340,17 @@ def vae_stage(settings: dict, train_rng: np.random.Generator, data_rng: np.rando
     import torch
 
     init = _trained_part(settings, "vae")
-    decoder_only = bool(settings.get("fine_tune_decoder"))
     vae = init if init is not None and settings["vae_steps"] == 0 else \
         train_vae(settings["vae_steps"], settings["vae_batch"], train_rng, w=w, init=init, lr=_lr(settings, "vae"),
-                  device=_device(settings), decoder_only=decoder_only,
-                  head_weight=settings.get("head_weight", 1.0) if decoder_only else 1.0)
+                  device=_device(settings), decoder_only=bool(settings.get("fine_tune_decoder")),
+                  head_weight=settings.get("head_weight", 1.0))
     if hasattr(w, "oracle"):
         m.update(round_trip_oracle(vae, np.random.default_rng(data_rng.integers(2**31)), w=w))
     means, stds, captions, psnr, loss_maps = encode_dataset(vae, settings["latents"], data_rng, w=w,
                                                             device=_device(settings),
                                                             head_weight=settings.get("head_weight", 1.0))
     scaling = float(1.0 / (means + stds * torch.randn_like(means)).std())
-    if vae is init or decoder_only:  # the same encoder: its UNet was trained on latents at its factor
+    if vae is init or settings.get("fine_tune_decoder"):  # the same encoder: its UNet's latents keep its factor
         scaling = float(init.config.scaling_factor)
     vae.register_to_config(scaling_factor=scaling)
     m["vae_psnr_db"], m["vae_scaling_factor"] = psnr, scaling

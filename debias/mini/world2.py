@@ -228,6 +228,9 @@ def _nearest(colour: np.ndarray, table: np.ndarray, names) -> str:
 _FACE_ROWS = np.array([6, 7, 9, 10])  # the face under the hair cap (row 5), without the eye row (8)
 _FACE_COLS = np.arange(13, 19)
 _SHIFTS = [(dy, dx) for dy in range(-2, 3) for dx in range(-3, 4)]  # the renders' jitter, one pixel of slack
+# per shift, the face block's pixel rows and columns (shift × 4 × 1 and shift × 1 × 6, so they index a block)
+_BLOCK_ROWS = np.clip(_FACE_ROWS + np.array([dy for dy, _ in _SHIFTS])[:, None], 0, world.SIZE - 1)[:, :, None]
+_BLOCK_COLS = np.clip(_FACE_COLS + np.array([dx for _, dx in _SHIFTS])[:, None], 0, world.SIZE - 1)[:, None, :]
 
 
 def _head(img: np.ndarray) -> tuple[int, int] | None:
@@ -240,9 +243,7 @@ def _head(img: np.ndarray) -> tuple[int, int] | None:
     something else fits as well, the face is the highest of the tied blocks (a shirt of its colour lies below
     it) and long hair beside it ties evenly either side, so the mean column is the face's.
     """
-    rows = np.clip(_FACE_ROWS[None, :] + np.array([dy for dy, _ in _SHIFTS])[:, None], 0, world.SIZE - 1)
-    cols = np.clip(_FACE_COLS[None, :] + np.array([dx for _, dx in _SHIFTS])[:, None], 0, world.SIZE - 1)
-    blocks = img[rows[:, :, None], cols[:, None, :]].astype(float)  # shift × 4 × 6 × RGB
+    blocks = img[_BLOCK_ROWS, _BLOCK_COLS].astype(float)  # shift × 4 × 6 × RGB
     near = np.linalg.norm(blocks[None] - _TONES[:, None, None, None], axis=-1) < 45  # tone × shift × 4 × 6
     filled = near.sum(axis=(2, 3))
     tone = int(filled.max(axis=1).argmax())
