@@ -27,8 +27,9 @@ import torch
 
 from debias.setup import load_model
 from debias.editing.solver import joint_from_pins
-from debias.fixing.plan import (Anchors, ProfessionState, encode_preserve_rows, kept_rows, probe_rows, set_destination,
-                                single_matrix)
+from debias.attributes import GENDER
+from debias.fixing.kclass import ClassEdit, class_matrix, encode_class_rows
+from debias.fixing.plan import Anchors, encode_preserve_rows, kept_rows, probe_rows
 from debias.threads import set_threads
 
 CALIBRATION_STEPS = 8
@@ -40,25 +41,30 @@ def along_edit(M: torch.Tensor, C: torch.Tensor, C_star: torch.Tensor) -> float:
     return float(((C @ M.T - C) * want).sum() / (want * want).sum().clamp_min(1e-30))
 
 
-def load_professions(pipe, fix_record: dict, augmentations) -> list[ProfessionState]:
-    """The edited professions of a fix run, with the rows and final λ their joint edit used."""
+def load_professions(pipe, fix_record: dict, augmentations) -> list[ClassEdit]:
+    """The edited professions of a fix run, with the rows and final strengths their joint edit used."""
     profs = []
     for rec in fix_record["professions"]:
         if rec.get("lambda_relative") is None or not rec.get("destination"):
             continue
-        p = ProfessionState(entry=SimpleNamespace(name=rec["profession"], phrase=rec["phrase"]), target=rec["target"],
-                        before=None, tuning_before=None)  # the rows and λ are all the joint edit reads
-        set_destination(p, rec["destination"].split()[1], pipe, augmentations)
-        p.log_lambda = math.log(rec["lambda_relative"])
+        p = ClassEdit(GENDER, SimpleNamespace(name=rec["profession"], phrase=rec["phrase"]), (0.5, 0.5), (0, 0))
+        encode_class_rows(pipe, p, augmentations)
+        p.strengths[GENDER.class_names.index(rec["destination"].split()[1])] = 1.0 / rec["lambda_relative"]
         profs.append(p)
     return profs
 
 
-def split_contexts(p: ProfessionState, contexts: int, held_out: int) -> tuple[tuple, tuple]:
-    """``p``'s (C, C*) rows as (pinned contexts, held-out context); each context holds the same padded length."""
-    C, C_star = p.rows
+def single(p: ClassEdit, shift: float, anchors) -> torch.Tensor:
+    """``p``'s own edit with its strengths scaled by e^−shift (a shift of log λ_rel)."""
+    return class_matrix(p, [w * math.exp(-shift) for w in p.strengths], anchors)
+
+
+def split_contexts(p: ClassEdit, contexts: int, held_out: int) -> tuple[tuple, tuple]:
+    """``p``'s (C, C*) rows of its edited class as (pinned contexts, held-out context); each context holds the same
+    padded length."""
+    C, C_star = next(rows for rows, w in zip(p.rows, p.strengths) if w > 0)
     if C.shape[0] % contexts:
-        raise ValueError(f"{p.name}: {C.shape[0]} edit rows do not split into {contexts} equal contexts")
+        raise ValueError(f"{p.entry.name}: {C.shape[0]} edit rows do not split into {contexts} equal contexts")
     size = C.shape[0] // contexts
     held = slice(held_out * size, (held_out + 1) * size)
     keep = torch.ones(C.shape[0], dtype=torch.bool)
@@ -73,7 +79,7 @@ def fold_error(profs, singles, kept, anchors, pin: float, held_out: int, context
     shift = [0.0] * len(profs)  # calibration: log λ_rel offset per profession
 
     def joint() -> torch.Tensor:
-        pins = [(C, C @ single_matrix(p, p.log_lambda + dx, anchors).T, pin * p.scale)
+        pins = [(C, C @ single(p, dx, anchors).T, pin * p.scale)
                 for p, dx, ((C, _), _) in zip(profs, shift, parts)]
         return joint_from_pins(pins, kept)
 
@@ -108,7 +114,7 @@ def main() -> None:
     kept = kept_rows(preserve_rows, preserve["strength"], anchors)
     profs = load_professions(pipe, record, augmentations)
     contexts = 1 + len(augmentations)
-    singles = [single_matrix(p, p.log_lambda, anchors) for p in profs]  # what each profession's own edit gives it
+    singles = [single(p, 0.0, anchors) for p in profs]  # what each profession's own edit gives it
     print(f"{len(profs)} edited professions from {args.fix}; {contexts} edit contexts, each left out in turn")
     print(f"{'pin λ_rel':>10} {'mean |joint − single|':>21} {'relative':>9} {'worst':>7}")
     for pin in args.pins:

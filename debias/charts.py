@@ -153,6 +153,9 @@ def search_chart(
                 ax.errorbar([chosen], [fs], yerr=err, fmt="D", ms=4, color=PLANTED_COLOR, elinewidth=1.2,
                             capsize=2, label=r"fit at $\lambda_p$", zorder=6)
         ax.set_xscale("log")
+        xs = [p["x"] for p in pts] + ([chosen] if _num(chosen) and chosen > 0 else [])
+        if min(xs) == max(xs):  # every round at one strength: a decade either side, not a zero-width axis
+            ax.set_xlim(xs[0] / 10, xs[0] * 10)
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel(x_label)
         ax.set_ylabel("share female")

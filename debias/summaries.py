@@ -144,7 +144,7 @@ def _print_gender_fix(console: Console, result) -> None:
     n = len(result.professions)
     table = Table(title=f"Fix of {result.model.get('spec')} (held-out test prompts, target {result.target} "
                         f"± {result.tolerance})")
-    for col in ("profession", "destination", "before", "after", "λ_rel", "search images", "status"):
+    for col in ("profession", "destination", "before", "after", "λ_rel", "round images", "status"):
         table.add_column(col, justify="left" if col in ("profession", "destination", "status") else "right")
     for r in result.professions:
         table.add_row(r.profession, r.destination or "—", _interval(r.share_before, r.ci_low_before, r.ci_high_before),

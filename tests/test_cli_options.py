@@ -42,7 +42,7 @@ def test_fix_takes_the_generation_options_of_audit(tmp_path, capsys):
     out = tmp_path / "fix"
     code, stdout, err = run_cli(["fix", "--model", str(sd), "--classifier", str(clip), "--professions",
                              str(_list(tmp_path)), "--budget", "32", "--test-images", "2", "--check-images", "2",
-                             "--joint-rounds", "0", "--side-seeds", "1", "--steps", "2", "--guidance", "3.0",
+                             "--joint-rounds", "1", "--side-seeds", "1", "--steps", "2", "--guidance", "3.0",
                              "--batch-size", "3", "--min-confidence", "0.5", "--out", str(out), "--threads", "1",
                              *SIZE], capsys)
     assert code == 0, err

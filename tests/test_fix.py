@@ -18,8 +18,10 @@ import torch
 from audit_helpers import HalfClassifier, load_tiny
 from debias.results import FixResult, ProfessionAudit
 from debias.fixing import TUNING_SEED_OFFSET, anchor_prompts_for, destination_phrase, fix
-from debias.fixing import plan
-from debias.fixing.plan import Anchors, ProfessionState, edit_reach, join_edit, joint_matrix, pooled_correction, single_matrix
+from debias.attributes import GENDER
+from debias.fixing.engine import outside_band, reach_of, step_towards
+from debias.fixing.kclass import ClassEdit, class_matrix, joint_class_matrix
+from debias.fixing.plan import Anchors
 
 TIMING = ("started_at", "finished_at", "wall_seconds", "images", "hardware")
 QUICK = dict(budget=48, test_images=8, check_images=8, joint_rounds=1, side_seeds=2, steps=2, progress=False, log=None)
@@ -72,104 +74,90 @@ def test_anchor_prompts_are_the_bare_templates_and_the_empty_prompt():
     assert anchor_prompts_for(templates) == ["a photo of", "an image of", "at work", ""]
 
 
-def _row(share: float | None) -> ProfessionAudit:
-    """An audit row with only the share filled in (what the joint edit's reach reads)."""
-    return ProfessionAudit(profession="x", phrase="an x", prompts=[], target=0.5, n=0, n_female=0, n_male=0,
-                           n_unclear=0, share_female=share, ci_low=None, ci_high=None, p_value=1.0, delta=None,
-                           within_band=False)
-
-
-def _profession_with_rows(seed: int, log_lambda: float) -> ProfessionState:
+def _edit(seed: int, strength: float, reference: int = 0) -> ClassEdit:
+    """A gender edit on random rows: class 1 ("male") at ``strength``, class 0 the reference."""
     g = torch.Generator().manual_seed(seed)
     C = torch.randn(12, 16, generator=g, dtype=torch.float64)
-    p = ProfessionState(entry=None, target=0.5, before=_row(None), tuning_before=_row(None), side="male")
-    p.rows, p.scale, p.log_lambda = (C, C + 0.5 * torch.randn(12, 16, generator=g, dtype=torch.float64)), 16.0, log_lambda
-    return p
+    rows = [(C, C + 0.5 * torch.randn(12, 16, generator=g, dtype=torch.float64)) for _ in range(2)]
+    e = ClassEdit(GENDER, None, (0.5, 0.5), (90, 10), rows=rows, scale=16.0, caps=(1e4, 1e4), reference=reference)
+    e.strengths[1 - reference] = strength
+    return e
 
 
 def test_anchors_keep_shared_context_fixed_while_the_edit_still_moves_its_rows():
-    p = _profession_with_rows(0, math.log(0.1))
+    p = _edit(0, 10.0)
     shared = torch.randn(6, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     anchors = Anchors(shared, 100.0)
-    plain, anchored = single_matrix(p, p.log_lambda, None), single_matrix(p, p.log_lambda, anchors)
+    plain, anchored = class_matrix(p, p.strengths, None), class_matrix(p, p.strengths, anchors)
 
     def moved(M, rows):
         return float((rows @ M.T - rows).norm(dim=1).mean())
 
     assert moved(anchored, shared) < moved(plain, shared) / 10
-    C, C_star = p.rows
+    C, C_star = p.rows[1]
     assert float((C @ anchored.T - C_star).norm()) < 0.9 * float((C - C_star).norm())  # still edits
     # two professions: anchors weigh against the median edit strength, the same way for both
-    q = _profession_with_rows(2, math.log(0.1))
-    joint = joint_matrix([p, q], None, 1.0, anchors)
-    assert moved(joint, shared) < moved(joint_matrix([p, q], None, 1.0, None), shared) / 10
+    q = _edit(2, 10.0)
+    joint = joint_class_matrix([p, q], None, 1.0, anchors, 0.3)
+    assert moved(joint, shared) < moved(joint_class_matrix([p, q], None, 1.0, None, 0.3), shared) / 10
 
 
 def test_joint_edit_gives_each_profession_what_its_own_edit_gives_it():
     """A strong edit must not drag a weakly edited profession whose rows overlap with it (TIME's plain sum does)."""
     from debias.editing import joint_edit_matrix
 
-    strong, weak = _profession_with_rows(0, math.log(0.05)), _profession_with_rows(1, math.log(20.0))
+    strong, weak = _edit(0, 20.0), _edit(1, 0.05)
     mix = torch.Generator().manual_seed(3)
-    weak.rows = (0.6 * weak.rows[0] + 0.4 * strong.rows[0], weak.rows[1] + 0.4 * (strong.rows[0] - weak.rows[0]))
-    weak.rows = (weak.rows[0] + 0.1 * torch.randn(weak.rows[0].shape, generator=mix, dtype=torch.float64), weak.rows[1])
+    (Cs, Ss), (Cw, Sw) = strong.rows[1], weak.rows[1]
+    Cw2 = 0.6 * Cw + 0.4 * Cs + 0.1 * torch.randn(Cw.shape, generator=mix, dtype=torch.float64)
+    weak.rows = [(Cw2, Sw + 0.4 * (Cs - Cw))] * 2
 
     def drag(M, p):  # how far M moves p's rows from where p's own edit puts them, relative to that edit's move
-        C = p.rows[0]
-        own = C @ single_matrix(p, p.log_lambda, None).T
+        C = p.rows[1][0]
+        own = C @ class_matrix(p, p.strengths, None).T
         return float((C @ M.T - own).norm() / (own - C).norm())
 
-    plain = joint_edit_matrix([(p.rows[0], p.rows[1], math.exp(p.log_lambda) * p.scale) for p in (strong, weak)])
-    pinned = joint_matrix([strong, weak], None, 1.0, None)
-    assert drag(pinned, weak) < drag(plain, weak) / 2.5  # 5.3 against 15.8 here: rows this entangled conflict
+    plain = joint_edit_matrix([(p.rows[1][0], p.rows[1][1], p.scale / p.strengths[1]) for p in (strong, weak)])
+    pinned = joint_class_matrix([strong, weak], None, 1.0, None, 0.3)
+    assert drag(pinned, weak) < drag(plain, weak) / 2.5  # rows this entangled conflict in the plain sum
     assert drag(pinned, strong) < 0.5  # the strong edit gives a little of itself up where the two overlap
-    # alone, a pin is a second ridge: it gives most of what the search tuned (the joint rounds correct the rest),
-    # and a stronger pin gives more of it (0.20 of the move lost at the default λ_rel 0.3, 0.03 at λ_rel 0.03)
-    alone = drag(joint_matrix([weak], None, 1.0, None), weak)
+    # alone, a pin is a second ridge: it gives most of its own edit, and a stronger pin gives more of it
+    alone = drag(joint_class_matrix([weak], None, 1.0, None, 0.3), weak)
     assert 0.05 < alone < 0.3
-    assert drag(joint_matrix([weak], None, 1.0, None, pin=0.03), weak) < alone / 4
+    assert drag(joint_class_matrix([weak], None, 1.0, None, 0.03), weak) < alone / 4
 
 
-def test_joint_rounds_correct_from_every_round_pooled_not_from_the_last_alone():
-    """Cross-effects shift a curve; rounds at different λ on fresh seeds are one curve with the search's slope."""
-    p = _profession_with_rows(0, 0.0)
-    p.slope, p.bounds = 1.5, (-5.0, 5.0)  # share rises with log λ (edit towards "male")
-
-    def row(x, share, n):
-        return {"lambda_relative": math.exp(x), "n_female": round(share * n), "n_male": n - round(share * n)}
-
-    def shifted(x):  # the joint edit's true curve: the search's slope, crossing 0.5 at x = -0.4
-        return 1 / (1 + math.exp(-1.5 * (x + 0.4)))
-
-    p.joint = [row(0.0, shifted(0.0), 400), row(-0.2, shifted(-0.2), 400)]
-    p.log_lambda = -0.2
-    assert pooled_correction(p) == pytest.approx(-0.4, abs=0.02)
-    # a round in which the profession was not edited yet (a joiner) says nothing about its curve
-    p.joint.insert(0, {"lambda_relative": None, "n_female": 90, "n_male": 10})
-    assert pooled_correction(p) == pytest.approx(-0.4, abs=0.02)
-    # far off: one decade at most per round, and never past the allowed range
-    p.joint = [row(0.0, 0.999, 400)]
-    p.log_lambda = 0.0
-    assert pooled_correction(p) == pytest.approx(-math.log(10))
-    p.bounds = (-1.0, 5.0)
-    assert pooled_correction(p) == pytest.approx(-1.0)
+def test_the_solver_finds_strengths_whose_joint_edit_gives_each_profession_its_reach():
+    """Matrices only: the reach each profession asks for is met under the joint edit, with the others in it."""
+    edits = [_edit(0, 0.0), _edit(1, 0.0), _edit(2, 0.0, reference=1)]
+    goals = [np.array([0.0, 0.3]), np.array([0.0, 0.1]), np.array([0.2, 0.0])]
+    for _ in range(30):
+        M = joint_class_matrix(edits, None, 1.0, None, 0.3)
+        moved = [step_towards(e, g, reach_of(M, e), None) for e, g in zip(edits, goals)]
+        if not any(moved):
+            break
+    M = joint_class_matrix(edits, None, 1.0, None, 0.3)
+    for e, goal in zip(edits, goals):
+        x = reach_of(M, e)
+        c = 1 - e.reference
+        assert x[c] - x[e.reference] == pytest.approx(goal[c], abs=2e-3)
+        assert e.strengths[e.reference] == 0.0  # the over-represented class never gets a destination
+    # a stronger push needs a stronger edit
+    assert edits[0].strengths[1] > edits[1].strengths[1] > 0
 
 
-def test_a_profession_pushed_out_of_the_band_joins_with_a_calibrated_strength(monkeypatch):
-    """The joiner's edit must carry it as far (in reach per logit) as the tuned professions' edits carried them."""
-    q = _profession_with_rows(0, math.log(0.3))
-    q.tuning_before, q.slope = _row(0.8), 1.5  # the tuned edit moved 0.8 → 0.5: logit shift 1.386
-    joiner = _profession_with_rows(1, 0.0)
-    joiner.side, joiner.log_lambda, joiner.status = None, None, "already_within_tolerance"
-    joiner.entry = type("Entry", (), {"phrase": "a singer", "name": "singer"})()
-    monkeypatch.setattr(plan, "profession_edit_rows", lambda pipe, src, dst, aug: _profession_with_rows(1, 0.0).rows)
-    join_edit(joiner, 0.62, 2, [q], None, (), None, None, (math.log(1e-4), math.log(1e4)), None)
-    assert joiner.edited and joiner.side == "male" and joiner.destination == "a male singer"
-    assert joiner.joined_round == 2 and joiner.status == "" and joiner.slope == pytest.approx(1.5)
-    per_reach = math.log(0.8 / 0.2) / edit_reach(q, q.log_lambda, None)
-    needed = math.log(0.62 / 0.38) / per_reach
-    assert edit_reach(joiner, joiner.log_lambda, None) == pytest.approx(needed, rel=1e-3)
-    assert 0 < needed < edit_reach(q, q.log_lambda, None)  # a smaller push needs a weaker edit
+def test_no_push_needed_means_no_destination():
+    e = _edit(0, 0.0)
+    assert not step_towards(e, np.array([0.0, -0.2]), np.zeros(2), None)
+    assert e.strengths == [0.0, 0.0] and not e.edited
+
+
+def test_a_profession_joins_only_on_evidence_outside_the_band():
+    target = (0.5, 0.5)
+    assert outside_band(np.array([0.62, 0.38]), np.array([[0.55, 0.69], [0.31, 0.45]]), target, 0.05)
+    # outside the band, but the interval still holds the target: noise, not a push
+    assert not outside_band(np.array([0.58, 0.42]), np.array([[0.45, 0.7], [0.3, 0.55]]), target, 0.05)
+    assert not outside_band(np.array([0.52, 0.48]), np.array([[0.51, 0.53], [0.47, 0.49]]), target, 0.05)
 
 
 def test_fix_is_deterministic_and_a_rerun_redoes_nothing(tmp_path):
@@ -185,7 +173,7 @@ def test_fix_is_deterministic_and_a_rerun_redoes_nothing(tmp_path):
         # the status says what the after audit shows: an edited profession is fixed exactly when it is in the band
         if p["status"] in ("fixed", "budget_exhausted"):
             assert (p["status"] == "fixed") == p["within_band_after"] and p["destination"]
-        assert p["images_used_in_search"] <= QUICK["budget"]
+        assert p["images_used_in_search"] + record_check(first) <= QUICK["budget"]  # the tuning side, all rounds
         if p["destination"]:
             side = "male" if p["tuning_share_before"] > 0.5 else "female"  # decided on the tuning prompts
             assert p["destination"] == destination_phrase(p["phrase"], side)
@@ -202,6 +190,10 @@ def test_fix_is_deterministic_and_a_rerun_redoes_nothing(tmp_path):
     assert len(list((out / "images").glob("*.png"))) == pngs  # and generates nothing
 
 
+def record_check(record: dict) -> int:
+    return record["check_images"]
+
+
 def _assert_images_add_up(record: dict, out) -> None:
     """fix.json counts every image in the run folder once, by the stage that made it."""
     images, stages = record["images"], record["images"]["by_stage"]
@@ -210,8 +202,10 @@ def _assert_images_add_up(record: dict, out) -> None:
     n = len(record["professions"])
     assert stages["before"]["generated"] == stages["before"]["used"] == n * record["test_images"]
     assert stages["tuning"]["generated"] == n * record["check_images"]
-    assert stages["search"]["used"] == sum(p["images_used_in_search"] for p in record["professions"])
-    assert stages["search"]["reused"] > 0  # the unedited search point is the tuning audit's images
+    assert stages["joint"]["used"] == n * record["joint_rounds"] * ((record["budget"] - record["check_images"])
+                                                                     // record["joint_rounds"])
+    edited = [p for p in record["professions"] if p["search"]]
+    assert all(p["images_used_in_search"] == stages["joint"]["used"] // n for p in edited)
     side = record["side_effects"]
     assert stages["side_effects"]["generated"] == 2 * side["seeds"] * len(side["prompts"])
     assert stages["after"]["generated"] == n * record["test_images"]  # the shipped edit is a different model
@@ -226,7 +220,6 @@ def _assert_tuning_seeds_are_not_test_seeds(record: dict, out) -> None:
     test = sample_seeds("before") | sample_seeds("after")
     tuning = sample_seeds("tuning")
     for p in record["professions"]:
-        tuning |= {seed for row in p["search"] for seed in row["seeds"]}
         tuning |= {j["first_seed"] for j in p["joint"]}
     assert record["tuning_seed"] == record["seed"] + TUNING_SEED_OFFSET
     assert test and tuning and max(test) < record["seed"] + QUICK["test_images"] <= min(tuning)
@@ -252,33 +245,31 @@ def test_interrupted_fix_resumes_with_the_same_result(tmp_path):
     assert before["images_generated"] == 0  # the before audit finished before the interruption
 
 
-def test_finished_searches_are_reused_from_the_run_folder(tmp_path):
+def test_a_rerun_classifies_nothing(tmp_path):
+    """Every round's strengths follow from the cached images, so a rerun regenerates and reclassifies nothing."""
     pipe, _ = load_tiny()
     professions = _list(tmp_path)
-    fix(pipe, professions=professions, classifier=HalfClassifier(), out=tmp_path / "run", **QUICK)
-    saved = sorted((tmp_path / "run" / "search").glob("*.json"))
-    assert saved
-    # a changed budget is a different search: the stored one must not be reused
-    data = json.loads(saved[0].read_text())
-    assert data["inputs"]["budget"] == QUICK["budget"]
+    first = fix(pipe, professions=professions, classifier=HalfClassifier(), out=tmp_path / "run", **QUICK).to_dict()
     calls = []
     clf = HalfClassifier()
     original = clf.classify
     clf.classify = lambda images: (calls.append(len(images)), original(images))[1]
-    fix(pipe, professions=professions, classifier=clf, out=tmp_path / "run", **QUICK)
-    assert calls == []  # everything came from the cache and the stored searches
+    again = fix(pipe, professions=professions, classifier=clf, out=tmp_path / "run", **QUICK).to_dict()
+    assert calls == []
+    assert _lambdas(again) == _lambdas(first)
 
 
 def test_not_reachable_is_reported_with_the_closest_share(tmp_path):
     pipe, _ = load_tiny()
-    options = {**QUICK, "budget": 96}  # the walk down to the strongest allowed edit takes 7 evaluations of 8 seeds
+    options = {**QUICK, "budget": 72, "joint_rounds": 4}  # the strengths climb to the strongest allowed edit
     record = fix(pipe, professions=_list(tmp_path, "a nurse\n"), classifier=AlwaysFemale(), out=tmp_path / "run",
                  **options).to_dict()
     (row,) = record["professions"]
     assert row["status"] == "not_reachable"
     assert row["destination"] == "a male nurse"
     assert row["closest_share"] == pytest.approx(1.0, abs=0.02)
-    assert "does not reach" in row["search_message"]
+    assert "not reachable" in row["search_message"]
+    assert [j["share_female"] for j in row["joint"]] == [1.0] * 4  # every round measured, none moved it
     # it is still edited, as far as allowed: at the strongest λ the side-effect limit permits
     assert row["lambda_relative"] == pytest.approx(row["lambda_relative_min"], rel=1e-6)
     assert (tmp_path / "run" / "edit.safetensors").exists()
@@ -298,7 +289,7 @@ def test_bad_options_are_user_errors(tmp_path):
     assert not (tmp_path / "x" / "fix.json").exists()
 
 
-def test_search_and_joint_rounds_pool_every_tuning_template(tmp_path):
+def test_the_rounds_pool_every_tuning_template(tmp_path):
     pipe, _ = load_tiny()
     templates = ["A photo of {}", "{} smiling"]
     record = fix(pipe, professions=_list(tmp_path), classifier=HalfClassifier(), out=tmp_path / "run",
@@ -306,9 +297,6 @@ def test_search_and_joint_rounds_pool_every_tuning_template(tmp_path):
     assert record["tuning_templates"] == templates
     edited = [p for p in record["professions"] if p["destination"]]
     assert edited, "the stand-in classifier should leave at least one profession off target"
-    for row in edited:
-        search = json.loads((tmp_path / "run" / "search" / f"{row['profession']}.json").read_text())
-        assert search["inputs"]["prompts"] == [f"A photo of {row['phrase']}", f"{row['phrase']} smiling"]
     index = [json.loads(line) for line in (tmp_path / "run" / "index" / "rank0.jsonl").read_text().splitlines()]
     used = {r["prompt"] for r in index if r["type"] == "image"}
     assert {f"A photo of {p['phrase']}" for p in record["professions"]} <= used

@@ -149,7 +149,7 @@ def test_a_saved_fixed_mini_model_audits_like_the_fix_after_audit(tmp_path, caps
     out, saved = tmp_path / "run", tmp_path / "fixed"
     professions = _list(tmp_path, "a nurse\nan engineer\n")
     record = fix("mini", professions=professions, out=out, budget=48, test_images=32, check_images=16,
-                 joint_rounds=0, side_seeds=1, save_pipeline=saved, progress=False, log=None).to_dict()
+                 joint_rounds=1, side_seeds=1, save_pipeline=saved, progress=False, log=None).to_dict()
     assert record["edit_file"] is not None
     capsys.readouterr()
     # no sampler, prompt or classifier option: the folder's recorded settings decide them

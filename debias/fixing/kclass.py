@@ -1,32 +1,27 @@
-"""Fixing attributes of k classes (``debias fix --attribute skin``): k − 1 strengths per profession, one edit.
+"""A profession's edit of an attribute of k classes, and its matrices: destinations, strengths, reach, joint edit.
 
-The binary gender fix edits a profession towards one destination ("a male nurse") with one strength λ. An
-attribute of k classes needs a destination per class ("a nurse with light skin", "… medium skin", "… dark skin")
-and a strength for each: w_c = 1 / λ_rel,c weighs that destination's rows in one closed-form solve, as UCE
-combines its edits::
+Gender is the built-in attribute of k = 2 (female, male); skin tone and age have three classes; two attributes
+fixed together are one attribute whose classes are their cells. A profession is edited towards one destination
+per class it needs more of ("a male nurse"; "a nurse with dark skin"), each with a strength w_c = 1 / λ_rel,c that
+weighs that destination's rows in one closed-form solve, as UCE combines its edits::
 
     M_p = argmin Σ_c w_c Σ_i ‖W′ c_i − W c*_{c,i}‖² + β Σ_anchors ‖W′ a − W a‖² + s ‖W′ − W‖²
 
-(s: the profession's λ scale, so w_c = 1 is λ_rel 1; the anchors' weight β grows with Σ_c w_c, so for one class
-it is the binary fix's). Raising w_c raises class c's share; the most over-represented class (the search's
-reference) gets none. :func:`debias.search_k.search_strengths` finds the w with common random numbers on the
-tuning prompts, each class capped where its edit alone would move unrelated prompts' conditioning by more than
-``max_drift`` (the binary fix's side-effect limit, per class).
+(s: the profession's λ scale, so w_c = 1 is λ_rel 1; the anchors' weight β grows with Σ_c w_c, so one class at
+w is TIME's edit at λ_rel = 1 / w). The most over-represented class (the reference) gets no destination. Each
+class is capped where its edit alone would move unrelated prompts' conditioning by more than ``max_drift``.
 
-Two attributes at once (``--attribute gender --attribute skin``) are fixed as **one crossed attribute** whose
-classes are their cells (:class:`CrossedAttribute`): a destination per cell ("a female pilot with dark skin"),
-the target the product of the two targets, one strength per cell, searched on the joint counts by the same
-k-class search. Fixing them as two attributes in one solve does not work: the solve sends the prompt to the
-strength-weighted mean of all destinations, so "a female pilot" and "a pilot with dark skin" compete and the
-attribute with the larger strengths cancels the other (measured on the mini world v2: the librarian's skin
-strengths of 16-18 left its gender edit of 0.04 without effect). A cell's destination names both classes, so
-every destination moves both attributes at once and nothing cancels.
+Two attributes at once (``--attribute gender --attribute skin``) are one **crossed attribute** whose classes are
+their cells (:class:`CrossedAttribute`): a destination per cell ("a female pilot with dark skin"), the target the
+product of the two targets, one strength per cell. Fixing them as two attributes in one solve does not work: the
+solve sends the prompt to the strength-weighted mean of all destinations, so "a female pilot" and "a pilot with
+dark skin" compete and the attribute with the larger strengths cancels the other (measured on the mini world v2:
+the librarian's skin strengths of 16-18 left its gender edit of 0.04 without effect). A cell's destination names
+both classes, so every destination moves both attributes at once and nothing cancels.
 
 The professions' edits are joined into one M by pinning each profession's rows to what its own edit gives them
-(:func:`debias.editing.solver.joint_from_pins`, as in the binary fix); there are no joint rounds. The after audit
-on the held-out test prompts measures *every* audited attribute under the shipped edit: the fixed ones against
-their targets, and the others (gender, when only skin is fixed) against their own before-values, to show that
-one fix does not undo another.
+(:func:`debias.editing.solver.joint_from_pins`); :mod:`debias.fixing.engine` tunes the strengths inside that
+joint edit.
 """
 
 from __future__ import annotations
@@ -42,7 +37,8 @@ from debias import multiclass
 from debias.attributes import GENDER, Attribute, AttributeClass
 from debias.editing.solver import conditioning_drift
 from debias.fixing.plan import Anchors, kept_rows, profession_edit_rows
-from debias.search_k import KSearchResult
+
+MAX_STRENGTH = 1e4  # w = 1 / λ_rel: the strongest edit is λ_rel 1e-4
 
 ALREADY = "already_within_tolerance"
 
@@ -112,30 +108,56 @@ class CrossedAttribute:
 
 @dataclass
 class ClassEdit:
-    """One profession × one attribute: the target, each class's destination rows, the search's strengths."""
+    """One profession × the attribute a fix edits: its target, each class's destination rows, the strengths the
+    engine (:mod:`debias.fixing.engine`) tunes, and what each round measured."""
 
     attribute: Attribute | CrossedAttribute
     entry: object  # prompts.ProfessionEntry
     target: tuple[float, ...]
     tuning_counts: tuple[int, ...]
+    tuning_unclear: int = 0
     rows: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # per class (C, C*)
     scale: float = 1.0  # λ scale of the source rows (debias.editing.lambda_scale)
     caps: tuple[float, ...] = ()  # strongest w per class the side-effect limit allows
-    search: Optional[KSearchResult] = None
-    status: str = ""
+    strengths: list[float] = field(default_factory=list)  # w_c = 1 / λ_rel,c; 0: no destination for class c
+    reference: Optional[int] = None  # the over-represented class, never given a destination; None: not edited
+    status: str = ""  # "" while edited; ALREADY or "not_reachable" otherwise
+    joined_round: Optional[int] = None  # left unedited, then pushed out of the band by the others: joined after it
+    rounds: list[dict] = field(default_factory=list)  # per round: strengths, reach, counts, the model's shares
+    outcome: Optional[dict] = None  # the engine's expected tuning shares under the shipped edit, and its status
+    secant: dict = field(default_factory=dict)  # class -> (log w, reach difference) of the solver's last step
     edited_as: Optional[CrossedAttribute] = None  # a crossed fix's view of one of its attributes (fix.json)
 
+    def __post_init__(self) -> None:
+        if not self.strengths:
+            self.strengths = [0.0] * (self.edited_as or self.attribute).k
+
     @property
-    def strengths(self) -> tuple[float, ...]:
-        """One per class of the attribute edited (for a view, per cell of the crossed attribute)."""
-        return self.search.strengths if self.search is not None else (0.0,) * (self.edited_as or self.attribute).k
+    def active(self) -> bool:
+        """Tuned by the engine: it has a reference class (its strengths may still all be 0)."""
+        return self.reference is not None
 
     @property
     def edited(self) -> bool:
         return any(w > 0 for w in self.strengths)
 
+    @property
+    def target_array(self) -> np.ndarray:
+        return np.asarray(self.target, dtype=float)
+
+    @property
+    def tuning_unclear_rate(self) -> float:
+        n = sum(self.tuning_counts) + self.tuning_unclear
+        return self.tuning_unclear / n if n else 0.0
+
     def destinations(self) -> list[str]:
         return [c.destination_phrase(self.entry.phrase) for c in (self.edited_as or self.attribute).classes]
+
+    def join(self, reference: int, probe: Optional[torch.Tensor], max_drift: Optional[float],
+             anchors: Optional[Anchors], rnd: Optional[int] = None) -> None:
+        """Start editing: ``reference`` is the class it has too much of; each class capped by the side-effect limit."""
+        self.reference, self.status, self.joined_round = reference, "", rnd
+        self.caps = class_caps(self, probe, max_drift, anchors, MAX_STRENGTH)
 
 
 def edit_of(edits: Sequence[ClassEdit], attribute: Attribute) -> Optional[ClassEdit]:
@@ -185,7 +207,7 @@ def combined_matrix(parts: Sequence[tuple[torch.Tensor, torch.Tensor, float]], s
 
 
 def class_matrix(edit: ClassEdit, strengths: Sequence[float], anchors: Optional[Anchors]) -> Optional[torch.Tensor]:
-    """The edit of one attribute of one profession at ``strengths`` (what the search tries)."""
+    """The edit of one profession alone at ``strengths`` (its pin in the joint edit)."""
     return combined_matrix([(C, S, w) for (C, S), w in zip(edit.rows, strengths)], edit.scale, anchors)
 
 
@@ -218,24 +240,34 @@ def strongest_within(drift, lo: float, hi: float, level: float) -> float:
     return math.exp(lo)
 
 
-def joint_class_matrix(profs: Sequence[Sequence[ClassEdit]], preserve_rows: Optional[torch.Tensor],
+def joint_class_matrix(edits: Sequence[ClassEdit], preserve_rows: Optional[torch.Tensor],
                        preserve_strength: float, anchors: Optional[Anchors], pin: float) -> Optional[torch.Tensor]:
-    """One M for every profession with an edit: each profession's rows pinned where its combined edit (every
-    attribute's weighted destinations) takes them; preserve rows and anchors kept in place."""
+    """One M for every edited profession: each profession's rows pinned where its own edit (every class's weighted
+    destination) takes them; preserve rows and anchors kept in place (None: nothing is edited)."""
     from debias.editing.solver import joint_from_pins
 
     pins = []
-    for edits in profs:
-        parts = [(C, S, w) for e in edits for (C, S), w in zip(e.rows, e.strengths)]
-        scale = next((e.scale for e in edits), 1.0)
-        M_p = combined_matrix(parts, scale, anchors)
+    for e in edits:
+        parts = [(C, S, w) for (C, S), w in zip(e.rows, e.strengths) if w > 0]
+        M_p = combined_matrix(parts, e.scale, anchors)
         if M_p is None:
             continue
-        sources = torch.cat([C for C, _, w in parts if w > 0])
-        pins.append((sources, sources @ M_p.T, pin * scale))
+        sources = torch.cat([C for C, _, _ in parts])
+        pins.append((sources, sources @ M_p.T, pin * e.scale))
     if not pins:
         return None
     return joint_from_pins(pins, kept_rows(preserve_rows, preserve_strength, anchors))
+
+
+def reach(M: torch.Tensor, rows: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> np.ndarray:
+    """How far ``M`` carries a profession's rows towards each class's destination: ⟨(M − I)C, C* − C⟩ / ‖C* − C‖²
+    per class (0: not at all, 1: onto it; a projection, so an edit towards another class can move it either way)."""
+    out = np.zeros(len(rows))
+    for c, (C, S) in enumerate(rows):
+        direction = S - C
+        moved = C @ M.T.to(C.dtype) - C
+        out[c] = float((moved * direction).sum() / (direction * direction).sum().clamp_min(1e-12))
+    return out
 
 
 # -------------------------------------------------------------------------------------------------- rows
@@ -265,9 +297,3 @@ def within_tolerance(counts: Sequence[int], target: Sequence[float], tolerance: 
     """The audit's band rule: every class share within ``tolerance`` of its target (None: nothing read)."""
     deviation = multiclass.max_deviation(multiclass.shares(counts), target)
     return None if deviation is None else deviation <= tolerance
-
-
-def search_tolerance(target: Sequence[float], tolerance: float) -> float:
-    """The search's tolerance on Δ that means "every share within ``tolerance`` of its target"."""
-    t = np.asarray(target, dtype=float)
-    return float(min(tolerance / np.max(np.maximum(t, 1.0 - t)), 0.99))

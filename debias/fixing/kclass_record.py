@@ -49,6 +49,7 @@ def distribution(counts: Sequence[int], n_unclear: int, target: Sequence[float],
 
 
 def edit_status(edit: ClassEdit, after_within: Optional[bool]) -> str:
+    """The after audit decides, except for professions left unedited or whose target the limits put out of reach."""
     if edit.status in (ALREADY, "not_reachable"):
         return edit.status
     return "fixed" if after_within else "budget_exhausted"
@@ -64,17 +65,14 @@ def fixed_block(attribute: Attribute, edits: Sequence[ClassEdit], before, after,
                 distribution(a_counts, a_unclear, e.target, tolerance))
         pairs_before.append((b_counts, e.target))
         pairs_after.append((a_counts, e.target))
-        search = e.search
         rows.append({
             "profession": e.entry.name, "phrase": e.entry.phrase, "target": list(e.target),
             "cells": list(e.edited_as.class_names) if e.edited_as else None,
             "destinations": e.destinations(), "status": edit_status(e, a["within_band"]),
             "tuning_counts": list(e.tuning_counts), "caps": list(e.caps) or None,
             "strengths": list(e.strengths), "lambda_relative": [None if w <= 0 else 1.0 / w for w in e.strengths],
-            "search": None if search is None else {
-                "status": search.status, "message": search.message, "images_used": search.images_used,
-                "reference_class": search.reference_class, "shares": [_num(x) for x in search.shares],
-                "ci_low": [_num(x) for x in search.ci_low], "ci_high": [_num(x) for x in search.ci_high]},
+            "reference_class": None if e.reference is None else (e.edited_as or e.attribute).class_names[e.reference],
+            "joined_round": e.joined_round, "engine": e.outcome, "rounds": list(e.rounds),
             "before": b, "after": a})
     mean_b, low_b, high_b = multiclass.mean_delta_interval(pairs_before)
     mean_a, low_a, high_a = multiclass.mean_delta_interval(pairs_after)

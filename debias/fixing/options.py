@@ -9,12 +9,14 @@ from typing import Any, Optional, Sequence
 
 from debias.errors import InputError
 
-DEFAULT_BUDGET = 320  # images per profession for the λ search (≈ ±0.08 at 95% on the tuning prompts)
+# Images per profession on the tuning side (the tuning audit and every round), per class beyond the first: gender
+# 320, skin or age 640. What the rounds pool ends near ±0.07 at the chosen strengths for two classes; the after
+# audit, not the tuning, is where a share is measured precisely.
+DEFAULT_BUDGET_PER_CLASS = 320
 DEFAULT_TEST_IMAGES = 128  # per profession, before and after, on the held-out test prompts (≈ ±0.09)
-DEFAULT_CHECK_IMAGES = 128  # per profession and joint round, tuning prompts (≈ ±0.09)
-DEFAULT_JOINT_ROUNDS = 2
+DEFAULT_CHECK_IMAGES = 128  # per profession, the tuning audit: the unedited point of every profession's model
+DEFAULT_JOINT_ROUNDS = 3  # rounds of the engine; each measures every profession under the joint edit
 DEFAULT_SIDE_SEEDS = 16  # seeds per unrelated prompt for the side-effect check
-LOG_LAMBDA_BOUNDS = (math.log(1e-4), math.log(1e4))
 # An edit may move the conditioning of unrelated prompts by at most this (mean relative norm of ‖(M − I)c‖ over
 # their token rows). On the built-in model the demo's joint edit moves them by 0.086 and their images by 0.005 mean
 # absolute pixel change (0–1); without a limit the strongest edits change every prompt. None turns the limit off.
@@ -28,8 +30,6 @@ DEFAULT_ANCHOR_STRENGTH = 100.0
 # How strongly the joint edit holds each profession's rows at what its own tuned edit gives them, as λ_rel of a ridge
 # (chosen by a check without test prompts, see joint_from_pins and benchmarks/joint_pin.py).
 JOINT_PIN_LAMBDA_RELATIVE = 0.3
-# A joint round re-tunes a profession only when its λ would move by more than this (in log λ, i.e. 1%).
-MIN_CORRECTION = 0.01
 # The tuning side (tuning audit, λ search, joint rounds) draws its seeds from seed + this, the test audits from seed:
 # the strengths are judged on seeds as well as prompts they were not tuned on. A seed's starting noise decides much
 # of the perceived gender whatever the prompt says: on the built-in model the per-seed count of "female" images over its
@@ -48,14 +48,15 @@ def check_options(target, tolerance, budget, test_images, check_images, joint_ro
                          f"got {target}")
     if not 0.0 < tolerance < 0.5:
         raise InputError(f"--tolerance must be in (0, 0.5), got {tolerance}")
-    if budget < 32:
-        raise InputError(f"--budget is the number of images the λ search may use per profession; at least 32, "
-                         f"got {budget}")
     for name, value in (("--test-images", test_images), ("--check-images", check_images)):
         if value < 1:
             raise InputError(f"{name} must be at least 1, got {value}")
-    if joint_rounds < 0:
-        raise InputError(f"--joint-rounds must be >= 0, got {joint_rounds}")
+    if joint_rounds < 1:
+        raise InputError(f"--joint-rounds must be >= 1 (the rounds that tune the strengths), got {joint_rounds}")
+    if budget is not None and budget < check_images + 16 * joint_rounds:
+        raise InputError(f"--budget is the images per profession on the tuning side (the tuning audit's "
+                         f"--check-images {check_images}, then {joint_rounds} rounds); {budget} leaves fewer than 16 "
+                         f"images a round: give at least {check_images + 16 * joint_rounds}, or fewer --joint-rounds")
     if side_seeds < 0:
         raise InputError(f"--side-seeds must be >= 0, got {side_seeds}")
     if anchor_strength is not None and not (math.isfinite(anchor_strength) and anchor_strength >= 0):
@@ -84,7 +85,7 @@ class FixOptions:
     out: str | os.PathLike = "runs/fix"
     target: float = 0.5
     tolerance: float = 0.05
-    budget: int = DEFAULT_BUDGET
+    budget: Optional[int] = None  # None: DEFAULT_BUDGET_PER_CLASS per class beyond the first
     test_images: int = DEFAULT_TEST_IMAGES
     check_images: int = DEFAULT_CHECK_IMAGES
     joint_rounds: int = DEFAULT_JOINT_ROUNDS
@@ -112,7 +113,6 @@ class FixOptions:
     threads: Optional[int] = None
     save_pipeline: Optional[str | os.PathLike] = None
     allow_pickle: bool = False
-    log_lambda_bounds: tuple[float, float] = LOG_LAMBDA_BOUNDS
     max_drift: Optional[float] = DEFAULT_MAX_DRIFT
     progress: bool = True
 
@@ -124,6 +124,12 @@ class FixOptions:
 
         return RunOptions(split_classifiers(self.classifier)[0], self.labels_female, self.labels_male, self.labels_none,
                           self.min_confidence, self.steps, self.guidance, self.height, self.width, self.batch_size)
+
+    def with_budget_for(self, k: int) -> "FixOptions":
+        """The options with the budget filled in for an attribute of ``k`` classes."""
+        from dataclasses import replace
+
+        return self if self.budget is not None else replace(self, budget=(k - 1) * DEFAULT_BUDGET_PER_CLASS)
 
     @property
     def tuning_seed(self) -> int:

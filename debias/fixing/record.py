@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import hashlib
-import math
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from debias import __version__, stats
-from debias.fixing.options import JOINT_PIN_LAMBDA_RELATIVE, NOT_TARGETED, TUNING_SEED_OFFSET, UNEDITED
-from debias.fixing.plan import ProfessionState
+from debias.attributes import GENDER, Attribute
 from debias.cache import edit_id
+from debias.fixing.kclass import ALREADY, ClassEdit, edit_of
+from debias.fixing.kclass_record import attribute_fixes
+from debias.fixing.options import JOINT_PIN_LAMBDA_RELATIVE, NOT_TARGETED, TUNING_SEED_OFFSET, UNEDITED
 from debias.results import AuditResult, FixResult, ProfessionAudit, ProfessionFix
 
-FIX_STAGES = ("before", "tuning", "search", "joint", "after", "side_effects")
+FIX_STAGES = ("before", "tuning", "joint", "after", "side_effects")
 
 
 def image_counts(cache, used: dict[str, int]) -> dict[str, Any]:
@@ -35,29 +36,30 @@ def image_counts(cache, used: dict[str, int]) -> dict[str, Any]:
             "in_cache": len(cache.images)}
 
 
-def nothing_edited(profs: Sequence[ProfessionState]) -> str:
+def nothing_edited(edits: Sequence[ClassEdit]) -> str:
     """Why a fix made no edit, in words (from each profession's status)."""
-    unedited = [p.name for p in profs if p.status == UNEDITED]
-    unclassified = [p.name for p in profs if p.status == "not_reachable"]
+    unedited = [e.entry.name for e in edits if e.status == ALREADY]
+    unread = [e.entry.name for e in edits if e.status == "not_reachable"]
     parts = []
     if unedited:
-        parts.append(f"{len(unedited)} of {len(profs)} professions already lie within the band on the tuning prompts "
+        parts.append(f"{len(unedited)} of {len(edits)} professions already lie within the band on the tuning prompts "
                      f"({', '.join(unedited)})")
-    if unclassified:
-        parts.append(f"{len(unclassified)} had no image the classifier could read on the tuning prompts "
-                     f"({', '.join(unclassified)}; check the classifier, its labels and --min-confidence)")
+    if unread:
+        parts.append(f"{len(unread)} had no image the classifier could read on the tuning prompts "
+                     f"({', '.join(unread)}; check the classifier, its labels and --min-confidence)")
     return "; ".join(parts) or "no profession was given"
 
 
-def edit_metadata(profs, preserve_prompts, preserve_strength, anchor_prompts, anchor_strength, augmentations,
-                   target, tolerance) -> dict:
-    edits = [{"source": p.entry.phrase, "destination": p.destination, "lambda": math.exp(p.log_lambda) * p.scale,
-              "lambda_relative": math.exp(p.log_lambda), "lambda_scale": p.scale}
-             for p in profs if p.edited]
-    return {"kind": "fix", "edits": edits, "augmentations": list(augmentations), "preserve": list(preserve_prompts),
-            "preserve_strength": preserve_strength, "anchors": list(anchor_prompts),
-            "anchor_strength": anchor_strength, "joint_pin_lambda_relative": JOINT_PIN_LAMBDA_RELATIVE,
-            "target": target, "tolerance": tolerance}
+def edit_metadata(edits: Sequence[ClassEdit], preserve: Sequence[str], opts, run) -> dict:
+    """What the edit file records: per edited profession its destinations and strengths (as λ_rel)."""
+    return {"kind": "fix", "attribute": edits[0].attribute.name,
+            "edits": [{"source": e.entry.phrase, "destinations": e.destinations(), "strengths": list(e.strengths),
+                       "lambda_relative": [None if w <= 0 else 1.0 / w for w in e.strengths],
+                       "lambda_scale": e.scale} for e in edits if e.edited],
+            "augmentations": list(run.augmentations), "preserve": list(preserve),
+            "preserve_strength": opts.preserve_strength, "anchors": list(run.anchor_prompts),
+            "anchor_strength": opts.anchor_strength, "joint_pin_lambda_relative": JOINT_PIN_LAMBDA_RELATIVE,
+            "target": opts.target, "tolerance": opts.tolerance}
 
 
 def file_sha256(path: Path) -> str:
@@ -68,55 +70,80 @@ def file_sha256(path: Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def clean_number(x: Optional[float]) -> Optional[float]:
-    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
+def gender_rounds(e: ClassEdit) -> list[dict]:
+    """Each round of a gender edit as the report reads it: the strength, the female share with its interval."""
+    out = []
+    for r in e.rounds:
+        f, m = r["counts"]
+        est = stats.estimate(f, m, r["n_unclear"], target=e.target[0])
+        lam = next((x for x in r["lambda_relative"] if x is not None), None)
+        out.append({**r, "lambda_relative": lam, "lambda": None if lam is None else lam * e.scale, "n_female": f,
+                    "n_male": m, "share_female": est.share_female, "ci_low": est.ci_low, "ci_high": est.ci_high})
+    return out
 
 
-def profession_record(p: ProfessionState, after_row: ProfessionAudit, tolerance: float) -> ProfessionFix:
-    t, before, search = p.target, p.before, p.search
+def profession_record(entry, target: float, e: Optional[ClassEdit], before: ProfessionAudit,
+                      tuning: ProfessionAudit, after_row: ProfessionAudit, tolerance: float) -> ProfessionFix:
+    """One profession's gender row; ``e`` is its gender edit, a crossed edit's view of gender, or None (not fixed)."""
     share_after = after_row.share_female
-    within_after = stats.within_band(share_after, t, tolerance)
-    if p.status in (UNEDITED, "not_reachable", NOT_TARGETED):
-        status = p.status
-    elif within_after:
-        status = "fixed"
-    else:
-        status = "budget_exhausted"
-    lam_rel = math.exp(p.log_lambda) if p.edited else None
-    trace = search.trace(p.scale) if search else []
+    within_after = stats.within_band(share_after, target, tolerance)
+    own = e is not None and e.edited_as is None  # gender itself was edited (k = 2), not through cells
+    status = NOT_TARGETED if e is None else e.status
+    if status not in (UNEDITED, "not_reachable", NOT_TARGETED):
+        status = "fixed" if within_after else "budget_exhausted"
+    edited_class = None if not own or e.reference is None else 1 - e.reference
+    w = e.strengths[edited_class] if edited_class is not None else 0.0
+    lam_rel = 1.0 / w if w > 0 else None
+    outcome = (e.outcome or {}) if own and e.active else {}
+    rounds = gender_rounds(e) if own else []
+    unedited = {"lambda": None, "lambda_relative": None, "n_female": tuning.n_female, "n_male": tuning.n_male,
+                "n_unclear": tuning.n_unclear, "share": tuning.share_female}
     return ProfessionFix(
-        profession=p.name, phrase=p.entry.phrase, target=t, destination=p.destination, status=status,
-        lambda_=None if lam_rel is None else lam_rel * p.scale, lambda_relative=lam_rel,
-        lambda_scale=p.scale if p.side else None,
-        lambda_relative_min=math.exp(p.bounds[0]) if p.side else None,  # strongest edit allowed (side effects)
+        profession=entry.name, phrase=entry.phrase, target=target,
+        destination=e.destinations()[edited_class] if lam_rel is not None else None, status=status,
+        lambda_=None if lam_rel is None else lam_rel * e.scale, lambda_relative=lam_rel,
+        lambda_scale=e.scale if lam_rel is not None else None,
+        lambda_relative_min=1.0 / e.caps[edited_class] if lam_rel is not None else None,
         share_before=before.share_female, ci_low_before=before.ci_low, ci_high_before=before.ci_high,
         n_before=before.n, share_after=share_after, ci_low_after=after_row.ci_low, ci_high_after=after_row.ci_high,
         n_after=after_row.n, n_unclear_after=after_row.n_unclear, delta_before=before.delta,
         delta_after=after_row.delta, within_band_before=before.within_band, within_band_after=within_after,
-        after_interval_within_band=stats.interval_within_band(after_row.ci_low, after_row.ci_high, t, tolerance),
-        after_interval_overlaps_band=stats.interval_overlaps_band(after_row.ci_low, after_row.ci_high, t, tolerance),
+        after_interval_within_band=stats.interval_within_band(after_row.ci_low, after_row.ci_high, target, tolerance),
+        after_interval_overlaps_band=stats.interval_overlaps_band(after_row.ci_low, after_row.ci_high, target,
+                                                                  tolerance),
         planted_share=before.planted_share, oracle_share_before=before.oracle_share,
-        oracle_share_after=after_row.oracle_share, tuning_share_before=p.tuning_before.share_female,
-        images_used_in_search=search.images_used if search else 0,
-        search_status=search.status if search else None, search_message=search.message if search else None,
-        search_lambda_relative=search.lambda_relative if search else None,
-        search_share=clean_number(search.share) if search else None,
-        search_ci_low=clean_number(search.ci_low) if search else None,
-        search_ci_high=clean_number(search.ci_high) if search else None,
-        closest_share=clean_number(search.closest_share) if search else None,
-        joint=p.joint, joined_round=p.joined_round,
-        search=[row for row in trace if row["lambda"] is not None],
-        search_unedited=next((row for row in trace if row["lambda"] is None), None) if search else None,
+        oracle_share_after=after_row.oracle_share, tuning_share_before=tuning.share_female,
+        images_used_in_search=sum(sum(r["counts"]) + r["n_unclear"] for r in rounds),
+        search_status=outcome.get("status"), search_message=outcome.get("message"),
+        search_lambda_relative=lam_rel if outcome else None,
+        search_share=outcome["shares"][0] if outcome else None,
+        search_ci_low=outcome["ci_low"][0] if outcome else None,
+        search_ci_high=outcome["ci_high"][0] if outcome else None,
+        closest_share=outcome["shares"][0] if outcome else None,
+        joint=rounds, joined_round=e.joined_round if own else None,
+        search=[{k: r[k] for k in ("round", "lambda", "lambda_relative", "n_female", "n_male", "n_unclear")}
+                for r in rounds if r["lambda_relative"] is not None],
+        search_unedited=unedited if own and e.active else None,
     )
 
 
-def fix_record(run, opts, profs: Sequence[ProfessionState], before: AuditResult, after: AuditResult, side: dict, M,
-               preserve_prompts: Sequence[str], images: dict, started: datetime, wall: float) -> FixResult:
-    """``fix.json``: the settings, the edit, before/after per profession with intervals, side effects, images."""
+def fix_record(run, opts, fixed: Sequence[Attribute], edits: Sequence[ClassEdit], before: AuditResult,
+               tuning: AuditResult, after: AuditResult, side: dict, M, preserve_prompts: Sequence[str], images: dict,
+               started: datetime, wall: float) -> FixResult:
+    """``fix.json``: the settings, the edit, before/after per profession with intervals, side effects, images;
+    gender's rows always (fixed or measured), and an ``attribute_fixes`` block when another attribute is fixed."""
     from debias.auditing import hardware_info, package_versions
 
     tolerance, settings, out = opts.tolerance, run.settings, run.out
-    rows = [profession_record(p, a, tolerance) for p, a in zip(profs, after.professions)]
+    rows = []
+    for e in edits:
+        target = opts.target if e.entry.target is None else e.entry.target
+        rows.append(profession_record(e.entry, target, edit_of([e], GENDER), before.row(e.entry.phrase),
+                                      tuning.row(e.entry.phrase), after.row(e.entry.phrase), tolerance))
+    blocks = None
+    if any(a.name != GENDER.name for a in fixed):
+        held = [] if any(a.name == GENDER.name for a in fixed) else [GENDER]
+        blocks = attribute_fixes(fixed, held, edits, run.entries, before, after, tolerance)
     generation = settings.to_dict()
     generation.pop("device")
     return FixResult(
@@ -141,6 +168,6 @@ def fix_record(run, opts, profs: Sequence[ProfessionState], before: AuditResult,
         within_tolerance_before=sum(r.within_band_before for r in rows),
         within_tolerance_after=sum(r.within_band_after for r in rows),
         after_intervals_overlapping_band=sum(r.after_interval_overlaps_band for r in rows),
-        edit_note=None if M is not None else f"nothing to edit: {nothing_edited(profs)}",
-        images=images, side_effects=side, ci_note=stats.CI_NOTE, professions=rows,
+        edit_note=None if M is not None else f"nothing to edit: {nothing_edited(edits)}",
+        images=images, side_effects=side, ci_note=stats.CI_NOTE, professions=rows, attribute_fixes=blocks,
     )

@@ -1,16 +1,14 @@
-"""The steps of a fix, in order: set up, audit before, choose destinations, search strengths, joint edit (shipping
-and judging the edit is :mod:`.ship`).
+"""The steps of a fix, in order: set up, audit before, plan each profession's edit (tuning the strengths is
+:mod:`.engine`, shipping and judging the edit :mod:`.ship`).
 
-Each step reads and writes the professions' :class:`~debias.fixing.plan.ProfessionState` and the shared
-:class:`FixRun`; :func:`debias.fixing.verb.fix` calls them in order. Every decision (destination, left unedited,
-strengths, joiners) reads the tuning prompts and seeds only; the before audit on the test prompts is compared
-with the after audit and nothing else.
+Every step reads and writes the shared :class:`FixRun` and the professions' :class:`~debias.fixing.kclass.ClassEdit`;
+:func:`debias.fixing.verb.fix` calls them in order. Every decision (destination, left unedited, strengths, joiners)
+reads the tuning prompts and seeds only; the before audit on the test prompts is compared with the after audit and
+nothing else.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,19 +16,13 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from debias import stats
-from debias.fixing.options import DEFAULT_ANCHOR_STRENGTH, MIN_CORRECTION, UNEDITED, FixOptions, tuning_templates_for
-from debias.fixing.plan import (
-    Anchors, ProfessionState, anchor_prompts_for, choose_destination, drift_bounds, encode_preserve_rows, fitted_slope,
-    join_edit, joint_matrix, pooled_correction, preserve_prompt_list, probe_rows, search_seeds_per_round,
-    single_matrix,
-)
-from debias.fixing.record import edit_metadata
-from debias.summaries import fmt
-from debias.generate import items_for_seeds, measure, work_items
-from debias.prompts import profession_prompts
+from debias.attributes import GENDER, Attribute
+from debias.audit_attributes import profession_target
+from debias.fixing.kclass import ALREADY, ClassEdit, CrossedAttribute, class_counts, encode_class_rows, within_tolerance
+from debias.fixing.options import DEFAULT_ANCHOR_STRENGTH, FixOptions, tuning_templates_for
+from debias.fixing.plan import Anchors, anchor_prompts_for, probe_rows
+from debias.generate import measure
 from debias.results import AuditResult
-from debias.search import SearchResult, search_lambda
 from debias.setup import LoadedModel
 
 
@@ -59,7 +51,7 @@ class FixRun:
     threads: int
     dist: Any
     used: Counter = field(default_factory=Counter)  # images read per stage (see image_counts)
-    attribute_classifiers: dict = field(default_factory=dict)  # attribute name -> its classifier (attribute fix)
+    attribute_classifiers: dict = field(default_factory=dict)  # attribute name -> its classifier (not gender)
 
     @property
     def pipe(self):
@@ -97,22 +89,6 @@ class FixRun:
         return measure(self.pipe, self.clf, items, settings=self.settings, cache=self.cache, edit=edit,
                        batch_size=self.batch, oracle=self.oracle, progress=self.progress, description=description,
                        stage=stage, adapt_batch=self.model.memory.adapt_batch)
-
-    def evaluator(self, prompts: Sequence[str], p: ProfessionState, seed_base: int):
-        """``evaluate(λ_rel, seeds) -> labels`` for the search: tuning prompts under the single edit of ``p``."""
-        def evaluate(lambda_relative: float, seeds: Sequence[int]) -> list[str]:
-            M = None if math.isinf(lambda_relative) else single_matrix(p, math.log(lambda_relative), self.anchors)
-            results = self.generate(items_for_seeds(prompts, seeds, seed_base), stage="search",
-                                    description=f"{p.name}: {len(seeds)} images", edit=M)
-            return [r.label for r in results]
-
-        return evaluate
-
-    def report(self, name: str, e, used: int, budget: int) -> None:
-        lam = "unedited" if math.isinf(e.log_lambda_relative) else f"λ_rel {e.lambda_relative:.3g}"
-        share = "—" if math.isnan(e.share) else f"{e.share:.2f}"
-        self.say(f"  {name}: round {e.round} {e.phase:9s} {lam:>16s}: share {share} of {len(e.seeds)} "
-                 f"(unclear {e.n_unclear}); {used}/{budget} images")
 
 
 # ------------------------------------------------------------------------------------------------ setup
@@ -160,200 +136,102 @@ def setup(model: Any, opts: FixOptions, say: Callable[[str], None]) -> tuple[Fix
 
 
 # ----------------------------------------------------------------------------------------------- before
-def audit_before(run: FixRun, opts: FixOptions) -> tuple[AuditResult, AuditResult, list[ProfessionState]]:
+def edited_attribute(fixed: Sequence[Attribute]) -> Attribute | CrossedAttribute:
+    """What the fix edits: the one fixed attribute, or the two crossed (their cells are the classes)."""
+    return CrossedAttribute(*fixed) if len(fixed) == 2 else fixed[0]
+
+
+def audit_extra(fixed: Sequence[Attribute]) -> dict:
+    """What every audit of the fix reads besides gender: the fixed attributes, crossed when there are two."""
+    extra: dict = {}
+    attributes = [a for a in fixed if a.name != GENDER.name]
+    if attributes:
+        extra["attributes"] = attributes
+    if len(fixed) == 2:
+        extra["intersect"] = [tuple(a.name for a in fixed)]
+    return extra
+
+
+def audits_before(run: FixRun, opts: FixOptions, fixed: Sequence[Attribute]) -> tuple[AuditResult, AuditResult]:
     """The test audit (a judge only) and the tuning audit (where every decision comes from), unedited."""
-    run.say(f"fix: auditing {len(run.entries)} professions before the edit ({opts.test_images} images each, "
-            "test prompts)")
-    before = run.audit("before", opts.test_images, "test", opts.seed)
-    tuning = run.audit("tuning", opts.check_images, "tuning", opts.tuning_seed, templates=opts.tuning_templates)
-    profs = [ProfessionState(entry=e, target=e.target if e.target is not None else opts.target, before=b,
-                             tuning_before=tb)
-             for e, b, tb in zip(run.entries, before.professions, tuning.professions)]
-    return before, tuning, profs
+    extra = audit_extra(fixed)
+    read = ", ".join(["gender"] + [a.name for a in extra.get("attributes", [])])
+    run.say(f"fix: auditing {len(run.entries)} professions before the edit ({opts.test_images} images each, test "
+            f"prompts; {read})")
+    before = run.audit("before", opts.test_images, "test", opts.seed, **extra)
+    tuning = run.audit("tuning", opts.check_images, "tuning", opts.tuning_seed, templates=opts.tuning_templates,
+                       **extra)
+    return before, tuning
 
 
-# ------------------------------------------------------------------------------------------ destinations
-def choose_destinations(run: FixRun, opts: FixOptions, profs: Sequence[ProfessionState]) -> None:
-    """Edit towards the side under-represented on the tuning prompts, within the side-effect limit."""
-    for p in profs:
-        share = p.tuning_before.share_female
-        if share is None:
-            p.status = "not_reachable"
-            run.say(f"  {p.name}: no classified image on the tuning prompts; cannot choose a destination")
-        elif stats.within_band(share, p.target, opts.tolerance):
-            p.status = UNEDITED
-            run.say(f"  {p.name}: share {share:.2f} on the tuning prompts already within {p.target} ± "
-                    f"{opts.tolerance}; left unedited")
+# ------------------------------------------------------------------------------------------------- plan
+def edit_target(entry, attribute: Attribute | CrossedAttribute, default_gender: float) -> tuple[float, ...]:
+    """The profession's target for what is edited (a crossed attribute's: the product of its two targets)."""
+    if isinstance(attribute, CrossedAttribute):
+        return attribute.target(profession_target(entry, attribute.first, default_gender)[0],
+                                profession_target(entry, attribute.second, default_gender)[0])
+    return profession_target(entry, attribute, default_gender)[0]
+
+
+def inside_band(edit: ClassEdit, counts, tolerance: float) -> Optional[bool]:
+    """The audit's band rule on the counts; for a crossed attribute on both attributes' own shares (what the
+    after audit judges), not on the cells."""
+    if not isinstance(edit.attribute, CrossedAttribute):
+        return within_tolerance(counts, edit.target, tolerance)
+    checks = [within_tolerance(c, t, tolerance)
+              for c, t in zip(edit.attribute.marginals(counts), edit.attribute.marginals(edit.target))]
+    return None if None in checks else all(checks)
+
+
+def plan_edits(run: FixRun, opts: FixOptions, attribute: Attribute | CrossedAttribute,
+               tuning: AuditResult) -> list[ClassEdit]:
+    """One :class:`ClassEdit` per profession: destination rows for every class (the reach of any edit is read on
+    them, cross-effects on unedited professions included), and, where the tuning shares lie outside the band, the
+    reference class (the one it has most of against its target) and the side-effect caps."""
+    edits = []
+    for entry in run.entries:
+        counts, unclear = class_counts(tuning, attribute, entry.phrase)
+        edit = ClassEdit(attribute, entry, edit_target(entry, attribute, opts.target), counts, unclear)
+        encode_class_rows(run.pipe, edit, run.augmentations)
+        inside = inside_band(edit, counts, opts.tolerance)
+        if inside is None:
+            edit.status = "not_reachable"
+            run.say(f"  {entry.name}: no image read on the tuning prompts; left unedited (check the classifier, its "
+                    "labels and --min-confidence)")
+        elif inside:
+            edit.status = ALREADY
+            run.say(f"  {entry.name}: shares {_shares(counts)} already within {opts.tolerance} of the target "
+                    f"{_shares(edit.target)} on the tuning prompts; left unedited")
         else:
-            choose_destination(p, share, run.pipe, run.augmentations)
-            p.bounds = drift_bounds(p, run.probe, opts.max_drift, opts.log_lambda_bounds, run.anchors)
-            if p.bounds[0] > opts.log_lambda_bounds[0]:
-                run.say(f"  {p.name}: λ_rel ≥ {math.exp(p.bounds[0]):.3g} keeps unrelated prompts' conditioning "
-                        f"within {opts.max_drift:.0%} (stronger edits would change them)")
+            over = [c / max(t, 1e-3) for c, t in zip(counts, edit.target)]
+            edit.join(over.index(max(over)), run.probe, opts.max_drift, run.anchors)
+        edits.append(edit)
+    return edits
 
 
-# ------------------------------------------------------------------------------------------------ search
-def search_strengths(run: FixRun, opts: FixOptions, profs: Sequence[ProfessionState]) -> None:
-    """λ_p per profession on the tuning prompts; a finished search is reused from ``out/search``."""
-    start_hint: Optional[float] = None
-    for p in profs:
-        if p.side is None:
-            continue
-        result = search_one(run, opts, p, start_hint)
-        p.search = result
-        run.used["search"] += result.images_used
-        run.say(f"search {p.name}: {result.status} — λ_rel {fmt(result.lambda_relative, 3)}, share "
-                f"{fmt(result.share, 3)} [{fmt(result.ci_low, 3)}, {fmt(result.ci_high, 3)}], {result.images_used} images")
-        if result.status == "not_reachable":
-            # still edited, at the strongest allowed λ: it moves the share as far towards the target as the
-            # limits allow (the status says it does not get there; closest_share says how close)
-            p.status = "not_reachable"
-            if result.log_lambda_relative is None or not result.evaluations:
-                continue
-        p.log_lambda = result.log_lambda_relative
-        p.slope = fitted_slope(result)
-        if result.status != "not_reachable" and start_hint is None:
-            start_hint = p.log_lambda
+def _shares(values) -> str:
+    total = sum(values) or 1
+    return "(" + ", ".join(f"{v / total:.2f}" for v in values) + ")"
 
 
-def search_one(run: FixRun, opts: FixOptions, p: ProfessionState, start_hint: Optional[float]) -> SearchResult:
-    """One profession's search, or the stored one made with exactly the same inputs."""
-    from debias.models import fingerprint
-
-    prompts = profession_prompts(p.entry, run.templates)
-    per_round = search_seeds_per_round(p.tuning_before, opts.budget)
-    inputs = {"model": fingerprint(run.pipe), "classifier": run.clf.cache_id,
-              "settings": run.settings.to_dict(), "source": p.entry.phrase, "destination": p.destination,
-              "augmentations": list(run.augmentations), "anchors": run.anchor_prompts,
-              "anchor_strength": opts.anchor_strength, "prompts": prompts, "target": p.target,
-              "tolerance": opts.tolerance, "budget": opts.budget, "seed": opts.tuning_seed, "bounds": list(p.bounds),
-              "start": start_hint, "seeds_per_round": per_round, "version": 3}
-    path = run.out / "search" / f"{slug(p.name)}.json"
-    stored = load_stored(path, inputs)
-    if stored is not None:
-        run.say(f"search {p.name}: reusing the finished search in {path}")
-        return SearchResult.from_dict(stored)
-    run.say(f"search {p.name}: '{p.entry.phrase}' → '{p.destination}' on {quoted(prompts)}, share before "
-            f"{p.tuning_before.share_female:.2f}, budget {opts.budget} images")
-    result = search_lambda(
-        run.evaluator(prompts, p, opts.tuning_seed), target=p.target, tolerance=opts.tolerance, budget=opts.budget,
-        log_lambda_bounds=p.bounds, log_lambda_start=start_hint, first_seed=opts.tuning_seed,
-        seeds_per_round=per_round, direction=p.direction, rng_seed=opts.seed,
-        on_evaluation=lambda e, used, name=p.name: run.report(name, e, used, opts.budget),
-    )
-    store(path, inputs, result.to_dict(p.scale))
-    return result
-
-
-# ------------------------------------------------------------------------------------------------- joint
-def joint_edit(run: FixRun, opts: FixOptions, profs: Sequence[ProfessionState]):
-    """One M for every edited profession, re-measured on fresh tuning seeds each round and re-tuned against
-    cross-effects from all rounds pooled; returns ``(M or None, preserve prompts)``."""
-    edited = [p for p in profs if p.edited]
-    preserve = preserve_prompt_list(opts.preserve, [p for p in profs if not p.edited])
-    rows = encode_preserve_rows(run.pipe, preserve, run.augmentations) if preserve else None
-    M = None
-    for rnd in range(opts.joint_rounds + 1):
-        if not edited:
-            break
-        M = joint_matrix(edited, rows, opts.preserve_strength, run.anchors)
-        run.say(f"joint round {rnd}: one edit for {len(edited)} professions; re-measuring all {len(profs)} on the "
-                f"tuning prompts ({opts.check_images} fresh seeds each)")
-        pushed_out = measure_joint_round(run, opts, profs, M, rnd)
-        if rnd == opts.joint_rounds:
-            break
-        moved = retune(run, opts, edited, pushed_out, rnd)
-        if pushed_out:
-            preserve = preserve_prompt_list(opts.preserve, [p for p in profs if not p.edited])
-            rows = encode_preserve_rows(run.pipe, preserve, run.augmentations) if preserve else None
-        if not moved:
-            run.say("  every edited profession sits where its measurements put the target; no further rounds")
-            break
-        run.say("  re-tuned: " + ", ".join(f"{p.name} λ_rel {math.exp(p.log_lambda):.3g}" for p in moved))
-    return M, preserve
-
-
-def measure_joint_round(run: FixRun, opts: FixOptions, profs: Sequence[ProfessionState], M: torch.Tensor,
-                        rnd: int) -> list[tuple[ProfessionState, float]]:
-    """Every profession under ``M`` on fresh tuning seeds; the unedited ones the edit pushed out of the band."""
-    first = opts.tuning_seed + rnd * opts.check_images  # fresh seeds every round: pooled, the noise averages out
-    items, owner = [], []
-    for p in profs:  # the tuning audit's pairing of seeds and templates, continued
-        items += work_items(profession_prompts(p.entry, run.templates), rnd * opts.check_images, opts.check_images,
-                            opts.tuning_seed)
-        owner += [p.name] * opts.check_images
-    results = run.generate(items, stage="joint", description=f"joint round {rnd}", edit=M)
-    run.used["joint"] += len(results)
-    by_name: dict[str, list[str]] = {}
-    for name, r in zip(owner, results):
-        by_name.setdefault(name, []).append(r.label)
-    pushed_out = []
-    for p in profs:
-        f, m, u = stats.count_labels(by_name[p.name])
-        est = stats.estimate(f, m, u, target=p.target)
-        p.joint.append({"round": rnd, "lambda_relative": math.exp(p.log_lambda) if p.edited else None,
-                        "first_seed": first, "n_female": f, "n_male": m, "n_unclear": u,
-                        "share_female": est.share_female, "ci_low": est.ci_low, "ci_high": est.ci_high})
-        # an unedited profession joins only on evidence: outside the band and an interval that excludes the
-        # target (a share of a hundred images is ±0.1; chasing its noise would edit a profession for nothing)
-        if (not p.edited and p.status == UNEDITED and est.share_female is not None
-                and not stats.within_band(est.share_female, p.target, opts.tolerance)
-                and not est.ci_low <= p.target <= est.ci_high):
-            pushed_out.append((p, est.share_female))
-    run.say("  " + ", ".join(f"{p.name} {fmt(p.joint[-1]['share_female'], 3)}" for p in profs))
-    return pushed_out
-
-
-def retune(run: FixRun, opts: FixOptions, edited: list[ProfessionState],
-           pushed_out: list[tuple[ProfessionState, float]], rnd: int) -> list[ProfessionState]:
-    """Joiners get an edit; every other edited profession moves to where its pooled rounds put the target."""
-    for p, share in pushed_out:
-        join_edit(p, share, rnd, edited, run.pipe, run.augmentations, run.probe, opts.max_drift,
-                  opts.log_lambda_bounds, run.anchors)
-        edited.append(p)
-        run.say(f"  {p.name}: pushed to {share:.2f} by the other edits; joins the edit towards '{p.destination}' "
-                f"at λ_rel {math.exp(p.log_lambda):.3g}")
-    moved = [p for p, _ in pushed_out]
-    for p in edited:
-        if p.joined_round == rnd:
-            continue
-        new = pooled_correction(p)
-        if abs(new - p.log_lambda) > MIN_CORRECTION:
-            p.log_lambda = new
-            moved.append(p)
-    return moved
-
-
-# ------------------------------------------------------------------------------------------------- after
-def gender_metadata(run: FixRun, opts: FixOptions, profs: Sequence[ProfessionState], preserve: list[str]) -> dict:
-    """What the edit file of a gender fix records."""
-    return edit_metadata(profs, preserve, opts.preserve_strength, run.anchor_prompts, opts.anchor_strength,
-                         run.augmentations, opts.target, opts.tolerance)
-
-
-def load_stored(path: Path, inputs: dict) -> Optional[dict]:
-    """A finished search's result stored in the run folder, if it was made with exactly these inputs."""
-    if not path.is_file():
+# ---------------------------------------------------------------------------------------------- classes
+def attribute_classifier(run: FixRun, attribute: Attribute):
+    """The attribute's zero-shot classifier on the fix's CLIP (None for gender: the primary classifier reads it)."""
+    if attribute.name == GENDER.name:
         return None
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    if saved.get("inputs") != json.loads(json.dumps(inputs)):
-        return None
-    return saved["result"]
+    if attribute.name not in run.attribute_classifiers:
+        run.attribute_classifiers[attribute.name] = run.clf.for_attribute(attribute)
+    return run.attribute_classifiers[attribute.name]
 
 
-def store(path: Path, inputs: dict, result: dict) -> None:
-    """Keep a finished search (atomically), so an interrupted fix resumes without redoing it."""
-    from debias.io import atomic_write_json
+def read_classes(run: FixRun, attribute: Attribute | CrossedAttribute, results) -> list[str]:
+    """Each result's class of ``attribute`` (a crossed attribute's cell: both read, then joined)."""
+    if isinstance(attribute, CrossedAttribute):
+        return attribute.joint_labels(read_classes(run, attribute.first, results),
+                                      read_classes(run, attribute.second, results))
+    classifier = attribute_classifier(run, attribute)
+    if classifier is None:
+        return [r.label for r in results]
+    from debias.audit_attributes import read_labels
 
-    atomic_write_json(path, {"inputs": inputs, "result": result})
-
-
-def slug(name: str) -> str:
-    return "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_") or "profession"
-
-
-def quoted(prompts: Sequence[str]) -> str:
-    return ", ".join(f"'{p}'" for p in prompts)
+    return read_labels(run.cache, [classifier], [r.key for r in results], dist=run.dist)[0][attribute.name]

@@ -10,37 +10,40 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from debias.attributes import Attribute, resolve_attribute
+from debias.attributes import GENDER, Attribute, resolve_attribute
 from debias.errors import InputError
 from debias.memory import MemoryOptions
 from debias.profiles import DEFAULT_MODEL
 from debias.fixing.options import (
-    DEFAULT_BUDGET, DEFAULT_CHECK_IMAGES, DEFAULT_JOINT_ROUNDS, DEFAULT_MAX_DRIFT,
-    DEFAULT_SIDE_SEEDS, DEFAULT_TEST_IMAGES, LOG_LAMBDA_BOUNDS, FixOptions, check_options,
+    DEFAULT_CHECK_IMAGES, DEFAULT_JOINT_ROUNDS, DEFAULT_MAX_DRIFT, DEFAULT_SIDE_SEEDS,
+    DEFAULT_TEST_IMAGES, FixOptions, check_options,
 )
-from debias.fixing.kclass_steps import fix_attributes
-from debias.fixing.record import fix_record, image_counts, nothing_edited
+from debias.fixing.engine import Engine
+from debias.fixing.record import edit_metadata, fix_record, image_counts, nothing_edited
 from debias.fixing.ship import ship_and_judge
-from debias.fixing.steps import audit_before, choose_destinations, gender_metadata, joint_edit, search_strengths, setup
+from debias.fixing.steps import audit_extra, audits_before, edited_attribute, plan_edits, read_classes, setup
 from debias.prompts import read_professions, templates_from_option
 from debias.report import render_report
 from debias.results import FixResult
 
 
-def fix_gender(run, opts: FixOptions, started: datetime, t0: float) -> FixResult:
-    """The binary gender fix: one destination and one λ per profession, joint rounds against cross-effects."""
-    before, tuning, profs = audit_before(run, opts)
-    choose_destinations(run, opts, profs)
-    search_strengths(run, opts, profs)
-    M, preserve_prompts = joint_edit(run, opts, profs)
-    metadata = gender_metadata(run, opts, profs, preserve_prompts) if M is not None else None
-    after, side = ship_and_judge(run, opts, M, metadata, nothing_edited(profs))
-    return fix_record(run, opts, profs, before, after, side, M, preserve_prompts, image_counts(run.cache, run.used),
-                      started, time.perf_counter() - t0)
+def fix_run(run, opts: FixOptions, fixed: Sequence[Attribute], started: datetime, t0: float) -> FixResult:
+    """The whole fix on a set-up run: audits before, the engine's rounds, the shipped edit judged; ``fix.json``."""
+    attribute = edited_attribute(fixed)
+    opts = opts.with_budget_for(attribute.k)
+    before, tuning = audits_before(run, opts, fixed)
+    edits = plan_edits(run, opts, attribute, tuning)
+    engine = Engine(run, opts, edits, lambda a, results: read_classes(run, a, results))
+    M = engine.run_rounds()
+    metadata = edit_metadata(edits, engine.preserve, opts, run) if M is not None else None
+    after, side = ship_and_judge(run, opts, M, metadata, nothing_edited(edits), **audit_extra(fixed))
+    return fix_record(run, opts, fixed, edits, before, tuning, after, side, M, engine.preserve,
+                      image_counts(run.cache, run.used), started, time.perf_counter() - t0)
 
 
 def fixed_attributes(specs: Sequence[str | Attribute] | None) -> list[Attribute]:
-    """``--attribute`` values of a fix: built-in names (gender included) or attribute files, each once."""
+    """``--attribute`` values of a fix: built-in names (gender included) or attribute files, each once; none given
+    is gender (the k = 2 attribute), so ``debias fix`` and ``debias fix --attribute gender`` are one fix."""
     chosen: list[Attribute] = []
     for spec in specs or ():
         attribute = spec if isinstance(spec, Attribute) else resolve_attribute(str(spec))
@@ -52,7 +55,7 @@ def fixed_attributes(specs: Sequence[str | Attribute] | None) -> list[Attribute]
                          f"edits one attribute, or two crossed (one destination per pair of classes, e.g. 'a female "
                          f"pilot with dark skin'). Fix two, then fix the next on the saved pipeline "
                          f"(--save-pipeline), which the second fix's before audit then measures")
-    return chosen
+    return chosen or [GENDER]
 
 
 def _echo(msg: str) -> None:
@@ -66,7 +69,7 @@ def fix(
     out: str | os.PathLike = "runs/fix",
     target: float = 0.5,
     tolerance: float = 0.05,
-    budget: int = DEFAULT_BUDGET,
+    budget: int | None = None,
     test_images: int = DEFAULT_TEST_IMAGES,
     check_images: int = DEFAULT_CHECK_IMAGES,
     joint_rounds: int = DEFAULT_JOINT_ROUNDS,
@@ -95,16 +98,16 @@ def fix(
     threads: int | None = None,
     save_pipeline: str | os.PathLike | None = None,
     allow_pickle: bool = False,
-    log_lambda_bounds: tuple[float, float] = LOG_LAMBDA_BOUNDS,
     max_drift: float | None = DEFAULT_MAX_DRIFT,
     progress: bool = True,
     log: Callable[[str], None] | None = _echo,
 ) -> FixResult:
     """Fix a model's gender shares per profession; writes the run folder ``out`` and returns the result (``fix.json``).
 
-    ``budget`` bounds the images the λ search may use per profession (never exceeded). ``tuning_templates``
-    are the prompts the strengths are tuned on (default: the model family's validation templates); image i of
-    a profession uses template i mod their number, so the search and the joint rounds pool them. ``templates`` are
+    ``budget`` bounds the images per profession on the tuning side, the tuning audit (``check_images``) and the
+    ``joint_rounds`` rounds of :mod:`debias.fixing.engine` (never exceeded; None: 320 per class beyond the first).
+    ``tuning_templates`` are the prompts the strengths are tuned on (default: the model family's validation
+    templates); image i of a profession uses template i mod their number, so every round pools them. ``templates`` are
     the held-out test prompts the before and after audits judge on (default: the profile's test templates); the
     classifier, label prompts and sampler options mean what they mean for :func:`debias.audit`. ``preserve`` is a
     list of prompts (or a file, one per line) to keep where they are (UCE-style, c* = c); the professions
@@ -125,7 +128,7 @@ def fix(
     check_options(target, tolerance, budget, test_images, check_images, joint_rounds, side_seeds, anchor_strength)
     # read before loading anything, so a typo fails in a second, not after a download
     fixed = fixed_attributes(attributes)
-    if fixed and isinstance(professions, (str, os.PathLike)):  # its targets may name an attribute file's attribute
+    if isinstance(professions, (str, os.PathLike)):  # its targets may name an attribute file's attribute
         professions = read_professions(professions, [a for a in fixed if a.name != "gender"])
     if tuning_templates:
         tuning_templates = templates_from_option(list(tuning_templates), "--tuning-templates")
@@ -138,13 +141,10 @@ def fix(
         side_seeds=side_seeds, seed=seed, classifier=classifier, labels_female=labels_female,
         labels_male=labels_male, labels_none=labels_none, min_confidence=min_confidence, steps=steps,
         guidance=guidance, height=height, width=width, device=device, dtype=dtype, memory=memory, batch_size=batch_size,
-        threads=threads, save_pipeline=save_pipeline, allow_pickle=allow_pickle, log_lambda_bounds=log_lambda_bounds,
+        threads=threads, save_pipeline=save_pipeline, allow_pickle=allow_pickle,
         max_drift=max_drift, progress=progress)
     run, opts = setup(model, opts, log or (lambda _m: None))
-    if fixed:
-        result = fix_attributes(run, opts, fixed, started, t0)
-    else:
-        result = fix_gender(run, opts, started, t0)
+    result = fix_run(run, opts, fixed, started, t0)
     result.save(run.out)
     render_report([run.out])
     return result
