@@ -7,6 +7,8 @@ coincide (nobody ever unclear), against closed forms, and by coverage on simulat
 from __future__ import annotations
 
 import json
+import shutil
+import stat
 import subprocess
 import sys
 import textwrap
@@ -27,7 +29,7 @@ from debias.stats import wilson_interval  # noqa: E402
 from debias.validity import (  # noqa: E402
     LabelRecord, LabelStore, agreement, classifier_share, cohens_kappa, confusion, draw_sample, error_rate,
     flag_professions, holm, human_share, import_labels_csv, labeller_kappas, labels_needed, load_run, ppi_share,
-    validity_for_run,
+    sample_for_run, validity_for_run,
 )
 from debias.validity.ppi import LABELS_FOR_05, LABELS_FOR_10, wilson_half_width, z_value  # noqa: E402
 
@@ -254,6 +256,37 @@ def test_a_killed_writer_leaves_a_readable_file(run):
     assert store.skipped_lines <= 1
     store.add("after", "male", "ann")
     assert LabelStore(run).records()[-1].key == "after"
+
+
+def test_label_files_are_private(run):
+    """Labels name people: the label file and the sample (which maps ids to professions) are the owner's only."""
+    LabelStore(run).add(key_of("nurse", 0), "female", "ann")
+    sample_for_run(load_run(run), 3)
+    for name in ("labels.jsonl", "sample.json"):
+        assert stat.S_IMODE((run / "labels" / name).stat().st_mode) == 0o600, name
+
+
+def test_the_label_file_and_folder_are_never_symbolic_links(run, tmp_path):
+    """A link in labels/ would make an append (the page, --import) write into a file anywhere."""
+    elsewhere = tmp_path / "elsewhere.txt"
+    elsewhere.write_text("not yours\n", encoding="utf-8")
+    (run / "labels").mkdir()
+    (run / "labels" / "labels.jsonl").symlink_to(elsewhere)
+    csv_path = _csv(tmp_path, f"image,label,labeller\n{key_of('nurse', 0)},female,ann\n")
+    for write in (lambda: LabelStore(run).add(key_of("nurse", 0), "female", "ann"),
+                  lambda: import_labels_csv(csv_path, run)):
+        with pytest.raises(InputError, match=r"labels\.jsonl is a symbolic link.*real file"):
+            write()
+    assert elsewhere.read_text(encoding="utf-8") == "not yours\n"
+    shutil.rmtree(run / "labels")
+    folder = tmp_path / "other-labels"
+    folder.mkdir()
+    (run / "labels").symlink_to(folder, target_is_directory=True)
+    with pytest.raises(InputError, match=r"labels is a symbolic link.*real folder"):
+        LabelStore(run).add(key_of("nurse", 0), "female", "ann")
+    with pytest.raises(InputError, match=r"labels is a symbolic link"):
+        sample_for_run(load_run(run), 3)
+    assert list(folder.iterdir()) == []
 
 
 # ------------------------------------------------------------------------------------------ CSV import

@@ -11,6 +11,9 @@ disk, and a process killed mid-write leaves at most a torn last line, which read
 starts a fresh line). **Relabelling:** the same labeller labelling the same image again does not rewrite
 anything; the later line in the file wins. Different labellers' labels are all kept (for Cohen's κ).
 
+Both files are the owner's only (0600: they name people, and the sample maps ids to professions), and neither
+they nor ``labels/`` may be a symbolic link: a link would make an append write into a file anywhere.
+
 **The sample** is stratified by profession and random within each: a profession's images are ordered by a
 seeded hash of their keys (a random order that stays put when an audit later adds images), and the first
 ``per_profession`` are labelled. The page serves them round-robin over professions (in a seeded order within
@@ -21,10 +24,12 @@ its images, which is what prediction-powered inference (:mod:`debias.validity.pp
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import json
 import os
 import secrets
+import stat
 import threading
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -39,6 +44,7 @@ LABELS = ("female", "male", "unclear", "no_person")
 NAVIGATION = ("skip", "back")
 CSV_HEADER = ["image", "label", "labeller"]
 MAX_ERRORS_SHOWN = 20
+FILE_MODE = 0o600          # label files name people: the owner's only
 
 
 # ------------------------------------------------------------------------------------------ run images
@@ -136,7 +142,8 @@ class LabelStore:
     """The append-only label file of a run folder (see the module docstring)."""
 
     def __init__(self, run_dir: str | os.PathLike):
-        self.path = Path(run_dir) / "labels" / "labels.jsonl"
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / "labels" / "labels.jsonl"
         self.skipped_lines = 0  # lines that were not a complete label (torn by a kill, or edited by hand)
         self._lock = threading.Lock()
 
@@ -151,15 +158,16 @@ class LabelStore:
             return
         data = b"".join(json.dumps(r.to_dict(), ensure_ascii=False).encode() + b"\n" for r in records)
         with self._lock:
-            new = not self.path.exists()
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a+b") as fh:
+            labels_folder(self.run_dir).mkdir(parents=True, exist_ok=True)
+            new = not os.path.lexists(self.path)
+            with os.fdopen(_open_no_link(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT), "r+b") as fh:
+                _owner_only(fh.fileno())
                 fh.seek(0, os.SEEK_END)
                 if fh.tell() > 0:  # a torn last line has no newline: end it so it stays one bad line
                     fh.seek(-1, os.SEEK_END)
                     if fh.read(1) != b"\n":
                         data = b"\n" + data
-                fh.write(data)
+                fh.write(data)  # O_APPEND: at the end, whatever the position
                 fh.flush()
                 os.fsync(fh.fileno())
             if new:
@@ -167,10 +175,15 @@ class LabelStore:
 
     def records(self) -> list[LabelRecord]:
         """Every complete label line, in file order; other lines are counted in ``skipped_lines``."""
-        if not self.path.is_file():
+        labels_folder(self.run_dir)
+        try:
+            fd = _open_no_link(self.path, os.O_RDONLY)
+        except FileNotFoundError:
             return []
+        with os.fdopen(fd, "rb") as fh:
+            lines = fh.read().split(b"\n")
         out, self.skipped_lines = [], 0
-        for line in self.path.read_bytes().split(b"\n"):
+        for line in lines:
             if not line.strip():
                 continue
             record = _parse(line)
@@ -186,6 +199,36 @@ class LabelStore:
         for r in self.records():
             labels.setdefault(r.key, {})[r.labeller] = r.label
         return labels
+
+
+def labels_folder(run_dir: str | os.PathLike) -> Path:
+    """``run_dir/labels``; an error when it is a symbolic link (labels are kept only inside the run)."""
+    folder = Path(run_dir) / "labels"
+    if folder.is_symlink():
+        raise InputError(f"{folder} is a symbolic link; debias keeps labels only in a real folder inside the run. "
+                         "Replace the link by a folder holding the files it points to.")
+    return folder
+
+
+def _open_no_link(path: Path, flags: int) -> int:
+    """``os.open`` that refuses a symbolic link at ``path`` (a new file is created 0600)."""
+    try:
+        return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.EMLINK) or path.is_symlink():
+            raise InputError(f"{path} is a symbolic link; debias reads and appends labels only in a real file "
+                             "inside the run. Replace the link by the file itself, or remove it.") from None
+        raise
+
+
+def _owner_only(fd: int) -> None:
+    """Take away the world's access to a label file an older debias created readable by all."""
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
+    if mode & 0o007 and hasattr(os, "fchmod"):
+        try:
+            os.fchmod(fd, mode & ~0o007)
+        except OSError:
+            pass  # not ours to change: leave it as it is
 
 
 def _parse(line: bytes) -> LabelRecord | None:
@@ -341,7 +384,7 @@ def draw_sample(run: RunImages, per_profession: int = LABELS_FOR_10, seed: int =
 def sample_for_run(run: RunImages, per_profession: int = LABELS_FOR_10, seed: int = 0) -> LabelSample:
     """:func:`draw_sample` with ids kept stable across restarts (a salt saved in ``labels/sample.json``),
     and the sample written there for the record."""
-    path = run.run_dir / "labels" / "sample.json"
+    path = labels_folder(run.run_dir) / "sample.json"
     salt = ""
     if path.is_file():
         try:
@@ -352,7 +395,7 @@ def sample_for_run(run: RunImages, per_profession: int = LABELS_FOR_10, seed: in
     sample = draw_sample(run, per_profession, seed, salt)
     atomic_write_json(path, {"seed": seed, "per_profession": per_profession, "salt": salt,
                              "strata": {str(k): v for k, v in sample.strata.items()},
-                             "items": [asdict(item) for item in sample.items]})
+                             "items": [asdict(item) for item in sample.items]}, mode=FILE_MODE)
     return sample
 
 
