@@ -350,8 +350,9 @@ def label_command(
     if import_csv is not None:
         from debias.validity.labels import import_labels_csv
 
-        records = import_labels_csv(import_csv, run_dir)
-        typer.echo(f"imported {len(records)} labels into {run_dir / 'labels' / 'labels.jsonl'}")
+        done = import_labels_csv(import_csv, run_dir)
+        skipped = f"; skipped {done.skipped} already recorded (same image, labeller and label)" if done.skipped else ""
+        typer.echo(f"imported {len(done.added)} labels into {run_dir / 'labels' / 'labels.jsonl'}{skipped}")
         return
     import getpass
 

@@ -303,7 +303,7 @@ def test_csv_import_accepts_keys_and_file_names(run, tmp_path):
         images/{key_of("nurse", 1)}.png,male,ann
         {key_of("nurse", 1)}.png,no_person,bob
     """)
-    records = import_labels_csv(path, run)
+    records = import_labels_csv(path, run).added
     assert [(r.label, r.labeller) for r in records] == [("female", "ann"), ("male", "ann"), ("no_person", "bob")]
     assert LabelStore(run).latest()[key_of("nurse", 1)] == {"ann": "male", "bob": "no_person"}
     assert records[0].source == "csv:labels.csv"
@@ -331,6 +331,53 @@ def test_csv_import_lists_every_problem(run, tmp_path):
         import_labels_csv(path, run)
     text = str(err.value)
     assert "3 problem(s)" in text and ":2: unknown image" in text and ":3: unknown label" in text and ":4: expected 3" in text
+
+
+def test_csv_import_that_is_not_utf8_or_not_csv_names_file_and_line(run, tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_bytes(f"image,label,labeller\n{key_of('nurse', 0)},female,ann\n{key_of('nurse', 1)},male,Jos\xe9\n"
+                     .encode("latin-1"))
+    with pytest.raises(InputError, match=r"labels\.csv:3: not UTF-8 text.*save the CSV as UTF-8"):
+        import_labels_csv(path, run)
+    path.write_text(f"image,label,labeller\n{key_of('nurse', 0)},female,\"{'a' * 140_000}\"\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"labels\.csv:2: not a readable CSV row \(field larger than field limit"):
+        import_labels_csv(path, run)
+    assert not LabelStore(run).path.exists()
+
+
+def test_reimporting_a_csv_skips_the_labels_already_recorded(run, tmp_path):
+    rows = [(key_of("nurse", 0), "female", "ann"), (key_of("nurse", 1), "male", "ann"),
+            (key_of("nurse", 1), "male", "bob")]
+    path = _csv(tmp_path, "image,label,labeller\n" + "".join(f"{k},{lab},{who}\n" for k, lab, who in rows))
+    first = import_labels_csv(path, run)
+    assert (len(first.added), first.skipped) == (3, 0)
+    again = import_labels_csv(path, run)
+    assert (again.added, again.skipped) == ([], 3)
+    LabelStore(run).add(key_of("nurse", 0), "male", "ann")        # ann changed her mind on the page
+    third = import_labels_csv(path, run)                            # the CSV's older label is a relabel, not a repeat
+    assert [(r.key, r.label) for r in third.added] == [(key_of("nurse", 0), "female")] and third.skipped == 2
+    assert len(LabelStore(run).records()) == 5
+
+
+def test_the_label_count_is_distinct_images_and_labellers(run):
+    store = LabelStore(run)
+    store.add(key_of("nurse", 0), "female", "ann")
+    store.add(key_of("nurse", 0), "male", "ann")                   # a relabel: still one label of one image
+    store.add(key_of("nurse", 0), "male", "bob")
+    store.add(key_of("pilot", 1), "male", "ann")
+    assert validity_for_run(run).n_labels == 3
+
+
+@pytest.mark.parametrize("name", ["ann\u202egnp.exe", "an\u2028n", "an\u2029n", "ann\x7f", "an\u200bn", "an\x00n"])
+def test_labeller_names_with_control_or_format_characters_are_refused(run, tmp_path, name):
+    with pytest.raises(InputError, match=r"labeller name .*U\+[0-9A-F]{4}"):
+        LabelStore(run).add(key_of("nurse", 0), "female", name)
+    path = tmp_path / "labels.csv"
+    path.write_text(f"image,label,labeller\n{key_of('nurse', 0)},female,{name}\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"labels\.csv:2: labeller name"):
+        import_labels_csv(path, run)
+    assert LabelStore(run).records() == []
+    assert LabelStore(run).add(key_of("nurse", 0), "female", "Zoë O'Brien-Łukasz 李").labeller == "Zoë O'Brien-Łukasz 李"
 
 
 # ------------------------------------------------------------------------------------------- sample

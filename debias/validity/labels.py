@@ -23,14 +23,17 @@ its images, which is what prediction-powered inference (:mod:`debias.validity.pp
 
 from __future__ import annotations
 
+import codecs
 import csv
 import errno
 import hashlib
+import io
 import json
 import os
 import secrets
 import stat
 import threading
+import unicodedata
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -45,6 +48,11 @@ NAVIGATION = ("skip", "back")
 CSV_HEADER = ["image", "label", "labeller"]
 MAX_ERRORS_SHOWN = 20
 FILE_MODE = 0o600          # label files name people: the owner's only
+# characters a name must not hold: they are invisible or reorder or break the text around them, so a name
+# could display as another ("ann\u202egnp.exe" shows as "annexe.png")
+REFUSED_IN_NAMES = {"Cc": "a control character", "Cf": "an invisible format character", "Zl": "a line separator",
+                    "Zp": "a paragraph separator", "Cs": "a lone surrogate", "Co": "a private-use character",
+                    "Cn": "an unassigned code point"}
 
 
 # ------------------------------------------------------------------------------------------ run images
@@ -128,9 +136,17 @@ def check_label(label: str, where: str = "") -> str:
 
 
 def check_labeller(name: str, where: str = "") -> str:
+    """``name`` without surrounding spaces, if it is 1-200 characters none of which is in
+    :data:`REFUSED_IN_NAMES`; else an error that names the character."""
     name = (name or "").strip()
-    if not name or len(name) > 200 or any(ord(c) < 32 for c in name):
-        raise InputError(f"{where}a labeller name must be 1-200 printable characters, got {name!r}")
+    if not name or len(name) > 200:
+        raise InputError(f"{where}a labeller name must be 1-200 characters, got {name!r}")
+    for i, c in enumerate(name):
+        kind = REFUSED_IN_NAMES.get(unicodedata.category(c))
+        if kind:
+            raise InputError(f"{where}labeller name {name!r}: character {i + 1} is U+{ord(c):04X} "
+                             f"({unicodedata.name(c, 'unnamed')}), {kind}, which can make a name display as "
+                             "another; use letters, digits, spaces and punctuation")
     return name
 
 
@@ -195,10 +211,15 @@ class LabelStore:
 
     def latest(self) -> dict[str, dict[str, str]]:
         """image key → {labeller: label}, the later line winning for the same image and labeller."""
-        labels: dict[str, dict[str, str]] = {}
-        for r in self.records():
-            labels.setdefault(r.key, {})[r.labeller] = r.label
-        return labels
+        return latest_labels(self.records())
+
+
+def latest_labels(records: Iterable[LabelRecord]) -> dict[str, dict[str, str]]:
+    """image key → {labeller: label} of ``records``, the later one winning for the same image and labeller."""
+    labels: dict[str, dict[str, str]] = {}
+    for r in records:
+        labels.setdefault(r.key, {})[r.labeller] = r.label
+    return labels
 
 
 def labels_folder(run_dir: str | os.PathLike) -> Path:
@@ -270,7 +291,8 @@ def read_labels_csv(path: str | os.PathLike, run: RunImages) -> list[LabelRecord
     """Label records from a CSV with the header ``image,label,labeller`` (exactly), all or nothing.
 
     ``image`` is an image's key or file name. Every problem is reported with its line number (unknown image,
-    unknown label, the same image and labeller twice, a wrong header or row), up to the first 20.
+    unknown label, the same image and labeller twice, a wrong header or row), up to the first 20. A file that is
+    not UTF-8, or not CSV a reader can split (a value over 128 KiB), is one error at its line.
     """
     path = Path(path)
     if not path.is_file():
@@ -279,8 +301,8 @@ def read_labels_csv(path: str | os.PathLike, run: RunImages) -> list[LabelRecord
     records: list[LabelRecord] = []
     first_seen: dict[tuple[str, str], int] = {}
     stamp = now()
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
+    reader = csv.reader(io.StringIO(_csv_text(path), newline=""))
+    try:
         header = next(reader, None)
         if header is None or [h.strip() for h in header] != CSV_HEADER:
             got = ",".join(header) if header else "an empty file"
@@ -292,11 +314,27 @@ def read_labels_csv(path: str | os.PathLike, run: RunImages) -> list[LabelRecord
             record = _csv_row(row, line, run, first_seen, errors, stamp, path.name)
             if record is not None:
                 records.append(record)
+    except csv.Error as err:
+        raise InputError(f"{path}:{reader.line_num}: not a readable CSV row ({err}); a label CSV holds short "
+                         "values, one row a line: check this is the right file, saved as plain CSV.") from None
     if errors:
         shown = "\n  ".join(f"{path}:{e}" for e in errors[:MAX_ERRORS_SHOWN])
         more = f"\n  … and {len(errors) - MAX_ERRORS_SHOWN} more" if len(errors) > MAX_ERRORS_SHOWN else ""
         raise InputError(f"{path}: {len(errors)} problem(s), nothing imported:\n  {shown}{more}")
     return records
+
+
+def _csv_text(path: Path) -> str:
+    """The CSV's text (UTF-8, with or without a byte-order mark); an error naming the line that is not UTF-8."""
+    data = path.read_bytes()
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise InputError(f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}); save the CSV as UTF-8 "
+                         "(in a spreadsheet: 'CSV UTF-8') and import it again.") from None
 
 
 def _csv_row(row: list[str], line: int, run: RunImages, first_seen: dict, errors: list[str], stamp: str,
@@ -327,12 +365,27 @@ def _csv_row(row: list[str], line: int, run: RunImages, first_seen: dict, errors
     return None if problems else LabelRecord(image.key, label, labeller, stamp, f"csv:{source}")
 
 
-def import_labels_csv(path: str | os.PathLike, run_dir: str | os.PathLike) -> list[LabelRecord]:
-    """Check a label CSV against the run's images and append its labels to the run's label file."""
+@dataclass
+class LabelImport:
+    """What an import did: the labels it appended, and how many rows were skipped as already recorded."""
+
+    added: list[LabelRecord]
+    skipped: int
+
+
+def import_labels_csv(path: str | os.PathLike, run_dir: str | os.PathLike) -> LabelImport:
+    """Check a label CSV against the run's images and append its labels to the run's label file.
+
+    A row whose label is already its labeller's current label for that image is skipped: it would change
+    nothing, and re-importing the same CSV must not count its labels twice.
+    """
     run = load_run(run_dir)
     records = read_labels_csv(path, run)
-    LabelStore(run_dir).append(records)
-    return records
+    store = LabelStore(run_dir)
+    current = store.latest()
+    fresh = [r for r in records if current.get(r.key, {}).get(r.labeller) != r.label]
+    store.append(fresh)
+    return LabelImport(fresh, len(records) - len(fresh))
 
 
 # ------------------------------------------------------------------------------------------ the sample
