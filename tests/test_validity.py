@@ -175,6 +175,82 @@ def test_cohens_kappa_by_hand():
     assert pairs[("ann", "bob")]["n"] == 3 and pairs[("ann", "cy")]["n"] == 2
 
 
+def _pairwise_kappas(labels: dict[str, dict[str, str]]) -> dict:
+    """Cohen's κ of every pair of labellers by scanning every image per pair: the plain definition."""
+    from itertools import combinations
+
+    names = sorted({who for per_image in labels.values() for who in per_image})
+    pairs = []
+    for x, y in combinations(names, 2):
+        shared = [(v[x], v[y]) for v in labels.values() if x in v and y in v]
+        if shared:
+            pairs.append(cohens_kappa([a for a, _ in shared], [b for _, b in shared], raters=(x, y)))
+    values = [k.kappa for k in pairs if k.kappa is not None]
+    return {"pairs": [k.to_dict() for k in pairs], "mean": sum(values) / len(values) if values else None,
+            "n_pairs": len(pairs)}
+
+
+def _many_labellers(keys: list[str], n: int, seed: int, share: float = 0.6) -> dict[str, dict[str, str]]:
+    """``n`` labellers who each label about ``share`` of ``keys``, mostly agreeing, in random label order."""
+    rng = np.random.default_rng(seed)
+    truth = {k: rng.choice(["female", "male"]) for k in keys}
+    labels: dict[str, dict[str, str]] = {}
+    for i in range(n):
+        for k in keys:
+            if rng.random() < share:
+                guess = truth[k] if rng.random() < 0.8 else rng.choice(["female", "male", "unclear", "no_person"])
+                labels.setdefault(k, {})[f"labeller {i:03d}"] = str(guess)
+    return labels
+
+
+def test_labeller_kappas_are_the_pairwise_definition():
+    for seed, n in ((0, 2), (1, 7), (2, 25)):
+        labels = _many_labellers([f"k{i}" for i in range(40)], n, seed)
+        assert labeller_kappas(labels, listed=None) == _pairwise_kappas(labels)
+    one = {"a": {"ann": "male", "bob": "male"}, "b": {"ann": "male", "bob": "male"}, "c": {"cy": "female"}}
+    assert labeller_kappas(one) == _pairwise_kappas(one)              # κ undefined (one label), cy shares nothing
+    assert labeller_kappas({}) == {"pairs": [], "mean": None, "n_pairs": 0}
+
+
+def test_the_report_compares_300_labellers_and_refuses_more_than_it_can(run):
+    """Every pair of 300 labellers, as the plain definition gives them; over the cap, an error says what to do."""
+    from debias.validity.agreement import MAX_PAIRS_LISTED
+    from debias.validity.labels import MAX_LABELLERS
+
+    store = LabelStore(run)
+    keys = list(load_run(run).images)
+    labels = _many_labellers(keys, 300, seed=3, share=0.5)
+    store.append([LabelRecord(k, label, who, "t") for k, per_image in labels.items() for who, label in per_image.items()])
+    result = validity_for_run(run).to_dict()
+    assert len(result["labellers"]) == 300 and result["n_labels"] == sum(len(v) for v in labels.values())
+    every = _pairwise_kappas(labels)
+    kappas = result["overall"]["kappa_labellers"]
+    assert (kappas["mean"], kappas["n_pairs"]) == (every["mean"], every["n_pairs"]) and every["n_pairs"] > 44_000
+    # listed: the 45 pairs that share the most images (the first of equals), in the order of the names
+    most = sorted(sorted(range(every["n_pairs"]), key=lambda i: -every["pairs"][i]["n"])[:MAX_PAIRS_LISTED])
+    assert kappas["pairs"] == [every["pairs"][i] for i in most] and len(most) == MAX_PAIRS_LISTED
+
+    extra = [LabelRecord(keys[0], "male", f"more {i}", "t") for i in range(MAX_LABELLERS - 300 + 1)]
+    store.append(extra)
+    with pytest.raises(InputError, match=rf"labels\.jsonl: {MAX_LABELLERS + 1} labellers, more than the "
+                                         rf"{MAX_LABELLERS} .*move the other labellers' lines"):
+        validity_for_run(run)
+
+
+def test_a_label_file_past_the_line_cap_is_refused_with_what_to_do(run, tmp_path, monkeypatch):
+    from debias.validity import labels
+
+    monkeypatch.setattr(labels, "MAX_LABEL_LINES", 3)
+    store = LabelStore(run)
+    store.append([LabelRecord(key_of("nurse", i), "female", "ann", "t") for i in range(3)])
+    path = _csv(tmp_path, f"image,label,labeller\n{key_of('pilot', 0)},male,ann\n")
+    with pytest.raises(InputError, match=r"importing 1 labels would take .*labels\.jsonl past the 3 lines"):
+        import_labels_csv(path, run)
+    store.add(key_of("pilot", 0), "male", "ann")
+    with pytest.raises(InputError, match=r"labels\.jsonl: 4 lines, more than the 3 debias reads.*move the other"):
+        validity_for_run(run)
+
+
 def test_confusion_and_agreement_by_hand():
     human = ["female", "female", "female", "male", "male", "unclear", "no_person"]
     pred = ["female", "male", "unclear", "male", "male", "female", "unclear"]

@@ -12,7 +12,9 @@ starts a fresh line). **Relabelling:** the same labeller labelling the same imag
 anything; the later line in the file wins. Different labellers' labels are all kept (for Cohen's κ).
 
 Both files are the owner's only (0600: they name people, and the sample maps ids to professions), and neither
-they nor ``labels/`` may be a symbolic link: a link would make an append write into a file anywhere.
+they nor ``labels/`` may be a symbolic link: a link would make an append write into a file anywhere. A label
+file holds at most :data:`MAX_LABEL_LINES` lines by at most :data:`MAX_LABELLERS` labellers, so that reading it
+and comparing every pair of labellers stays quick.
 
 **The sample** is stratified by profession and random within each: a profession's images are ordered by a
 seeded hash of their keys (a random order that stays put when an audit later adds images), and the first
@@ -47,6 +49,8 @@ LABELS = ("female", "male", "unclear", "no_person")
 NAVIGATION = ("skip", "back")
 CSV_HEADER = ["image", "label", "labeller"]
 MAX_ERRORS_SHOWN = 20
+MAX_LABEL_LINES = 500_000  # a run needs hundreds of labels per profession and labeller, not millions
+MAX_LABELLERS = 500        # κ between every pair of labellers: 124,750 pairs at most
 FILE_MODE = 0o600          # label files name people: the owner's only
 # characters a name must not hold: they are invisible or reorder or break the text around them, so a name
 # could display as another ("ann\u202egnp.exe" shows as "annexe.png")
@@ -198,6 +202,10 @@ class LabelStore:
             return []
         with os.fdopen(fd, "rb") as fh:
             lines = fh.read().split(b"\n")
+        if len(lines) > MAX_LABEL_LINES + 1:
+            raise InputError(f"{self.path}: {len(lines) - 1:,} lines, more than the {MAX_LABEL_LINES:,} debias reads "
+                             "(a run needs a few hundred labels per profession and labeller). Keep the labels this "
+                             "run's report should use here and move the other lines to another file.")
         out, self.skipped_lines = [], 0
         for line in lines:
             if not line.strip():
@@ -220,6 +228,14 @@ def latest_labels(records: Iterable[LabelRecord]) -> dict[str, dict[str, str]]:
     for r in records:
         labels.setdefault(r.key, {})[r.labeller] = r.label
     return labels
+
+
+def check_labeller_count(path: str | os.PathLike, labellers: int) -> None:
+    """An error when a label file holds more labellers than :data:`MAX_LABELLERS`, saying what to do."""
+    if labellers > MAX_LABELLERS:
+        raise InputError(f"{path}: {labellers} labellers, more than the {MAX_LABELLERS} debias compares (Cohen's κ "
+                         f"between every pair). Keep at most {MAX_LABELLERS} labellers' labels in this run's label "
+                         "file: move the other labellers' lines to another file, or import fewer.")
 
 
 def labels_folder(run_dir: str | os.PathLike) -> Path:
@@ -309,6 +325,9 @@ def read_labels_csv(path: str | os.PathLike, run: RunImages) -> list[LabelRecord
             raise InputError(f"{path}:1: the header must be exactly '{','.join(CSV_HEADER)}', got '{got}'.")
         for row in reader:
             line = reader.line_num
+            if line > MAX_LABEL_LINES + 1:
+                raise InputError(f"{path}: more than {MAX_LABEL_LINES:,} rows, more than a run's label file holds; "
+                                 "split the file and import the labels this run needs.")
             if not any(cell.strip() for cell in row):
                 continue
             record = _csv_row(row, line, run, first_seen, errors, stamp, path.name)
@@ -382,8 +401,13 @@ def import_labels_csv(path: str | os.PathLike, run_dir: str | os.PathLike) -> La
     run = load_run(run_dir)
     records = read_labels_csv(path, run)
     store = LabelStore(run_dir)
-    current = store.latest()
+    existing = store.records()
+    current = latest_labels(existing)
     fresh = [r for r in records if current.get(r.key, {}).get(r.labeller) != r.label]
+    if len(existing) + len(fresh) > MAX_LABEL_LINES:
+        raise InputError(f"{path}: importing {len(fresh):,} labels would take {store.path} past the "
+                         f"{MAX_LABEL_LINES:,} lines debias reads; import only the labels this run needs.")
+    check_labeller_count(store.path, len({r.labeller for r in existing} | {r.labeller for r in fresh}))
     store.append(fresh)
     return LabelImport(fresh, len(records) - len(fresh))
 

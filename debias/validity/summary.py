@@ -21,7 +21,7 @@ from debias.validity.agreement import (
     FLAG_TEST, agreement, cohens_kappa, confusion, error_rate, flag_professions, labeller_kappas,
 )
 from debias.validity.labels import (
-    LabelStore, RunImages, consensus, latest_labels, load_run,
+    LabelStore, RunImages, check_labeller_count, consensus, latest_labels, load_run,
 )
 from debias.validity.ppi import (
     LABELS_FOR_05, LABELS_FOR_10, classifier_share, human_share, ppi_share_of_images,
@@ -98,6 +98,7 @@ def validity_for_run(run_dir: str | os.PathLike, audit_record: dict | None = Non
     store = LabelStore(run_dir)
     records = store.records()
     labellers = sorted({r.labeller for r in records})
+    check_labeller_count(store.path, len(labellers))
     per_image = latest_labels(records)
     in_run = {k: v for k, v in per_image.items() if k in run.images}
     human = _human_labels(in_run, labeller)
