@@ -195,6 +195,8 @@ def test_a_foreign_host_name_is_refused_on_every_route(server):
             assert status == 403 and b"Host" in data, (name, path, status)
     for name in (f"localhost:{server.port}", f"127.0.0.1:{server.port}", "LOCALHOST"):
         assert server.request("GET", "/api/state", headers={"Host": name})[0] == 200
+    two = f"GET /api/state HTTP/1.1\r\nHost: {server.netloc}\r\nHost: evil.example\r\nCookie: {server.cookie}\r\n\r\n"
+    assert _statuses(server.exchange(two.encode())[0]) == [403]    # which of two would a proxy have read?
 
 
 def test_the_host_allow_list_holds_on_every_bind():

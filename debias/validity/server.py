@@ -304,7 +304,7 @@ class LabelHandler(BaseHTTPRequestHandler):
         return data
 
     def _host_ok(self) -> bool:
-        if host_allowed(self.headers.get("Host", ""), self.server.allowed):
+        if len(self.headers.get_all("Host") or []) == 1 and host_allowed(self.headers["Host"], self.server.allowed):
             return True
         self._send_json({"error": f"unexpected Host header {self.headers.get('Host', '')!r}: this server answers to "
                                   f"{', '.join(sorted(self.server.allowed))} and loopback addresses; start it with "
