@@ -178,6 +178,8 @@ def test_labels_from_a_csv_lead_the_report_and_a_cached_rerun_records_them(tiny,
     chosen = _label_csv(folder, tmp_path / "labels.csv", {"nurse": 12, "pilot": 12}, second="bob")
     code, printed, _ = run_cli(["label", str(folder), "--import", str(tmp_path / "labels.csv")], capsys)
     assert code == 0 and "imported 32 labels" in printed
+    code, printed, _ = run_cli(["label", str(folder), "--import", str(tmp_path / "labels.csv")], capsys)
+    assert code == 0 and "imported 0 labels" in printed and "skipped 32 already recorded" in printed  # no repeats
     code, _, _ = run_cli(["report", str(folder)], capsys)                # reads the labels, records their validity
     assert code == 0
     result = AuditResult.from_json(folder)
