@@ -4,8 +4,8 @@ A labeller opens the printed address (its token is traded for a cookie the page'
 keys and clicks buttons; the server is killed mid-way (SIGKILL) and restarted. Checked: a request without the
 cookie is refused, each label given is in ``labels/labels.jsonl`` exactly once, the page resumes at the next
 unlabelled image, the page is blind (no profession, prompt or classifier label in it or in its image URLs), a
-hostile labeller name stays text, and a screenshot is not blank. Chromium is the Debian package ``chromium`` (``make browser``); the
-DevTools websocket is spoken with ``websocket-client`` (a test dependency).
+hostile labeller name stays text, and a screenshot is not blank. Chromium is the Debian package ``chromium``
+(``make browser``); the DevTools websocket is spoken with ``websocket-client`` (a test dependency).
 """
 
 from __future__ import annotations
