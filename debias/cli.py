@@ -341,7 +341,8 @@ def label_command(
     run_dir: Path = typer.Argument(..., help="An audit folder (with audit.json), e.g. runs/audit or a fix's before/.", show_default=False),
     labeller: Optional[str] = typer.Option(None, "--labeller", help="Your name, saved with each label (default: your user name)."),
     port: int = typer.Option(8765, "--port", help="Port to listen on; a port in use is an error (0: any free port)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (default loopback only; there is no login)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on, IPv4 or IPv6 (default loopback only). Every request needs the token in the printed address."),
+    allow_host: list[str] = typer.Option([], "--allow-host", help="Another name requests may give for this machine (repeatable), e.g. its public name with --host 0.0.0.0; localhost, loopback addresses and the --host address are always allowed, others refused."),
     per_profession: int = typer.Option(93, "--per-profession", help="Images to label per profession (93 pins the classifier's error rate to ±0.10, 381 to ±0.05)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random sample and its order (the same seed gives the same sample)."),
     import_csv: Optional[Path] = typer.Option(None, "--import", help="Import labels from a CSV (header image,label,labeller) and exit; no server."),
@@ -350,15 +351,16 @@ def label_command(
     if import_csv is not None:
         from debias.validity.labels import import_labels_csv
 
-        records = import_labels_csv(import_csv, run_dir)
-        typer.echo(f"imported {len(records)} labels into {run_dir / 'labels' / 'labels.jsonl'}")
+        done = import_labels_csv(import_csv, run_dir)
+        skipped = f"; skipped {done.skipped} already recorded (same image, labeller and label)" if done.skipped else ""
+        typer.echo(f"imported {len(done.added)} labels into {run_dir / 'labels' / 'labels.jsonl'}{skipped}")
         return
     import getpass
 
     from debias.validity.server import serve
 
     serve(run_dir, labeller or getpass.getuser() or "labeller", host=host, port=port,
-          per_profession=per_profession, seed=seed)
+          per_profession=per_profession, seed=seed, allow_host=allow_host)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

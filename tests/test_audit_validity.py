@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -177,6 +178,8 @@ def test_labels_from_a_csv_lead_the_report_and_a_cached_rerun_records_them(tiny,
     chosen = _label_csv(folder, tmp_path / "labels.csv", {"nurse": 12, "pilot": 12}, second="bob")
     code, printed, _ = run_cli(["label", str(folder), "--import", str(tmp_path / "labels.csv")], capsys)
     assert code == 0 and "imported 32 labels" in printed
+    code, printed, _ = run_cli(["label", str(folder), "--import", str(tmp_path / "labels.csv")], capsys)
+    assert code == 0 and "imported 0 labels" in printed and "skipped 32 already recorded" in printed  # no repeats
     code, _, _ = run_cli(["report", str(folder)], capsys)                # reads the labels, records their validity
     assert code == 0
     result = AuditResult.from_json(folder)
@@ -220,6 +223,27 @@ def test_labels_from_a_csv_lead_the_report_and_a_cached_rerun_records_them(tiny,
     again = _audit(tiny["pipe"], folder)                                # a cached rerun reads the same labels
     assert (again.images_generated, again.images_reused) == (0, 24)
     assert again.validity == v
+
+
+def test_many_labellers_list_the_pairs_that_share_the_most_images(tiny, tmp_path):
+    """12 labellers are 66 pairs: the report lists the 45 best-measured and gives the mean over all 66."""
+    from debias.validity import LabelRecord, LabelStore
+
+    folder = tmp_path / "run"
+    shutil.copytree(tiny["out"], folder)
+    keys = list(load_run(folder).images)
+    LabelStore(folder).append([LabelRecord(k, "female" if (i + j) % 3 else "male", f"labeller {i:02d}", "t")
+                               for i in range(12) for j, k in enumerate(keys[:6 + i])])
+    html = render_report([folder]).read_text(encoding="utf-8")
+    twin = _twin(folder / "report.html")
+    kappas = twin["summary"]["validity"]["audit"]["kappa_labellers"]
+    assert (kappas["n_pairs"], len(kappas["pairs"])) == (66, 45)
+    # labeller i labels the first 6 + i images, so a pair (i < j) shares 6 + i: the 45 listed are those with i >= 2
+    assert [(p["raters"][0], p["n"]) for p in kappas["pairs"]] == [
+        (f"labeller {i:02d}", 6 + i) for i in range(2, 11) for _ in range(i + 1, 12)]
+    text = re.sub(r"\s+", " ", " ".join(pagecheck.parse(html).text))
+    assert "(the pairs that share the most images; mean over all 66 pairs" in text
+    _numbers_match_the_twin(html, twin)
 
 
 def test_labeller_names_are_escaped(tiny, tmp_path, capsys):

@@ -1,10 +1,11 @@
 """``debias label`` in a real browser: the CLI's server, driven in headless Chromium through the DevTools protocol.
 
-A labeller presses keys and clicks buttons; the server is killed mid-way (SIGKILL) and restarted. Checked: each
-label given is in ``labels/labels.jsonl`` exactly once, the page resumes at the next unlabelled image, the page
-is blind (no profession, prompt or classifier label in it or in its image URLs), a hostile labeller name stays
-text, and a screenshot is not blank. Chromium is the Debian package ``chromium`` (``make browser``); the
-DevTools websocket is spoken with ``websocket-client`` (a test dependency).
+A labeller opens the printed address (its token is traded for a cookie the page's script cannot read), presses
+keys and clicks buttons; the server is killed mid-way (SIGKILL) and restarted. Checked: a request without the
+cookie is refused, each label given is in ``labels/labels.jsonl`` exactly once, the page resumes at the next
+unlabelled image, the page is blind (no profession, prompt or classifier label in it or in its image URLs), a
+hostile labeller name stays text, and a screenshot is not blank. Chromium is the Debian package ``chromium``
+(``make browser``); the DevTools websocket is spoken with ``websocket-client`` (a test dependency).
 """
 
 from __future__ import annotations
@@ -73,8 +74,8 @@ class Server:
             [sys.executable, "-m", "debias", "label", str(run), "--labeller", EVIL, "--port", str(port),
              "--per-profession", "3", "--seed", "5"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=Path(__file__).parents[1])
-        self.url = _read_line(self.proc.stdout, r"open (http://127\.0\.0\.1:\d+/)", 60, self.proc).group(1)
-        self.port = int(self.url.rsplit(":", 1)[1].strip("/"))
+        found = _read_line(self.proc.stdout, r"open (http://127\.0\.0\.1:(\d+)/\?token=[\w-]+) ", 60, self.proc)
+        self.url, self.port = found.group(1), int(found.group(2))
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
@@ -111,7 +112,7 @@ class Browser:
             self.events.append(message)
 
     def js(self, expression: str):
-        result = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True})
+        result = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True})
         if "exceptionDetails" in result:
             raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
         return result["result"].get("value")
@@ -166,6 +167,13 @@ def test_label_page_in_chromium_survives_a_killed_server(tmp_path):
     browser = Browser(profile)
     try:
         shown = browser.open(server.url)
+        # logged in: the token left the address bar, the cookie is invisible to scripts, and without it nothing
+        assert browser.js("location.href") == f"http://127.0.0.1:{server.port}/"
+        assert browser.js("document.cookie") == ""
+        without = "{credentials: 'omit', cache: 'no-store'}"
+        for path in ("'/api/state'", "'/image/' + document.body.dataset.shown", "'/'"):
+            assert browser.js(f"fetch({path}, {without}).then(r => r.status)") == 401, path
+        assert browser.js("fetch('/api/state').then(r => r.status)") == 200
         sample = json.loads((run / "labels" / "sample.json").read_text(encoding="utf-8"))
         ids = {item["id"]: item["key"] for item in sample["items"]}   # opaque id → key (server-side file)
         order = [item["id"] for item in sample["items"]]

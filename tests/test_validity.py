@@ -7,12 +7,12 @@ coincide (nobody ever unclear), against closed forms, and by coverage on simulat
 from __future__ import annotations
 
 import json
+import shutil
+import stat
 import subprocess
 import sys
 import textwrap
-import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ from debias.stats import wilson_interval  # noqa: E402
 from debias.validity import (  # noqa: E402
     LabelRecord, LabelStore, agreement, classifier_share, cohens_kappa, confusion, draw_sample, error_rate,
     flag_professions, holm, human_share, import_labels_csv, labeller_kappas, labels_needed, load_run, ppi_share,
-    validity_for_run,
+    sample_for_run, validity_for_run,
 )
 from debias.validity.ppi import LABELS_FOR_05, LABELS_FOR_10, wilson_half_width, z_value  # noqa: E402
 
@@ -173,6 +173,83 @@ def test_cohens_kappa_by_hand():
     assert pairs[("ann", "bob")]["n"] == 3 and pairs[("ann", "cy")]["n"] == 2
 
 
+def _pairwise_kappas(labels: dict[str, dict[str, str]]) -> dict:
+    """Cohen's κ of every pair of labellers by scanning every image per pair: the plain definition."""
+    from itertools import combinations
+
+    names = sorted({who for per_image in labels.values() for who in per_image})
+    pairs = []
+    for x, y in combinations(names, 2):
+        shared = [(v[x], v[y]) for v in labels.values() if x in v and y in v]
+        if shared:
+            pairs.append(cohens_kappa([a for a, _ in shared], [b for _, b in shared], raters=(x, y)))
+    values = [k.kappa for k in pairs if k.kappa is not None]
+    return {"pairs": [k.to_dict() for k in pairs], "mean": sum(values) / len(values) if values else None,
+            "n_pairs": len(pairs)}
+
+
+def _many_labellers(keys: list[str], n: int, seed: int, share: float = 0.6) -> dict[str, dict[str, str]]:
+    """``n`` labellers who each label about ``share`` of ``keys``, mostly agreeing, in random label order."""
+    rng = np.random.default_rng(seed)
+    truth = {k: rng.choice(["female", "male"]) for k in keys}
+    labels: dict[str, dict[str, str]] = {}
+    for i in range(n):
+        for k in keys:
+            if rng.random() < share:
+                guess = truth[k] if rng.random() < 0.8 else rng.choice(["female", "male", "unclear", "no_person"])
+                labels.setdefault(k, {})[f"labeller {i:03d}"] = str(guess)
+    return labels
+
+
+def test_labeller_kappas_are_the_pairwise_definition():
+    for seed, n in ((0, 2), (1, 7), (2, 25)):
+        labels = _many_labellers([f"k{i}" for i in range(40)], n, seed)
+        assert labeller_kappas(labels, listed=None) == _pairwise_kappas(labels)
+    one = {"a": {"ann": "male", "bob": "male"}, "b": {"ann": "male", "bob": "male"}, "c": {"cy": "female"}}
+    assert labeller_kappas(one) == _pairwise_kappas(one)              # κ undefined (one label), cy shares nothing
+    assert labeller_kappas({}) == {"pairs": [], "mean": None, "n_pairs": 0}
+
+
+def test_the_report_compares_300_labellers_and_refuses_more_than_it_can(run):
+    """Every pair of 300 labellers, as the plain definition gives them; over the cap, an error says what to do."""
+    from debias.validity.agreement import MAX_PAIRS_LISTED
+    from debias.validity.labels import MAX_LABELLERS
+
+    store = LabelStore(run)
+    keys = list(load_run(run).images)
+    labels = _many_labellers(keys, 300, seed=3, share=0.5)
+    store.append([LabelRecord(k, label, who, "t") for k, per_image in labels.items()
+                  for who, label in per_image.items()])
+    result = validity_for_run(run).to_dict()
+    assert len(result["labellers"]) == 300 and result["n_labels"] == sum(len(v) for v in labels.values())
+    every = _pairwise_kappas(labels)
+    kappas = result["overall"]["kappa_labellers"]
+    assert (kappas["mean"], kappas["n_pairs"]) == (every["mean"], every["n_pairs"]) and every["n_pairs"] > 44_000
+    # listed: the 45 pairs that share the most images (the first of equals), in the order of the names
+    most = sorted(sorted(range(every["n_pairs"]), key=lambda i: -every["pairs"][i]["n"])[:MAX_PAIRS_LISTED])
+    assert kappas["pairs"] == [every["pairs"][i] for i in most] and len(most) == MAX_PAIRS_LISTED
+
+    extra = [LabelRecord(keys[0], "male", f"more {i}", "t") for i in range(MAX_LABELLERS - 300 + 1)]
+    store.append(extra)
+    with pytest.raises(InputError, match=rf"labels\.jsonl: {MAX_LABELLERS + 1} labellers, more than the "
+                                         rf"{MAX_LABELLERS} .*move the other labellers' lines"):
+        validity_for_run(run)
+
+
+def test_a_label_file_past_the_line_cap_is_refused_with_what_to_do(run, tmp_path, monkeypatch):
+    from debias.validity import labels
+
+    monkeypatch.setattr(labels, "MAX_LABEL_LINES", 3)
+    store = LabelStore(run)
+    store.append([LabelRecord(key_of("nurse", i), "female", "ann", "t") for i in range(3)])
+    path = _csv(tmp_path, f"image,label,labeller\n{key_of('pilot', 0)},male,ann\n")
+    with pytest.raises(InputError, match=r"importing 1 labels would take .*labels\.jsonl past the 3 lines"):
+        import_labels_csv(path, run)
+    store.add(key_of("pilot", 0), "male", "ann")
+    with pytest.raises(InputError, match=r"labels\.jsonl: 4 lines, more than the 3 debias reads.*move the other"):
+        validity_for_run(run)
+
+
 def test_confusion_and_agreement_by_hand():
     human = ["female", "female", "female", "male", "male", "unclear", "no_person"]
     pred = ["female", "male", "unclear", "male", "male", "female", "unclear"]
@@ -256,6 +333,37 @@ def test_a_killed_writer_leaves_a_readable_file(run):
     assert LabelStore(run).records()[-1].key == "after"
 
 
+def test_label_files_are_private(run):
+    """Labels name people: the label file and the sample (which maps ids to professions) are the owner's only."""
+    LabelStore(run).add(key_of("nurse", 0), "female", "ann")
+    sample_for_run(load_run(run), 3)
+    for name in ("labels.jsonl", "sample.json"):
+        assert stat.S_IMODE((run / "labels" / name).stat().st_mode) == 0o600, name
+
+
+def test_the_label_file_and_folder_are_never_symbolic_links(run, tmp_path):
+    """A link in labels/ would make an append (the page, --import) write into a file anywhere."""
+    elsewhere = tmp_path / "elsewhere.txt"
+    elsewhere.write_text("not yours\n", encoding="utf-8")
+    (run / "labels").mkdir()
+    (run / "labels" / "labels.jsonl").symlink_to(elsewhere)
+    csv_path = _csv(tmp_path, f"image,label,labeller\n{key_of('nurse', 0)},female,ann\n")
+    for write in (lambda: LabelStore(run).add(key_of("nurse", 0), "female", "ann"),
+                  lambda: import_labels_csv(csv_path, run)):
+        with pytest.raises(InputError, match=r"labels\.jsonl is a symbolic link.*real file"):
+            write()
+    assert elsewhere.read_text(encoding="utf-8") == "not yours\n"
+    shutil.rmtree(run / "labels")
+    folder = tmp_path / "other-labels"
+    folder.mkdir()
+    (run / "labels").symlink_to(folder, target_is_directory=True)
+    with pytest.raises(InputError, match=r"labels is a symbolic link.*real folder"):
+        LabelStore(run).add(key_of("nurse", 0), "female", "ann")
+    with pytest.raises(InputError, match=r"labels is a symbolic link"):
+        sample_for_run(load_run(run), 3)
+    assert list(folder.iterdir()) == []
+
+
 # ------------------------------------------------------------------------------------------ CSV import
 def _csv(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "labels.csv"
@@ -270,7 +378,7 @@ def test_csv_import_accepts_keys_and_file_names(run, tmp_path):
         images/{key_of("nurse", 1)}.png,male,ann
         {key_of("nurse", 1)}.png,no_person,bob
     """)
-    records = import_labels_csv(path, run)
+    records = import_labels_csv(path, run).added
     assert [(r.label, r.labeller) for r in records] == [("female", "ann"), ("male", "ann"), ("no_person", "bob")]
     assert LabelStore(run).latest()[key_of("nurse", 1)] == {"ann": "male", "bob": "no_person"}
     assert records[0].source == "csv:labels.csv"
@@ -298,6 +406,54 @@ def test_csv_import_lists_every_problem(run, tmp_path):
         import_labels_csv(path, run)
     text = str(err.value)
     assert "3 problem(s)" in text and ":2: unknown image" in text and ":3: unknown label" in text and ":4: expected 3" in text
+
+
+def test_csv_import_that_is_not_utf8_or_not_csv_names_file_and_line(run, tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_bytes(f"image,label,labeller\n{key_of('nurse', 0)},female,ann\n{key_of('nurse', 1)},male,Jos\xe9\n"
+                     .encode("latin-1"))
+    with pytest.raises(InputError, match=r"labels\.csv:3: not UTF-8 text.*save the CSV as UTF-8"):
+        import_labels_csv(path, run)
+    path.write_text(f"image,label,labeller\n{key_of('nurse', 0)},female,\"{'a' * 140_000}\"\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"labels\.csv:2: not a readable CSV row \(field larger than field limit"):
+        import_labels_csv(path, run)
+    assert not LabelStore(run).path.exists()
+
+
+def test_reimporting_a_csv_skips_the_labels_already_recorded(run, tmp_path):
+    rows = [(key_of("nurse", 0), "female", "ann"), (key_of("nurse", 1), "male", "ann"),
+            (key_of("nurse", 1), "male", "bob")]
+    path = _csv(tmp_path, "image,label,labeller\n" + "".join(f"{k},{lab},{who}\n" for k, lab, who in rows))
+    first = import_labels_csv(path, run)
+    assert (len(first.added), first.skipped) == (3, 0)
+    again = import_labels_csv(path, run)
+    assert (again.added, again.skipped) == ([], 3)
+    LabelStore(run).add(key_of("nurse", 0), "male", "ann")        # ann changed her mind on the page
+    third = import_labels_csv(path, run)                            # the CSV's older label is a relabel, not a repeat
+    assert [(r.key, r.label) for r in third.added] == [(key_of("nurse", 0), "female")] and third.skipped == 2
+    assert len(LabelStore(run).records()) == 5
+
+
+def test_the_label_count_is_distinct_images_and_labellers(run):
+    store = LabelStore(run)
+    store.add(key_of("nurse", 0), "female", "ann")
+    store.add(key_of("nurse", 0), "male", "ann")                   # a relabel: still one label of one image
+    store.add(key_of("nurse", 0), "male", "bob")
+    store.add(key_of("pilot", 1), "male", "ann")
+    assert validity_for_run(run).n_labels == 3
+
+
+@pytest.mark.parametrize("name", ["ann\u202egnp.exe", "an\u2028n", "an\u2029n", "ann\x7f", "an\u200bn", "an\x00n"])
+def test_labeller_names_with_control_or_format_characters_are_refused(run, tmp_path, name):
+    with pytest.raises(InputError, match=r"labeller name .*U\+[0-9A-F]{4}"):
+        LabelStore(run).add(key_of("nurse", 0), "female", name)
+    path = tmp_path / "labels.csv"
+    path.write_text(f"image,label,labeller\n{key_of('nurse', 0)},female,{name}\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"labels\.csv:2: labeller name"):
+        import_labels_csv(path, run)
+    assert LabelStore(run).records() == []
+    name = "Zoë O'Brien-Łukasz 李"
+    assert LabelStore(run).add(key_of("nurse", 0), "female", name).labeller == name
 
 
 # ------------------------------------------------------------------------------------------- sample
@@ -429,47 +585,3 @@ def test_validity_block_leads_with_ppi_only_when_every_profession_is_labelled(ru
     assert [r["ppi_delta"] for r in full["professions"]] == pytest.approx([abs(f - 0.5) / 0.5 for f in shares])
     assert full["mean_delta"] == pytest.approx(sum(abs(f - 0.5) / 0.5 for f in shares) / 3)
     assert full["within_tolerance"] == sum(abs(f - 0.5) <= 0.05 for f in shares)
-
-
-# --------------------------------------------------------------------------------- the server, no browser
-def test_server_api_is_blind_and_resumes(run):
-    from debias.validity.server import make_server
-
-    def call(server, path, body=None):
-        port = server.server_address[1]
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data,
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.read()
-
-    def start():
-        server = make_server(run, "ann", port=0, per_profession=3, seed=1)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        return server
-
-    server = start()
-    try:
-        state = json.loads(call(server, "/api/state"))
-        first = state["current"]["id"]
-        state = json.loads(call(server, "/api/label", {"id": first, "label": "female"}))
-        second = state["current"]["id"]
-        state = json.loads(call(server, "/api/skip", {"id": second}))
-        third = state["current"]["id"]
-        assert len({first, second, third}) == 3 and state["history"] == [first]
-        assert json.loads(call(server, f"/api/item/{first}")) == {"id": first, "label": "female"}
-        page = call(server, "/").decode()
-        assert call(server, f"/image/{third}").startswith(b"\x89PNG")
-        for text in (page, json.dumps(state)):
-            for secret in ("nurse", "pilot", "cook", "portrait", key_of("nurse", 0)):
-                assert secret not in text
-    finally:
-        server.shutdown()
-        server.server_close()
-    server = start()                                              # a restart forgets skips, not labels
-    try:
-        state = json.loads(call(server, "/api/state"))
-        assert state["current"]["id"] == second and state["labelled"] == 1
-    finally:
-        server.shutdown()
-        server.server_close()

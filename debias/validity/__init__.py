@@ -19,8 +19,8 @@ from debias.validity.agreement import (
     labeller_kappas,
 )
 from debias.validity.labels import (
-    LABELS, LabelRecord, LabelSample, LabelStore, RunImages, consensus, draw_sample, import_labels_csv, load_run,
-    read_labels_csv, sample_for_run,
+    LABELS, LabelImport, LabelRecord, LabelSample, LabelStore, RunImages, consensus, draw_sample, import_labels_csv,
+    load_run, read_labels_csv, sample_for_run,
 )
 from debias.validity.ppi import (
     LABELS_FOR_05, LABELS_FOR_10, ShareInterval, classifier_share, human_share, labels_needed, ppi_share,
@@ -31,8 +31,8 @@ from debias.validity.record import refresh_validity, validity_block
 from debias.validity.summary import RunValidity, validity_for_run
 
 __all__ = [
-    "FLAG_TEST", "LABELS", "LABELS_FOR_05", "LABELS_FOR_10", "Confusion", "Kappa", "LabelRecord", "LabelSample",
-    "LabelStore", "Rate", "RunImages", "RunValidity", "ShareInterval", "agreement", "classifier_share",
+    "FLAG_TEST", "LABELS", "LABELS_FOR_05", "LABELS_FOR_10", "Confusion", "Kappa", "LabelImport", "LabelRecord",
+    "LabelSample", "LabelStore", "Rate", "RunImages", "RunValidity", "ShareInterval", "agreement", "classifier_share",
     "cohens_kappa", "compare_classifiers", "confusion", "consensus", "draw_sample", "error_rate",
     "flag_professions", "holm", "human_share", "import_labels_csv", "labeller_kappas", "labels_needed", "load_run",
     "ppi_share", "ppi_share_of_images", "read_labels_csv", "refresh_validity", "sample_for_run", "validity_block",

@@ -11,6 +11,11 @@ disk, and a process killed mid-write leaves at most a torn last line, which read
 starts a fresh line). **Relabelling:** the same labeller labelling the same image again does not rewrite
 anything; the later line in the file wins. Different labellers' labels are all kept (for Cohen's κ).
 
+Both files are the owner's only (0600: they name people, and the sample maps ids to professions), and neither
+they nor ``labels/`` may be a symbolic link: a link would make an append write into a file anywhere. A label
+file holds at most :data:`MAX_LABEL_LINES` lines by at most :data:`MAX_LABELLERS` labellers, so that reading it
+and comparing every pair of labellers stays quick.
+
 **The sample** is stratified by profession and random within each: a profession's images are ordered by a
 seeded hash of their keys (a random order that stays put when an audit later adds images), and the first
 ``per_profession`` are labelled. The page serves them round-robin over professions (in a seeded order within
@@ -20,12 +25,17 @@ its images, which is what prediction-powered inference (:mod:`debias.validity.pp
 
 from __future__ import annotations
 
+import codecs
 import csv
+import errno
 import hashlib
+import io
 import json
 import os
 import secrets
+import stat
 import threading
+import unicodedata
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,6 +49,14 @@ LABELS = ("female", "male", "unclear", "no_person")
 NAVIGATION = ("skip", "back")
 CSV_HEADER = ["image", "label", "labeller"]
 MAX_ERRORS_SHOWN = 20
+MAX_LABEL_LINES = 500_000  # a run needs hundreds of labels per profession and labeller, not millions
+MAX_LABELLERS = 500        # κ between every pair of labellers: 124,750 pairs at most
+FILE_MODE = 0o600          # label files name people: the owner's only
+# characters a name must not hold: they are invisible or reorder or break the text around them, so a name
+# could display as another ("ann\u202egnp.exe" shows as "annexe.png")
+REFUSED_IN_NAMES = {"Cc": "a control character", "Cf": "an invisible format character", "Zl": "a line separator",
+                    "Zp": "a paragraph separator", "Cs": "a lone surrogate", "Co": "a private-use character",
+                    "Cn": "an unassigned code point"}
 
 
 # ------------------------------------------------------------------------------------------ run images
@@ -122,9 +140,17 @@ def check_label(label: str, where: str = "") -> str:
 
 
 def check_labeller(name: str, where: str = "") -> str:
+    """``name`` without surrounding spaces, if it is 1-200 characters none of which is in
+    :data:`REFUSED_IN_NAMES`; else an error that names the character."""
     name = (name or "").strip()
-    if not name or len(name) > 200 or any(ord(c) < 32 for c in name):
-        raise InputError(f"{where}a labeller name must be 1-200 printable characters, got {name!r}")
+    if not name or len(name) > 200:
+        raise InputError(f"{where}a labeller name must be 1-200 characters, got {name!r}")
+    for i, c in enumerate(name):
+        kind = REFUSED_IN_NAMES.get(unicodedata.category(c))
+        if kind:
+            raise InputError(f"{where}labeller name {name!r}: character {i + 1} is U+{ord(c):04X} "
+                             f"({unicodedata.name(c, 'unnamed')}), {kind}, which can make a name display as "
+                             "another; use letters, digits, spaces and punctuation")
     return name
 
 
@@ -136,7 +162,8 @@ class LabelStore:
     """The append-only label file of a run folder (see the module docstring)."""
 
     def __init__(self, run_dir: str | os.PathLike):
-        self.path = Path(run_dir) / "labels" / "labels.jsonl"
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / "labels" / "labels.jsonl"
         self.skipped_lines = 0  # lines that were not a complete label (torn by a kill, or edited by hand)
         self._lock = threading.Lock()
 
@@ -151,15 +178,16 @@ class LabelStore:
             return
         data = b"".join(json.dumps(r.to_dict(), ensure_ascii=False).encode() + b"\n" for r in records)
         with self._lock:
-            new = not self.path.exists()
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a+b") as fh:
+            labels_folder(self.run_dir).mkdir(parents=True, exist_ok=True)
+            new = not os.path.lexists(self.path)
+            with os.fdopen(_open_no_link(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT), "r+b") as fh:
+                _owner_only(fh.fileno())
                 fh.seek(0, os.SEEK_END)
                 if fh.tell() > 0:  # a torn last line has no newline: end it so it stays one bad line
                     fh.seek(-1, os.SEEK_END)
                     if fh.read(1) != b"\n":
                         data = b"\n" + data
-                fh.write(data)
+                fh.write(data)  # O_APPEND: at the end, whatever the position
                 fh.flush()
                 os.fsync(fh.fileno())
             if new:
@@ -167,10 +195,19 @@ class LabelStore:
 
     def records(self) -> list[LabelRecord]:
         """Every complete label line, in file order; other lines are counted in ``skipped_lines``."""
-        if not self.path.is_file():
+        labels_folder(self.run_dir)
+        try:
+            fd = _open_no_link(self.path, os.O_RDONLY)
+        except FileNotFoundError:
             return []
+        with os.fdopen(fd, "rb") as fh:
+            lines = fh.read().split(b"\n")
+        if len(lines) > MAX_LABEL_LINES + 1:
+            raise InputError(f"{self.path}: {len(lines) - 1:,} lines, more than the {MAX_LABEL_LINES:,} debias reads "
+                             "(a run needs a few hundred labels per profession and labeller). Keep the labels this "
+                             "run's report should use here and move the other lines to another file.")
         out, self.skipped_lines = [], 0
-        for line in self.path.read_bytes().split(b"\n"):
+        for line in lines:
             if not line.strip():
                 continue
             record = _parse(line)
@@ -182,10 +219,53 @@ class LabelStore:
 
     def latest(self) -> dict[str, dict[str, str]]:
         """image key → {labeller: label}, the later line winning for the same image and labeller."""
-        labels: dict[str, dict[str, str]] = {}
-        for r in self.records():
-            labels.setdefault(r.key, {})[r.labeller] = r.label
-        return labels
+        return latest_labels(self.records())
+
+
+def latest_labels(records: Iterable[LabelRecord]) -> dict[str, dict[str, str]]:
+    """image key → {labeller: label} of ``records``, the later one winning for the same image and labeller."""
+    labels: dict[str, dict[str, str]] = {}
+    for r in records:
+        labels.setdefault(r.key, {})[r.labeller] = r.label
+    return labels
+
+
+def check_labeller_count(path: str | os.PathLike, labellers: int) -> None:
+    """An error when a label file holds more labellers than :data:`MAX_LABELLERS`, saying what to do."""
+    if labellers > MAX_LABELLERS:
+        raise InputError(f"{path}: {labellers} labellers, more than the {MAX_LABELLERS} debias compares (Cohen's κ "
+                         f"between every pair). Keep at most {MAX_LABELLERS} labellers' labels in this run's label "
+                         "file: move the other labellers' lines to another file, or import fewer.")
+
+
+def labels_folder(run_dir: str | os.PathLike) -> Path:
+    """``run_dir/labels``; an error when it is a symbolic link (labels are kept only inside the run)."""
+    folder = Path(run_dir) / "labels"
+    if folder.is_symlink():
+        raise InputError(f"{folder} is a symbolic link; debias keeps labels only in a real folder inside the run. "
+                         "Replace the link by a folder holding the files it points to.")
+    return folder
+
+
+def _open_no_link(path: Path, flags: int) -> int:
+    """``os.open`` that refuses a symbolic link at ``path`` (a new file is created 0600)."""
+    try:
+        return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.EMLINK) or path.is_symlink():
+            raise InputError(f"{path} is a symbolic link; debias reads and appends labels only in a real file "
+                             "inside the run. Replace the link by the file itself, or remove it.") from None
+        raise
+
+
+def _owner_only(fd: int) -> None:
+    """Take away the world's access to a label file an older debias created readable by all."""
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
+    if mode & 0o007 and hasattr(os, "fchmod"):
+        try:
+            os.fchmod(fd, mode & ~0o007)
+        except OSError:
+            pass  # not ours to change: leave it as it is
 
 
 def _parse(line: bytes) -> LabelRecord | None:
@@ -227,7 +307,8 @@ def read_labels_csv(path: str | os.PathLike, run: RunImages) -> list[LabelRecord
     """Label records from a CSV with the header ``image,label,labeller`` (exactly), all or nothing.
 
     ``image`` is an image's key or file name. Every problem is reported with its line number (unknown image,
-    unknown label, the same image and labeller twice, a wrong header or row), up to the first 20.
+    unknown label, the same image and labeller twice, a wrong header or row), up to the first 20. A file that is
+    not UTF-8, or not CSV a reader can split (a value over 128 KiB), is one error at its line.
     """
     path = Path(path)
     if not path.is_file():
@@ -236,24 +317,43 @@ def read_labels_csv(path: str | os.PathLike, run: RunImages) -> list[LabelRecord
     records: list[LabelRecord] = []
     first_seen: dict[tuple[str, str], int] = {}
     stamp = now()
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
+    reader = csv.reader(io.StringIO(_csv_text(path), newline=""))
+    try:
         header = next(reader, None)
         if header is None or [h.strip() for h in header] != CSV_HEADER:
             got = ",".join(header) if header else "an empty file"
             raise InputError(f"{path}:1: the header must be exactly '{','.join(CSV_HEADER)}', got '{got}'.")
         for row in reader:
             line = reader.line_num
+            if line > MAX_LABEL_LINES + 1:
+                raise InputError(f"{path}: more than {MAX_LABEL_LINES:,} rows, more than a run's label file holds; "
+                                 "split the file and import the labels this run needs.")
             if not any(cell.strip() for cell in row):
                 continue
             record = _csv_row(row, line, run, first_seen, errors, stamp, path.name)
             if record is not None:
                 records.append(record)
+    except csv.Error as err:
+        raise InputError(f"{path}:{reader.line_num}: not a readable CSV row ({err}); a label CSV holds short "
+                         "values, one row a line: check this is the right file, saved as plain CSV.") from None
     if errors:
         shown = "\n  ".join(f"{path}:{e}" for e in errors[:MAX_ERRORS_SHOWN])
         more = f"\n  … and {len(errors) - MAX_ERRORS_SHOWN} more" if len(errors) > MAX_ERRORS_SHOWN else ""
         raise InputError(f"{path}: {len(errors)} problem(s), nothing imported:\n  {shown}{more}")
     return records
+
+
+def _csv_text(path: Path) -> str:
+    """The CSV's text (UTF-8, with or without a byte-order mark); an error naming the line that is not UTF-8."""
+    data = path.read_bytes()
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise InputError(f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}); save the CSV as UTF-8 "
+                         "(in a spreadsheet: 'CSV UTF-8') and import it again.") from None
 
 
 def _csv_row(row: list[str], line: int, run: RunImages, first_seen: dict, errors: list[str], stamp: str,
@@ -284,12 +384,32 @@ def _csv_row(row: list[str], line: int, run: RunImages, first_seen: dict, errors
     return None if problems else LabelRecord(image.key, label, labeller, stamp, f"csv:{source}")
 
 
-def import_labels_csv(path: str | os.PathLike, run_dir: str | os.PathLike) -> list[LabelRecord]:
-    """Check a label CSV against the run's images and append its labels to the run's label file."""
+@dataclass
+class LabelImport:
+    """What an import did: the labels it appended, and how many rows were skipped as already recorded."""
+
+    added: list[LabelRecord]
+    skipped: int
+
+
+def import_labels_csv(path: str | os.PathLike, run_dir: str | os.PathLike) -> LabelImport:
+    """Check a label CSV against the run's images and append its labels to the run's label file.
+
+    A row whose label is already its labeller's current label for that image is skipped: it would change
+    nothing, and re-importing the same CSV must not count its labels twice.
+    """
     run = load_run(run_dir)
     records = read_labels_csv(path, run)
-    LabelStore(run_dir).append(records)
-    return records
+    store = LabelStore(run_dir)
+    existing = store.records()
+    current = latest_labels(existing)
+    fresh = [r for r in records if current.get(r.key, {}).get(r.labeller) != r.label]
+    if len(existing) + len(fresh) > MAX_LABEL_LINES:
+        raise InputError(f"{path}: importing {len(fresh):,} labels would take {store.path} past the "
+                         f"{MAX_LABEL_LINES:,} lines debias reads; import only the labels this run needs.")
+    check_labeller_count(store.path, len({r.labeller for r in existing} | {r.labeller for r in fresh}))
+    store.append(fresh)
+    return LabelImport(fresh, len(records) - len(fresh))
 
 
 # ------------------------------------------------------------------------------------------ the sample
@@ -341,7 +461,7 @@ def draw_sample(run: RunImages, per_profession: int = LABELS_FOR_10, seed: int =
 def sample_for_run(run: RunImages, per_profession: int = LABELS_FOR_10, seed: int = 0) -> LabelSample:
     """:func:`draw_sample` with ids kept stable across restarts (a salt saved in ``labels/sample.json``),
     and the sample written there for the record."""
-    path = run.run_dir / "labels" / "sample.json"
+    path = labels_folder(run.run_dir) / "sample.json"
     salt = ""
     if path.is_file():
         try:
@@ -352,7 +472,7 @@ def sample_for_run(run: RunImages, per_profession: int = LABELS_FOR_10, seed: in
     sample = draw_sample(run, per_profession, seed, salt)
     atomic_write_json(path, {"seed": seed, "per_profession": per_profession, "salt": salt,
                              "strata": {str(k): v for k, v in sample.strata.items()},
-                             "items": [asdict(item) for item in sample.items]})
+                             "items": [asdict(item) for item in sample.items]}, mode=FILE_MODE)
     return sample
 
 

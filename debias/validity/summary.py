@@ -20,7 +20,9 @@ from pathlib import Path
 from debias.validity.agreement import (
     FLAG_TEST, agreement, cohens_kappa, confusion, error_rate, flag_professions, labeller_kappas,
 )
-from debias.validity.labels import LabelStore, RunImages, consensus, load_run
+from debias.validity.labels import (
+    LabelStore, RunImages, check_labeller_count, consensus, latest_labels, load_run,
+)
 from debias.validity.ppi import (
     LABELS_FOR_05, LABELS_FOR_10, classifier_share, human_share, ppi_share_of_images,
 )
@@ -95,7 +97,9 @@ def validity_for_run(run_dir: str | os.PathLike, audit_record: dict | None = Non
     run = load_run(run_dir, audit_record)
     store = LabelStore(run_dir)
     records = store.records()
-    per_image = store.latest()
+    labellers = sorted({r.labeller for r in records})
+    check_labeller_count(store.path, len(labellers))
+    per_image = latest_labels(records)
     in_run = {k: v for k, v in per_image.items() if k in run.images}
     human = _human_labels(in_run, labeller)
     rows = [_profession(run, name, human) for name in run.professions]
@@ -112,6 +116,7 @@ def validity_for_run(run_dir: str | os.PathLike, audit_record: dict | None = Non
                "kappa_classifier": cohens_kappa(h, p, raters=("human", "classifier")).to_dict(),
                "kappa_labellers": labeller_kappas(in_run), "flag_test": FLAG_TEST, "alpha": alpha,
                "flagged": [f["profession"] for f in flags if f["flagged"]]}
-    return RunValidity(str(Path(run_dir)), str(store.path), sorted({r.labeller for r in records}), len(records),
-                       rows, overall, unreadable_lines=store.skipped_lines,
+    n_labels = sum(len(v) for v in per_image.values())  # images × labellers: a relabel or a repeat is one label
+    return RunValidity(str(Path(run_dir)), str(store.path), labellers, n_labels, rows, overall,
+                       unreadable_lines=store.skipped_lines,
                        labels_not_in_run=len(per_image) - len(in_run))
