@@ -26,9 +26,20 @@ app = typer.Typer(
 )
 
 
+def installed_version() -> str:
+    """The version pip installed (the package metadata), else the source tree's ``debias.__version__``: a copy of
+    the source that was never installed has no metadata, and an installed one may be newer than a stale checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("debias")
+    except PackageNotFoundError:
+        return __version__
+
+
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"debias {__version__}")
+        typer.echo(f"debias {installed_version()}")
         raise typer.Exit()
 
 
@@ -364,9 +375,11 @@ def label_command(
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Console entry point: run the app, turning user errors into a clear message and exit code 2."""
+    """Console entry point: run the app, turning user errors into a clear message and exit code 2.
+
+    A command that ends with ``typer.Exit(code)`` (the bias gate's 3) exits with that code."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
     except DebiasError as err:
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         sys.exit(2)
@@ -375,15 +388,21 @@ def main(argv: Optional[list[str]] = None) -> None:
         sys.exit(130)
     except SystemExit:
         raise
-    except Exception as err:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(err, click.exceptions.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        if isinstance(err, click.exceptions.Abort):
-            sys.exit(130)
+    except Exception as err:  # usage errors arrive here in non-standalone mode
+        _exit_on_usage_error(err)
         raise
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
+def _exit_on_usage_error(err: Exception) -> None:
+    """Show a usage error (unknown option, bad value) as click would and exit with its code (2); a Ctrl-C at a
+    prompt exits with 130. Recognised by shape, because typer ships its own copy of click's exceptions."""
+    if callable(getattr(err, "show", None)) and isinstance(getattr(err, "exit_code", None), int):
+        err.show()
+        sys.exit(err.exit_code)
+    if type(err).__name__ == "Abort":
+        sys.exit(130)
 
 
 if __name__ == "__main__":
