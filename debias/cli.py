@@ -1,13 +1,15 @@
 """The ``debias`` command line: a thin typer layer over the Python API with the same verbs.
 
 Each command parses options, calls one API function, and prints a summary. Errors a user can
-cause are ``DebiasError``s; ``main`` prints their message (no stack trace) and exits with 2.
+cause are ``DebiasError``s; ``main`` prints their message (no stack trace) and exits with 2. A release gate
+(``--fail-above``, :mod:`debias.gate`) that fails exits with 3, after every output is written.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -15,6 +17,7 @@ import typer
 
 from debias import __version__
 from debias.errors import DebiasError
+from debias.gate import GATE_EXIT_CODE, check_gate_options
 from debias.profiles import DEFAULT_MODEL, builtin_names
 
 app = typer.Typer(
@@ -55,9 +58,9 @@ def _root(
 # Every option sits in one of these --help groups, shown in this order: what most runs set comes first (which
 # model, which professions, where to write, how many images); tuning, memory and speed come last.
 MODEL, PROMPTS, OUTPUT, GENERATION = "Model", "Professions and prompts", "Output", "Generation"
-CLASSIFIER, SEARCH, LABELLING, SERVER, MEMORY = ("Classifier", "Search and edit", "Labelling", "Server",
-                                                 "Memory and speed")
-PANELS = (MODEL, PROMPTS, OUTPUT, GENERATION, CLASSIFIER, SEARCH, LABELLING, SERVER, MEMORY)
+CLASSIFIER, SEARCH, GATE = "Classifier", "Search and edit", "CI gate"
+LABELLING, SERVER, MEMORY = "Labelling", "Server", "Memory and speed"
+PANELS = (MODEL, PROMPTS, OUTPUT, GENERATION, CLASSIFIER, SEARCH, GATE, LABELLING, SERVER, MEMORY)
 
 # Options that mean the same on every verb that has them, declared once: (type, typer.Option) pairs.
 Model = Annotated[str, typer.Option(
@@ -158,6 +161,31 @@ AdaptBatch = Annotated[bool, typer.Option(
     help="Grow the batch to what the GPU's free memory holds (measured on the first batch).")]
 Threads = Annotated[Optional[int], typer.Option(
     "--threads", rich_help_panel=MEMORY, help="Torch threads (default: DEBIAS_NUM_THREADS, or cores / processes).")]
+
+
+class GateScope(str, Enum):
+    mean = "mean"
+    profession = "profession"
+
+
+class GateStatistic(str, Enum):
+    upper = "upper"
+    point = "point"
+    lower = "lower"
+
+
+FailAbove = Annotated[Optional[float], typer.Option(
+    "--fail-above", metavar="D", rich_help_panel=GATE, show_default=False,
+    help=f"Release gate: after writing every output, exit with status {GATE_EXIT_CODE} when Δ is above this (e.g. "
+         "0.1; a fix is judged on its after audit). Errors exit with 2.")]
+Gate = Annotated[GateScope, typer.Option(
+    "--gate", rich_help_panel=GATE,
+    help="What --fail-above judges: the mean Δ over professions, or each profession's Δ (fails when any is above).")]
+GateStatisticOption = Annotated[GateStatistic, typer.Option(
+    "--gate-statistic", rich_help_panel=GATE,
+    help="The number compared with --fail-above. upper (the 95% interval's upper bound): passes only when the data "
+         "show Δ <= D, so measuring fewer images never helps a model pass; lower: fails only when the data show "
+         "Δ > D (never on noise alone, but a small audit passes anything); point: the estimate.")]
 
 
 def _memory(cpu_offload: str, vae_tiling: bool, vae_slicing: bool, attention_slicing: bool,
@@ -292,6 +320,9 @@ def audit_command(
     labels_male: LabelsMale = [],
     labels_none: LabelsNone = [],
     min_confidence: MinConfidence = None,
+    fail_above: FailAbove = None,
+    gate: Gate = GateScope.mean,
+    gate_statistic: GateStatisticOption = GateStatistic.upper,
     cpu_offload: CpuOffload = "none",
     vae_tiling: VaeTiling = False,
     vae_slicing: VaeSlicing = False,
@@ -303,6 +334,7 @@ def audit_command(
     other attributes' class shares too."""
     from debias.auditing import audit
 
+    check_gate_options(fail_above, gate.value, gate_statistic.value)  # a typo fails before any image is made
     memory = _memory(cpu_offload, vae_tiling, vae_slicing, attention_slicing, adapt_batch)
     result = audit(model, images_per_profession=images_per_profession, out=out, prompt_set=prompt_set,
                    ci_width=ci_width, max_images=max_images, print_table=True, memory=memory, **_shared(
@@ -312,11 +344,13 @@ def audit_command(
                        min_confidence=min_confidence, target=target, tolerance=tolerance, seed=seed,
                        batch_size=batch_size, steps=steps, guidance=guidance, height=height, width=width,
                        device=device, dtype=dtype, threads=threads, allow_pickle=allow_pickle))
-    if result.hardware["processes"] == 1 or int(os.environ.get("RANK", "0") or 0) == 0:
+    main_process = result.hardware["processes"] == 1 or int(os.environ.get("RANK", "0") or 0) == 0
+    if main_process:
         extra = [name for name, present in (("audit_attributes.csv", result.attributes),
                                             ("audit_intersections.csv", result.intersections)) if present]
         written = ", ".join(str(out / name) for name in ["audit.json", "audit.csv", *extra])
         typer.echo(f"wrote {written} and {out / 'report.html'}")
+    _apply_gate(result, fail_above, gate, gate_statistic, say=main_process)
 
 
 @app.command("fix")
@@ -380,6 +414,9 @@ def fix_command(
         help="Unrelated prompt for the side-effect check (repeatable; default: the model profile's)."),
     side_seeds: int = typer.Option(
         16, "--side-seeds", rich_help_panel=SEARCH, help="Seeds per unrelated prompt for the side-effect check."),
+    fail_above: FailAbove = None,
+    gate: Gate = GateScope.mean,
+    gate_statistic: GateStatisticOption = GateStatistic.upper,
     cpu_offload: CpuOffload = "none",
     vae_tiling: VaeTiling = False,
     vae_slicing: VaeSlicing = False,
@@ -391,6 +428,7 @@ def fix_command(
     with --attribute, the target distribution of those attributes."""
     from debias.fixing import fix
 
+    check_gate_options(fail_above, gate.value, gate_statistic.value)  # a typo fails before any image is made
     preserve_arg: list[str] | str | None = preserve or None
     if preserve and len(preserve) == 1 and Path(preserve[0]).is_file():
         preserve_arg = preserve[0]
@@ -409,6 +447,22 @@ def fix_command(
     written = [out / "fix.json"] + ([out / "edit.safetensors"] if result.edit_file else [])
     typer.echo(f"wrote {', '.join(map(str, written + [out / 'before', out / 'after']))}")
     typer.echo(f"report: {out / 'report.html'}")
+    _apply_gate(result.audits(out)[1], fail_above, gate, gate_statistic)
+
+
+def _apply_gate(result, fail_above: Optional[float], scope: GateScope, statistic: GateStatistic,
+                say: bool = True) -> None:
+    """With --fail-above, judge ``result`` (an audit; a fix's after audit) and exit with the gate's status when it
+    fails. Every output is already written, so a failed gate still leaves the report to read."""
+    if fail_above is None:
+        return
+    from debias.gate import judge
+
+    decision = judge(result, fail_above, scope=scope.value, statistic=statistic.value)
+    if say:
+        typer.secho(decision.message(), err=not decision.passed, fg=None if decision.passed else typer.colors.RED)
+    if not decision.passed:
+        raise typer.Exit(decision.exit_code)
 
 
 @app.command("report")
