@@ -473,17 +473,18 @@ def report_command(
     out: Optional[Path] = typer.Option(
         None, "--out", rich_help_panel=OUTPUT,
         help="HTML file to write (default: RUN_DIR/report.html; for two audits AFTER_DIR/compare_report.html). "
-             "report.json and report.csv go beside it."),
+             "report.json, report.csv and report.md (a model card's bias section) go beside it."),
 ) -> None:
     """Render the self-contained HTML report (offline, one file) from the JSON in run folders; no model is loaded.
 
     Human labels added since the audit ran (debias label) are read first: each audit's validity block in its
     audit.json is recomputed from them, so the report shows the prediction-powered shares."""
-    from debias.report import render_report, twin_paths
+    from debias.report import markdown_path, render_report, twin_paths
 
     path = render_report(run_dirs, out)
     json_path, csv_path = twin_paths(path)
-    typer.echo(f"wrote {path} (numbers in {json_path.name}, {csv_path.name})")
+    typer.echo(f"wrote {path} (numbers in {json_path.name}, {csv_path.name}; a model card's bias section in "
+               f"{markdown_path(path).name})")
 
 
 @app.command("label")
@@ -503,7 +504,8 @@ def label_command(
         None, "--import", rich_help_panel=LABELLING,
         help="Import labels from a CSV (header image,label,labeller) and exit; no server."),
     port: int = typer.Option(
-        8765, "--port", rich_help_panel=SERVER, help="Port to listen on; a port in use is an error (0: any free port)."),
+        8765, "--port", rich_help_panel=SERVER,
+        help="Port to listen on; a port in use is an error (0: any free port)."),
     host: str = typer.Option(
         "127.0.0.1", "--host", rich_help_panel=SERVER,
         help="Address to listen on, IPv4 or IPv6 (default loopback only). Every request needs the token in the "
