@@ -105,7 +105,7 @@ FixAttributeOptions = Annotated[list[str], typer.Option(
          "pair of classes); at most two per run.")]
 SavePipeline = Annotated[Optional[Path], typer.Option(
     "--save-pipeline", rich_help_panel=OUTPUT,
-    help="Also write the edited model as a diffusers folder.")]
+    help="Also write the edited model as a diffusers folder, with a model card (README.md) ready for a hub.")]
 Seed = Annotated[int, typer.Option(
     "--seed", rich_help_panel=GENERATION,
     help="Seed of image 0; image i uses seed + i (the same seeds before and after a fix).")]
@@ -300,7 +300,7 @@ def audit_command(
     intersect: IntersectOptions = [],
     out: Path = typer.Option(
         Path("runs/audit"), "--out", rich_help_panel=OUTPUT,
-        help="Run folder: audit.json, audit.csv, images/, report.html (also the cache; rerun to resume)."),
+        help="Run folder: audit.json, audit.csv, images/, report.html, report.md (also the cache; rerun to resume)."),
     images_per_profession: int = typer.Option(
         64, "--images-per-profession", "-n", rich_help_panel=GENERATION,
         help="Images per profession (per round with --ci-width)."),
@@ -374,7 +374,8 @@ def fix_command(
     attribute: FixAttributeOptions = [],
     out: Path = typer.Option(
         Path("runs/fix"), "--out", rich_help_panel=OUTPUT,
-        help="Run folder: fix.json, edit.safetensors, before/, after/, images (rerun to resume)."),
+        help="Run folder: fix.json, edit.safetensors, before/, after/, images, report.html, report.md (rerun to "
+             "resume)."),
     save_pipeline: SavePipeline = None,
     test_images: int = typer.Option(
         128, "--test-images", rich_help_panel=GENERATION,
