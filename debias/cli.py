@@ -11,14 +11,17 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from debias import __version__
 from debias.errors import DebiasError
-from debias.gate import GATE_EXIT_CODE, check_gate_options
+from debias.gate import GATE_EXIT_CODE, SCOPES, STATISTICS, check_gate_options
 from debias.profiles import DEFAULT_MODEL, builtin_names
+
+if TYPE_CHECKING:
+    from debias.results import AuditResult
 
 app = typer.Typer(
     name="debias",
@@ -163,15 +166,9 @@ Threads = Annotated[Optional[int], typer.Option(
     "--threads", rich_help_panel=MEMORY, help="Torch threads (default: DEBIAS_NUM_THREADS, or cores / processes).")]
 
 
-class GateScope(str, Enum):
-    mean = "mean"
-    profession = "profession"
-
-
-class GateStatistic(str, Enum):
-    upper = "upper"
-    point = "point"
-    lower = "lower"
+# the gate's choices, as enums so that --help lists them and a typo is a usage error
+GateScope = Enum("GateScope", {name: name for name in SCOPES}, type=str)
+GateStatistic = Enum("GateStatistic", {name: name for name in STATISTICS}, type=str)
 
 
 FailAbove = Annotated[Optional[float], typer.Option(
@@ -185,7 +182,7 @@ GateStatisticOption = Annotated[GateStatistic, typer.Option(
     "--gate-statistic", rich_help_panel=GATE,
     help="The number compared with --fail-above. upper (the 95% interval's upper bound): passes only when the data "
          "show Δ <= D, so measuring fewer images never helps a model pass; lower: fails only when the data show "
-         "Δ > D (never on noise alone, but a small audit passes anything); point: the estimate.")]
+         "Δ > D (never on noise alone, but a small audit passes anything); point: the estimate. See docs/ci.md.")]
 
 
 def _memory(cpu_offload: str, vae_tiling: bool, vae_slicing: bool, attention_slicing: bool,
@@ -451,7 +448,7 @@ def fix_command(
     _apply_gate(result.audits(out)[1], fail_above, gate, gate_statistic)
 
 
-def _apply_gate(result, fail_above: Optional[float], scope: GateScope, statistic: GateStatistic,
+def _apply_gate(result: AuditResult, fail_above: Optional[float], scope: GateScope, statistic: GateStatistic,
                 say: bool = True) -> None:
     """With --fail-above, judge ``result`` (an audit; a fix's after audit) and exit with the gate's status when it
     fails. Every output is already written, so a failed gate still leaves the report to read."""

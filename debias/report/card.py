@@ -42,7 +42,8 @@ def _share(row: dict, suffix: str) -> str:
     return "—" if share is None else f"{fmt(share)} [{fmt(row[f'ci_low{suffix}'])}, {fmt(row[f'ci_high{suffix}'])}]"
 
 
-def _first_run(report: dict) -> dict:
+def _judged_run(report: dict) -> dict:
+    """The settings of the run the section's "after" stands for: a fix's or a comparison's after run, or the audit."""
     runs = report["method"]["runs"]
     return runs.get("after") or runs.get("audit") or next(iter(runs.values()))
 
@@ -141,7 +142,7 @@ def _attributes(report: dict) -> list[str]:
 
 def _method(report: dict) -> list[str]:
     """What was generated, how it was read, and the statistics: three lines a reviewer can repeat."""
-    run, fix = _first_run(report), report["method"].get("fix")
+    run, fix = _judged_run(report), report["method"].get("fix")
     g, clf = run["generation"], run["classifier"]
     stopping = run["stopping"]
     images = (f"{fix['test_images']} per profession" if fix else
@@ -185,7 +186,7 @@ def _limitations(report: dict) -> list[str]:
 
 
 def _provenance(report: dict) -> list[str]:
-    s, run, fix = report["summary"], _first_run(report), report["method"].get("fix")
+    s, run, fix = report["summary"], _judged_run(report), report["method"].get("fix")
     edit = (fix or {}).get("edit_file") or run.get("edit")
     edit_line = ("none (the model as published)" if not edit else
                  f"file `{escape(edit.get('sha256'))}`" + (f", matrix `{escape(edit['matrix_sha256'])}`"
