@@ -75,7 +75,7 @@ Device = Annotated[Optional[str], typer.Option(
 Dtype = Annotated[Optional[str], typer.Option(
     "--dtype", rich_help_panel=MODEL,
     help="Weights' dtype: float32, float16 or bfloat16 (default: float16 on a GPU for real models, float32 "
-         "otherwise; edits are judged and saved in this dtype, see the README on precision).")]
+         "otherwise; edits are judged and saved in this dtype, see docs/real-models.md on precision).")]
 AllowPickle = Annotated[bool, typer.Option(
     "--allow-pickle", rich_help_panel=MODEL, help="Allow pickle (.bin) weights; only for models you trust.")]
 Professions = Annotated[Optional[Path], typer.Option(
