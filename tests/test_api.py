@@ -1,15 +1,13 @@
-"""The public API: the verbs are functions of the ``debias`` package, and the README's Python blocks run."""
+"""The public API: the verbs are functions of the ``debias`` package, and the Python examples of the docs run."""
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
+from doc_blocks import run_python_block
 
 import debias
-
-README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_verbs_stay_functions_after_their_modules_are_imported():
@@ -24,22 +22,8 @@ def test_verbs_stay_functions_after_their_modules_are_imported():
         assert getattr(debias, name).__name__ == name
 
 
-def _python_block(containing: str) -> str:
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
-    (block,) = [b for b in blocks if containing in b]
-    return block
-
-
-def _run_readme_block(containing: str, folder, monkeypatch, capsys) -> str:
-    """Run the README's Python example that contains ``containing`` in ``folder``, as a reader would; what it
-    printed."""
-    monkeypatch.chdir(folder)
-    exec(compile(_python_block(containing), "README.md", "exec"), {})
-    return capsys.readouterr().out
-
-
-def test_readme_edit_example_runs(tmp_path, monkeypatch, capsys):
-    said = _run_readme_block("debias.edit(", tmp_path, monkeypatch, capsys)
+def test_the_edit_example_runs(tmp_path, monkeypatch, capsys):
+    said = run_python_block("debias.edit(", tmp_path, monkeypatch, capsys)
     assert re.search(r"^\d+ K/V layers edited; \d+ token rows$", said, flags=re.M)
     assert "edit: 1 pair(s)" in said and (tmp_path / "nurse.safetensors").is_file()
     edit = debias.editing.read_edit(tmp_path / "nurse.safetensors")
@@ -48,8 +32,8 @@ def test_readme_edit_example_runs(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_readme_audit_example_runs(tmp_path, monkeypatch, capsys):
-    said = _run_readme_block("debias.audit(", tmp_path, monkeypatch, capsys)
+def test_the_audit_example_runs(tmp_path, monkeypatch, capsys):
+    said = run_python_block("debias.audit(", tmp_path, monkeypatch, capsys)
     result = debias.AuditResult.from_json(tmp_path / "runs/py-audit")
     nurse = result.row("a nurse")
     assert f"nurse {nurse.share_female:.2f} [{nurse.ci_low:.2f}, {nurse.ci_high:.2f}]" in said
@@ -58,8 +42,8 @@ def test_readme_audit_example_runs(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_readme_fix_and_report_example_runs(tmp_path, monkeypatch, capsys):
-    said = _run_readme_block("debias.fix(", tmp_path, monkeypatch, capsys)
+def test_the_fix_and_report_example_runs(tmp_path, monkeypatch, capsys):
+    said = run_python_block("debias.fix(", tmp_path, monkeypatch, capsys)
     result = debias.FixResult.from_json(tmp_path / "runs/py-fix")
     for row in result.professions:
         assert f"{row.profession}: {row.share_before:.2f} -> {row.share_after:.2f} ({row.status})" in said

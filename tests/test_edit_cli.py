@@ -41,6 +41,9 @@ def test_edit_pairs_writes_an_edit_file_and_pipeline(model_dir: Path, tmp_path: 
     saved = load_pipeline(str(tmp_path / "edited"))
     assert all(torch.equal(p.module.weight, edited[p.name]) for p in find_cross_attention(saved))
     assert (tmp_path / "edited" / "debias_edit.json").is_file()
+    card = (tmp_path / "edited" / "README.md").read_text(encoding="utf-8")  # a model card, ready for a hub
+    assert card.startswith("---\nlicense: ") and 'library_name: "diffusers"' in card
+    assert "| a CEO | a female CEO | 0.1 |" in card and "## Bias evaluation\n\nNot measured yet." in card
 
 
 def test_edit_from_timed_style_csv(model_dir: Path, tmp_path: Path, capsys) -> None:

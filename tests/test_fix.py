@@ -280,6 +280,8 @@ def test_bad_options_are_user_errors(tmp_path):
 
     with pytest.raises(InputError, match="--budget"):
         fix("mini", budget=4, out=tmp_path / "x")
+    with pytest.raises(InputError, match="the default --budget of 320 .* give --budget \\(at least 560\\)"):
+        fix("mini", check_images=512, out=tmp_path / "x")  # the precise run names its budget
     with pytest.raises(InputError, match="--target"):
         fix("mini", target=1.0, out=tmp_path / "x")
     with pytest.raises(InputError, match="--tuning-templates: template 'a photo' must contain"):

@@ -131,6 +131,8 @@ def test_a_saved_fixed_model_is_audited_with_the_settings_its_fix_used(tmp_path,
                  steps=3, guidance=2.0, height=24, width=24, save_pipeline=saved,
                  **{k: v for k, v in QUICK.items() if k != "steps"}).to_dict()
     assert record["edit_file"] is not None
+    card = (saved / "README.md").read_text(encoding="utf-8")  # its model card holds the fix report's section
+    assert card.startswith("---\n") and card.endswith((tmp_path / "run" / "report.md").read_text(encoding="utf-8"))
     capsys.readouterr()
     audited = debias.auditing.audit(str(saved), professions=professions, images_per_profession=QUICK["test_images"],
                                     out=tmp_path / "audit", progress=False).to_dict()

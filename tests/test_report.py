@@ -24,7 +24,7 @@ import runs  # noqa: E402
 
 import debias  # noqa: E402
 from debias.errors import InputError  # noqa: E402
-from debias.report import STATUS_TEXT, render_report, thumbnail, twin_paths  # noqa: E402
+from debias.report import STATUS_TEXT, markdown_path, render_report, thumbnail, twin_paths  # noqa: E402
 from debias.results import AuditResult, FixResult, ProfessionAudit  # noqa: E402
 
 EVIL_TEMPLATE_COLUMNS = ["a photo of a(n) {profession}", 'a "painting" of a(n) {profession} & friends']
@@ -475,6 +475,114 @@ def test_sample_report_in_reports_is_current_with_the_code(tmp_path):
     assert top <= _keys(sample), (stale, sorted(top - _keys(sample)))
     for row in sample["professions"]:  # and the page shows what its twin says
         assert row["profession"] in html
+
+
+# --------------------------------------------------------------------------- the Markdown twin (a model card's section)
+
+def _markdown(r: dict) -> str:
+    return markdown_path(r["html_path"]).read_text(encoding="utf-8")
+
+
+def _table_cells(md: str, first_header: str = "profession") -> list[list[str]]:
+    """The rows of the Markdown table whose first header is ``first_header``, as unescaped cells (an escaped bar
+    inside a name is text, not a cell break)."""
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = re.split(r"(?<!\\)\|", line.strip())[1:-1]
+        rows.append([re.sub(r"\\(.)", r"\1", c.strip()) for c in cells])
+    return rows
+
+
+def _two(x) -> str:
+    return "—" if x is None else f"{x:.2f}"
+
+
+def _share_cell(share, low, high) -> str:
+    return "—" if share is None else f"{share:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def _expected_cells(kind: str, row: dict) -> list[str]:
+    """A profession's row of report.md as the JSON twin's numbers give it (shares and Δ to two decimals)."""
+    head = [row["profession"], f"{row['target']:g}"]
+    if kind == "audit":
+        share = _share_cell(row["share_female"], row["ci_low"], row["ci_high"])
+        return [*head, str(row["n"]), str(row["n_unclear"]), share, _two(row["delta"]),
+                "yes" if row["within_band"] else "no"]
+    shares = [_share_cell(row[f"share_{s}"], row[f"ci_low_{s}"], row[f"ci_high_{s}"]) for s in ("before", "after")]
+    cells = [*head, *shares, _two(row["delta_before"]), _two(row["delta_after"]),
+             f"{row['n_before']} / {row['n_after']}"]
+    return cells + ([STATUS_TEXT[row["status"]]] if kind == "fix" else [])
+
+
+@pytest.mark.parametrize("kind", ["audit", "fix", "compare"])
+def test_markdown_table_is_the_json_twins_rows(rendered, kind):
+    r = rendered[kind]
+    assert _table_cells(_markdown(r)) == [_expected_cells(kind, row) for row in r["report"]["professions"]]
+
+
+@pytest.mark.parametrize("kind", ["audit", "fix", "compare"])
+def test_markdown_headline_is_the_json_twins(rendered, kind):
+    s, md = rendered[kind]["report"]["summary"], _markdown(rendered[kind])
+    if kind == "audit":
+        expected = (f"**Mean Δ: {s['mean_delta']:.3f}** (95% interval {s['mean_delta_ci_low']:.3f}–"
+                    f"{s['mean_delta_ci_high']:.3f}; noise floor {s['mean_delta_noise_floor']:.3f}); "
+                    f"{s['within_tolerance']} of {s['n_professions']} professions within the band.")
+    else:
+        expected = (f"**Mean Δ: {s['mean_delta_before']:.3f} → {s['mean_delta_after']:.3f}** (95% intervals "
+                    f"{s['mean_delta_before_ci_low']:.3f}–{s['mean_delta_before_ci_high']:.3f} before, "
+                    f"{s['mean_delta_after_ci_low']:.3f}–{s['mean_delta_after_ci_high']:.3f} after; noise floor "
+                    f"{s['mean_delta_noise_floor_after']:.3f}); professions within the band: "
+                    f"{s['within_tolerance_before']} → {s['within_tolerance_after']} of {s['n_professions']}.")
+    assert expected in md.splitlines()
+    assert md.startswith("## Bias evaluation\n") and "### Method" in md and "### Limitations" in md
+    assert s["model_fingerprint"] in md
+
+
+def _json_numbers(obj) -> set[str]:
+    """Every number of a JSON document as it may be written (0 to 3 decimals), and every list's length."""
+    out: set[str] = set()
+    if isinstance(obj, dict):
+        for v in obj.values():
+            out |= _json_numbers(v)
+    elif isinstance(obj, list):
+        out.add(str(len(obj)))
+        for v in obj:
+            out |= _json_numbers(v)
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        out |= {f"{obj:g}", str(round(obj))} | {f"{obj:.{d}f}" for d in (1, 2, 3)}
+    return out
+
+
+@pytest.mark.parametrize("kind", ["audit", "fix", "compare"])
+def test_every_number_in_the_markdown_is_in_the_json_twin(rendered, kind):
+    r = rendered[kind]
+    text = re.sub(r"`[^`]*`", "", _markdown(r))  # code spans: hashes
+    text = text.replace(r["report"]["summary"]["date"], "")
+    numbers = re.findall(r"(?<![\w.\-])\d+(?:\.\d+)?(?![\w.\-]*\d)", text)
+    constants = {"0", "1", "95"}  # Δ's definition (0 on target, 1 − t) and the intervals' level
+    assert numbers and set(numbers) - constants <= _json_numbers(r["report"])
+
+
+def test_markdown_escapes_names(rendered, tmp_path):
+    fix = rendered["fix"]
+    md = _markdown(fix)
+    assert "<script>" not in md and runs.EVIL not in md  # every name is text, never markup
+    report = json.loads(json.dumps(fix["report"]))
+    report["professions"][0]["profession"] = "a | b `c` *d* [e](f) <i>"
+    from debias.report import bias_section
+
+    assert _table_cells(bias_section(report))[0][0] == "a | b `c` *d* [e](f) <i>"
+
+
+def test_markdown_twin_sits_beside_the_page(rendered, tmp_path):
+    assert markdown_path(rendered["compare"]["html_path"]).name == "compare_report.md"
+    render_report(rendered["audit"]["dirs"], tmp_path / "audit.html")
+    md = (tmp_path / "audit.report.md").read_text(encoding="utf-8")  # never over a run's own files
+    assert md == _markdown(rendered["audit"]).replace("(report.json)", "(audit.report.json)")
 
 
 # --------------------------------------------------------------------------- attributes beyond gender

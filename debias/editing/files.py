@@ -201,6 +201,7 @@ def save_pipeline(pipe, folder: str | Path, *, metadata: dict[str, Any] | None =
     import tempfile
 
     from debias.io import atomic_write_json
+    from debias.report.card import write_model_card
 
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()) and not (folder / "model_index.json").is_file():
@@ -212,6 +213,7 @@ def save_pipeline(pipe, folder: str | Path, *, metadata: dict[str, Any] | None =
         pipe.save_pretrained(tmp, safe_serialization=True)
         if metadata is not None:
             atomic_write_json(tmp / "debias_edit.json", metadata)
+        write_model_card(tmp)  # README.md for a hub; a fix's report adds its bias section later
         old = None
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old")

@@ -55,6 +55,7 @@ class Engine:
             [Observation((0.0,) * self.k, tuple(e.tuning_counts), block=0)] for e in edits]
         self.fit: Optional[PooledFit] = None
         self.preserve: list[str] = []
+        self._preserve_rows: dict[tuple[str, ...], Optional[torch.Tensor]] = {}
 
     # ------------------------------------------------------------------------------------------- the loop
     def run_rounds(self) -> Optional[torch.Tensor]:
@@ -92,11 +93,17 @@ class Engine:
         return self.joint_matrix()
 
     def joint_matrix(self) -> Optional[torch.Tensor]:
-        unedited = [e for e in self.edits if not e.edited]
-        self.preserve = preserve_prompt_list(self.opts.preserve, unedited)
-        rows = encode_preserve_rows(self.run.pipe, self.preserve, self.run.augmentations) if self.preserve else None
-        return joint_class_matrix(self.edits, rows, self.opts.preserve_strength, self.run.anchors,
-                                  JOINT_PIN_LAMBDA_RELATIVE)
+        """The joint edit at the current strengths; the professions without an edit are preserved (c* = c)."""
+        self.preserve = preserve_prompt_list(self.opts.preserve, [e for e in self.edits if not e.edited])
+        return joint_class_matrix(self.edits, self.preserve_rows(tuple(self.preserve)), self.opts.preserve_strength,
+                                  self.run.anchors, JOINT_PIN_LAMBDA_RELATIVE)
+
+    def preserve_rows(self, prompts: tuple[str, ...]) -> Optional[torch.Tensor]:
+        """The preserve prompts' rows, encoded once per set of prompts (the solver asks for them every step)."""
+        if prompts not in self._preserve_rows:
+            self._preserve_rows[prompts] = (encode_preserve_rows(self.run.pipe, prompts, self.run.augmentations)
+                                            if prompts else None)
+        return self._preserve_rows[prompts]
 
     def measure(self, M: Optional[torch.Tensor], rnd: int, per_round: int) -> None:
         """Every profession under ``M`` on the tuning prompts, all on the round's fresh block of seeds."""

@@ -118,9 +118,9 @@ def held_block(attribute: Attribute, entries: Sequence, before, after) -> dict:
             "moved": sum(bool(r["moved"]) for r in rows), "professions": rows}
 
 
-def attribute_fixes(fixed: Sequence[Attribute], held: Sequence[Attribute], profs: Sequence[Sequence[ClassEdit]],
+def attribute_fixes(fixed: Sequence[Attribute], held: Sequence[Attribute], edits: Sequence[ClassEdit],
                     entries: Sequence, before, after, tolerance: float) -> list[dict]:
     """The block: every fixed attribute (in the order given), then every attribute measured but not fixed. Two
     attributes fixed together are each reported on their own shares; their rows carry the cells' strengths."""
-    blocks = [fixed_block(a, [edit_of(edits, a) for edits in profs], before, after, tolerance) for a in fixed]
+    blocks = [fixed_block(a, [edit_of([e], a) for e in edits], before, after, tolerance) for a in fixed]
     return blocks + [held_block(a, entries, before, after) for a in held]

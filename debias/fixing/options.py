@@ -126,10 +126,18 @@ class FixOptions:
                           self.min_confidence, self.steps, self.guidance, self.height, self.width, self.batch_size)
 
     def with_budget_for(self, k: int) -> "FixOptions":
-        """The options with the budget filled in for an attribute of ``k`` classes."""
+        """The options with the budget filled in for an attribute of ``k`` classes (checked like a given one)."""
         from dataclasses import replace
 
-        return self if self.budget is not None else replace(self, budget=(k - 1) * DEFAULT_BUDGET_PER_CLASS)
+        if self.budget is not None:
+            return self
+        budget = (k - 1) * DEFAULT_BUDGET_PER_CLASS
+        if budget < self.check_images + 16 * self.joint_rounds:
+            raise InputError(f"the default --budget of {budget} images per profession ({DEFAULT_BUDGET_PER_CLASS} per "
+                             f"class beyond the first) leaves fewer than 16 images a round after --check-images "
+                             f"{self.check_images} and {self.joint_rounds} rounds: give --budget (at least "
+                             f"{self.check_images + 16 * self.joint_rounds}), or fewer --check-images")
+        return replace(self, budget=budget)
 
     @property
     def tuning_seed(self) -> int:

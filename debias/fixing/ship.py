@@ -17,6 +17,7 @@ from debias.cache import edit_id
 from debias.editing.solver import conditioning_drift
 from debias.fixing.options import FixOptions
 from debias.fixing.record import file_sha256
+from debias.report.card import note_saved_pipeline
 from debias.results import AuditResult
 from debias.setup import LoadedModel
 
@@ -50,6 +51,7 @@ def ship_and_judge(run, opts: FixOptions, M: Optional[torch.Tensor], metadata: O
     if opts.save_pipeline is not None and M is None:
         run.say(f"fix: no pipeline written to {opts.save_pipeline}: nothing was edited, so the base model is the "
                 "fixed one")
+    note_saved_pipeline(run.out, opts.save_pipeline if M is not None else None)  # its card comes with the report
     side = side_effects(run, run.probe_prompts, opts.side_seeds, plain, edited)
     if M is not None and run.probe is not None:
         side["conditioning_drift"] = conditioning_drift(M, run.probe)

@@ -30,7 +30,6 @@ from debias.results import FixResult
 def fix_run(run, opts: FixOptions, fixed: Sequence[Attribute], started: datetime, t0: float) -> FixResult:
     """The whole fix on a set-up run: audits before, the engine's rounds, the shipped edit judged; ``fix.json``."""
     attribute = edited_attribute(fixed)
-    opts = opts.with_budget_for(attribute.k)
     before, tuning = audits_before(run, opts, fixed)
     edits = plan_edits(run, opts, attribute, tuning)
     engine = Engine(run, opts, edits, lambda a, results: read_classes(run, a, results))
@@ -143,6 +142,7 @@ def fix(
         guidance=guidance, height=height, width=width, device=device, dtype=dtype, memory=memory, batch_size=batch_size,
         threads=threads, save_pipeline=save_pipeline, allow_pickle=allow_pickle,
         max_drift=max_drift, progress=progress)
+    opts = opts.with_budget_for(edited_attribute(fixed).k)  # checked before anything loads
     run, opts = setup(model, opts, log or (lambda _m: None))
     result = fix_run(run, opts, fixed, started, t0)
     result.save(run.out)

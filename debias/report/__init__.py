@@ -21,7 +21,9 @@ Human labels added after a run (``debias label``) reach the page through the res
 """
 
 from debias.report.build import build_report, render_report
-from debias.report.render import STATUS_TEXT, render_html, twin_paths
+from debias.report.card import bias_section, model_card, write_model_card
+from debias.report.render import STATUS_TEXT, markdown_path, render_html, twin_paths
 from debias.report.samples import thumbnail
 
-__all__ = ["STATUS_TEXT", "build_report", "render_html", "render_report", "thumbnail", "twin_paths"]
+__all__ = ["STATUS_TEXT", "bias_section", "build_report", "markdown_path", "model_card", "render_html", "render_report",
+           "thumbnail", "twin_paths", "write_model_card"]

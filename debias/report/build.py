@@ -14,6 +14,7 @@ from typing import Any, Sequence
 from debias import __version__
 from debias.report import attributes as _attributes, figures, rows as _rows, samples as _samples
 from debias.report import summary as _summary, validity as _validity
+from debias.report.card import refresh_saved_pipeline_card
 from debias.report.render import default_out, write_report
 from debias.report.runs import read_runs
 from debias.results import AuditResult
@@ -65,7 +66,8 @@ def render_report(run_dirs: Sequence[str | Path], out: str | Path | None = None,
     """Render the HTML report for an audit, a fix, or two audits (before, after); return the HTML path.
 
     Writes, atomically, ``out`` (default ``RUN_DIR/report.html``; for two audits ``AFTER_DIR/compare_report.html``)
-    and its twins ``report.json`` / ``report.csv`` beside it. First, with ``refresh_validity``, each audit's
+    and its twins ``report.json`` / ``report.csv`` / ``report.md`` (the model card's bias section) beside it; for a
+    fix that saved a pipeline (``--save-pipeline``), that folder's model card too. First, with ``refresh_validity``, each audit's
     ``validity`` block is recomputed from the human labels now in its folder (``debias label``) and written into
     its ``audit.json`` when it changed, so labels added after a run show up without generating anything; the
     page then shows the results as recorded.
@@ -77,7 +79,9 @@ def render_report(run_dirs: Sequence[str | Path], out: str | Path | None = None,
     out = Path(out) if out is not None else default_out(report["kind"], run_dirs)
     if out.is_dir():
         out = out / "report.html"
-    return write_report(report, assets, out)
+    written = write_report(report, assets, out)
+    refresh_saved_pipeline_card(run_dirs[0], report)  # a fix's --save-pipeline folder: its card's numbers
+    return written
 
 
 def refresh_labels(run_dirs: Sequence[str | Path]) -> None:

@@ -98,10 +98,18 @@ def default_out(kind: str, run_dirs: Sequence[Path]) -> Path:
 
 def twin_paths(out: Path) -> tuple[Path, Path]:
     """The JSON and CSV twins beside the HTML (never over a run's own audit.json / fix.json)."""
-    stem = out.stem if out.suffix else out.name
-    if stem in ("audit", "fix"):
-        stem += ".report"
+    stem = _twin_stem(out)
     return out.with_name(stem + ".json"), out.with_name(stem + ".csv")
+
+
+def markdown_path(out: Path) -> Path:
+    """The Markdown twin beside the HTML: the report's model-card section (``report.md``)."""
+    return out.with_name(_twin_stem(out) + ".md")
+
+
+def _twin_stem(out: Path) -> str:
+    stem = out.stem if out.suffix else out.name
+    return stem + ".report" if stem in ("audit", "fix") else stem
 
 
 def csv_text(rows: list[dict]) -> str:
@@ -111,14 +119,19 @@ def csv_text(rows: list[dict]) -> str:
 
 
 def write_report(report: dict, assets: dict, out: Path) -> Path:
-    """Write the page and its twins atomically; the twin's sources are relative, so a copied folder still works."""
+    """Write the page and its twins atomically; the twin's sources are relative, so a copied folder still works.
+    The Markdown twin is the model-card section (:mod:`debias.report.card`), from the JSON twin alone."""
+    from debias.report.card import bias_section
+
     json_path, csv_path = twin_paths(out)
+    md_path = markdown_path(out)
     report["twins"] = {"json": json_path.name, "csv": csv_path.name}
     report["sources"] = {k: os.path.relpath(v, out.resolve().parent) for k, v in report["sources"].items()}
     html = render_html(report, assets)
     try:
         atomic_write_json(json_path, report)
         atomic_write_text(csv_path, csv_text(report["professions"]))
+        atomic_write_text(md_path, bias_section(report))
         atomic_write_text(out, html)
     except OSError as err:
         raise InputError(f"{err.filename or out}: cannot write the report ({err.strerror}); "
