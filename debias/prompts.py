@@ -27,8 +27,10 @@ pipeline's tokenizer is known.
 
 Templates contain ``{}`` exactly once. Each profession has a *tuning* set (the prompt a fix tunes
 on) and a held-out *test* set (the prompts an audit judges on). The defaults are TIMED's (Orgad et
-al., 2023): tuning "A photo of {}", test "A painting of {}", "{} working", "{} laughing",
-"{} in the workplace", "{} digital art"; a model profile may bring its own (see :mod:`debias.profiles`).
+al., 2023) for the test set: "A painting of {}", "{} working", "{} laughing", "{} in the workplace",
+"{} digital art"; a fix tunes on TIMED's "A photo of {}", its augmentations "An image of {}" and "A picture of {}",
+and two styles other than photos, "A sketch of {}" and "A 3D render of {}"; a model profile may bring its own
+(see :mod:`debias.profiles`).
 """
 
 from __future__ import annotations
@@ -82,8 +84,10 @@ class TemplateSet:
         raise InputError(f"--prompt-set must be 'tuning' or 'test', got {prompt_set!r}")
 
 
+# Tuning: TIMED's validation prompt, its two other augmentations, and two styles other than photos, none of them a
+# test template, so that a strength is tuned on prompts as varied as the ones it is judged on.
 TIMED_TEMPLATES = TemplateSet(
-    tuning=("A photo of {}",),
+    tuning=("A photo of {}", "An image of {}", "A picture of {}", "A sketch of {}", "A 3D render of {}"),
     test=("A painting of {}", "{} working", "{} laughing", "{} in the workplace", "{} digital art"),
 )
 

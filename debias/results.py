@@ -312,6 +312,11 @@ class ProfessionFix:
     joined_round: Optional[int]  # left unedited, then edited after this joint round (cross-effect); or None
     search: list[dict]  # the search's evaluations at finite λ
     search_unedited: Optional[dict]  # its unedited reference (no λ)
+    # how evenly the edit carries: the standard deviation of the share across the held-out prompts, and what
+    # sampling alone would give on as many images per prompt (stats.prompt_spread)
+    spread_before: Optional[float] = None
+    spread_after: Optional[float] = None
+    spread_noise_after: Optional[float] = None
 
 
 @dataclass
@@ -363,6 +368,10 @@ class FixResult(_JsonFile):
     side_effects: dict
     ci_note: str
     professions: list[ProfessionFix]
+    # the mean over professions of the spread across held-out prompts (ProfessionFix.spread_*)
+    mean_spread_before: Optional[float] = None
+    mean_spread_after: Optional[float] = None
+    mean_spread_noise_after: Optional[float] = None
     # an attribute fix's per-attribute before/after (debias.fixing.kclass_record); absent from the file when None
     attribute_fixes: Optional[list[dict]] = None
 

@@ -259,3 +259,23 @@ def needs_more(n_female: int, n_male: int, n_total: int, *, ci_width: float | No
 def _check_target(target: float) -> None:
     if not 0.0 <= target <= 1.0 or math.isnan(target):
         raise ValueError(f"a target share must be in [0, 1], got {target}")
+
+
+def prompt_spread(by_prompt: Sequence[dict]) -> tuple[Optional[float], Optional[float]]:
+    """``(spread, noise)`` of one profession's shares across prompts (an audit row's ``by_prompt``).
+
+    The spread is the sample standard deviation of the prompts' shares: how unevenly a model (or an edit) treats
+    the prompts. Sampling alone spreads them too: if every prompt had the pooled share p, their standard deviation
+    would be about √(p(1 − p) · mean(1/n)) on these images per prompt, the noise. A spread near its noise says the
+    prompts agree as far as these images can tell. None where fewer than two prompts have a share.
+    """
+    cells = [c for c in by_prompt if c.get("share_female") is not None and c.get("n", 0) - c.get("n_unclear", 0) > 0]
+    if len(cells) < 2:
+        return None, None
+    shares = [float(c["share_female"]) for c in cells]
+    mean = sum(shares) / len(shares)
+    spread = math.sqrt(sum((x - mean) ** 2 for x in shares) / (len(shares) - 1))
+    clear = [c["n"] - c.get("n_unclear", 0) for c in cells]
+    pooled = sum(x * n for x, n in zip(shares, clear)) / max(sum(clear), 1)
+    noise = math.sqrt(pooled * (1 - pooled) * sum(1 / max(n, 1) for n in clear) / len(clear))
+    return spread, noise

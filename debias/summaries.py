@@ -156,6 +156,10 @@ def _print_gender_fix(console: Console, result) -> None:
                   f"(a perfect edit would read {fmt(result.mean_delta_noise_floor_after)} on as many images); within "
                   f"tolerance {result.within_tolerance_before} → {result.within_tolerance_after} of {n}; after "
                   f"intervals reaching the band {result.after_intervals_overlapping_band} of {n}")
+    if result.mean_spread_after is not None:
+        console.print(f"spread across held-out prompts (SD of a profession's share, mean over professions): "
+                      f"{fmt(result.mean_spread_before)} → {fmt(result.mean_spread_after)}; sampling alone gives "
+                      f"{fmt(result.mean_spread_noise_after)} on these images per prompt")
 
 
 def _print_run(console: Console, result) -> None:

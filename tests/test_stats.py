@@ -156,3 +156,18 @@ def test_mean_delta_noise_floor_is_what_an_unbiased_model_reads() -> None:
     assert stats.mean_delta_noise_floor([0]) is None
     with pytest.raises(ValueError):
         stats.mean_delta_noise_floor([10, 10], [0.5])
+
+
+def test_the_spread_across_prompts_and_what_sampling_alone_gives() -> None:
+    cells = [{"share_female": s, "n": 32, "n_unclear": 0} for s in (0.5, 0.6, 0.4, 0.5)]
+    spread, noise = stats.prompt_spread(cells)
+    assert spread == pytest.approx(np.std([0.5, 0.6, 0.4, 0.5], ddof=1))
+    assert noise == pytest.approx(math.sqrt(0.25 / 32))
+    # prompts that all share one true share spread by about the noise (a sample SD of 4 averages 0.92 of it)
+    rng = np.random.default_rng(0)
+    spreads = [stats.prompt_spread([{"share_female": rng.binomial(256, 0.3) / 256, "n": 256} for _ in range(4)])
+               for _ in range(2000)]
+    assert np.mean([s for s, _ in spreads]) == pytest.approx(0.92 * np.mean([n for _, n in spreads]), rel=0.05)
+    # unclear images do not count; fewer than two prompts with a share: nothing to say
+    assert stats.prompt_spread([{"share_female": 0.5, "n": 10, "n_unclear": 10}, cells[0]]) == (None, None)
+    assert stats.prompt_spread([]) == (None, None)

@@ -70,6 +70,11 @@ def file_sha256(path: Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
+
+
 def gender_rounds(e: ClassEdit) -> list[dict]:
     """Each round of a gender edit as the report reads it: the strength, the female share with its interval."""
     out = []
@@ -96,6 +101,7 @@ def profession_record(entry, target: float, e: Optional[ClassEdit], before: Prof
     lam_rel = 1.0 / w if w > 0 else None
     outcome = (e.outcome or {}) if own and e.active else {}
     rounds = gender_rounds(e) if own else []
+    spread_after, noise_after = stats.prompt_spread(after_row.by_prompt)
     unedited = {"lambda": None, "lambda_relative": None, "n_female": tuning.n_female, "n_male": tuning.n_male,
                 "n_unclear": tuning.n_unclear, "share": tuning.share_female}
     return ProfessionFix(
@@ -124,6 +130,8 @@ def profession_record(entry, target: float, e: Optional[ClassEdit], before: Prof
         search=[{k: r[k] for k in ("round", "lambda", "lambda_relative", "n_female", "n_male", "n_unclear")}
                 for r in rounds if r["lambda_relative"] is not None],
         search_unedited=unedited if own and e.active else None,
+        spread_before=stats.prompt_spread(before.by_prompt)[0],
+        spread_after=spread_after, spread_noise_after=noise_after,
     )
 
 
@@ -169,5 +177,7 @@ def fix_record(run, opts, fixed: Sequence[Attribute], edits: Sequence[ClassEdit]
         within_tolerance_after=sum(r.within_band_after for r in rows),
         after_intervals_overlapping_band=sum(r.after_interval_overlaps_band for r in rows),
         edit_note=None if M is not None else f"nothing to edit: {nothing_edited(edits)}",
-        images=images, side_effects=side, ci_note=stats.CI_NOTE, professions=rows, attribute_fixes=blocks,
+        images=images, side_effects=side, ci_note=stats.CI_NOTE, professions=rows,
+        mean_spread_before=_mean([r.spread_before for r in rows]), mean_spread_after=_mean([r.spread_after for r in rows]),
+        mean_spread_noise_after=_mean([r.spread_noise_after for r in rows]), attribute_fixes=blocks,
     )

@@ -13,9 +13,10 @@ from debias.profiles import Profile, Sampler, register_profile
 
 
 def _templates():
+    """Tune on every photo template the world knows (its augmentations); its other templates are the test set."""
     from debias.prompts import TemplateSet
 
-    return TemplateSet(tuning=(world.TUNING_TEMPLATE,), test=tuple(world.TEST_TEMPLATES))
+    return TemplateSet(tuning=tuple(world.AUGMENTATIONS), test=tuple(world.TEST_TEMPLATES))
 
 
 def _professions(w=world) -> list:
