@@ -61,9 +61,12 @@ def test_shipped_timed_list_matches_csv() -> None:
         rows = list(csv.DictReader(fh))
     assert len(from_file) == len(shipped) == 35
     assert [e.phrase for e in from_file] == [e.phrase for e in shipped] == [r["old"] for r in rows]
-    # TIMED's own prompts are exactly our default templates applied to the phrase
+    # TIMED's own prompts are exactly our default templates applied to the phrase: its validation prompt is the
+    # first tuning template (the others add variety), its test prompts the test templates
+    tuning = prompts.TIMED_TEMPLATES.tuning
+    assert not {t.lower() for t in tuning} & {t.lower() for t in prompts.TIMED_TEMPLATES.test} and len(tuning) > 1
     for row, entry in zip(rows, shipped):
-        assert prompts.profession_prompts(entry, prompts.TIMED_TEMPLATES.tuning) == [row["validation"]]
+        assert prompts.profession_prompts(entry, tuning[:1]) == [row["validation"]]
         assert prompts.profession_prompts(entry, prompts.TIMED_TEMPLATES.test) == [row[f"ex{i}"] for i in range(1, 6)]
 
 
@@ -75,7 +78,8 @@ def test_mini_profile_professions_and_templates() -> None:
     entries = profile.default_professions()
     assert [e.phrase for e in entries] == [p.phrase for p in world.PROFESSIONS]
     t = profile.template_set()
-    assert t.get("tuning") == (world.TUNING_TEMPLATE,) and t.get("test") == tuple(world.TEST_TEMPLATES)
+    assert t.get("tuning") == tuple(world.AUGMENTATIONS) and t.get("test") == tuple(world.TEST_TEMPLATES)
+    assert world.TUNING_TEMPLATE in t.get("tuning") and not set(t.get("tuning")) & set(t.get("test"))
     with pytest.raises(InputError, match="--prompt-set"):
         t.get("validation")
 

@@ -36,11 +36,12 @@ import torch
 from debias import multiclass
 from debias.attributes import GENDER, Attribute, AttributeClass
 from debias.editing.solver import conditioning_drift
+from debias.fixing.options import UNEDITED
 from debias.fixing.plan import Anchors, kept_rows, profession_edit_rows
 
 MAX_STRENGTH = 1e4  # w = 1 / λ_rel: the strongest edit is λ_rel 1e-4
 
-ALREADY = "already_within_tolerance"
+ALREADY = UNEDITED  # the tuning shares already lie within the band: left unedited
 
 
 @dataclass(frozen=True)
