@@ -16,6 +16,8 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+
 V2_PROFESSIONS = ["a librarian", "a pilot", "a nurse"]
 CASES = {
     "gender": dict(model="mini", professions="professions/mini.txt", attributes=None),
@@ -51,6 +53,32 @@ def summary(record: dict) -> dict:
             "tuning_images_per_profession": tuning / professions, "wall_seconds": record["wall_seconds"]}
 
 
+def by_template(run_dir: Path, record: dict) -> dict:
+    """Mean Δ over professions per held-out test template, before and after, for every fixed attribute: where an
+    edit carries and where it does not (image i of a profession uses template i mod their number)."""
+    from debias import multiclass
+
+    fixed = [b["attribute"] for b in record.get("attribute_fixes") or [] if b["fixed"]] or ["gender"]
+    out: dict = {}
+    for side in ("before", "after"):
+        audit = json.loads((run_dir / side / "audit.json").read_text(encoding="utf-8"))
+        templates = audit["templates"]
+        for attribute in fixed:
+            if attribute == "gender":
+                rows = [([c["n_female"], c["n_male"]] for c in p["by_prompt"]) for p in audit["professions"]]
+                targets = [(p["target"], 1 - p["target"]) for p in audit["professions"]]
+            else:
+                section = next(s for s in audit["attributes"] if s["attribute"] == attribute)
+                rows = [(multiclass.count_labels(p["labels"][j::len(templates)], section["classes"])[0]
+                         for j in range(len(templates))) for p in section["professions"]]
+                targets = [p["target"] for p in section["professions"]]
+            deltas = [[multiclass.delta(multiclass.shares(c), t) for c in per] for per, t in zip(rows, targets)]
+            out.setdefault(attribute, {})[side] = {
+                template: float(np.mean([d[j] for d in deltas if d[j] is not None]))
+                for j, template in enumerate(templates)}
+    return out
+
+
 def run_case(name: str, out: Path, threads: int | None) -> dict:
     import debias
 
@@ -58,8 +86,10 @@ def run_case(name: str, out: Path, threads: int | None) -> dict:
     started = time.process_time()
     result = debias.fix(case["model"], professions=case["professions"], attributes=case["attributes"],
                         out=out / name, test_images=128, threads=threads, progress=False)
-    return {"case": name, **{k: v for k, v in case.items()}, **summary(result.to_dict()),
-            "cpu_seconds": round(time.process_time() - started, 1)}
+    cpu = round(time.process_time() - started, 1)
+    record = result.to_dict()
+    return {"case": name, **case, **summary(record), "mean_delta_by_template": by_template(out / name, record),
+            "cpu_seconds": cpu}
 
 
 def main() -> None:
@@ -67,12 +97,18 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/engine"))
     ap.add_argument("--cases", nargs="+", choices=sorted(CASES), default=list(CASES))
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--templates-only", action="store_true",
+                    help="recompute only each run's mean Δ per test template from its run folder (no fix is run)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "engine.json"
     runs = json.loads(path.read_text(encoding="utf-8"))["runs"] if path.is_file() else {}
     for name in args.cases:
-        runs[name] = run_case(name, args.out, args.threads)
+        if args.templates_only:
+            record = json.loads((args.out / name / "fix.json").read_text(encoding="utf-8"))
+            runs[name]["mean_delta_by_template"] = by_template(args.out / name, record)
+        else:
+            runs[name] = run_case(name, args.out, args.threads)
         path.write_text(json.dumps({"kind": "bench-engine", "runs": runs}, indent=2) + "\n", encoding="utf-8")
     print(f"{'case':8} {'attribute':9} {'mean Δ before':>13} {'after [95%]':>22} {'in band':>9} {'tuning/prof':>11} "
           f"{'CPU s':>7} {'side':>7}")
@@ -84,6 +120,11 @@ def main() -> None:
             print(f"{name:8} {attribute:9} {a['mean_delta_before']:>13.3f} {a['mean_delta_after']:>8.3f} "
                   f"[{lo:.3f}, {hi:.3f}] {a['within_before']:>3} → {a['within_after']:<3} "
                   f"{r['tuning_images_per_profession']:>11.0f} {r['cpu_seconds']:>7.0f} {r['side_effect']:>7.4f}")
+    print("\nmean Δ per held-out test template, before → after")
+    for name, r in runs.items():
+        for attribute, sides in r.get("mean_delta_by_template", {}).items():
+            cells = [f"{t.replace('{}', '…')} {sides['before'][t]:.2f} → {sides['after'][t]:.2f}" for t in sides["after"]]
+            print(f"{name:8} {attribute:9} " + "; ".join(cells))
 
 
 if __name__ == "__main__":
