@@ -17,7 +17,7 @@ makes three things exact (up to that rounding):
 * **splitting across processes** — under ``accelerate launch`` each process takes the items whose
   index modulo the world size is its rank, writes its own index file, and after a barrier every
   process reads all index files, so all of them return the same results as one process would.
-* **the fix's search** — :func:`measure` is what a λ search calls many times with the same seeds
+* **the fix's rounds** — :func:`measure` is what each round calls, every profession on one block of seeds
   (common random numbers) and an edit matrix applied through
   :func:`debias.editing.conditioning_transform`.
 

@@ -310,8 +310,8 @@ class ProfessionFix:
     closest_share: Optional[float]
     joint: list[dict]  # the joint rounds' measurements of this profession
     joined_round: Optional[int]  # left unedited, then edited after this joint round (cross-effect); or None
-    search: list[dict]  # the search's evaluations at finite λ
-    search_unedited: Optional[dict]  # its unedited reference (no λ)
+    search: list[dict]  # the rounds at a finite λ (the strengths-per-round chart)
+    search_unedited: Optional[dict]  # the tuning audit: its unedited point (no λ)
     # how evenly the edit carries: the standard deviation of the share across the held-out prompts, and what
     # sampling alone would give on as many images per prompt (stats.prompt_spread)
     spread_before: Optional[float] = None

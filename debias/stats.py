@@ -42,7 +42,7 @@ def share(n_female: int, n_male: int) -> float | None:
 def wilson_bounds(share: float, n: float, z: float = Z95) -> tuple[float, float]:
     """Wilson score interval around an observed proportion ``share`` on ``n`` trials.
 
-    Takes a proportion rather than counts so a fitted share (the λ search's logistic fit) can use it too.
+    Takes a proportion rather than counts so a fitted share (a model's expected share) can use it too.
     """
     if n <= 0:
         return 0.0, 1.0

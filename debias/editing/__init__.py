@@ -14,7 +14,7 @@ Its closed form is ``W′ = W · M`` with::
 ``M`` does not depend on the layer, so one float64 solve of a d×d system serves all layers (the
 per-layer float32 inverse of the reference code is both slower and less accurate; see
 ``benchmarks/solver.py``). Because every edited layer reads the same conditioning ``c``, editing all
-of them by ``M`` is the same as feeding ``c @ Mᵀ`` instead of ``c``: a λ search can try an edit by
+of them by ``M`` is the same as feeding ``c @ Mᵀ`` instead of ``c``: a fix's rounds can try an edit by
 transforming embeddings (:func:`conditioning_transform`) and the final model bakes ``W @ M`` once
 (:func:`bake_edit`).
 

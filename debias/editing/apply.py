@@ -105,7 +105,7 @@ def conditioning_transform(pipe, M: torch.Tensor) -> Iterator[None]:
     classifier-free guidance (SD 1.x/2.x, SDXL, PixArt, SD3; FLUX's ``true_cfg_scale``) the unconditional
     rows too, whether they share the call with the prompt's rows or have a call of their own; FLUX.1-dev's
     embedded guidance and the pooled text vectors do not pass through these layers and are left alone.
-    This is how a λ search tries many edits cheaply::
+    This is how a fix's rounds try many edits cheaply::
 
         with conditioning_transform(pipe, M):
             images = pipe(prompts, generator=generators).images
@@ -186,7 +186,7 @@ def edit_precision(weights: dict[str, torch.Tensor], rows: torch.Tensor, M: torc
     * transform: ``c′ Wᵀ`` with ``c′`` what :func:`conditioning_transform` feeds the layer.
 
     Each error is the Frobenius norm of an output difference over all layers, divided by that of the
-    edit's effect: ``baked_vs_transform`` is how far the shipped edit is from what the λ search and the
+    edit's effect: ``baked_vs_transform`` is how far the shipped edit is from what the rounds and the
     joint rounds measured; ``baked_vs_exact`` and ``transform_vs_exact`` split it into the two roundings.
     ``edit_size`` is the effect relative to the unedited outputs: each error is roughly the dtype's
     rounding (float16 ≈ 0.02%, bfloat16 ≈ 0.15% of the outputs) divided by it, so weak edits lose most.
@@ -219,7 +219,7 @@ def edit_precision(weights: dict[str, torch.Tensor], rows: torch.Tensor, M: torc
 def shipped_edit_error(pipe, M: torch.Tensor, prompts: Sequence[str]) -> float:
     """How far the shipped (baked) edit is from the edit that was measured, on ``prompts``, in ``pipe``'s dtype.
 
-    A λ search and a fix's joint rounds choose an edit through :func:`conditioning_transform`; the edit
+    A fix's rounds choose an edit through :func:`conditioning_transform`; the edit
     file and ``--save-pipeline`` ship it baked into the weights (:func:`bake_edit`). In float32 they agree
     to about 1e-6 of the edit, but in half precision each rounds: the baked weight ``W M`` (which differs
     from ``W`` by a little) and the transformed conditioning. This returns

@@ -19,7 +19,7 @@ wide on SD3 and 768 on FLUX, added to the timestep embedding that modulates ever
 reads one summary vector per prompt in another space than the token rows, so the one matrix ``M`` cannot
 apply to it, and editing it would need a second edit with its own rows and strength. What it means for the
 edit's reach: the pooled summary of "a nurse" still says what CLIP's pooled vector says about nurses, so the
-token edit must move the image against it; the λ search measures the share the edit reaches in images, and
+token edit must move the image against it; the fix's rounds measure the share the edit reaches in images, and
 a profession the token edit cannot move far enough is reported ``not_reachable`` with its closest share.
 """
 

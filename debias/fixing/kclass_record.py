@@ -1,6 +1,6 @@
 """The ``attribute_fixes`` block of an attribute fix's ``fix.json``: per attribute, before → after per profession.
 
-Fixed attributes: each profession's target, destinations, status, the search's strengths, and its class shares
+Fixed attributes: each profession's target, destinations, status, the strengths per round and shipped, and its class shares
 with simultaneous 95% intervals (Goodman) before and after on the held-out test prompts, Δ and the band; mean Δ
 before and after with bootstrap intervals (:func:`debias.multiclass.mean_delta_interval`). Attributes the audits
 read but the fix does not edit (gender, when only skin is fixed): per profession the largest change of a class

@@ -30,7 +30,7 @@ DEFAULT_ANCHOR_STRENGTH = 100.0
 # How strongly the joint edit holds each profession's rows at what its own tuned edit gives them, as λ_rel of a ridge
 # (chosen by a check without test prompts, see joint_from_pins and benchmarks/joint_pin.py).
 JOINT_PIN_LAMBDA_RELATIVE = 0.3
-# The tuning side (tuning audit, λ search, joint rounds) draws its seeds from seed + this, the test audits from seed:
+# The tuning side (tuning audit and rounds) draws its seeds from seed + this, the test audits from seed:
 # the strengths are judged on seeds as well as prompts they were not tuned on. A seed's starting noise decides much
 # of the perceived gender whatever the prompt says: on the built-in model the per-seed count of "female" images over its
 # 8 professions has a variance of about 6 where independent draws would give 1.5, and it correlates 0.92 between
@@ -66,7 +66,7 @@ def check_options(target, tolerance, budget, test_images, check_images, joint_ro
 
 def tuning_templates_for(given: Sequence[str] | None, default: Sequence[str], test: Sequence[str]) -> tuple[str, ...]:
     """The templates λ_p is tuned on (``given``, else the profile's ``default``); a held-out ``test`` template
-    among them would let the search see the final judge."""
+    among them would let the tuning see the final judge."""
     templates = tuple(given or default)
     test_lower = {t.lower() for t in test}
     shared = [t for t in templates if t.lower() in test_lower]

@@ -24,8 +24,8 @@ def image_counts(cache, used: dict[str, int]) -> dict[str, Any]:
 
     ``generated`` counts the images in the cache stamped with the stage that made them (in this run or an
     interrupted earlier one), so the stages' ``generated`` add up to the images in the cache; ``used`` is
-    what the stage read (for the search, the images its evaluations count), ``reused`` the part of it that
-    another stage had made (the unedited search point is the tuning audit's images, for example).
+    what the stage read, ``reused`` the part of it that another stage had made (an image a resumed run finds in the
+    cache, for example).
     """
     made = Counter(rec.get("stage") for rec in cache.images.values())
     by_stage = {s: {"generated": made.get(s, 0), "used": int(used.get(s, 0)),

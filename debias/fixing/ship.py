@@ -98,7 +98,7 @@ def side_effects(ctx, prompts: Sequence[str], n_seeds: int, plain: list, edited:
 def shipped(model: LoadedModel, edit_file: Optional[Path]):
     """The pipeline with ``edit_file`` loaded into its weights, as a user of the file gets it; restored on exit.
 
-    The search tries edits by transforming the conditioning, which is exact in float32; in float16 or bfloat16
+    The rounds try edits by transforming the conditioning, which is exact in float32; in float16 or bfloat16
     weights the small change W·M − W is partly rounded away, so what is judged and saved must be the baked edit.
     """
     if edit_file is None:

@@ -111,7 +111,7 @@ def fix(
     classifier, label prompts and sampler options mean what they mean for :func:`debias.audit`. ``preserve`` is a
     list of prompts (or a file, one per line) to keep where they are (UCE-style, c* = c); the professions
     left unedited are always preserved. ``anchor_strength`` weighs the anchors (the bare augmentation templates and
-    the empty prompt, kept fixed in the search and the joint edit alike; 0 turns them off; None: the model
+    the empty prompt, kept fixed by every edit, in the rounds and in the one that ships; 0 turns them off; None: the model
     family's, :attr:`debias.profiles.Profile.anchor_strength`). ``side_prompts``
     are the unrelated prompts of the side-effect check (default: the model profile's). ``memory`` trades speed for
     memory (:class:`debias.memory.MemoryOptions`: CPU offload, VAE tiling and slicing, attention slicing, a batch that

@@ -3,7 +3,7 @@
 Three kinds, chosen from the folders given:
 
 * one audit folder (``audit.json``)            -> ``audit``: shares per profession, one run;
-* one fix folder (``fix.json`` + before/after) -> ``fix``: before/after of the edit, λ searches, side effects;
+* one fix folder (``fix.json`` + before/after) -> ``fix``: before/after of the edit, strengths per round, side effects;
 * two audit folders (first before, then after) -> ``compare``.
 
 Nothing here generates an image or loads a model, so a report can be rebuilt anywhere from a copied run

@@ -27,7 +27,7 @@ def share_chart(report: dict) -> str | None:
 
 
 def search_charts(report: dict) -> dict[int, str]:
-    """One share-vs-λ chart per searched profession of a fix, by row index (professions left unedited have none)."""
+    """One share-vs-λ chart per tuned profession of a fix, by row index (professions left unedited have none)."""
     if report["kind"] != "fix":
         return {}
     out = {}
@@ -39,10 +39,10 @@ def search_charts(report: dict) -> dict[int, str]:
 
 
 def search_chart(row: dict, tolerance: float) -> str | None:
-    """A profession's search: every evaluation, the chosen λ and the search's fitted share there.
+    """A profession's rounds: each round's share at its λ, the λ that ships and the pooled model's share there.
 
-    The x axis is relative λ where the search and the choice record it (it is comparable across models), else
-    absolute λ. The dotted line is the unedited share on the tuning prompts the search ran on.
+    The x axis is relative λ where the rounds and the choice record it (it is comparable across models), else
+    absolute λ. The dotted line is the unedited share on the tuning prompts the rounds ran on.
     """
     from debias import charts
 

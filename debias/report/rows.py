@@ -22,7 +22,7 @@ SIDE_FIELDS = {"share_female": "share", "ci_low": "ci_low", "ci_high": "ci_high"
                "p_value": "p_value", "n": "n", "n_female": "n_female", "n_male": "n_male", "n_unclear": "n_unclear",
                "oracle_share": "oracle_share", "within_band": "within_band"}
 PROMPT_FIELDS = ("share_female", "ci_low", "ci_high", "n")
-# fix.json row fields that are not one number each: the search is shown as a chart, the rest stays in fix.json
+# fix.json row fields that are not one number each: the rounds are shown as a chart, the rest stays in fix.json
 FIX_LISTS = ("joint", "search", "search_unedited")
 
 
@@ -72,7 +72,7 @@ def _side(p: ProfessionAudit | None, side: str) -> dict:
 
 
 def _fix_fields(p: ProfessionFix | None) -> dict:
-    """A profession's fix.json row (its one-number fields under fix.json's names, and its search's evaluations).
+    """A profession's fix.json row (its one-number fields under fix.json's names, and its rounds).
 
     fix.json is the record of the fix, so where it repeats an audit's number (the shares, their intervals, Δ and
     the within-band flags on the test prompts) its value is the one kept.
