@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
-from debias.report.render import STATUS_TEXT, fmt
+from debias.report.words import STATUS_TEXT, fmt
 from debias.report.validity import headline
 from debias.validity.record import PPI_HEADLINE
 

@@ -15,31 +15,14 @@ from typing import Any, Sequence
 from debias.errors import InputError
 from debias.io import atomic_write_json, atomic_write_text
 from debias.report.attributes import heat
+from debias.report.card import bias_section
+from debias.report.words import STATUS_TEXT, fmt
 from debias.results import csv_table
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
-STATUS_TEXT = {"fixed": "fixed", "already_within_tolerance": "already within tolerance",
-               "not_reachable": "not reachable", "budget_exhausted": "budget exhausted"}
 # settings that differ between any two runs and say nothing about whether the runs are comparable
 VOLATILE = ("started_at", "finished_at", "wall_seconds", "images_generated", "images_reused", "edit",
             "model.fingerprint")
-
-
-def fmt(value: Any, kind: str = "f2") -> str:
-    """How a number is shown; the exact value sits in data-value beside it."""
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    v = float(value)
-    if kind == "int":
-        return f"{int(round(v))}"
-    if kind == "p":
-        return f"{v:.1e}" if v < 1e-3 and v != 0 else f"{v:.3f}"
-    if kind == "raw":
-        return str(value) if isinstance(value, int) else f"{v:.6g}"
-    formats = {"g3": "{:.3g}", "f1": "{:.1f}", "f3": "{:.3f}", "pct": "{:.0%}"}
-    return formats.get(kind, "{:.2f}").format(v)
 
 
 def flatten(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -121,8 +104,6 @@ def csv_text(rows: list[dict]) -> str:
 def write_report(report: dict, assets: dict, out: Path) -> Path:
     """Write the page and its twins atomically; the twin's sources are relative, so a copied folder still works.
     The Markdown twin is the model-card section (:mod:`debias.report.card`), from the JSON twin alone."""
-    from debias.report.card import bias_section
-
     json_path, csv_path = twin_paths(out)
     md_path = markdown_path(out)
     report["twins"] = {"json": json_path.name, "csv": csv_path.name}
