@@ -13,7 +13,7 @@ import io
 import json
 import os
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -51,6 +51,8 @@ def _row_dict(row) -> dict[str, Any]:
 
 def _from_dict(cls, data: dict, where: str):
     """``cls(**data)``, with an error naming the file and the keys it does not know or misses."""
+    if not isinstance(data, dict):
+        raise InputError(f"{where}: not a {cls.__name__} object; re-run the command that wrote it.")
     names = [f.name for f in fields(cls)]
     unknown = [k for k in data if k not in names]
     if unknown:
@@ -60,6 +62,13 @@ def _from_dict(cls, data: dict, where: str):
         return cls(**data)
     except TypeError as err:
         raise InputError(f"{where}: not a complete {cls.__name__} ({err}); re-run the command that wrote it.") from None
+
+
+def _plain(value: Any) -> dict[str, Any]:
+    """A nested typed block (an attribute fix's, say) as the plain dict its file holds, fields in order."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    raise TypeError(f"{type(value).__name__} is not something a result file holds")
 
 
 def _refuse_constant(name: str):
@@ -75,7 +84,7 @@ class _JsonFile:
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["professions"] = [_row_dict(row) for row in self.professions]
-        return json.loads(json.dumps(data))  # a deep copy, in plain JSON types
+        return json.loads(json.dumps(data, default=_plain))  # a deep copy, in plain JSON types
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False, allow_nan=False) + "\n"
@@ -320,6 +329,109 @@ class ProfessionFix:
 
 
 @dataclass
+class ClassShares:
+    """One profession's class shares in one audit: simultaneous 95% intervals (Goodman), Δ and the band."""
+
+    counts: list[int]
+    n_unclear: int
+    shares: Optional[list[float]]  # None: no image was read into a class
+    ci_low: Optional[list[float]]
+    ci_high: Optional[list[float]]
+    delta: Optional[float]
+    within_band: Optional[bool]  # every class share within tolerance of its target
+
+
+@dataclass
+class AttributeFixRow:
+    """One profession of a fixed attribute: its edit (destinations, strengths per round and shipped, the engine's
+    view on the tuning prompts) and its class shares before and after on the held-out test prompts."""
+
+    profession: str
+    phrase: str
+    target: list[float]
+    cells: Optional[list[str]]  # a crossed fix's cells, which destinations and strengths follow; else None
+    destinations: list[str]
+    status: str  # fixed | already_within_tolerance | not_reachable | budget_exhausted
+    tuning_counts: list[int]
+    caps: Optional[list[float]]  # the strongest strength per class the side-effect limit allows
+    strengths: list[float]  # w = 1 / λ_rel per class (or cell); 0: no destination
+    lambda_relative: list[Optional[float]]
+    reference_class: Optional[str]  # the class it had most of against its target: never given a destination
+    joined_round: Optional[int]
+    engine: Optional[dict]  # the pooled model's expected shares under the shipped edit, its slope and status
+    rounds: list[dict]  # per round: strengths, reach, counts, the model's shares after it
+    before: ClassShares
+    after: ClassShares
+
+
+@dataclass
+class AttributeFix:
+    """A fixed attribute's before → after (``fix.json``'s ``attribute_fixes``, ``"fixed": true``)."""
+
+    attribute: str
+    fixed: bool
+    classes: list[str]
+    crossed: Optional[list[str]]  # the two attributes fixed together (strengths per cell); else None
+    tolerance: float
+    band_rule: str
+    interval_method: str
+    mean_delta_before: Optional[float]
+    mean_delta_before_ci_low: Optional[float]
+    mean_delta_before_ci_high: Optional[float]
+    mean_delta_after: Optional[float]
+    mean_delta_after_ci_low: Optional[float]
+    mean_delta_after_ci_high: Optional[float]
+    within_tolerance_before: int
+    within_tolerance_after: int
+    professions: list[AttributeFixRow]
+
+
+@dataclass
+class HeldAttributeRow:
+    """One profession of an attribute measured but not fixed: did the edit move it beyond its noise?"""
+
+    profession: str
+    phrase: str
+    counts_before: list[int]
+    counts_after: list[int]
+    n_unclear_before: int
+    n_unclear_after: int
+    shares_before: Optional[list[float]]
+    shares_after: Optional[list[float]]
+    largest_change: Optional[float]
+    noise: Optional[float]
+    moved: Optional[bool]
+
+
+@dataclass
+class HeldAttribute:
+    """An attribute the fix's audits read but the fix did not edit (``"fixed": false``)."""
+
+    attribute: str
+    fixed: bool
+    classes: list[str]
+    noise_rule: str
+    mean_largest_change: Optional[float]
+    moved: int
+    professions: list[HeldAttributeRow]
+
+
+def attribute_block(data: dict, where: str) -> AttributeFix | HeldAttribute:
+    """One ``attribute_fixes`` block of a file, typed (fixed or held, by its ``fixed`` flag)."""
+    if not isinstance(data, dict) or not isinstance(data.get("professions"), list):
+        raise InputError(f"{where}: not an attribute block (it needs a \"professions\" list); re-run the fix.")
+    if data.get("fixed"):
+        rows = [_from_dict(AttributeFixRow, {**r, "before": _from_dict(ClassShares, r.get("before"), f"{where}: "
+                                                                           f"professions[{i}].before"),
+                                             "after": _from_dict(ClassShares, r.get("after"), f"{where}: "
+                                                                          f"professions[{i}].after")},
+                           f"{where}: professions[{i}]") for i, r in enumerate(data["professions"])]
+        return _from_dict(AttributeFix, {**data, "professions": rows}, where)
+    rows = [_from_dict(HeldAttributeRow, r, f"{where}: professions[{i}]") for i, r in enumerate(data["professions"])]
+    return _from_dict(HeldAttribute, {**data, "professions": rows}, where)
+
+
+@dataclass
 class FixResult(_JsonFile):
     """``fix.json``: the settings, the edit, before/after per profession with intervals, side effects, images."""
 
@@ -372,14 +484,23 @@ class FixResult(_JsonFile):
     mean_spread_before: Optional[float] = None
     mean_spread_after: Optional[float] = None
     mean_spread_noise_after: Optional[float] = None
-    # an attribute fix's per-attribute before/after (debias.fixing.kclass_record); absent from the file when None
-    attribute_fixes: Optional[list[dict]] = None
+    # the attributes of a fix other than gender alone: each fixed one, then each measured only
+    # (debias.fixing.kclass_record); absent from the file when None
+    attribute_fixes: Optional[list[AttributeFix | HeldAttribute]] = None
 
     def to_dict(self) -> dict[str, Any]:
         data = super().to_dict()
         if data["attribute_fixes"] is None:
             del data["attribute_fixes"]  # a gender fix's file keeps its bytes
         return data
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "<dict>"):
+        blocks = data.get("attribute_fixes") if isinstance(data, dict) else None
+        if blocks is not None:
+            data = {**data, "attribute_fixes": [attribute_block(b, f"{where}: attribute_fixes[{i}]")
+                                                for i, b in enumerate(blocks)]}
+        return super().from_dict(data, where)
 
     def audits(self, run_dir: str | os.PathLike) -> tuple[AuditResult, AuditResult]:
         """The before and after audits this fix judged itself by."""

@@ -107,26 +107,26 @@ def _shares(values) -> str:
     return "—" if values is None else " / ".join(f"{x:.2f}" for x in values)
 
 
-def _print_attribute_fix(console: Console, block: dict) -> None:
+def _print_attribute_fix(console: Console, block) -> None:
     """One attribute of an attribute fix: class shares before → after per profession, or how far a held one moved."""
-    classes = " / ".join(block["classes"])
-    if not block["fixed"]:
-        console.print(f"{block['attribute']} (not fixed, measured): {block['moved']} of {len(block['professions'])} "
+    classes = " / ".join(block.classes)
+    if not block.fixed:
+        console.print(f"{block.attribute} (not fixed, measured): {block.moved} of {len(block.professions)} "
                       f"professions moved beyond noise; mean largest class-share change "
-                      f"{fmt(block['mean_largest_change'])}")
+                      f"{fmt(block.mean_largest_change)}")
         return
-    table = Table(title=f"{block['attribute']} ({classes}), held-out test prompts, within ± {block['tolerance']}")
+    table = Table(title=f"{block.attribute} ({classes}), held-out test prompts, within ± {block.tolerance}")
     for col in ("profession", "target", "before", "after", "λ_rel per class", "status"):
         table.add_column(col, justify="left" if col in ("profession", "status") else "right")
-    for r in block["professions"]:
-        lams = " / ".join("—" if x is None else f"{x:.3g}" for x in r["lambda_relative"])
-        table.add_row(r["profession"], _shares(r["target"]), _shares(r["before"]["shares"]),
-                      _shares(r["after"]["shares"]), lams, r["status"])
+    for r in block.professions:
+        lams = " / ".join("—" if x is None else f"{x:.3g}" for x in r.lambda_relative)
+        table.add_row(r.profession, _shares(r.target), _shares(r.before.shares), _shares(r.after.shares), lams,
+                      r.status)
     console.print(table)
-    n = len(block["professions"])
-    console.print(f"{block['attribute']}: mean Δ before {_interval(block['mean_delta_before'], block['mean_delta_before_ci_low'], block['mean_delta_before_ci_high'])}"
-                  f" → after {_interval(block['mean_delta_after'], block['mean_delta_after_ci_low'], block['mean_delta_after_ci_high'])}; "
-                  f"within tolerance {block['within_tolerance_before']} → {block['within_tolerance_after']} of {n}")
+    n = len(block.professions)
+    console.print(f"{block.attribute}: mean Δ before {_interval(block.mean_delta_before, block.mean_delta_before_ci_low, block.mean_delta_before_ci_high)}"
+                  f" → after {_interval(block.mean_delta_after, block.mean_delta_after_ci_low, block.mean_delta_after_ci_high)}; "
+                  f"within tolerance {block.within_tolerance_before} → {block.within_tolerance_after} of {n}")
 
 
 def print_fix(result, file: TextIO) -> None:

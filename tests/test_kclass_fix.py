@@ -20,6 +20,7 @@ from debias.fixing.kclass import (
 from debias.fixing.kclass_record import distribution, moved_beyond_noise
 from debias.fixing.plan import Anchors
 from debias.fixing.verb import fixed_attributes
+from debias.results import AttributeFix, FixResult, HeldAttribute
 
 
 def _rows(seed: int, n: int = 12, d: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,9 +95,43 @@ def test_the_band_and_the_distribution_of_one_profession() -> None:
     assert within_tolerance([34, 33, 33], [1 / 3] * 3, 0.05) and not within_tolerance([50, 30, 20], [1 / 3] * 3, 0.05)
     assert within_tolerance([0, 0, 0], [1 / 3] * 3, 0.05) is None
     d = distribution([50, 30, 20], 4, [1 / 3] * 3, 0.05)
-    assert d["shares"] == [0.5, 0.3, 0.2] and d["within_band"] is False and d["n_unclear"] == 4
-    assert all(lo <= s <= hi for lo, s, hi in zip(d["ci_low"], d["shares"], d["ci_high"]))
-    assert d["delta"] == pytest.approx((0.5 - 1 / 3) / (2 / 3))
+    assert d.shares == [0.5, 0.3, 0.2] and d.within_band is False and d.n_unclear == 4
+    assert all(lo <= s <= hi for lo, s, hi in zip(d.ci_low, d.shares, d.ci_high))
+    assert d.delta == pytest.approx((0.5 - 1 / 3) / (2 / 3))
+
+
+def test_attribute_blocks_are_typed_and_read_back_as_written() -> None:
+    from dataclasses import asdict
+
+    from debias.results import attribute_block
+
+    shares = {"counts": [50, 30, 20], "n_unclear": 4, "shares": [0.5, 0.3, 0.2], "ci_low": [0.4, 0.2, 0.1],
+              "ci_high": [0.6, 0.4, 0.3], "delta": 0.25, "within_band": False}
+    row = {"profession": "pilot", "phrase": "a pilot", "target": [1 / 3] * 3, "cells": None,
+           "destinations": ["a pilot with light skin", "a pilot with medium skin", "a pilot with dark skin"],
+           "status": "budget_exhausted", "tuning_counts": [40, 15, 9], "caps": [9.0, 9.0, 9.0],
+           "strengths": [0.0, 0.5, 2.0], "lambda_relative": [None, 2.0, 0.5], "reference_class": "light",
+           "joined_round": None, "engine": {"status": "converged"}, "rounds": [{"round": 0}],
+           "before": shares, "after": {**shares, "counts": [43, 43, 42]}}
+    fixed = {"attribute": "skin", "fixed": True, "classes": ["light", "medium", "dark"], "crossed": None,
+             "tolerance": 0.05, "band_rule": "…", "interval_method": "goodman", "mean_delta_before": 0.25,
+             "mean_delta_before_ci_low": 0.2, "mean_delta_before_ci_high": 0.3, "mean_delta_after": 0.1,
+             "mean_delta_after_ci_low": 0.05, "mean_delta_after_ci_high": 0.2, "within_tolerance_before": 0,
+             "within_tolerance_after": 0, "professions": [row]}
+    block = attribute_block(fixed, "fix.json: attribute_fixes[0]")
+    assert isinstance(block, AttributeFix) and block.professions[0].after.counts == [43, 43, 42]
+    assert asdict(block) == fixed  # the file's keys, in the file's order
+    held = {"attribute": "gender", "fixed": False, "classes": ["female", "male"], "noise_rule": "…",
+            "mean_largest_change": 0.02, "moved": 0,
+            "professions": [{"profession": "pilot", "phrase": "a pilot", "counts_before": [30, 98],
+                             "counts_after": [33, 95], "n_unclear_before": 0, "n_unclear_after": 0,
+                             "shares_before": [0.23, 0.77], "shares_after": [0.26, 0.74], "largest_change": 0.02,
+                             "noise": 0.1, "moved": False}]}
+    assert isinstance(attribute_block(held, "x"), HeldAttribute) and asdict(attribute_block(held, "x")) == held
+    with pytest.raises(InputError, match=r"x: professions\[0\]: unknown field\(s\) \['colour'\]"):
+        attribute_block({**held, "professions": [{**held["professions"][0], "colour": 1}]}, "x")
+    with pytest.raises(InputError, match=r"x: professions\[0\].before: not a ClassShares"):
+        attribute_block({**fixed, "professions": [{**row, "before": None}]}, "x")
 
 
 def test_a_held_attribute_moves_only_beyond_its_noise() -> None:
@@ -150,20 +185,24 @@ def test_fix_skin_measures_gender_before_and_after_as_held(tmp_path: Path) -> No
     result = debias.fix("mini", professions=["a pilot"], attributes=["skin"], out=tmp_path / "run",
                         test_images=24, check_images=24, budget=128, side_seeds=2, progress=False, log=None,
                         threads=1)
-    skin, gender = result.attribute_fixes
-    assert (skin["attribute"], skin["fixed"], gender["attribute"], gender["fixed"]) == ("skin", True, "gender", False)
-    (row,) = skin["professions"]
-    assert row["target"] == pytest.approx([1 / 3] * 3) and len(row["destinations"]) == 3
-    assert row["destinations"][2] == "a pilot with dark skin"
-    (held,) = gender["professions"]
-    assert sum(held["counts_before"]) + held["n_unclear_before"] == 24
-    assert isinstance(held["moved"], bool) and held["noise"] > 0
-    assert np.isfinite(skin["mean_delta_before"])
+    skin, gender = result.attribute_fixes  # typed: a fixed attribute, then one measured only
+    assert (type(skin), type(gender)) == (AttributeFix, HeldAttribute)
+    assert (skin.attribute, skin.fixed, gender.attribute, gender.fixed) == ("skin", True, "gender", False)
+    (row,) = skin.professions
+    assert row.target == pytest.approx([1 / 3] * 3) and len(row.destinations) == 3
+    assert row.destinations[2] == "a pilot with dark skin"
+    (held,) = gender.professions
+    assert sum(held.counts_before) + held.n_unclear_before == 24
+    assert isinstance(held.moved, bool) and held.noise > 0
+    assert np.isfinite(skin.mean_delta_before)
+    # fix.json holds the same, and reads back into the same typed blocks, byte for byte
+    saved = (tmp_path / "run" / "fix.json").read_text()
+    assert FixResult.from_json(tmp_path / "run").to_json() == saved == result.to_json()
     # the report shows the fix's status and strengths beside the skin section, each number from its twin
     twin = json.loads((tmp_path / "run" / "report.json").read_text())
     (section,) = twin["attributes"]
-    assert section["fixed"] and section["professions"][0]["fix"] == {"status": row["status"],
-                                                                     "lambda_relative": row["lambda_relative"]}
+    assert section["fixed"] and section["professions"][0]["fix"] == {"status": row.status,
+                                                                     "lambda_relative": row.lambda_relative}
     html = (tmp_path / "run" / "report.html").read_text()
     assert 'data-key="attributes.0.professions.0.fix.status"' in html and "λ_rel per class" in html
 
@@ -177,18 +216,18 @@ def test_fix_gender_and_skin_crossed_reports_both_on_their_own_shares(tmp_path: 
                         test_images=24, check_images=24, budget=96, side_seeds=2, progress=False, log=None,
                         threads=1)
     gender, skin = result.attribute_fixes  # both fixed, nothing held
-    assert [b["crossed"] for b in (gender, skin)] == [["gender", "skin"]] * 2
-    (g,), (s,) = gender["professions"], skin["professions"]
-    assert g["cells"] == s["cells"] == ["female_light", "female_medium", "female_dark", "male_light", "male_medium",
-                                        "male_dark"]
-    assert g["destinations"][2] == "a female pilot with dark skin" and len(g["strengths"]) == 6
-    assert g["strengths"] == s["strengths"] and g["target"] == [0.5, 0.5] and s["target"] == pytest.approx([1 / 3] * 3)
+    assert [b.crossed for b in (gender, skin)] == [["gender", "skin"]] * 2
+    (g,), (s,) = gender.professions, skin.professions
+    assert g.cells == s.cells == ["female_light", "female_medium", "female_dark", "male_light", "male_medium",
+                                  "male_dark"]
+    assert g.destinations[2] == "a female pilot with dark skin" and len(g.strengths) == 6
+    assert g.strengths == s.strengths and g.target == [0.5, 0.5] and s.target == pytest.approx([1 / 3] * 3)
     for row in (g, s):  # each judged on its own shares in the after audit
-        assert sum(row["after"]["counts"]) + row["after"]["n_unclear"] == 24
-    assert [r["round"] for r in g["rounds"]] == [0, 1, 2] and len(g["rounds"][0]["counts"]) == 6
+        assert sum(row.after.counts) + row.after.n_unclear == 24
+    assert [r["round"] for r in g.rounds] == [0, 1, 2] and len(g.rounds[0]["counts"]) == 6
     after = json.loads((out / "after" / "audit.json").read_text())
     assert [section["attributes"] for section in after["intersections"]] == [["gender", "skin"]]
     twin = json.loads((out / "report.json").read_text())
     (section,) = twin["attributes"]  # skin's section (gender has the report's main table)
-    assert section["crossed"] == ["gender", "skin"] and section["cells"] == s["cells"]
+    assert section["crossed"] == ["gender", "skin"] and section["cells"] == s.cells
     assert "λ_rel per cell" in (out / "report.html").read_text()

@@ -20,6 +20,7 @@ from scipy.stats import norm
 from debias import multiclass
 from debias.attributes import Attribute
 from debias.fixing.kclass import ALREADY, ClassEdit, class_counts, edit_of, within_tolerance
+from debias.results import AttributeFix, AttributeFixRow, ClassShares, HeldAttribute, HeldAttributeRow
 
 BAND_RULE = "within the band when every class share is within tolerance of its target: max_c |p_c - t_c| <= tolerance"
 NOISE_RULE = ("moved when some class share changed by more than z * sqrt(p_b (1 - p_b) / n_b + p_a (1 - p_a) / n_a), "
@@ -35,17 +36,15 @@ def _shares(counts: Sequence[int]) -> Optional[list[float]]:
     return None if shares is None else [float(x) for x in shares]
 
 
-def distribution(counts: Sequence[int], n_unclear: int, target: Sequence[float], tolerance: float) -> dict:
+def distribution(counts: Sequence[int], n_unclear: int, target: Sequence[float], tolerance: float) -> ClassShares:
     """Counts, shares with simultaneous 95% intervals, Δ and the band for one profession in one audit."""
     shares = multiclass.shares(counts)
     if shares is None:
-        return {"counts": list(counts), "n_unclear": n_unclear, "shares": None, "ci_low": None, "ci_high": None,
-                "delta": None, "within_band": None}
+        return ClassShares([int(c) for c in counts], int(n_unclear), None, None, None, None, None)
     intervals = multiclass.simultaneous_intervals(counts)
-    return {"counts": list(counts), "n_unclear": n_unclear, "shares": [float(x) for x in shares],
-            "ci_low": [float(x) for x in intervals[:, 0]], "ci_high": [float(x) for x in intervals[:, 1]],
-            "delta": _num(multiclass.delta(shares, target)),
-            "within_band": within_tolerance(counts, target, tolerance)}
+    return ClassShares([int(c) for c in counts], int(n_unclear), [float(x) for x in shares],
+                       [float(x) for x in intervals[:, 0]], [float(x) for x in intervals[:, 1]],
+                       _num(multiclass.delta(shares, target)), within_tolerance(counts, target, tolerance))
 
 
 def edit_status(edit: ClassEdit, after_within: Optional[bool]) -> str:
@@ -55,7 +54,7 @@ def edit_status(edit: ClassEdit, after_within: Optional[bool]) -> str:
     return "fixed" if after_within else "budget_exhausted"
 
 
-def fixed_block(attribute: Attribute, edits: Sequence[ClassEdit], before, after, tolerance: float) -> dict:
+def fixed_block(attribute: Attribute, edits: Sequence[ClassEdit], before, after, tolerance: float) -> AttributeFix:
     """One fixed attribute's block."""
     rows, pairs_before, pairs_after = [], [], []
     for e in edits:
@@ -65,26 +64,24 @@ def fixed_block(attribute: Attribute, edits: Sequence[ClassEdit], before, after,
                 distribution(a_counts, a_unclear, e.target, tolerance))
         pairs_before.append((b_counts, e.target))
         pairs_after.append((a_counts, e.target))
-        rows.append({
-            "profession": e.entry.name, "phrase": e.entry.phrase, "target": list(e.target),
-            "cells": list(e.edited_as.class_names) if e.edited_as else None,
-            "destinations": e.destinations(), "status": edit_status(e, a["within_band"]),
-            "tuning_counts": list(e.tuning_counts), "caps": list(e.caps) or None,
-            "strengths": list(e.strengths), "lambda_relative": [None if w <= 0 else 1.0 / w for w in e.strengths],
-            "reference_class": None if e.reference is None else (e.edited_as or e.attribute).class_names[e.reference],
-            "joined_round": e.joined_round, "engine": e.outcome, "rounds": list(e.rounds),
-            "before": b, "after": a})
+        rows.append(AttributeFixRow(
+            profession=e.entry.name, phrase=e.entry.phrase, target=[float(t) for t in e.target],
+            cells=list(e.edited_as.class_names) if e.edited_as else None,
+            destinations=e.destinations(), status=edit_status(e, a.within_band),
+            tuning_counts=[int(c) for c in e.tuning_counts], caps=list(e.caps) or None,
+            strengths=list(e.strengths), lambda_relative=[None if w <= 0 else 1.0 / w for w in e.strengths],
+            reference_class=None if e.reference is None else (e.edited_as or e.attribute).class_names[e.reference],
+            joined_round=e.joined_round, engine=e.outcome, rounds=list(e.rounds), before=b, after=a))
     mean_b, low_b, high_b = multiclass.mean_delta_interval(pairs_before)
     mean_a, low_a, high_a = multiclass.mean_delta_interval(pairs_after)
     crossed = next((e.edited_as for e in edits if e.edited_as), None)
-    return {"attribute": attribute.name, "fixed": True, "classes": list(attribute.class_names),
-            "crossed": list(crossed.pair) if crossed else None, "tolerance": tolerance, "band_rule": BAND_RULE,
-            "interval_method": "goodman",
-            "mean_delta_before": mean_b, "mean_delta_before_ci_low": low_b, "mean_delta_before_ci_high": high_b,
-            "mean_delta_after": mean_a, "mean_delta_after_ci_low": low_a, "mean_delta_after_ci_high": high_a,
-            "within_tolerance_before": sum(bool(r["before"]["within_band"]) for r in rows),
-            "within_tolerance_after": sum(bool(r["after"]["within_band"]) for r in rows),
-            "professions": rows}
+    return AttributeFix(
+        attribute=attribute.name, fixed=True, classes=list(attribute.class_names),
+        crossed=list(crossed.pair) if crossed else None, tolerance=tolerance, band_rule=BAND_RULE,
+        interval_method="goodman", mean_delta_before=mean_b, mean_delta_before_ci_low=low_b,
+        mean_delta_before_ci_high=high_b, mean_delta_after=mean_a, mean_delta_after_ci_low=low_a,
+        mean_delta_after_ci_high=high_a, within_tolerance_before=sum(bool(r.before.within_band) for r in rows),
+        within_tolerance_after=sum(bool(r.after.within_band) for r in rows), professions=rows)
 
 
 def moved_beyond_noise(before: Sequence[int], after: Sequence[int]) -> tuple[Optional[float], Optional[float]]:
@@ -100,26 +97,26 @@ def moved_beyond_noise(before: Sequence[int], after: Sequence[int]) -> tuple[Opt
     return float(change.max()), float(z * se[worst])
 
 
-def held_block(attribute: Attribute, entries: Sequence, before, after) -> dict:
+def held_block(attribute: Attribute, entries: Sequence, before, after) -> HeldAttribute:
     """An attribute the audits read but the fix does not edit: did the edit move it beyond its noise?"""
     rows = []
     for e in entries:
         b_counts, b_unclear = class_counts(before, attribute, e.phrase)
         a_counts, a_unclear = class_counts(after, attribute, e.phrase)
         change, noise = moved_beyond_noise(b_counts, a_counts)
-        rows.append({"profession": e.name, "phrase": e.phrase, "counts_before": list(b_counts),
-                     "counts_after": list(a_counts), "n_unclear_before": b_unclear, "n_unclear_after": a_unclear,
-                     "shares_before": _shares(b_counts), "shares_after": _shares(a_counts),
-                     "largest_change": change, "noise": noise,
-                     "moved": None if change is None else bool(change > noise)})
-    changes = [r["largest_change"] for r in rows if r["largest_change"] is not None]
-    return {"attribute": attribute.name, "fixed": False, "classes": list(attribute.class_names),
-            "noise_rule": NOISE_RULE, "mean_largest_change": float(np.mean(changes)) if changes else None,
-            "moved": sum(bool(r["moved"]) for r in rows), "professions": rows}
+        rows.append(HeldAttributeRow(
+            profession=e.name, phrase=e.phrase, counts_before=[int(c) for c in b_counts],
+            counts_after=[int(c) for c in a_counts], n_unclear_before=int(b_unclear), n_unclear_after=int(a_unclear),
+            shares_before=_shares(b_counts), shares_after=_shares(a_counts), largest_change=change, noise=noise,
+            moved=None if change is None else bool(change > noise)))
+    changes = [r.largest_change for r in rows if r.largest_change is not None]
+    return HeldAttribute(attribute=attribute.name, fixed=False, classes=list(attribute.class_names),
+                         noise_rule=NOISE_RULE, mean_largest_change=float(np.mean(changes)) if changes else None,
+                         moved=sum(bool(r.moved) for r in rows), professions=rows)
 
 
 def attribute_fixes(fixed: Sequence[Attribute], held: Sequence[Attribute], edits: Sequence[ClassEdit],
-                    entries: Sequence, before, after, tolerance: float) -> list[dict]:
+                    entries: Sequence, before, after, tolerance: float) -> list[AttributeFix | HeldAttribute]:
     """The block: every fixed attribute (in the order given), then every attribute measured but not fixed. Two
     attributes fixed together are each reported on their own shares; their rows carry the cells' strengths."""
     blocks = [fixed_block(a, [edit_of([e], a) for e in edits], before, after, tolerance) for a in fixed]

@@ -70,18 +70,17 @@ def attribute_blocks(runs: Runs) -> list[dict]:
 
 def _add_fix(block: dict, fix) -> None:
     """An attribute fix's status and strengths per profession (``fix.json``'s ``attribute_fixes``), where it has them."""
-    fixed = next((b for b in (fix.attribute_fixes or []) if b["attribute"] == block["attribute"] and b["fixed"]),
+    fixed = next((b for b in (fix.attribute_fixes or []) if b.attribute == block["attribute"] and b.fixed),
                  None) if fix is not None else None
     block["fixed"] = fixed is not None
     if fixed is None:
         return
-    by_phrase = {r["phrase"]: r for r in fixed["professions"]}
-    block["crossed"] = fixed.get("crossed")  # fixed together with another attribute: strengths are per cell
-    block["cells"] = next((r["cells"] for r in fixed["professions"] if r.get("cells")), None)
+    by_phrase = {r.phrase: r for r in fixed.professions}
+    block["crossed"] = fixed.crossed  # fixed together with another attribute: strengths are per cell
+    block["cells"] = next((r.cells for r in fixed.professions if r.cells), None)
     for row in block["professions"]:
         found = by_phrase.get(row["phrase"])
-        row["fix"] = None if found is None else {"status": found["status"],
-                                                 "lambda_relative": found["lambda_relative"]}
+        row["fix"] = None if found is None else {"status": found.status, "lambda_relative": found.lambda_relative}
 
 
 def intersection_blocks(runs: Runs) -> list[dict]:
