@@ -6,7 +6,8 @@ and save a full diffusers folder; the unedited model is saved the same way. Each
 "a painting of …", "a drawing of …") with the test seeds (0 onward), and its side effects are measured on the
 mini world's object prompts ("a photo of an apple", …) at fixed seeds: mean absolute pixel change against the
 unedited folder and CLIP score against the prompt. Neither method sees a test prompt or a test seed while it
-tunes: both generate only "a photo of …" images with seeds from 1,000,000 on.
+tunes: both generate only images of the mini model's tuning templates ("a photo of …", "an image of …",
+"a picture of …") with seeds from 1,000,000 on.
 
 **UCE** (Gandikota et al., "Unified Concept Editing in Diffusion Models", WACV 2024, its debiasing edit; the
 authors' repository's debiasing script of that time, ``trainscripts/train_debias.py``). Each cross-attention
@@ -41,7 +42,8 @@ both K and V edited.
   "picture of X", "X") and measures each context with its own images and weights. Here "a portrait of X" is a
   held-out test prompt, so the contexts are "a photo of X", "an image of X", "a picture of X" and "X" (the
   article kept, as the mini world writes them; the same contexts ``debias fix`` edits), and only the tuning
-  prompt "a photo of X" is measured: one weight per attribute and profession, shared by its four contexts.
+  prompts are measured (the mini model's tuning templates, as the fix's): one weight per attribute and profession,
+  shared by its four contexts.
   So 50 images per profession and iteration, not 250.
 * Seeds: the script draws 5 random seeds per iteration and makes 10 images from each; here each image has its
   own seed (the project's rule: an image depends only on its prompt and seed), fresh each iteration, from the

@@ -34,9 +34,9 @@ SHELL = ("printf", "echo")  # shell commands in the examples; nothing of debias 
 # offline runs of minutes, and the test that makes the same run smaller
 LONG = {
     "debias fix --model mini --professions professions/mini.txt --out runs/fix":
-        "8 minutes (make demo); tests/test_api.py fixes the mini model through Python",
-    "--check-images 512 --joint-rounds 3 --test-images 1024": "32 minutes; tests/test_fix.py runs joint rounds",
-    "--attribute gender --attribute skin --budget 1536": "2.5 minutes; tests/test_kclass_fix.py fixes crossed",
+        "5 minutes (make demo); tests/test_api.py fixes the mini model through Python",
+    "--budget 1280 --test-images 1024": "over 10 minutes; tests/test_fix.py runs the rounds on the mini model",
+    "--attribute gender --attribute skin --test-images 128": "5 minutes; tests/test_kclass_fix.py fixes crossed",
     "debias audit --model mini --out runs/audit":
         "a minute; tests/test_api.py audits the mini model through Python, tests/test_gate.py through the CLI",
     "--model mini-v2 --attribute skin --attribute age --intersect gender,age":
