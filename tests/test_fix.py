@@ -331,7 +331,7 @@ def test_mini_fix_moves_every_profession_to_the_target_on_held_out_prompts(tmp_p
     elif baker["destination"] is None:
         assert baker["status"] == "already_within_tolerance", baker
     else:  # joined the edit after a round showed it pushed out of the band
-        assert baker["joined_round"] == 0 and baker["status"] == "fixed" and baker["search"], baker
+        assert baker["joined_round"] == 0 and baker["status"] == "fixed" and baker["lambda_relative"], baker
     assert abs(baker["share_after"] - 0.5) <= 0.1
     for name in ("nurse", "engineer", "pilot"):
         r = rows[name]
