@@ -20,6 +20,7 @@ from scipy.stats import norm
 from debias import multiclass
 from debias.attributes import Attribute
 from debias.fixing.kclass import ALREADY, ClassEdit, class_counts, edit_of, within_tolerance
+from debias.fixing.options import NOT_TARGETED
 from debias.results import AttributeFix, AttributeFixRow, ClassShares, HeldAttribute, HeldAttributeRow
 
 BAND_RULE = "within the band when every class share is within tolerance of its target: max_c |p_c - t_c| <= tolerance"
@@ -47,11 +48,14 @@ def distribution(counts: Sequence[int], n_unclear: int, target: Sequence[float],
                        _num(multiclass.delta(shares, target)), within_tolerance(counts, target, tolerance))
 
 
-def edit_status(edit: ClassEdit, after_within: Optional[bool]) -> str:
-    """The after audit decides, except for professions left unedited or whose target the limits put out of reach."""
-    if edit.status in (ALREADY, "not_reachable"):
-        return edit.status
-    return "fixed" if after_within else "budget_exhausted"
+def edit_status(status: str, after_within: Optional[bool]) -> str:
+    """The after audit decides for an edited profession: ``fixed`` inside the band, else what kept it out (the
+    side-effect limit, ``not_reachable``, or the images, ``budget_exhausted``); one left unedited keeps its status."""
+    if status in (ALREADY, NOT_TARGETED):
+        return status
+    if after_within:
+        return "fixed"
+    return status if status == "not_reachable" else "budget_exhausted"
 
 
 def fixed_block(attribute: Attribute, edits: Sequence[ClassEdit], before, after, tolerance: float) -> AttributeFix:
@@ -67,7 +71,7 @@ def fixed_block(attribute: Attribute, edits: Sequence[ClassEdit], before, after,
         rows.append(AttributeFixRow(
             profession=e.entry.name, phrase=e.entry.phrase, target=[float(t) for t in e.target],
             cells=list(e.edited_as.class_names) if e.edited_as else None,
-            destinations=e.destinations(), status=edit_status(e, a.within_band),
+            destinations=e.destinations(), status=edit_status(e.status, a.within_band),
             tuning_counts=[int(c) for c in e.tuning_counts], caps=list(e.caps) or None,
             strengths=list(e.strengths), lambda_relative=[None if w <= 0 else 1.0 / w for w in e.strengths],
             reference_class=None if e.reference is None else (e.edited_as or e.attribute).class_names[e.reference],

@@ -12,8 +12,8 @@ from debias import __version__, stats
 from debias.attributes import GENDER, Attribute
 from debias.cache import edit_id
 from debias.fixing.kclass import ALREADY, ClassEdit, edit_of
-from debias.fixing.kclass_record import attribute_fixes
-from debias.fixing.options import JOINT_PIN_LAMBDA_RELATIVE, NOT_TARGETED, TUNING_SEED_OFFSET, UNEDITED
+from debias.fixing.kclass_record import attribute_fixes, edit_status
+from debias.fixing.options import JOINT_PIN_LAMBDA_RELATIVE, NOT_TARGETED, TUNING_SEED_OFFSET
 from debias.results import AuditResult, FixResult, ProfessionAudit, ProfessionFix
 
 FIX_STAGES = ("before", "tuning", "joint", "after", "side_effects")
@@ -93,9 +93,7 @@ def profession_record(entry, target: float, e: Optional[ClassEdit], before: Prof
     share_after = after_row.share_female
     within_after = stats.within_band(share_after, target, tolerance)
     own = e is not None and e.edited_as is None  # gender itself was edited (k = 2), not through cells
-    status = NOT_TARGETED if e is None else e.status
-    if status not in (UNEDITED, "not_reachable", NOT_TARGETED):
-        status = "fixed" if within_after else "budget_exhausted"
+    status = edit_status(NOT_TARGETED if e is None else e.status, within_after)
     edited_class = None if not own or e.reference is None else 1 - e.reference
     w = e.strengths[edited_class] if edited_class is not None else 0.0
     lam_rel = 1.0 / w if w > 0 else None
