@@ -287,8 +287,8 @@ def test_every_shown_number_equals_the_twin(rendered, kind):
 def test_sections_follow_the_kind(rendered):
     audit, fix, compare = (rendered[k]["html"] for k in ("audit", "fix", "compare"))
     assert all(html.startswith("<!DOCTYPE html>") for html in (audit, fix, compare))
-    assert 'id="search"' in fix and 'id="side-effects"' in fix and "tuning prompts, final edit" in fix
-    assert 'id="search"' not in audit and 'id="search"' not in compare and "tuning prompts, final edit" not in audit
+    assert 'id="search"' in fix and 'id="side-effects"' in fix and "tuning prompts, last round" in fix
+    assert 'id="search"' not in audit and 'id="search"' not in compare and "tuning prompts, last round" not in audit
     # one λ-search chart per searched profession (teacher was already within tolerance)
     assert fix.count('alt="Search chart for') == 3
     # a synthetic world has planted and oracle columns and says so; a real model has neither
