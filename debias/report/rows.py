@@ -99,7 +99,7 @@ def _paired_prompts(before: ProfessionAudit | None, after: ProfessionAudit | Non
 
 
 def last_joint_round(p: ProfessionFix | None) -> dict:
-    """The share on the tuning prompts under the final edit (the fix's last joint round), or nothing.
+    """The share on the tuning prompts in the fix's last round (fresh seeds, the strengths it measured), or nothing.
 
     The test prompts are held out, so this is the one place the page shows how the edit did where it was tuned.
     """
