@@ -65,12 +65,12 @@ def by_template(run_dir: Path, record: dict) -> dict:
         templates = audit["templates"]
         for attribute in fixed:
             if attribute == "gender":
-                rows = [([c["n_female"], c["n_male"]] for c in p["by_prompt"]) for p in audit["professions"]]
+                rows = [[[c["n_female"], c["n_male"]] for c in p["by_prompt"]] for p in audit["professions"]]
                 targets = [(p["target"], 1 - p["target"]) for p in audit["professions"]]
             else:
                 section = next(s for s in audit["attributes"] if s["attribute"] == attribute)
-                rows = [(multiclass.count_labels(p["labels"][j::len(templates)], section["classes"])[0]
-                         for j in range(len(templates))) for p in section["professions"]]
+                rows = [[multiclass.count_labels(p["labels"][j::len(templates)], section["classes"])[0]
+                         for j in range(len(templates))] for p in section["professions"]]
                 targets = [p["target"] for p in section["professions"]]
             deltas = [[multiclass.delta(multiclass.shares(c), t) for c in per] for per, t in zip(rows, targets)]
             out.setdefault(attribute, {})[side] = {
