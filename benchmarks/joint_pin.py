@@ -28,7 +28,7 @@ import torch
 from debias.setup import load_model
 from debias.editing.solver import joint_from_pins
 from debias.attributes import GENDER
-from debias.fixing.kclass import ClassEdit, class_matrix, encode_class_rows
+from debias.fixing.kclass import ClassEdit, class_matrix, encode_class_rows, reach
 from debias.fixing.plan import Anchors, encode_preserve_rows, kept_rows, probe_rows
 from debias.threads import set_threads
 
@@ -36,9 +36,8 @@ CALIBRATION_STEPS = 8
 
 
 def along_edit(M: torch.Tensor, C: torch.Tensor, C_star: torch.Tensor) -> float:
-    """How far M moves rows C towards C*, in units of the whole way (0 = not at all, 1 = onto C*)."""
-    want = C_star - C
-    return float(((C @ M.T - C) * want).sum() / (want * want).sum().clamp_min(1e-30))
+    """How far M moves rows C towards C*, in units of the whole way (the fix's reach of one block of rows)."""
+    return float(reach(M, [(C, C_star)])[0])
 
 
 def load_professions(pipe, fix_record: dict, augmentations) -> list[ClassEdit]:

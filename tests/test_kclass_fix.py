@@ -76,12 +76,12 @@ def test_a_crossed_edit_is_reported_per_attribute_with_the_cells_strengths() -> 
     strengths = (0.0, 0.5, 2.0, 0.0, 0.0, 1.0)
     edit = ClassEdit(crossed, pilot, crossed.target((0.5, 0.5), (1 / 3,) * 3), (3, 1, 0, 10, 4, 2),
                      strengths=list(strengths))
-    skin = edit_of([edit], SKIN)
+    skin = edit_of(edit, SKIN)
     assert skin.attribute is SKIN and skin.edited_as is crossed
     assert skin.target == pytest.approx((1 / 3,) * 3) and skin.tuning_counts == (13, 5, 2)
     assert skin.strengths == list(strengths) and skin.destinations()[2] == "a female pilot with dark skin"
-    assert edit_of([edit], GENDER).tuning_counts == (4, 16)
-    assert edit_of([edit], AGE) is None
+    assert edit_of(edit, GENDER).tuning_counts == (4, 16)
+    assert edit_of(edit, AGE) is None
 
 
 def test_the_strongest_strength_within_the_drift_limit() -> None:

@@ -161,17 +161,17 @@ class ClassEdit:
         self.caps = class_caps(self, probe, max_drift, anchors, MAX_STRENGTH)
 
 
-def edit_of(edits: Sequence[ClassEdit], attribute: Attribute) -> Optional[ClassEdit]:
-    """One profession's edit of ``attribute``; where it was edited crossed with another, a view of the crossed
-    edit with this attribute's target and tuning counts (strengths and destinations stay the cells')."""
-    for e in edits:
-        if e.attribute.name == attribute.name:
-            return e
-        if isinstance(e.attribute, CrossedAttribute) and attribute.name in e.attribute.pair:
-            side = e.attribute.pair.index(attribute.name)
-            return replace(e, attribute=attribute, target=tuple(e.attribute.marginals(e.target)[side]),
-                           tuning_counts=tuple(int(x) for x in e.attribute.marginals(e.tuning_counts)[side]),
-                           edited_as=e.attribute)
+def edit_of(e: ClassEdit, attribute: Attribute) -> Optional[ClassEdit]:
+    """A profession's edit as ``attribute`` sees it: the edit itself, or, where ``attribute`` was edited crossed with
+    another, a view with this attribute's target and tuning counts (strengths and destinations stay the cells');
+    None when the edit does not touch ``attribute``."""
+    if e.attribute.name == attribute.name:
+        return e
+    if isinstance(e.attribute, CrossedAttribute) and attribute.name in e.attribute.pair:
+        side = e.attribute.pair.index(attribute.name)
+        return replace(e, attribute=attribute, target=tuple(e.attribute.marginals(e.target)[side]),
+                       tuning_counts=tuple(int(x) for x in e.attribute.marginals(e.tuning_counts)[side]),
+                       edited_as=e.attribute)
     return None
 
 

@@ -123,5 +123,5 @@ def attribute_fixes(fixed: Sequence[Attribute], held: Sequence[Attribute], edits
                     entries: Sequence, before, after, tolerance: float) -> list[AttributeFix | HeldAttribute]:
     """The block: every fixed attribute (in the order given), then every attribute measured but not fixed. Two
     attributes fixed together are each reported on their own shares; their rows carry the cells' strengths."""
-    blocks = [fixed_block(a, [edit_of([e], a) for e in edits], before, after, tolerance) for a in fixed]
+    blocks = [fixed_block(a, [edit_of(e, a) for e in edits], before, after, tolerance) for a in fixed]
     return blocks + [held_block(a, entries, before, after) for a in held]

@@ -144,7 +144,7 @@ def fix_record(run, opts, fixed: Sequence[Attribute], edits: Sequence[ClassEdit]
     rows = []
     for e in edits:
         target = opts.target if e.entry.target is None else e.entry.target
-        rows.append(profession_record(e.entry, target, edit_of([e], GENDER), before.row(e.entry.phrase),
+        rows.append(profession_record(e.entry, target, edit_of(e, GENDER), before.row(e.entry.phrase),
                                       tuning.row(e.entry.phrase), after.row(e.entry.phrase), tolerance))
     blocks = None
     if any(a.name != GENDER.name for a in fixed):
