@@ -2,7 +2,7 @@
 
 Each command parses options, calls one API function, and prints a summary. Errors a user can
 cause are ``DebiasError``s; ``main`` prints their message (no stack trace) and exits with 2. A release gate
-(``--fail-above``, :mod:`debias.gate`) that fails exits with 3, after every output is written.
+(``--fail-above``, :mod:`debias.results.gate`) that fails exits with 3, after every output is written.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from debias import __version__
-from debias.errors import DebiasError
-from debias.gate import GATE_EXIT_CODE, SCOPES, STATISTICS, check_gate_options
-from debias.profiles import DEFAULT_MODEL, builtin_names
+from debias.core.errors import DebiasError
+from debias.results.gate import GATE_EXIT_CODE, SCOPES, STATISTICS, check_gate_options
+from debias.core.profiles import DEFAULT_MODEL, builtin_names
 
 if TYPE_CHECKING:
-    from debias.results import AuditResult
+    from debias.results.records import AuditResult
 
 app = typer.Typer(
     name="debias",
@@ -94,7 +94,7 @@ Templates = Annotated[list[str], typer.Option(
 AttributeOptions = Annotated[list[str], typer.Option(
     "--attribute", rich_help_panel=PROMPTS,
     help="Also read this attribute from the same images (repeatable): a built-in name (skin, age; gender is always "
-         "audited) or an attribute file (format in debias/attributes.py). A profession list may give "
+         "audited) or an attribute file (format in debias/core/attributes.py). A profession list may give "
          "per-profession targets: 'a CEO | skin=0.5,0.3,0.2'.")]
 IntersectOptions = Annotated[list[str], typer.Option(
     "--intersect", rich_help_panel=PROMPTS,
@@ -188,7 +188,7 @@ GateStatisticOption = Annotated[GateStatistic, typer.Option(
 def _memory(cpu_offload: str, vae_tiling: bool, vae_slicing: bool, attention_slicing: bool,
             adapt_batch: bool):
     """The memory options, or None when none is asked for (runs and their records stay as without them)."""
-    from debias.memory import MemoryOptions
+    from debias.core.memory import MemoryOptions
 
     options = MemoryOptions(cpu_offload, vae_tiling, vae_slicing, attention_slicing, adapt_batch)
     return None if options == MemoryOptions() else options
@@ -203,7 +203,7 @@ def _read_edit_pairs_csv(path: Path, source_column: str, destination_column: str
     """(source, destination) pairs from a CSV with a header (TIMED's files use columns old,new)."""
     import csv
 
-    from debias.errors import InputError
+    from debias.core.errors import InputError
 
     if not path.is_file():
         raise InputError(f"--csv {path}: no such file.")
@@ -261,7 +261,7 @@ def edit_command(
 
     The edit's matrix is solved in float64 whatever --dtype is; the edited weights in the file are stored in the
     model's dtype. No image is generated, so there is no --height/--width here."""
-    from debias.errors import InputError
+    from debias.core.errors import InputError
 
     if csv_path is not None and (source or destination):
         raise InputError("give either --csv or --source/--destination pairs, not both.")
@@ -272,7 +272,8 @@ def edit_command(
             raise InputError(f"give --source and --destination in pairs (got {len(source)} --source and "
                              f"{len(destination)} --destination), or --csv FILE.")
         pairs = list(zip(source, destination))
-    from debias.editing import DEFAULT_AUGMENTATIONS, edit
+    from debias.editing import DEFAULT_AUGMENTATIONS
+    from debias.verbs.edit import edit
 
     result = edit(model, pairs, lam=lam, lam_relative=lam_relative,
                   augmentations=DEFAULT_AUGMENTATIONS if augment else (), out=out, save_pipeline=save_pipeline,
@@ -329,7 +330,7 @@ def audit_command(
 ) -> None:
     """Measure the perceived female share per profession, with 95% intervals (cached, resumable); with --attribute,
     other attributes' class shares too."""
-    from debias.auditing import audit
+    from debias.verbs.audit import audit
 
     check_gate_options(fail_above, gate.value, gate_statistic.value)  # a typo fails before any image is made
     memory = _memory(cpu_offload, vae_tiling, vae_slicing, attention_slicing, adapt_batch)
@@ -424,7 +425,7 @@ def fix_command(
 ) -> None:
     """Edit the model so that each profession reaches the target share on held-out prompts (TIME, one joint edit);
     with --attribute, the target distribution of those attributes."""
-    from debias.fixing import fix
+    from debias.verbs.fix import fix
 
     check_gate_options(fail_above, gate.value, gate_statistic.value)  # a typo fails before any image is made
     preserve_arg: list[str] | str | None = preserve or None
@@ -454,7 +455,7 @@ def _apply_gate(result: AuditResult, fail_above: Optional[float], scope: GateSco
     fails. Every output is already written, so a failed gate still leaves the report to read."""
     if fail_above is None:
         return
-    from debias.gate import judge
+    from debias.results.gate import judge
 
     decision = judge(result, fail_above, scope=scope.value, statistic=statistic.value)
     if say:

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from audit_helpers import tiny_folders
-from debias.classify import DEFAULT_REAL_CLASSIFIER, Preprocess, decide, load_classifier, resolve_labels
-from debias.errors import InputError, ModelLoadError
+from debias.classify.zero_shot import DEFAULT_REAL_CLASSIFIER, Preprocess, decide, load_classifier, resolve_labels
+from debias.core.errors import InputError, ModelLoadError
 
 
 def test_abstain_rule() -> None:

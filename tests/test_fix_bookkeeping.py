@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import debias.auditing
+import debias.verbs.audit
 from audit_helpers import HalfClassifier, load_tiny, tiny_folders
-from debias.fixing import fix
+from debias.verbs.fix import fix
 
 QUICK = dict(budget=48, test_images=8, check_images=8, joint_rounds=1, side_seeds=2, steps=2, progress=False, log=None)
 
@@ -28,7 +28,7 @@ def _list(tmp_path: Path, text: str = "a nurse\na pilot\n") -> Path:
 
 def _poison_test_audit(monkeypatch, share: float) -> None:
     """Make the before audit on the held-out test prompts report ``share`` for every profession."""
-    real = debias.auditing.audit
+    real = debias.verbs.audit.audit
 
     def poisoned(*args, **kwargs):
         result = real(*args, **kwargs)
@@ -38,7 +38,7 @@ def _poison_test_audit(monkeypatch, share: float) -> None:
                 row.delta = abs(share - row.target) * 2
         return result
 
-    monkeypatch.setattr(debias.auditing, "audit", poisoned)
+    monkeypatch.setattr(debias.verbs.audit, "audit", poisoned)
 
 
 def _decisions(record: dict) -> list:
@@ -134,7 +134,7 @@ def test_a_saved_fixed_model_is_audited_with_the_settings_its_fix_used(tmp_path,
     card = (saved / "README.md").read_text(encoding="utf-8")  # its model card holds the fix report's section
     assert card.startswith("---\n") and card.endswith((tmp_path / "run" / "report.md").read_text(encoding="utf-8"))
     capsys.readouterr()
-    audited = debias.auditing.audit(str(saved), professions=professions, images_per_profession=QUICK["test_images"],
+    audited = debias.verbs.audit.audit(str(saved), professions=professions, images_per_profession=QUICK["test_images"],
                                     out=tmp_path / "audit", progress=False).to_dict()
     assert f"using the settings recorded in {saved / 'debias_edit.json'}" in capsys.readouterr().err
     after = json.loads((tmp_path / "run" / "after" / "audit.json").read_text())
@@ -155,7 +155,7 @@ def test_a_saved_fixed_mini_model_audits_like_the_fix_after_audit(tmp_path, caps
     assert record["edit_file"] is not None
     capsys.readouterr()
     # no sampler, prompt or classifier option: the folder's recorded settings decide them
-    audited = debias.auditing.audit(str(saved), professions=professions, out=tmp_path / "audit", progress=False).to_dict()
+    audited = debias.verbs.audit.audit(str(saved), professions=professions, out=tmp_path / "audit", progress=False).to_dict()
     assert "(model profile 'mini')" in capsys.readouterr().err
     assert audited["model"]["profile"] == "mini" and audited["classifier"]["backend"] == "mini-clip"
     after = json.loads((out / "after" / "audit.json").read_text())

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from debias.editing.apply import check_matrix, edited_weights, set_kv_weights
-from debias.errors import EditError
+from debias.core.errors import EditError
 
 MATRIX_KEY = "debias.edit_matrix"
 """Key of the compact d×d matrix inside an edit file (ignored by ``load_state_dict(strict=False)``)."""
@@ -50,16 +50,16 @@ def save_edit(path: str | Path, pipe, M: torch.Tensor, *, metadata: dict[str, An
     ``pipe.unet.load_state_dict(sd, strict=False)`` (``pipe.transformer…`` for transformers) applies it as
     UCE's files do; the compact ``M`` is stored under ``"debias.edit_matrix"``. The safetensors
     metadata (strings; structures JSON-encoded) records the method, the model ``family``
-    (:func:`debias.models.model_family`), the base model ``spec``, ``revision`` and fingerprint of the original
+    (:func:`debias.core.models.model_family`), the base model ``spec``, ``revision`` and fingerprint of the original
     weights, their dtype-independent description (``base_weights``,
-    :func:`debias.models.weights_summary`, which :func:`load_edit` checks), the debias version, and
+    :func:`debias.core.models.weights_summary`, which :func:`load_edit` checks), the debias version, and
     whatever the caller passes (λ per edit, prompts, ...). The weights are ``W @ M`` rounded once to
     the model's dtype (:func:`baked_weight`).
     """
 
     from debias import __version__
-    from debias.io import atomic_write_bytes
-    from debias.models import denoiser, fingerprint, model_family, weights_summary
+    from debias.core.io import atomic_write_bytes
+    from debias.core.models import denoiser, fingerprint, model_family, weights_summary
 
     tensors = {f"{name}.weight": w.detach().to("cpu").contiguous() for name, w in edited_weights(pipe, M).items()}
     tensors[MATRIX_KEY] = M.detach().to("cpu").contiguous()
@@ -126,9 +126,9 @@ def load_edit(pipe, path: str | Path, *, bake: bool = True, check_fingerprint: b
     """Read an edit file, check it was made for this model, and (by default) bake it into ``pipe``.
 
     An edit of one model is meaningless on another, but the same model in float16 or bfloat16 is the
-    same model: the file's ``base_weights`` (:func:`debias.models.weights_summary`) must match this
+    same model: the file's ``base_weights`` (:func:`debias.core.models.weights_summary`) must match this
     pipe's original K/V weights in names, shapes and values up to
-    :data:`debias.models.WEIGHTS_TOLERANCE`, whatever either dtype. Files without that description must
+    :data:`debias.core.models.WEIGHTS_TOLERANCE`, whatever either dtype. Files without that description must
     match the exact fingerprint. A refusal says what differs.
 
     On the very weights the file was made from (same fingerprint) the stored edited weights are copied
@@ -139,7 +139,7 @@ def load_edit(pipe, path: str | Path, *, bake: bool = True, check_fingerprint: b
     Raises:
         EditError: missing or foreign file, or a different base model.
     """
-    from debias.models import fingerprint, model_family
+    from debias.core.models import fingerprint, model_family
 
     edit = read_edit(path)
     exact = edit.metadata.get("fingerprint") == fingerprint(pipe)
@@ -161,7 +161,7 @@ def load_edit(pipe, path: str | Path, *, bake: bool = True, check_fingerprint: b
 
 def _check_base_weights(pipe, edit: LoadedEdit, ours: dict[str, Any]) -> None:
     """Refuse an edit whose base weights are not this pipe's (in any dtype), naming what differs."""
-    from debias.models import compare_weights, weights_summary
+    from debias.core.models import compare_weights, weights_summary
 
     meta = edit.metadata
     summary = meta.get("base_weights")
@@ -200,7 +200,7 @@ def save_pipeline(pipe, folder: str | Path, *, metadata: dict[str, Any] | None =
     import shutil
     import tempfile
 
-    from debias.io import atomic_write_json
+    from debias.core.io import atomic_write_json
     from debias.report.card import write_model_card
 
     folder = Path(folder)

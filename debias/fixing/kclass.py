@@ -33,8 +33,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from debias import multiclass
-from debias.attributes import GENDER, Attribute, AttributeClass
+from debias.stats import multiclass
+from debias.core.attributes import GENDER, Attribute, AttributeClass
 from debias.editing.solver import conditioning_drift
 from debias.fixing.options import UNEDITED
 from debias.fixing.plan import Anchors, kept_rows, profession_edit_rows
@@ -61,7 +61,7 @@ class Cell:
 @dataclass(frozen=True)
 class CrossedAttribute:
     """Two attributes fixed together, as one attribute whose classes are their cells (first-attribute-major, the
-    order of :func:`debias.multiclass.joint_counts`): ``female_light, female_medium, …, male_dark``."""
+    order of :func:`debias.stats.multiclass.joint_counts`): ``female_light, female_medium, …, male_dark``."""
 
     first: Attribute
     second: Attribute

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-from debias.errors import InputError
+from debias.core.errors import InputError
 
 # Images per profession on the tuning side (the tuning audit and every round), per class beyond the first: gender
 # 320, skin or age 640. What the rounds pool ends near ±0.07 at the chosen strengths for two classes; the after
@@ -108,7 +108,7 @@ class FixOptions:
     width: Optional[int] = None
     device: Optional[str] = None
     dtype: Any = None
-    memory: Any = None  # debias.memory.MemoryOptions: offload, VAE tiling/slicing, attention slicing, adaptive batch
+    memory: Any = None  # debias.core.memory.MemoryOptions: offload, VAE tiling/slicing, attention slicing, adaptive batch
     batch_size: Optional[int] = None
     threads: Optional[int] = None
     save_pipeline: Optional[str | os.PathLike] = None
@@ -118,9 +118,9 @@ class FixOptions:
 
     def run_options(self):
         """The options a fix shares with an audit (classifier, labels, sampler, batch size)."""
-        from debias.setup import RunOptions
+        from debias.core.setup import RunOptions
 
-        from debias.auditing import split_classifiers
+        from debias.verbs.audit import split_classifiers
 
         return RunOptions(split_classifiers(self.classifier)[0], self.labels_female, self.labels_male, self.labels_none,
                           self.min_confidence, self.steps, self.guidance, self.height, self.width, self.batch_size)

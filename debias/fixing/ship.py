@@ -13,13 +13,13 @@ import numpy as np
 import torch
 
 from debias import __version__
-from debias.cache import edit_id
+from debias.generation.cache import edit_id
 from debias.editing.solver import conditioning_drift
 from debias.fixing.options import FixOptions
 from debias.fixing.record import file_sha256
 from debias.report.card import note_saved_pipeline
-from debias.results import AuditResult
-from debias.setup import LoadedModel
+from debias.results.records import AuditResult
+from debias.core.setup import LoadedModel
 
 
 def ship_and_judge(run, opts: FixOptions, M: Optional[torch.Tensor], metadata: Optional[dict],

@@ -2,7 +2,7 @@
 :mod:`.engine`, shipping and judging the edit :mod:`.ship`).
 
 Every step reads and writes the shared :class:`FixRun` and the professions' :class:`~debias.fixing.kclass.ClassEdit`;
-:func:`debias.fixing.verb.fix` calls them in order. Every decision (destination, left unedited, strengths, joiners)
+:func:`debias.verbs.fix.fix` calls them in order. Every decision (destination, left unedited, strengths, joiners)
 reads the tuning prompts and seeds only; the before audit on the test prompts is compared with the after audit and
 nothing else.
 """
@@ -16,14 +16,14 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from debias.attributes import GENDER, Attribute
-from debias.audit_attributes import profession_target
+from debias.core.attributes import GENDER, Attribute
+from debias.auditing.attributes import profession_target
 from debias.fixing.kclass import ALREADY, ClassEdit, CrossedAttribute, class_counts, encode_class_rows, within_tolerance
 from debias.fixing.options import DEFAULT_ANCHOR_STRENGTH, FixOptions, tuning_templates_for
 from debias.fixing.plan import Anchors, anchor_prompts_for, probe_rows
-from debias.generate import measure
-from debias.results import AuditResult
-from debias.setup import LoadedModel
+from debias.generation.generate import measure
+from debias.results.records import AuditResult
+from debias.core.setup import LoadedModel
 
 
 @dataclass
@@ -63,7 +63,7 @@ class FixRun:
 
     def audit(self, name: str, n: int, prompt_set: str, seed: int, **extra) -> AuditResult:
         """One of the fix's audits (``before``, ``tuning``, ``after``) in ``out/name``, counted under ``name``."""
-        from debias.auditing import audit
+        from debias.verbs.audit import audit
 
         options = dict(self.audit_options)
         if prompt_set == "test" and self.test_templates:
@@ -85,7 +85,7 @@ class FixRun:
 
     def generate(self, items: Sequence[tuple[str, int]], *, stage: str, description: str,
                  edit: Optional[torch.Tensor] = None) -> list:
-        """:func:`debias.generate.measure` with this run's pipeline, classifier, sampler, cache and batching."""
+        """:func:`debias.generation.generate.measure` with this run's pipeline, classifier, sampler, cache and batching."""
         return measure(self.pipe, self.clf, items, settings=self.settings, cache=self.cache, edit=edit,
                        batch_size=self.batch, oracle=self.oracle, progress=self.progress, description=description,
                        stage=stage, adapt_batch=self.model.memory.adapt_batch)
@@ -93,7 +93,7 @@ class FixRun:
 
 # ------------------------------------------------------------------------------------------------ setup
 def anchor_strength_for(given: Optional[float], profile) -> float:
-    """The anchors' weight: the user's, else the model family's (MMDiT: less, see debias.profiles), else 100."""
+    """The anchors' weight: the user's, else the model family's (MMDiT: less, see debias.core.profiles), else 100."""
     if given is not None:
         return given
     return profile.anchor_strength if profile.anchor_strength is not None else DEFAULT_ANCHOR_STRENGTH
@@ -103,9 +103,9 @@ def setup(model: Any, opts: FixOptions, say: Callable[[str], None]) -> tuple[Fix
     """Load the model and classifier, choose sampling and prompts, and encode the rows every edit keeps fixed.
 
     Returns the run and the options with what a saved fixed model records filled in where they were unset."""
-    from debias.cache import ImageCache
-    from debias.auditing import load_classifiers, split_classifiers
-    from debias.setup import professions_for, sampler_settings, start, templates_for
+    from debias.generation.cache import ImageCache
+    from debias.verbs.audit import load_classifiers, split_classifiers
+    from debias.core.setup import professions_for, sampler_settings, start, templates_for
 
     begun = start(model, threads=opts.threads, allow_pickle=opts.allow_pickle, device=opts.device, dtype=opts.dtype,
                   memory=opts.memory)
@@ -232,6 +232,6 @@ def read_classes(run: FixRun, attribute: Attribute | CrossedAttribute, results) 
     classifier = attribute_classifier(run, attribute)
     if classifier is None:
         return [r.label for r in results]
-    from debias.audit_attributes import read_labels
+    from debias.auditing.attributes import read_labels
 
     return read_labels(run.cache, [classifier], [r.key for r in results], dist=run.dist)[0][attribute.name]

@@ -31,7 +31,7 @@ SAMPLER: dict[str, Any] = {"scheduler": "DPMSolverMultistepScheduler", "steps": 
 
 def load_world_config(path: str | Path | None = None) -> dict[str, Any]:
     """The shipped ``world.json``: professions, planted shares, templates, sampler, measurements."""
-    from ..errors import DebiasError
+    from ..core.errors import DebiasError
 
     path = Path(path) if path else WORLD_JSON
     try:

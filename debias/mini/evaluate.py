@@ -5,9 +5,9 @@ share the pixel-rule oracle reads off generated images, the share the mini CLIP 
 agreement on generated people, and the generation speed. The same functions serve ``train.py``
 (its closing measurements) and the tests.
 
-Images are made and read the way an audit makes and reads them: :func:`debias.generate.generate_images`
+Images are made and read the way an audit makes and reads them: :func:`debias.generation.generate.generate_images`
 (image i of a prompt from its own generator seeded ``seed + i``) and the zero-shot classifier of
-:func:`debias.classify.load_classifier`, here without abstaining (``min_confidence=0.5``) so that every
+:func:`debias.classify.zero_shot.load_classifier`, here without abstaining (``min_confidence=0.5``) so that every
 image counts towards the "clip" share.
 """
 
@@ -24,7 +24,7 @@ from . import world
 
 def sampler_settings(pipe, steps: int = 10, guidance: float = 1.0):
     """The package's sampler settings for the mini pipeline: its own scheduler, 32×32, float32 on the CPU."""
-    from ..generate import SamplerSettings
+    from ..generation.generate import SamplerSettings
 
     return SamplerSettings(scheduler=type(pipe.scheduler).__name__, steps=int(steps), guidance=float(guidance),
                            height=world.SIZE, width=world.SIZE, dtype="float32", device="cpu")
@@ -33,7 +33,7 @@ def sampler_settings(pipe, steps: int = 10, guidance: float = 1.0):
 def generate(pipe, prompt: str, n: int, seed: int = 0, steps: int = 10, guidance: float = 1.0,
              batch_size: int = 64) -> np.ndarray:
     """``n`` images of one prompt as uint8 [n,32,32,3]; image i uses seed ``seed + i``, as in an audit."""
-    from ..generate import generate_images
+    from ..generation.generate import generate_images
 
     settings = sampler_settings(pipe, steps, guidance)
     out = []
@@ -45,7 +45,7 @@ def generate(pipe, prompt: str, n: int, seed: int = 0, steps: int = 10, guidance
 
 def load_mini_classifier(folder: str | Path | None = None):
     """The package's zero-shot classifier on a mini CLIP folder (default: the shipped one), reading every image."""
-    from ..classify import load_classifier
+    from ..classify.zero_shot import load_classifier
     from . import CLASSIFIER_DIR
 
     return load_classifier(str(folder or CLASSIFIER_DIR), min_confidence=0.5)
@@ -212,7 +212,7 @@ def sample_grid(pipe, path: str | Path, per_row: int = 10, seed: int = 0, steps:
     """Save a PNG grid: one row per profession (tuning template) plus one of objects."""
     from PIL import Image
 
-    from ..io import atomic_write
+    from ..core.io import atomic_write
 
     rows = [generate(pipe, world.TUNING_TEMPLATE.format(p.phrase), per_row, seed, steps, guidance)
             for p in world.PROFESSIONS]
@@ -238,7 +238,7 @@ def load(weights: str | Path | None = None, v2: bool = False):
 
 
 def main(argv: list[str] | None = None) -> None:
-    from ..threads import set_threads
+    from ..core.threads import set_threads
     from . import SAMPLER
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
         measured = measure_attributes(pipe, classifier, n=args.n, seed=args.seed, steps=steps, guidance=guidance)
         print(format_attributes(measured))
         if args.json:
-            from ..io import atomic_write_json
+            from ..core.io import atomic_write_json
 
             print(f"wrote {atomic_write_json(args.json, measured)}")
         return

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_write_json
+from ..core.io import atomic_write_json
 from . import SAMPLER, world, world2
 from .stages import (
     clip_zero_shot,
@@ -175,7 +175,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     """Train (or, with ``--export-from``, export) a mini model folder; returns its ``world.json``."""
-    from ..threads import set_threads
+    from ..core.threads import set_threads
 
     args = parse_args(argv)
     if args.fine_tune_clip and not args.init_from:

@@ -7,7 +7,7 @@ Three kinds, chosen from the folders given:
 * two audit folders (first before, then after) -> ``compare``.
 
 Nothing here generates an image or loads a model, so a report can be rebuilt anywhere from a copied run
-folder. The report reads :class:`~debias.results.AuditResult` / :class:`~debias.results.FixResult` and
+folder. The report reads :class:`~debias.results.records.AuditResult` / :class:`~debias.results.records.FixResult` and
 recomputes none of their figures. Every number the page shows is in the ``report.json`` twin written beside
 the HTML, under the results' names; the twin adds only descriptions of them (typical precision, the
 conclusion). Modules: ``runs`` (finding and reading), ``rows`` (one row per profession), ``summary`` (headline,

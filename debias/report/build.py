@@ -17,7 +17,7 @@ from debias.report import summary as _summary, validity as _validity
 from debias.report.card import refresh_saved_pipeline_card
 from debias.report.render import default_out, write_report
 from debias.report.runs import read_runs
-from debias.results import AuditResult
+from debias.results.records import AuditResult
 
 # the twin's layout; 2: the results' within_band flags and has_oracle (was a model flag); 3: human labels
 # (summary.validity, summary.headline, the rows' label columns) and other classifiers (summary.classifiers)

@@ -44,7 +44,7 @@ from typing import Sequence
 
 import numpy as np
 
-from debias.stats import wilson_interval
+from debias.stats.binary import wilson_interval
 
 Label = str | int | bool | None  # "female" / "male" / anything else; or 1 (female) / 0 (male) / None
 
@@ -236,7 +236,7 @@ def ppi_share_of_images(predicted: dict[str, Label], human: dict[str, Label], *,
 
 
 def wilson_share(labels: Sequence[Label], *, method: str, labelled: bool) -> ShareInterval:
-    """Female share of ``labels`` with the 95% Wilson interval (``debias.stats``), unclear ones excluded."""
+    """Female share of ``labels`` with the 95% Wilson interval (``debias.stats.binary``), unclear ones excluded."""
     f, g = indicators(labels)
     k, m = int(f.sum()), int(g.sum())
     low, high = wilson_interval(k, m)

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from debias import stats
-from debias.errors import InputError
+from debias.stats import binary as stats
+from debias.core.errors import InputError
 from debias.validity.summary import validity_for_run
 
 if TYPE_CHECKING:
-    from debias.results import AuditResult
+    from debias.results.records import AuditResult
 
 MEAN_DELTA_METHOD = (
     "mean over professions of Δ from the prediction-powered shares; 95% interval from a parametric bootstrap "
@@ -52,7 +52,7 @@ def mean_delta_of_shares(shares: Sequence[tuple[float, float, float, float]], *,
     """Mean Δ over professions from ``(estimate, ci_low, ci_high, target)`` each, with a bootstrap interval.
 
     The prediction-powered shares come with intervals, not counts, so the bootstrap of
-    :func:`debias.stats.mean_delta_interval` (binomial redraws) cannot be used; each share is redrawn from a
+    :func:`debias.stats.binary.mean_delta_interval` (binomial redraws) cannot be used; each share is redrawn from a
     normal with the standard error its interval implies, clipped to [0, 1]. The seed is fixed so the same shares
     always give the same interval. Returns ``(None, None, None)`` without shares.
     """
@@ -116,9 +116,9 @@ def validity_block(run_dir: str | os.PathLike, audit_record: dict) -> dict:
 
 def refresh_validity(run_dir: str | os.PathLike, result: AuditResult | None = None) -> AuditResult:
     """Recompute the validity block of the audit in ``run_dir`` from its labels; rewrite ``audit.json`` if it
-    changed. ``result`` is the folder's :class:`~debias.results.AuditResult` when the caller has read it already.
+    changed. ``result`` is the folder's :class:`~debias.results.records.AuditResult` when the caller has read it already.
     Returns the (possibly updated) result. Nothing is generated."""
-    from debias.results import AuditResult
+    from debias.results.records import AuditResult
 
     run_dir = Path(run_dir)
     result = result if result is not None else AuditResult.from_json(run_dir)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
-from debias.errors import InputError
+from debias.core.errors import InputError
 
 # modules that define built-in profiles; imported on the first lookup (each calls register_profile)
 _BUILTIN_MODULES = ("debias.mini.profile",)
@@ -40,13 +40,13 @@ DEFAULT_SIDE_PROMPTS = (
 
 
 def _timed_templates():
-    from debias.prompts import TIMED_TEMPLATES
+    from debias.core.prompts import TIMED_TEMPLATES
 
     return TIMED_TEMPLATES
 
 
 def _timed_professions() -> list:
-    from debias.prompts import timed_professions
+    from debias.core.prompts import timed_professions
 
     return timed_professions()
 

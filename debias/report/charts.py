@@ -18,7 +18,7 @@ matplotlib.use("Agg")  # no display on servers; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from debias.stats import wilson_interval  # noqa: E402
+from debias.stats.binary import wilson_interval  # noqa: E402
 
 BEFORE_COLOR = "#8a8f98"
 AFTER_COLOR = "#1f5fbf"

@@ -10,11 +10,11 @@ from typing import Any, Sequence
 
 import torch
 
-from debias.profiles import DEFAULT_MODEL
+from debias.core.profiles import DEFAULT_MODEL
 from debias.editing.apply import bake_edit
 from debias.editing.files import save_edit, save_pipeline as write_pipeline
 from debias.editing.tokens import DEFAULT_AUGMENTATIONS, edit_from_prompts
-from debias.errors import InputError
+from debias.core.errors import InputError
 
 
 @dataclass
@@ -61,8 +61,8 @@ def edit(
     model as a diffusers folder. The matrix is solved in float64; the file's weights are in the model's dtype.
     """
     from debias import __version__
-    from debias.models import find_cross_attention
-    from debias.setup import start
+    from debias.core.models import find_cross_attention
+    from debias.core.setup import start
 
     _check_edit_options(pairs, lam, lam_relative)
     loaded = start(model, threads=threads, allow_pickle=allow_pickle, device=device, dtype=dtype).model

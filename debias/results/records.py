@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from debias.errors import InputError
+from debias.core.errors import InputError
 
 AUDIT_CSV_COLUMNS = ("profession", "phrase", "target", "n", "n_female", "n_male", "n_unclear", "share_female",
                      "ci_low", "ci_high", "p_value", "delta", "within_band", "planted_share", "oracle_share",
@@ -115,7 +115,7 @@ class _JsonFile:
 
     def save(self, out: str | os.PathLike) -> Path:
         """Write the result's file into the run folder ``out``, atomically."""
-        from debias.io import atomic_write_text
+        from debias.core.io import atomic_write_text
 
         return atomic_write_text(Path(out) / self.FILE, self.to_json())
 
@@ -182,7 +182,7 @@ class AuditResult(_JsonFile):
     validity: Optional[dict] = None
     # the other classifiers of a --classifier A --classifier B audit against the primary (validity.compare)
     classifiers: Optional[list[dict]] = None
-    # attributes beyond gender and their intersections (debias.audit_attributes); absent from the file when None
+    # attributes beyond gender and their intersections (debias.auditing.attributes); absent from the file when None
     attributes: Optional[list[dict]] = None
     intersections: Optional[list[dict]] = None
 
@@ -257,7 +257,7 @@ class AuditResult(_JsonFile):
     def save(self, out: str | os.PathLike) -> Path:
         """``audit.json`` (everything), ``audit.csv`` (one row per profession) and, with attributes or intersections,
         ``audit_attributes.csv`` / ``audit_intersections.csv``, atomically (a stale one of an earlier run is removed)."""
-        from debias.io import atomic_write_text
+        from debias.core.io import atomic_write_text
 
         atomic_write_text(Path(out) / "audit.csv", self.to_csv())
         for name, text in (("audit_attributes.csv", self.attributes_csv()),
@@ -269,7 +269,7 @@ class AuditResult(_JsonFile):
         return super().save(out)
 
     def print_summary(self, file=None) -> None:
-        from debias.summaries import print_audit
+        from debias.results.summaries import print_audit
 
         print_audit(self, file or sys.stdout)
 
@@ -508,6 +508,6 @@ class FixResult(_JsonFile):
         return AuditResult.from_json(run_dir / self.before), AuditResult.from_json(run_dir / self.after)
 
     def print_summary(self, file=None) -> None:
-        from debias.summaries import print_fix
+        from debias.results.summaries import print_fix
 
         print_fix(self, file or sys.stdout)

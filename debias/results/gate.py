@@ -1,7 +1,7 @@
 """The release gate: whether an audit shows more bias than a team allows (``--fail-above D``).
 
 A release pipeline needs a yes or no, and an audit gives a measurement with an interval. The decision here turns
-one into the other and nothing else: it reads a recorded :class:`~debias.results.AuditResult` (a fix is judged on
+one into the other and nothing else: it reads a recorded :class:`~debias.results.records.AuditResult` (a fix is judged on
 its after audit) and recomputes no share.
 
 *What* is judged (``scope``): the mean Δ over professions (``"mean"``), or every profession's own Δ
@@ -27,8 +27,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from debias.errors import InputError
-from debias.results import AuditResult, ProfessionAudit
+from debias.core.errors import InputError
+from debias.results.records import AuditResult, ProfessionAudit
 
 GATE_EXIT_CODE = 3  # distinct from a user error's 2 and from Python's 1 (a crash)
 SCOPES = ("mean", "profession")

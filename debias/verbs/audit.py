@@ -13,10 +13,10 @@ other one reads the same images (cached, nothing generated again) and is compare
 The result's ``validity`` block says what human labels in ``out/labels/`` (``debias label``) make of the shares;
 without labels it says how many would be needed (:mod:`debias.validity.record`).
 
-With ``attributes`` (built-in names such as ``"skin"``, attribute files, or :class:`~debias.attributes.Attribute`
+With ``attributes`` (built-in names such as ``"skin"``, attribute files, or :class:`~debias.core.attributes.Attribute`
 objects) the same images are also read for those attributes, and with ``intersect`` (pairs such as
 ``("gender", "skin")``) crossed; gender is audited as always. The result's ``attributes`` and ``intersections``
-blocks hold them (:mod:`debias.audit_attributes`); without them the result and its files are those of a
+blocks hold them (:mod:`debias.auditing.attributes`); without them the result and its files are those of a
 gender-only audit, byte for byte.
 
 With ``ci_width`` the audit is sequential: it generates ``images_per_profession`` images per
@@ -37,22 +37,23 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from debias.profiles import DEFAULT_MODEL
-from debias import __version__, stats
-from debias.attributes import Attribute
-from debias.audit_attributes import AttributePlan, attribute_classifiers, audit_attributes, plan_attributes
-from debias.cache import ImageCache, edit_id
-from debias.errors import InputError
-from debias.distributed import Distributed
-from debias.generate import SampleResult, measure, work_items
-from debias.memory import MemoryOptions
-from debias.profiles import Profile
-from debias.prompts import (
+from debias.core.profiles import DEFAULT_MODEL
+from debias import __version__
+from debias.stats import binary as stats
+from debias.core.attributes import Attribute
+from debias.auditing.attributes import AttributePlan, attribute_classifiers, audit_attributes, plan_attributes
+from debias.generation.cache import ImageCache, edit_id
+from debias.core.errors import InputError
+from debias.core.distributed import Distributed
+from debias.generation.generate import SampleResult, measure, work_items
+from debias.core.memory import MemoryOptions
+from debias.core.profiles import Profile
+from debias.core.prompts import (
     ProfessionEntry, check_prompt_lengths, parse_professions, profession_prompts, read_professions,
     templates_from_option,
 )
-from debias.results import AuditResult, ProfessionAudit
-from debias.setup import RunOptions, classifier_for, professions_for, sampler_settings, start, templates_for
+from debias.results.records import AuditResult, ProfessionAudit
+from debias.core.setup import RunOptions, classifier_for, professions_for, sampler_settings, start, templates_for
 from debias.validity import compare_classifiers, validity_block
 
 DEFAULT_MAX_IMAGES = 1024
@@ -98,8 +99,8 @@ def audit(
 ) -> AuditResult:
     """Audit a model; writes ``out/audit.json``, ``out/audit.csv`` and the images, and returns the result.
 
-    ``model`` is a spec (hub id, folder, built-in name), a pipeline or a :class:`~debias.setup.LoadedModel`;
-    ``classifier`` a spec (see :mod:`debias.classify`) or a loaded :class:`~debias.classify.ZeroShotClassifier`,
+    ``model`` is a spec (hub id, folder, built-in name), a pipeline or a :class:`~debias.core.setup.LoadedModel`;
+    ``classifier`` a spec (see :mod:`debias.classify.zero_shot`) or a loaded :class:`~debias.classify.zero_shot.ZeroShotClassifier`,
     or a list of them: the first is the primary, the others are compared with it (the result's ``classifiers``).
     ``edit`` is an optional d×d matrix the model is audited under (no weight written); ``edit_info`` describes it,
     also for an edit already baked into the weights (then ``edit_info["matrix_sha256"]`` names it). ``stage`` is
@@ -107,7 +108,7 @@ def audit(
     audits (a fix's); by default it is the output folder. ``write_report`` also renders ``out/report.html``.
     ``attributes`` and ``intersect`` add attribute sections (see the module docstring; CLI ``--attribute``,
     ``--intersect``); a profession list's targets may then name those attributes. ``memory`` trades speed for
-    memory (:class:`debias.memory.MemoryOptions`; a loaded model keeps what it was started with).
+    memory (:class:`debias.core.memory.MemoryOptions`; a loaded model keeps what it was started with).
     """
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     _check_options(images_per_profession, target, tolerance, ci_width, max_images, batch_size, prompt_set)
@@ -160,7 +161,7 @@ def _publish(result: AuditResult, out: Path, write_report: bool, print_table: bo
 
         render_report([out], refresh_validity=False)  # the block was just computed from the same labels
     if print_table:
-        from debias.summaries import print_audit
+        from debias.results.summaries import print_audit
 
         print_audit(result, sys.stdout, run_dir=str(out))
 

@@ -3,7 +3,7 @@
 ``audit``, ``fix`` and ``edit`` start the same way: set torch's thread count on purpose, learn whether this
 process is one of several (``accelerate launch``), load the model (or take a loaded pipeline) together with
 what debias knows about it (:class:`LoadedModel`), and choose the defaults the user left unset: first from
-what a saved fixed model records, then from the model's profile (:mod:`debias.profiles`).
+what a saved fixed model records, then from the model's profile (:mod:`debias.core.profiles`).
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from typing import Any, Optional
 
 import torch
 
-from debias.errors import InputError
-from debias.distributed import Distributed, distributed_from_env
-from debias.generate import SamplerSettings, default_batch_size, default_settings
-from debias.memory import MemoryOptions, apply_memory_options
-from debias.profiles import (
+from debias.core.errors import InputError
+from debias.core.distributed import Distributed, distributed_from_env
+from debias.generation.generate import SamplerSettings, default_batch_size, default_settings
+from debias.core.memory import MemoryOptions, apply_memory_options
+from debias.core.profiles import (
     Profile, builtin_model, get_profile, profile_of_folder, profile_of_pipeline, profiles_of_class,
 )
 
@@ -44,9 +44,9 @@ class LoadedModel:
     def of(cls, pipe, spec: str | None = None, revision: str | None = None) -> "LoadedModel":
         """Describe a pipeline from where diffusers loaded it (``pipe.name_or_path``): a built-in model's
         folder, a folder saved by ``--save-pipeline`` (which records its profile and defaults), a pipeline class
-        a profile is made for (SD3, FLUX: :func:`~debias.profiles.profile_of_pipeline`), or anything else (the
+        a profile is made for (SD3, FLUX: :func:`~debias.core.profiles.profile_of_pipeline`), or anything else (the
         default profile)."""
-        from debias.models import saved_profile, saved_record
+        from debias.core.models import saved_profile, saved_record
 
         source = getattr(pipe, "name_or_path", None) or None
         folder = Path(os.path.expanduser(source)) if source else None
@@ -61,7 +61,7 @@ class LoadedModel:
 
     def info(self) -> dict[str, Any]:
         """What a run record says about the model: spec, fingerprint, revision, profile (and where it came from)."""
-        from debias.models import fingerprint
+        from debias.core.models import fingerprint
 
         return {"spec": self.spec, "fingerprint": fingerprint(self.pipe), "revision": self.revision,
                 "profile": self.profile.name, "profile_source": self.profile_source, "class": type(self.pipe).__name__,
@@ -83,7 +83,7 @@ def load_model(model: Any, *, allow_pickle: bool = False, dist: Distributed | No
     half precision gains nothing (the built-in model), else on the CPU in float32. A loaded model is moved when
     ``device``/``dtype`` are given.
     """
-    from debias.models import load_pipeline, resolve_dtype
+    from debias.core.models import load_pipeline, resolve_dtype
 
     if isinstance(model, LoadedModel) or not isinstance(model, str):
         loaded = model if isinstance(model, LoadedModel) else LoadedModel.of(model)
@@ -114,7 +114,7 @@ def gpu_dtype(spec: str, revision: str | None = None) -> torch.dtype | None:
 
 
 def _profiles_before_loading(spec: str, revision: str | None) -> list[Profile]:
-    from debias.models import saved_profile
+    from debias.core.models import saved_profile
 
     builtin = builtin_model(spec)
     if builtin is not None:
@@ -144,7 +144,7 @@ def _hub_model_index(spec: str, revision: str | None) -> Path | None:
     retries says the hub answers (huggingface_hub retries an unreachable hub for about 23 s a file)."""
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
-    from debias.clip_backends import hub_unreachable
+    from debias.classify.clip_backends import hub_unreachable
 
     cached = try_to_load_from_cache(spec, "model_index.json", revision=revision)
     if isinstance(cached, str):
@@ -155,7 +155,7 @@ def _hub_model_index(spec: str, revision: str | None) -> Path | None:
 
 
 def _hub_revision(spec: str) -> str | None:
-    from debias.models import cached_revision
+    from debias.core.models import cached_revision
 
     if builtin_model(spec) is not None or Path(os.path.expanduser(spec)).exists():
         return None
@@ -214,7 +214,7 @@ def classifier_for(model: LoadedModel, opts: RunOptions):
     """A loaded classifier passes through; a spec (or None: the profile's) loads on the pipeline's device."""
     if opts.classifier is not None and not isinstance(opts.classifier, str):
         return opts.classifier
-    from debias.classify import load_classifier
+    from debias.classify.zero_shot import load_classifier
 
     device = getattr(model.pipe, "device", None)
     return load_classifier(opts.classifier or model.profile.classifier, labels_female=opts.labels_female,
@@ -225,7 +225,7 @@ def classifier_for(model: LoadedModel, opts: RunOptions):
 
 def professions_for(model: LoadedModel, professions) -> list:
     """The list to work on: given entries (or phrases such as "a nurse"), a list file, or the profile's default."""
-    from debias.prompts import parse_professions, read_professions
+    from debias.core.prompts import parse_professions, read_professions
 
     if professions is None:
         return model.profile.default_professions()
@@ -263,7 +263,7 @@ def start(model: Any, *, threads: int | None = None, allow_pickle: bool = False,
           dtype: str | torch.dtype | None = None, memory: MemoryOptions | None = None) -> Setup:
     """Threads, processes and the model, in that order (the thread count must be set before torch works); then
     the ``memory`` options, after the model is on its device (diffusers refuses to move an offloaded one)."""
-    from debias.threads import set_threads
+    from debias.core.threads import set_threads
 
     n_threads = set_threads(threads)
     dist = distributed_from_env()

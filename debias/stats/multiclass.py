@@ -9,7 +9,7 @@ binary gender). From the counts ``n_1 … n_k`` (``n = Σ n_c``) this module giv
   and n = 50–200 their joint coverage was 0.80–0.92, so a table of them overstates what is known. The
   default is **Goodman** (1965): a score (Wilson-type) interval per class at the χ²₁ quantile 1 − α/k
   (Bonferroni over the classes). At k = 2 the two intervals are one statement (p₂ = 1 − p₁), so α is not split
-  and it *is* the 95% Wilson interval of :mod:`debias.stats`. **Sison–Glaz** (1995: equal-width intervals
+  and it *is* the 95% Wilson interval of :mod:`debias.stats.binary`. **Sison–Glaz** (1995: equal-width intervals
   from the multinomial's box probability, via Levin's representation and an Edgeworth expansion) is narrower
   and available, but its expansion is in the number of classes: at k = 3–4 and n = 20–400 its joint coverage
   measured 0.84–0.95 (about 0.91 typically), where Goodman's measured 0.93–0.98 (0.926 at worst, k = 4 and
@@ -26,7 +26,7 @@ binary gender). From the counts ``n_1 … n_k`` (``n = Σ n_c``) this module giv
       Δ = max_c |p_c − t_c| / max_c max(t_c, 1 − t_c)
 
   0 on target, 1 as far as a distribution can be (every image in the class with the smallest target). At
-  k = 2 it is the binary Δ = |F − t| / max(t, 1 − t) of :mod:`debias.stats`.
+  k = 2 it is the binary Δ = |F − t| / max(t, 1 − t) of :mod:`debias.stats.binary`.
 * **intersections** of two attributes (:func:`intersection_table`): the joint table per profession, with
   simultaneous intervals over all cells. A cell whose *expected* count under the target joint distribution
   (n · t_a · t_b) is below 5 is flagged ``"tiny"`` and gets no share: a share of one or two images is noise.
@@ -121,7 +121,7 @@ def mean_delta_interval(rows: Sequence[tuple[Sequence[int], Sequence[float]]], *
                         n_boot: int = 2000, seed: int = 0) -> tuple[float | None, float | None, float | None]:
     """Mean Δ and a percentile interval from a parametric bootstrap (each profession redrawn from its shares).
 
-    The same design as :func:`debias.stats.mean_delta_interval`: the professions are fixed, the randomness is
+    The same design as :func:`debias.stats.binary.mean_delta_interval`: the professions are fixed, the randomness is
     each profession's multinomial draw, the seed is fixed so the same counts always give the same interval.
     """
     kept = [(_counts(c), check_target(t, len(c))) for c, t in rows if sum(c) > 0]

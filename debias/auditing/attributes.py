@@ -3,21 +3,21 @@
 Gender is always audited by the primary classifier, exactly as an audit without attributes does (its rows, CSV
 and JSON keys do not change). Each further attribute (``audit(..., attributes=["skin", "hair.txt"])``) is read
 from the *same images* by a zero-shot classifier of its classes on the primary classifier's CLIP
-(:meth:`debias.classify.ZeroShotClassifier.for_attribute`); nothing is generated for it. Its labels are cached
+(:meth:`debias.classify.zero_shot.ZeroShotClassifier.for_attribute`); nothing is generated for it. Its labels are cached
 beside gender's under the attribute classifier's own id (attribute, prompts, model and rule hashed), so a resumed
 run never mixes two attributes or two versions of one attribute's prompts.
 
 Per profession a section holds the class counts, the unclear count, the shares with **simultaneous** 95%
-intervals (Goodman, :mod:`debias.multiclass`), the target distribution (the profession list's, else uniform), Δ,
+intervals (Goodman, :mod:`debias.stats.multiclass`), the target distribution (the profession list's, else uniform), Δ,
 the goodness-of-fit p-value and the band: a profession is within it when every class share is within
 ``tolerance`` of its target, max_c |p_c − t_c| ≤ tolerance — gender's rule |F − t| ≤ tolerance at k = 2, and the
 same as Δ ≤ tolerance / max_c max(t_c, 1 − t_c). Where the model's profile has a pixel oracle for the attribute
-(:meth:`debias.profiles.Profile.oracle_for`) its counts are recorded too.
+(:meth:`debias.core.profiles.Profile.oracle_for`) its counts are recorded too.
 
 An intersection (``intersect=[("gender", "skin")]``) is the joint table per profession of images read in both
 attributes, with simultaneous intervals over all cells; a cell expected to hold fewer than 5 images under the
 targets is flagged ``tiny`` and gets no share, a cell that should hold some but holds none is ``empty``
-(:func:`debias.multiclass.intersection_table`).
+(:func:`debias.stats.multiclass.intersection_table`).
 
 The blocks of ``audit.json`` (written only when asked for; ``audit_attributes.csv`` has one row per attribute ×
 profession × class, ``audit_intersections.csv`` one per intersection × profession × cell)::
@@ -50,9 +50,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from debias import multiclass
-from debias.attributes import GENDER, Attribute, resolve_attribute
-from debias.errors import InputError
+from debias.stats import multiclass
+from debias.core.attributes import GENDER, Attribute, resolve_attribute
+from debias.core.errors import InputError
 
 GENDER_CLASSES = ("female", "male")
 INTERVALS = "goodman"

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from debias.errors import EditError, ModelLoadError
+from debias.core.errors import EditError, ModelLoadError
 
 EDITABLE_FAMILIES = ("SD 1.x/2.x, SDXL and PixArt-α/Σ (cross-attention keys and values), SD3/3.5 and FLUX.1 "
                      "(the text input projection)")

@@ -15,7 +15,7 @@ words come between the article and ``{}`` the template's article stays ("an elde
 Built-in attributes (:func:`builtin_attributes`):
 
 * ``gender`` — female, male: the label prompts the classifier uses today ("a photo of a woman" / "a photo of
-  a man", :data:`debias.classify.DEFAULT_LABELS`) and the destinations the fix uses ("a female {}", "a male {}").
+  a man", :data:`debias.classify.zero_shot.DEFAULT_LABELS`) and the destinations the fix uses ("a female {}", "a male {}").
 * ``skin`` — light, medium, dark: the **Monk Skin Tone scale** (MST: 10 tones, by Ellis Monk, released openly by
   Google in 2022 for annotating perceived skin tone in images) grouped into three bins: MST 1–3 light, 4–7
   medium, 8–10 dark. MST rather than Fitzpatrick because Fitzpatrick is a dermatological scale of how skin
@@ -63,7 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from debias.errors import InputError
+from debias.core.errors import InputError
 
 ARTICLES = ("a", "an")
 SUM_TOLERANCE = 1e-6
@@ -143,7 +143,7 @@ class Attribute:
         return tuple(1.0 / self.k for _ in self.classes)
 
     def labels(self) -> dict[str, tuple[str, ...]]:
-        """Label prompts per class, the shape :func:`debias.classify.resolve_labels` returns for gender."""
+        """Label prompts per class, the shape :func:`debias.classify.zero_shot.resolve_labels` returns for gender."""
         return {c.name: c.labels for c in self.classes}
 
     def to_dict(self) -> dict:
@@ -213,7 +213,7 @@ def get_attribute(name: str) -> Attribute:
         close = difflib.get_close_matches(name, list(_BUILTIN), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise InputError(f"unknown attribute {name!r}; the built-in ones are {', '.join(_BUILTIN)}.{hint} "
-                         f"Define others in an attribute file (see debias.attributes).") from None
+                         f"Define others in an attribute file (see debias.core.attributes).") from None
 
 
 def resolve_attribute(spec: str) -> Attribute:

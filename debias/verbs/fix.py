@@ -10,10 +10,10 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from debias.attributes import GENDER, Attribute, resolve_attribute
-from debias.errors import InputError
-from debias.memory import MemoryOptions
-from debias.profiles import DEFAULT_MODEL
+from debias.core.attributes import GENDER, Attribute, resolve_attribute
+from debias.core.errors import InputError
+from debias.core.memory import MemoryOptions
+from debias.core.profiles import DEFAULT_MODEL
 from debias.fixing.options import (
     DEFAULT_CHECK_IMAGES, DEFAULT_JOINT_ROUNDS, DEFAULT_MAX_DRIFT, DEFAULT_SIDE_SEEDS,
     DEFAULT_TEST_IMAGES, FixOptions, check_options,
@@ -22,9 +22,9 @@ from debias.fixing.engine import Engine
 from debias.fixing.record import edit_metadata, fix_record, image_counts, nothing_edited
 from debias.fixing.ship import ship_and_judge
 from debias.fixing.steps import audit_extra, audits_before, edited_attribute, plan_edits, read_classes, setup
-from debias.prompts import read_professions, templates_from_option
+from debias.core.prompts import read_professions, templates_from_option
 from debias.report import render_report
-from debias.results import FixResult
+from debias.results.records import FixResult
 
 
 def fix_run(run, opts: FixOptions, fixed: Sequence[Attribute], started: datetime, t0: float) -> FixResult:
@@ -112,9 +112,9 @@ def fix(
     list of prompts (or a file, one per line) to keep where they are (UCE-style, c* = c); the professions
     left unedited are always preserved. ``anchor_strength`` weighs the anchors (the bare augmentation templates and
     the empty prompt, kept fixed by every edit, in the rounds and in the one that ships; 0 turns them off; None: the model
-    family's, :attr:`debias.profiles.Profile.anchor_strength`). ``side_prompts``
+    family's, :attr:`debias.core.profiles.Profile.anchor_strength`). ``side_prompts``
     are the unrelated prompts of the side-effect check (default: the model profile's). ``memory`` trades speed for
-    memory (:class:`debias.memory.MemoryOptions`: CPU offload, VAE tiling and slicing, attention slicing, a batch that
+    memory (:class:`debias.core.memory.MemoryOptions`: CPU offload, VAE tiling and slicing, attention slicing, a batch that
     follows free GPU memory).
 
     ``attributes`` (``--attribute``, repeatable: a built-in name such as ``"skin"`` or an attribute file) fixes

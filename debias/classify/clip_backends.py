@@ -1,6 +1,6 @@
 """Loading CLIP for zero-shot classification: open_clip tags and checkpoints, transformers folders and hub ids,
 and the CLIPs built-in models ship. Each loader returns ``(encode_images, encode_text, preprocess, logit_scale,
-activation)``; :func:`debias.classify.load_classifier` builds the classifier from them. Offline, a classifier
+activation)``; :func:`debias.classify.zero_shot.load_classifier` builds the classifier from them. Offline, a classifier
 that is not on disk fails at once with what to do (see :data:`_KEEP_ON_DISK`)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from debias.errors import InputError, ModelLoadError
+from debias.core.errors import InputError, ModelLoadError
 
 _KEEP_ON_DISK = (
     "Keep CLIP on disk: on a machine with network access run "
@@ -65,7 +65,7 @@ class Preprocess:
 
 def builtin_classifier(spec: str) -> tuple[str, str] | None:
     """``(folder, backend)`` of the CLIP a built-in model ships, when ``spec`` names a built-in model."""
-    from debias.profiles import builtin_model
+    from debias.core.profiles import builtin_model
 
     profile = builtin_model(spec)
     if profile is None or profile.classifier_folder is None:
@@ -90,7 +90,7 @@ def load_transformers_clip(source: str, spec: str, device: torch.device):
     src = str(path) if path.exists() else source
     unreachable = None if path.exists() else hub_unreachable(source, "config.json")
     cache_only = {"local_files_only": True} if unreachable else {}
-    from debias.models import quiet_loading
+    from debias.core.models import quiet_loading
 
     quiet_loading()
     try:

@@ -10,7 +10,7 @@ each is its own class and their probabilities add up. With ``P`` the softmax ove
     p_female = P(female) / (P(female) + P(male))
     unclear   if P(no person) ≥ ½   or   max(p_female, 1 − p_female) < min_confidence
 
-Unclear images are excluded from the share and reported (see :mod:`debias.stats`); the rule and its
+Unclear images are excluded from the share and reported (see :mod:`debias.stats.binary`); the rule and its
 parameters are recorded in ``audit.json``.
 
 Backends (``--classifier``):
@@ -26,14 +26,14 @@ Backends (``--classifier``):
   ``open_clip:ViT-L-14-quickgelu//models/open_clip_model.safetensors``), plain ``ARCH`` for GELU.
 * a transformers CLIP hub id (``openai/clip-vit-large-patch14``) or local folder (``CLIPModel`` +
   tokenizer + ``preprocessor_config.json``);
-* a built-in model's name — the CLIP its profile ships (a transformers CLIP folder; see :mod:`debias.profiles`).
+* a built-in model's name — the CLIP its profile ships (a transformers CLIP folder; see :mod:`debias.core.profiles`).
 
 The MLP activation the built model runs is recorded in ``describe()`` (the ``classifier`` block of
 ``audit.json``). A classifier that is not a local folder or file is read from the Hugging Face cache
 alone when one request shows the hub cannot be reached, so an offline machine gets the error at once
 instead of after huggingface_hub's retries.
 
-Other attributes (:mod:`debias.attributes`: skin, age, attribute files) are read by
+Other attributes (:mod:`debias.core.attributes`: skin, age, attribute files) are read by
 :meth:`ZeroShotClassifier.for_attribute`, an :class:`AttributeClassifier` on the same loaded CLIP: each
 class's prompts averaged the same way, the same "no person" prompts and ``min_confidence``, and the
 k-class rule :func:`decide_classes` (unclear if P(no person) ≥ ½ or the top class's share of the
@@ -53,9 +53,9 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from debias.clip_backends import Preprocess, builtin_classifier, load_open_clip, load_transformers_clip
-from debias.attributes import Attribute
-from debias.errors import InputError
+from debias.classify.clip_backends import Preprocess, builtin_classifier, load_open_clip, load_transformers_clip
+from debias.core.attributes import Attribute
+from debias.core.errors import InputError
 
 DEFAULT_REAL_CLASSIFIER = "open_clip:ViT-L-14/openai"
 DEFAULT_LABELS = {"female": ("a photo of a woman",), "male": ("a photo of a man",)}

@@ -1,7 +1,7 @@
 """Loading pipelines and identifying the weights a TIME edit changes.
 
 ``load_pipeline`` accepts a hub id, a local diffusers folder, or a built-in model's name (``"mini"``).
-The layers an edit changes are found by what they are (:mod:`debias.editing.layers`, re-exported here):
+The layers an edit changes are found by what they are (:mod:`debias.core.layers`, re-exported here):
 cross-attention ``to_k`` / ``to_v`` for SD 1.x, SD 2.x, SDXL and PixArt, the text input projection
 (``context_embedder``) for SD3 and FLUX. ``fingerprint`` identifies their original weights exactly (dtype
 included, for caches; a model no edit applies to is named by all its denoiser's weights, so it can still be
@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
-from debias.editing.layers import (  # noqa: F401 - re-exported: where callers have always found them
+from debias.core.layers import (  # noqa: F401 - re-exported: where callers have always found them
     EDITABLE_FAMILIES, KVProjection, TextProjection, conditioning_width, denoiser, find_cross_attention,
     find_text_projections, model_family, text_projections,
 )
-from debias.errors import InputError, ModelLoadError
+from debias.core.errors import InputError, ModelLoadError
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -50,7 +50,7 @@ def resolve_dtype(torch_dtype: Any) -> torch.dtype | None:
 
 def _builtin_dir(spec: str) -> Path | None:
     """The folder of the built-in model named ``spec`` (e.g. ``"mini"``), or None when ``spec`` names none."""
-    from debias.profiles import builtin_model
+    from debias.core.profiles import builtin_model
 
     profile = builtin_model(spec)
     if profile is None:
@@ -134,7 +134,7 @@ def load_pipeline(
 
     Only safetensors weights are loaded unless ``allow_pickle=True``: pickle files can run
     arbitrary code. The progress bar is disabled (debias shows its own progress). The pipeline is returned
-    as diffusers made it; :class:`debias.setup.LoadedModel` describes it (spec, revision, profile).
+    as diffusers made it; :class:`debias.core.setup.LoadedModel` describes it (spec, revision, profile).
 
     Raises:
         ModelLoadError: not found, offline without a cache, gated, or pickle-only weights; the message
@@ -243,8 +243,8 @@ def cached_revision(spec: str) -> str | None:
 
 def original_weights(pipe) -> dict[str, torch.Tensor]:
     """The unedited weights of the layers an edit changes, by module name (the saved originals if an edit is
-    baked in). Raises :class:`~debias.errors.EditError` for a model no edit applies to."""
-    from debias.editing.state import edit_state
+    baked in). Raises :class:`~debias.core.errors.EditError` for a model no edit applies to."""
+    from debias.core.edit_state import edit_state
 
     saved = edit_state(pipe).originals
     if saved is not None:
@@ -261,7 +261,7 @@ def fingerprint(pipe) -> str:
     an edit is baked the fingerprint still names the originals. A model no edit applies to (it can still be
     audited) is named by every weight of its denoiser, hashed once per pipeline.
     """
-    from debias.editing.state import edit_state
+    from debias.core.edit_state import edit_state
 
     if edit_state(pipe).originals is None and not _editable(pipe):
         return _whole_model_fingerprint(pipe)
@@ -288,7 +288,7 @@ def _hash_weights(named: Any) -> str:
 def _whole_model_fingerprint(pipe) -> str:
     """The fingerprint of a model without editable layers: every parameter and buffer of its denoiser (of all
     its networks when it has no UNet or transformer), hashed once per pipeline."""
-    from debias.editing.state import edit_state
+    from debias.core.edit_state import edit_state
 
     state = edit_state(pipe)
     if state.fingerprint is None:

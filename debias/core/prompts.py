@@ -10,7 +10,7 @@ takes, article included::
 
 A line is ``PHRASE`` or ``PHRASE | TARGETS``: per-profession target distributions, one per attribute,
 separated by ``;``, each ``attribute=share,share,...`` with one share per class in the attribute's
-class order, summing to 1 (:func:`debias.attributes.parse_targets`)::
+class order, summing to 1 (:func:`debias.core.attributes.parse_targets`)::
 
     a nurse | target=0.4                            # share of "female" (the audit's --target elsewhere)
     a CEO   | skin=0.5,0.3,0.2; gender=0.5,0.5      # skin: light, medium, dark; gender: female, male
@@ -21,7 +21,7 @@ with no target on a line is audited against the uniform distribution. The names 
 the built-in attributes (gender, skin, age) and those the audit reads (``--attribute FILE``). The
 phrase must start with the article "a" or "an" because templates are written for a full noun phrase
 ("A photo of {}" → "A photo of an engineer"). Malformed lines, duplicates (case-insensitive) and
-empty files raise an :class:`~debias.errors.InputError` naming the file and line;
+empty files raise an :class:`~debias.core.errors.InputError` naming the file and line;
 :func:`check_prompt_lengths` rejects prompts the text encoder would silently truncate, once the
 pipeline's tokenizer is known.
 
@@ -30,7 +30,7 @@ on) and a held-out *test* set (the prompts an audit judges on). The defaults are
 al., 2023) for the test set: "A painting of {}", "{} working", "{} laughing", "{} in the workplace",
 "{} digital art"; a fix tunes on TIMED's "A photo of {}", its augmentations "An image of {}" and "A picture of {}",
 and two styles other than photos, "A sketch of {}" and "A 3D render of {}"; a model profile may bring its own
-(see :mod:`debias.profiles`).
+(see :mod:`debias.core.profiles`).
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from debias.attributes import Attribute, builtin_attributes, parse_targets
-from debias.errors import InputError
+from debias.core.attributes import Attribute, builtin_attributes, parse_targets
+from debias.core.errors import InputError
 
 ARTICLES = ("a", "an")
 

@@ -21,7 +21,7 @@ makes three things exact (up to that rounding):
   (common random numbers) and an edit matrix applied through
   :func:`debias.editing.conditioning_transform`.
 
-The cache itself (keys, PNGs, index) is :mod:`debias.cache`.
+The cache itself (keys, PNGs, index) is :mod:`debias.generation.cache`.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from debias.cache import ImageCache, edit_id, item_key, model_key
-from debias.distributed import Distributed
-from debias.errors import GenerationError, InputError
-from debias.memory import AdaptiveBatch, execution_device, vae_tiles
+from debias.generation.cache import ImageCache, edit_id, item_key, model_key
+from debias.core.distributed import Distributed
+from debias.core.errors import GenerationError, InputError
+from debias.core.memory import AdaptiveBatch, execution_device, vae_tiles
 
 """Defaults for real models: a multistep DPM-Solver at 25 steps and classifier-free guidance 7.5."""
 
@@ -55,7 +55,7 @@ class SamplerSettings:
     width: int
     dtype: str
     device: str  # device type ("cpu", "cuda"): kernels differ, so images may differ in the last bit
-    vae_tiling: bool = False  # the VAE decodes these images in tiles (debias.memory.vae_tiles): other pixels
+    vae_tiling: bool = False  # the VAE decodes these images in tiles (debias.core.memory.vae_tiles): other pixels
     text_length: int | None = None  # T5 tokens, where the family's profile sets them (pipeline_options)
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,13 +102,13 @@ def default_settings(
     width: int | None = None,
 ) -> SamplerSettings:
     """The given sampling settings, with those left unset taken from ``sampler`` (a profile's
-    :class:`~debias.profiles.Sampler`; its unset size is the pipeline's native one, and its scheduler None
+    :class:`~debias.core.profiles.Sampler`; its unset size is the pipeline's native one, and its scheduler None
     keeps the pipeline's own, e.g. SD3's and FLUX's flow-matching scheduler).
 
     Raises:
-        InputError: a pipeline that cannot be audited (:func:`~debias.models.check_text_to_image`), a bad size.
+        InputError: a pipeline that cannot be audited (:func:`~debias.core.models.check_text_to_image`), a bad size.
     """
-    from debias.models import check_text_to_image
+    from debias.core.models import check_text_to_image
 
     check_text_to_image(pipe)
     native = default_resolution(pipe)
@@ -226,7 +226,7 @@ def pipeline_options(pipe) -> dict[str, Any]:
     * ``max_sequence_length``: the T5 token count a family's profile names (``Sampler.text_length``;
       FLUX.1-schnell: 256, as its card says), where the pipeline takes it; else the pipeline's own.
     """
-    from debias.profiles import profile_of_pipeline
+    from debias.core.profiles import profile_of_pipeline
 
     accepted = inspect.signature(pipe.__call__).parameters
     options = {name: value for name, value in PIPELINE_OPTIONS.items() if name in accepted}
@@ -295,14 +295,14 @@ def measure(
 ) -> list[SampleResult]:
     """Generate (or reuse) and classify every ``(prompt, seed)`` item; results in ``items`` order.
 
-    ``classifier`` is a :class:`debias.classify.ZeroShotClassifier` (anything with ``cache_id`` and
+    ``classifier`` is a :class:`debias.classify.zero_shot.ZeroShotClassifier` (anything with ``cache_id`` and
     ``classify(uint8 NHWC) -> (labels, p_female)``). ``edit`` is an optional d×d matrix applied
     through :func:`debias.editing.conditioning_transform` (no weight is written). ``oracle`` labels
     images by ground truth (a synthetic world's profile has one). Under ``dist`` with several
     processes, this process does items ``i % world_size == rank`` and every process returns all results.
     ``stage`` is stamped on every image this call generates (e.g. ``"search"``), so a run can count its images
     by the stage that made them from the cache itself, across interruptions and resumes. ``adapt_batch`` lets
-    the batch grow from ``batch_size`` to what the GPU's free memory holds (:class:`debias.memory.AdaptiveBatch`;
+    the batch grow from ``batch_size`` to what the GPU's free memory holds (:class:`debias.core.memory.AdaptiveBatch`;
     for a batch size the user did not choose); an out-of-memory error halves it either way.
     """
     dist = dist or Distributed()

@@ -13,7 +13,7 @@ Layout of a cache folder::
                               {"type": "label", "key", "classifier", "attribute", "label"}   (other attributes)
 
 A label is keyed by image and classifier id. An attribute's classifier has its own id (a hash of its attribute,
-class prompts, "none" prompts, model and rule: :attr:`debias.classify.AttributeClassifier.cache_id`), so skin and
+class prompts, "none" prompts, model and rule: :attr:`debias.classify.zero_shot.AttributeClassifier.cache_id`), so skin and
 age labels of one image never mix, and an attribute file whose prompts change is read again.
 """
 
@@ -48,8 +48,8 @@ def edit_id(M: torch.Tensor | None) -> str | None:
 def model_key(pipe) -> str:
     """What identifies the model's weights for the cache: its fingerprint, plus the current K/V
     weights when an edit has been baked in (the fingerprint names the *original* weights)."""
-    from debias.editing.state import edit_state
-    from debias.models import find_cross_attention, fingerprint
+    from debias.core.edit_state import edit_state
+    from debias.core.models import find_cross_attention, fingerprint
 
     state = edit_state(pipe)
     baked = state.originals is not None
@@ -133,7 +133,7 @@ class ImageCache:
         """Write PNGs atomically, then their index records (so a record never points at nothing)."""
         from PIL import Image
 
-        from debias.io import atomic_write
+        from debias.core.io import atomic_write
 
         for rec, img in zip(records, images):
             atomic_write(self.image_path(rec["key"]), lambda p, img=img: Image.fromarray(img).save(p, format="PNG"))

@@ -13,7 +13,7 @@ supports it and says why where it does not:
   accelerator (SD 1.x: 20 M parameters, SDXL: 0.3 B).
 * ``vae_tiling`` decodes large images in overlapping tiles (``vae.enable_tiling``). It changes pixels only where
   the latent is larger than the VAE's tile (above 512×512 for SD 1.x, 1024×1024 for SDXL); there the images
-  differ from untiled ones by more than rounding, so :func:`debias.generate.default_settings` records it and the
+  differ from untiled ones by more than rounding, so :func:`debias.generation.generate.default_settings` records it and the
   image cache keeps such images apart.
 * ``vae_slicing`` decodes one image of a batch at a time (``vae.enable_slicing``);
 * ``attention_slicing`` computes attention a few heads at a time (``enable_attention_slicing``); only UNets
@@ -27,7 +27,7 @@ diffusers 0.42 has no pipeline-level ``enable_vae_tiling``/``enable_vae_slicing`
 forwarded them to the VAE), so the VAE's own ``enable_tiling``/``enable_slicing`` are called, which every
 version has.
 
-:class:`AdaptiveBatch` is the batch size :func:`debias.generate.measure` uses when asked to adapt: on a CUDA
+:class:`AdaptiveBatch` is the batch size :func:`debias.generation.generate.measure` uses when asked to adapt: on a CUDA
 device it measures the first batch's peak memory per image and sizes the next batches from what
 ``torch.cuda.mem_get_info`` says is free; elsewhere it keeps the size it was given. Out-of-memory halving stays.
 """
@@ -42,7 +42,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from debias.errors import InputError
+from debias.core.errors import InputError
 
 CPU_OFFLOAD_CHOICES = ("none", "model", "sequential")
 
@@ -113,7 +113,7 @@ def _vae_slicing(pipe) -> tuple[bool, str]:
 
 
 def _attention_slicing(pipe) -> tuple[bool, str]:
-    from debias.models import denoiser
+    from debias.core.models import denoiser
 
     net = denoiser(pipe)
     if not hasattr(net, "set_attention_slice") or not hasattr(pipe, "enable_attention_slicing"):
@@ -183,7 +183,7 @@ def _offload_device(pipe, device: str | torch.device | None) -> Optional[torch.d
 
 
 def _kv_modules(pipe) -> list[torch.nn.Module]:
-    from debias.models import find_cross_attention
+    from debias.core.models import find_cross_attention
 
     try:
         return [p.module for p in find_cross_attention(pipe)]
@@ -250,7 +250,7 @@ _PER_IMAGE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # pipe ->
 
 
 class AdaptiveBatch:
-    """The batch size of one :func:`debias.generate.measure` call.
+    """The batch size of one :func:`debias.generation.generate.measure` call.
 
     With a ``memory`` probe (a CUDA device) the first batch is measured, its peak memory per image is
     remembered for the pipeline and these settings, and the size becomes what fits (:func:`batch_size_for`).

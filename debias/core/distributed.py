@@ -1,6 +1,6 @@
 """Sharing a run's work items between the processes of an ``accelerate launch`` group (or doing all of them alone).
 
-:func:`debias.generate.measure` takes a :class:`Distributed`: each process generates every ``world_size``-th missing
+:func:`debias.generation.generate.measure` takes a :class:`Distributed`: each process generates every ``world_size``-th missing
 item, and all wait at the barrier before any writes to the shared cache.
 """
 
