@@ -118,13 +118,13 @@ def test_out_of_memory_halves_the_batch_then_says_what_to_lower(tmp_path, capsys
 
 
 def test_attribute_options_are_declared_once_for_audit_and_fix(capsys):
-    """--attribute and --intersect are shared declarations (cli.AttributeOptions, cli.IntersectOptions): audit has
+    """--attribute and --intersect are shared declarations (flags.AttributeOptions, flags.IntersectOptions): audit has
     them, and a verb that audits (fix) takes them under the same names."""
     import typing
 
-    from debias import cli
+    from debias.cli import flags
 
-    for declared, flag in ((cli.AttributeOptions, "--attribute"), (cli.IntersectOptions, "--intersect")):
+    for declared, flag in ((flags.AttributeOptions, "--attribute"), (flags.IntersectOptions, "--intersect")):
         option = typing.get_args(declared)[1]
         assert flag in (option.default, *option.param_decls)  # typer keeps an Annotated option's name as its default
     code, out, _ = run_cli(["audit", "--help"], capsys)

@@ -277,7 +277,8 @@ def test_pipelines_without_a_prompt_or_a_text_encoder_cannot_be_audited(tmp_path
 def test_generation_passes_only_the_options_a_pipeline_takes() -> None:
     from diffusers import StableDiffusionPipeline
 
-    from debias.generation.generate import call_arguments, default_settings, generate_images
+    from debias.core.pipeline import call_arguments
+    from debias.generation.generate import default_settings, generate_images
     from debias.core.profiles import get_profile
 
     class NoGuidance(StableDiffusionPipeline):
@@ -340,7 +341,8 @@ def test_a_gpu_loads_each_family_in_its_own_half_precision(tmp_path: Path) -> No
 
 
 def test_schnell_reads_256_t5_tokens_as_its_card_says_in_generation_and_edit_alike() -> None:
-    from debias.generation.generate import default_settings, pipeline_options
+    from debias.core.pipeline import pipeline_options
+    from debias.generation.generate import default_settings
     from debias.core.profiles import profile_of_pipeline
 
     for name, length in (("flux", 256), ("flux-dev", None)):

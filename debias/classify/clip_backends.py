@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from debias.core.errors import InputError, ModelLoadError
+from debias.core.models import hub_unreachable, quiet_loading
+from debias.core.profiles import builtin_model
 
 _KEEP_ON_DISK = (
     "Keep CLIP on disk: on a machine with network access run "
@@ -65,8 +67,6 @@ class Preprocess:
 
 def builtin_classifier(spec: str) -> tuple[str, str] | None:
     """``(folder, backend)`` of the CLIP a built-in model ships, when ``spec`` names a built-in model."""
-    from debias.core.profiles import builtin_model
-
     profile = builtin_model(spec)
     if profile is None or profile.classifier_folder is None:
         return None
@@ -90,8 +90,6 @@ def load_transformers_clip(source: str, spec: str, device: torch.device):
     src = str(path) if path.exists() else source
     unreachable = None if path.exists() else hub_unreachable(source, "config.json")
     cache_only = {"local_files_only": True} if unreachable else {}
-    from debias.core.models import quiet_loading
-
     quiet_loading()
     try:
         model = CLIPModel.from_pretrained(src, **cache_only).eval().to(device)
@@ -127,28 +125,6 @@ def _activation(model: torch.nn.Module) -> str | None:
     """
     found = {_ACTIVATIONS[type(m).__name__] for m in model.modules() if type(m).__name__ in _ACTIVATIONS}
     return "+".join(sorted(found)) or None
-
-
-def hub_unreachable(repo_id: str, filename: str) -> str | None:
-    """Why the Hugging Face hub cannot be reached, from one request without retries; ``None`` if it answers.
-
-    On a network error huggingface_hub retries a file it has not cached with backoff (about 23 s a file, and
-    open_clip asks for two), so a machine without network and without HF_HUB_OFFLINE=1 would wait over a
-    minute for the error. One request tells the same at once; callers then read the cache only.
-    """
-    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
-    from huggingface_hub.utils import HfHubHTTPError
-
-    if constants.HF_HUB_OFFLINE:
-        return "HF_HUB_OFFLINE is set"
-    try:
-        get_hf_file_metadata(hf_hub_url(repo_id, filename))
-    except (HfHubHTTPError, ValueError):
-        return None  # the hub answered (a missing file, a gated repo) or the id is malformed: the load reports it
-    except Exception as err:  # noqa: BLE001 - DNS, connection, proxy, TLS and timeout errors of the HTTP client
-        detail = str(err).splitlines()[0] if str(err) else ""
-        return f"{type(err).__name__}: {detail[:200]}" if detail else type(err).__name__
-    return None
 
 
 def _features(out) -> torch.Tensor:

@@ -56,12 +56,12 @@ import torch
 from debias.classify.clip_backends import Preprocess, builtin_classifier, load_open_clip, load_transformers_clip
 from debias.core.attributes import Attribute
 from debias.core.errors import InputError
+from debias.core.options import DEFAULT_MIN_CONFIDENCE, ClassifierOptions
 
 DEFAULT_REAL_CLASSIFIER = "open_clip:ViT-L-14/openai"
 DEFAULT_LABELS = {"female": ("a photo of a woman",), "male": ("a photo of a man",)}
 DEFAULT_NONE_LABELS = ("a photo of an object", "a photo of a landscape", "a photo of an animal", "a photo of a building")
 """Suggested "no person" prompts for real CLIP models (``--labels-none``); not used unless given."""
-DEFAULT_MIN_CONFIDENCE = 0.6
 
 @dataclass
 class ZeroShotClassifier:
@@ -287,19 +287,18 @@ def resolve_labels(female: Sequence[str] | None = None, male: Sequence[str] | No
 # ------------------------------------------------------------------------------------------- loading
 def load_classifier(
     spec: str | None = None,
+    options: ClassifierOptions = ClassifierOptions(),
     *,
-    labels_female: Sequence[str] | None = None,
-    labels_male: Sequence[str] | None = None,
-    labels_none: Sequence[str] | None = None,
-    min_confidence: float = DEFAULT_MIN_CONFIDENCE,
     device: str | torch.device | None = None,
     batch_size: int = 64,
 ) -> ZeroShotClassifier:
-    """Load a zero-shot classifier from ``spec`` (see the module docstring); ``None`` picks the default."""
+    """Load a zero-shot classifier from ``spec`` (see the module docstring; ``None`` picks the default) with the
+    label prompts and abstain rule of ``options`` (its ``classifier`` is not read: ``spec`` names the one to load)."""
+    min_confidence = DEFAULT_MIN_CONFIDENCE if options.min_confidence is None else options.min_confidence
     if not 0.5 <= min_confidence < 1.0:
         raise InputError(f"--min-confidence must be in [0.5, 1), got {min_confidence}")
     spec = spec or DEFAULT_REAL_CLASSIFIER
-    labels = resolve_labels(labels_female, labels_male, labels_none)
+    labels = resolve_labels(options.labels_female, options.labels_male, options.labels_none)
     device = torch.device(device) if device is not None else torch.device("cpu")
     if spec.startswith("open_clip:"):
         parts = load_open_clip(spec, device)
@@ -314,3 +313,27 @@ def load_classifier(
                               class_features=feats, logit_scale=logit_scale, labels=labels,
                               min_confidence=min_confidence, device=device, batch_size=batch_size,
                               encode_text=encode_text, activation=activation)
+
+
+# ---------------------------------------------------------------------------------------- a run's choice
+def classifier_for(model, spec: Any, options: ClassifierOptions) -> ZeroShotClassifier:
+    """A loaded classifier passes through; a spec (or None: the model profile's) loads on the pipeline's device
+    with ``options``' labels and abstain rule. ``model`` is a :class:`debias.core.setup.LoadedModel`."""
+    if spec is not None and not isinstance(spec, str):
+        return spec
+    device = getattr(model.pipe, "device", None)
+    return load_classifier(spec or model.profile.classifier, options,
+                           device=device if isinstance(device, torch.device) else None)
+
+
+def load_classifiers(model, options: ClassifierOptions) -> tuple[ZeroShotClassifier, list[ZeroShotClassifier]]:
+    """The primary classifier and the others (same labels and abstain rule), refusing one listed twice."""
+    primary = classifier_for(model, options.primary, options)
+    others = [classifier_for(model, spec, options) for spec in options.others]
+    seen = {primary.cache_id}
+    for other in others:
+        if other.cache_id in seen:
+            raise InputError(f"--classifier {other.describe().get('model')!r} is given twice; list each classifier "
+                             "once (the first is the primary, the others are compared with it).")
+        seen.add(other.cache_id)
+    return primary, others

@@ -37,35 +37,12 @@ from __future__ import annotations
 import importlib.util
 import sys
 import weakref
-from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional
 
 import torch
 
-from debias.core.errors import InputError
-
-CPU_OFFLOAD_CHOICES = ("none", "model", "sequential")
-
-
-# --------------------------------------------------------------------------------------------- options
-@dataclass(frozen=True)
-class MemoryOptions:
-    """What to trade for memory; the defaults change nothing."""
-
-    cpu_offload: str = "none"  # "none" | "model" | "sequential"
-    vae_tiling: bool = False
-    vae_slicing: bool = False
-    attention_slicing: bool = False
-    adapt_batch: bool = False  # grow the batch to what the GPU's free memory holds (AdaptiveBatch)
-
-    def __post_init__(self) -> None:
-        if self.cpu_offload not in CPU_OFFLOAD_CHOICES:
-            raise InputError(f"--cpu-offload must be one of {', '.join(CPU_OFFLOAD_CHOICES)}, got {self.cpu_offload!r}: "
-                             "'model' moves one component at a time to the GPU (a little slower), 'sequential' one "
-                             "layer at a time (least memory, much slower).")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from debias.core.models import denoiser, find_cross_attention
+from debias.core.options import MemoryOptions  # noqa: F401 - the group is declared with the others; its code is here
 
 
 def apply_memory_options(pipe, options: MemoryOptions, *, device: str | torch.device | None = None,
@@ -113,8 +90,6 @@ def _vae_slicing(pipe) -> tuple[bool, str]:
 
 
 def _attention_slicing(pipe) -> tuple[bool, str]:
-    from debias.core.models import denoiser
-
     net = denoiser(pipe)
     if not hasattr(net, "set_attention_slice") or not hasattr(pipe, "enable_attention_slicing"):
         return False, (f"{type(net).__name__} has no sliced attention (diffusers offers it for UNets); its "
@@ -183,8 +158,6 @@ def _offload_device(pipe, device: str | torch.device | None) -> Optional[torch.d
 
 
 def _kv_modules(pipe) -> list[torch.nn.Module]:
-    from debias.core.models import find_cross_attention
-
     try:
         return [p.module for p in find_cross_attention(pipe)]
     except Exception:  # noqa: BLE001 - a pipeline debias cannot edit: nothing to keep resident

@@ -24,7 +24,9 @@ from debias.core.layers import (  # noqa: F401 - re-exported: where callers have
     EDITABLE_FAMILIES, KVProjection, TextProjection, conditioning_width, denoiser, find_cross_attention,
     find_text_projections, model_family, text_projections,
 )
+from debias.core.edit_state import edit_state
 from debias.core.errors import InputError, ModelLoadError
+from debias.core.profiles import builtin_model
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -50,8 +52,6 @@ def resolve_dtype(torch_dtype: Any) -> torch.dtype | None:
 
 def _builtin_dir(spec: str) -> Path | None:
     """The folder of the built-in model named ``spec`` (e.g. ``"mini"``), or None when ``spec`` names none."""
-    from debias.core.profiles import builtin_model
-
     profile = builtin_model(spec)
     if profile is None:
         return None
@@ -120,6 +120,28 @@ def quiet_loading() -> None:
 
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
+
+
+def hub_unreachable(repo_id: str, filename: str) -> str | None:
+    """Why the Hugging Face hub cannot be reached, from one request without retries; ``None`` if it answers.
+
+    On a network error huggingface_hub retries a file it has not cached with backoff (about 23 s a file, and
+    open_clip asks for two), so a machine without network and without HF_HUB_OFFLINE=1 would wait over a
+    minute for the error. One request tells the same at once; callers then read the cache only.
+    """
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.utils import HfHubHTTPError
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    try:
+        get_hf_file_metadata(hf_hub_url(repo_id, filename))
+    except (HfHubHTTPError, ValueError):
+        return None  # the hub answered (a missing file, a gated repo) or the id is malformed: the load reports it
+    except Exception as err:  # noqa: BLE001 - DNS, connection, proxy, TLS and timeout errors of the HTTP client
+        detail = str(err).splitlines()[0] if str(err) else ""
+        return f"{type(err).__name__}: {detail[:200]}" if detail else type(err).__name__
+    return None
 
 
 def load_pipeline(
@@ -244,8 +266,6 @@ def cached_revision(spec: str) -> str | None:
 def original_weights(pipe) -> dict[str, torch.Tensor]:
     """The unedited weights of the layers an edit changes, by module name (the saved originals if an edit is
     baked in). Raises :class:`~debias.core.errors.EditError` for a model no edit applies to."""
-    from debias.core.edit_state import edit_state
-
     saved = edit_state(pipe).originals
     if saved is not None:
         return dict(saved)
@@ -261,8 +281,6 @@ def fingerprint(pipe) -> str:
     an edit is baked the fingerprint still names the originals. A model no edit applies to (it can still be
     audited) is named by every weight of its denoiser, hashed once per pipeline.
     """
-    from debias.core.edit_state import edit_state
-
     if edit_state(pipe).originals is None and not _editable(pipe):
         return _whole_model_fingerprint(pipe)
     return _hash_weights(original_weights(pipe).items())
@@ -288,8 +306,6 @@ def _hash_weights(named: Any) -> str:
 def _whole_model_fingerprint(pipe) -> str:
     """The fingerprint of a model without editable layers: every parameter and buffer of its denoiser (of all
     its networks when it has no UNet or transformer), hashed once per pipeline."""
-    from debias.core.edit_state import edit_state
-
     state = edit_state(pipe)
     if state.fingerprint is None:
         try:

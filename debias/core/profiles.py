@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 from debias.core.errors import InputError
+from debias.core.prompts import TIMED_TEMPLATES, timed_professions
 
 # modules that define built-in profiles; imported on the first lookup (each calls register_profile)
 _BUILTIN_MODULES = ("debias.mini.profile",)
@@ -40,14 +41,10 @@ DEFAULT_SIDE_PROMPTS = (
 
 
 def _timed_templates():
-    from debias.core.prompts import TIMED_TEMPLATES
-
     return TIMED_TEMPLATES
 
 
 def _timed_professions() -> list:
-    from debias.core.prompts import timed_professions
-
     return timed_professions()
 
 

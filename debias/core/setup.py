@@ -1,4 +1,4 @@
-"""One setup for every verb: threads, processes, the model with its profile, the classifier, the sampler.
+"""One setup for every verb: threads, processes, the model with its profile, and the prompts it is judged on.
 
 ``audit``, ``fix`` and ``edit`` start the same way: set torch's thread count on purpose, learn whether this
 process is one of several (``accelerate launch``), load the model (or take a loaded pipeline) together with
@@ -16,15 +16,18 @@ from typing import Any, Optional
 
 import torch
 
-from debias.core.errors import InputError
 from debias.core.distributed import Distributed, distributed_from_env
-from debias.generation.generate import SamplerSettings, default_batch_size, default_settings
-from debias.core.memory import MemoryOptions, apply_memory_options
+from debias.core.errors import InputError
+from debias.core.memory import apply_memory_options
+from debias.core.models import (
+    cached_revision, fingerprint, hub_unreachable, load_pipeline, resolve_dtype, saved_profile, saved_record,
+)
+from debias.core.options import MemoryOptions, RuntimeOptions
+from debias.core.prompts import parse_professions, read_professions
+from debias.core.threads import set_threads
 from debias.core.profiles import (
     Profile, builtin_model, get_profile, profile_of_folder, profile_of_pipeline, profiles_of_class,
 )
-
-DEFAULT_MIN_CONFIDENCE = 0.6
 
 
 @dataclass
@@ -46,8 +49,6 @@ class LoadedModel:
         folder, a folder saved by ``--save-pipeline`` (which records its profile and defaults), a pipeline class
         a profile is made for (SD3, FLUX: :func:`~debias.core.profiles.profile_of_pipeline`), or anything else (the
         default profile)."""
-        from debias.core.models import saved_profile, saved_record
-
         source = getattr(pipe, "name_or_path", None) or None
         folder = Path(os.path.expanduser(source)) if source else None
         builtin = profile_of_folder(folder) if folder is not None and folder.is_dir() else None
@@ -61,8 +62,6 @@ class LoadedModel:
 
     def info(self) -> dict[str, Any]:
         """What a run record says about the model: spec, fingerprint, revision, profile (and where it came from)."""
-        from debias.core.models import fingerprint
-
         return {"spec": self.spec, "fingerprint": fingerprint(self.pipe), "revision": self.revision,
                 "profile": self.profile.name, "profile_source": self.profile_source, "class": type(self.pipe).__name__,
                 **({"memory": list(self.memory_applied)} if self.memory_applied else {})}
@@ -83,8 +82,6 @@ def load_model(model: Any, *, allow_pickle: bool = False, dist: Distributed | No
     half precision gains nothing (the built-in model), else on the CPU in float32. A loaded model is moved when
     ``device``/``dtype`` are given.
     """
-    from debias.core.models import load_pipeline, resolve_dtype
-
     if isinstance(model, LoadedModel) or not isinstance(model, str):
         loaded = model if isinstance(model, LoadedModel) else LoadedModel.of(model)
         if device is not None or dtype is not None:
@@ -114,8 +111,6 @@ def gpu_dtype(spec: str, revision: str | None = None) -> torch.dtype | None:
 
 
 def _profiles_before_loading(spec: str, revision: str | None) -> list[Profile]:
-    from debias.core.models import saved_profile
-
     builtin = builtin_model(spec)
     if builtin is not None:
         return [builtin]
@@ -144,8 +139,6 @@ def _hub_model_index(spec: str, revision: str | None) -> Path | None:
     retries says the hub answers (huggingface_hub retries an unreachable hub for about 23 s a file)."""
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
-    from debias.classify.clip_backends import hub_unreachable
-
     cached = try_to_load_from_cache(spec, "model_index.json", revision=revision)
     if isinstance(cached, str):
         return Path(cached)
@@ -155,8 +148,6 @@ def _hub_model_index(spec: str, revision: str | None) -> Path | None:
 
 
 def _hub_revision(spec: str) -> str | None:
-    from debias.core.models import cached_revision
-
     if builtin_model(spec) is not None or Path(os.path.expanduser(spec)).exists():
         return None
     return cached_revision(spec)
@@ -170,63 +161,8 @@ def default_device(dist: Distributed) -> str:
 
 
 # ------------------------------------------------------------------------------------------- defaults
-@dataclass(frozen=True)
-class RunOptions:
-    """The options audit and fix share for generating and classifying images (None: the default)."""
-
-    classifier: Any = None
-    labels_female: Optional[tuple[str, ...]] = None
-    labels_male: Optional[tuple[str, ...]] = None
-    labels_none: Optional[tuple[str, ...]] = None
-    min_confidence: Optional[float] = None
-    steps: Optional[int] = None
-    guidance: Optional[float] = None
-    height: Optional[int] = None
-    width: Optional[int] = None
-    batch_size: Optional[int] = None
-
-    def filled(self, model: LoadedModel) -> "RunOptions":
-        """Unset options taken from a saved fixed model's record; ``min_confidence`` 0.6 when nobody says."""
-        saved = model.audit_defaults
-
-        def pick(key: str):
-            given = getattr(self, key)
-            return given if given is not None else saved.get(key)
-
-        confidence = pick("min_confidence")
-        return RunOptions(classifier=pick("classifier"), labels_female=self.labels_female,
-                          labels_male=self.labels_male, labels_none=self.labels_none,
-                          min_confidence=DEFAULT_MIN_CONFIDENCE if confidence is None else confidence,
-                          steps=pick("steps"), guidance=pick("guidance"), height=pick("height"), width=pick("width"),
-                          batch_size=self.batch_size)
-
-
-def sampler_settings(model: LoadedModel, opts: RunOptions) -> tuple[SamplerSettings, int]:
-    """The sampler settings and batch size: the user's, else a saved model's, else the profile's."""
-    settings = default_settings(model.pipe, model.profile.sampler, steps=opts.steps, guidance=opts.guidance,
-                                height=opts.height, width=opts.width,
-                                scheduler=model.audit_defaults.get("scheduler"))
-    batch = opts.batch_size or default_batch_size(model.pipe, model.profile.sampler, settings)
-    return settings, batch
-
-
-def classifier_for(model: LoadedModel, opts: RunOptions):
-    """A loaded classifier passes through; a spec (or None: the profile's) loads on the pipeline's device."""
-    if opts.classifier is not None and not isinstance(opts.classifier, str):
-        return opts.classifier
-    from debias.classify.zero_shot import load_classifier
-
-    device = getattr(model.pipe, "device", None)
-    return load_classifier(opts.classifier or model.profile.classifier, labels_female=opts.labels_female,
-                           labels_male=opts.labels_male, labels_none=opts.labels_none,
-                           min_confidence=opts.min_confidence,
-                           device=device if isinstance(device, torch.device) else None)
-
-
 def professions_for(model: LoadedModel, professions) -> list:
     """The list to work on: given entries (or phrases such as "a nurse"), a list file, or the profile's default."""
-    from debias.core.prompts import parse_professions, read_professions
-
     if professions is None:
         return model.profile.default_professions()
     if isinstance(professions, (str, os.PathLike)):
@@ -259,17 +195,16 @@ class Setup:
     model: LoadedModel
 
 
-def start(model: Any, *, threads: int | None = None, allow_pickle: bool = False, device: str | None = None,
-          dtype: str | torch.dtype | None = None, memory: MemoryOptions | None = None) -> Setup:
+def start(model: Any, runtime: RuntimeOptions | None = None, memory: MemoryOptions | None = None) -> Setup:
     """Threads, processes and the model, in that order (the thread count must be set before torch works); then
     the ``memory`` options, after the model is on its device (diffusers refuses to move an offloaded one)."""
-    from debias.core.threads import set_threads
-
-    n_threads = set_threads(threads)
+    runtime = runtime or RuntimeOptions()
+    n_threads = set_threads(runtime.threads)
     dist = distributed_from_env()
-    loaded = load_model(model, allow_pickle=allow_pickle, dist=dist, device=device, dtype=dtype)
+    loaded = load_model(model, allow_pickle=runtime.allow_pickle, dist=dist, device=runtime.device,
+                        dtype=runtime.dtype)
     if memory is not None and memory != MemoryOptions():
         loaded.memory = memory
-        loaded.memory_applied = tuple(apply_memory_options(loaded.pipe, memory, device=device))
+        loaded.memory_applied = tuple(apply_memory_options(loaded.pipe, memory, device=runtime.device))
     loaded.say_profile()
     return Setup(threads=n_threads, dist=dist, model=loaded)

@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from debias import __version__
-
-from debias.stats import binary as stats
 from debias.core.attributes import GENDER, Attribute
-from debias.generation.cache import edit_id
+from debias.core.environment import hardware_info, package_versions
 from debias.fixing.kclass import ALREADY, ClassEdit, edit_of
 from debias.fixing.kclass_record import attribute_fixes, edit_status
 from debias.fixing.options import JOINT_PIN_LAMBDA_RELATIVE, NOT_TARGETED, TUNING_SEED_OFFSET
+from debias.generation.cache import edit_id
 from debias.results.records import AuditResult, FixResult, ProfessionAudit, ProfessionFix
+from debias.stats import binary as stats
 
 FIX_STAGES = ("before", "tuning", "joint", "after", "side_effects")
 
@@ -140,8 +140,6 @@ def fix_record(run, opts, fixed: Sequence[Attribute], edits: Sequence[ClassEdit]
                started: datetime, wall: float) -> FixResult:
     """``fix.json``: the settings, the edit, before/after per profession with intervals, side effects, images;
     gender's rows always (fixed or measured), and an ``attribute_fixes`` block when another attribute is fixed."""
-    from debias.verbs.audit import hardware_info, package_versions
-
     tolerance, settings, out = opts.tolerance, run.settings, run.out
     rows = []
     for e in edits:

@@ -28,6 +28,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from debias.core.edit_state import edit_state
+from debias.core.io import atomic_write
+from debias.core.models import find_cross_attention, fingerprint
+
 CACHE_VERSION = 1
 
 
@@ -48,9 +52,6 @@ def edit_id(M: torch.Tensor | None) -> str | None:
 def model_key(pipe) -> str:
     """What identifies the model's weights for the cache: its fingerprint, plus the current K/V
     weights when an edit has been baked in (the fingerprint names the *original* weights)."""
-    from debias.core.edit_state import edit_state
-    from debias.core.models import find_cross_attention, fingerprint
-
     state = edit_state(pipe)
     baked = state.originals is not None
     if state.fingerprint is None:
@@ -132,8 +133,6 @@ class ImageCache:
     def put_images(self, records: Sequence[dict], images: np.ndarray) -> None:
         """Write PNGs atomically, then their index records (so a record never points at nothing)."""
         from PIL import Image
-
-        from debias.core.io import atomic_write
 
         for rec, img in zip(records, images):
             atomic_write(self.image_path(rec["key"]), lambda p, img=img: Image.fromarray(img).save(p, format="PNG"))

@@ -26,7 +26,6 @@ The cache itself (keys, PNGs, index) is :mod:`debias.generation.cache`.
 
 from __future__ import annotations
 
-import inspect
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Iterable, Sequence
@@ -34,10 +33,14 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from debias.generation.cache import ImageCache, edit_id, item_key, model_key
 from debias.core.distributed import Distributed
 from debias.core.errors import GenerationError, InputError
 from debias.core.memory import AdaptiveBatch, execution_device, vae_tiles
+from debias.core.models import check_text_to_image
+from debias.core.options import GenerationOptions
+from debias.core.pipeline import call_arguments, pipeline_options
+from debias.editing.apply import conditioning_transform
+from debias.generation.cache import ImageCache, edit_id, item_key, model_key
 
 """Defaults for real models: a multistep DPM-Solver at 25 steps and classifier-free guidance 7.5."""
 
@@ -108,8 +111,6 @@ def default_settings(
     Raises:
         InputError: a pipeline that cannot be audited (:func:`~debias.core.models.check_text_to_image`), a bad size.
     """
-    from debias.core.models import check_text_to_image
-
     check_text_to_image(pipe)
     native = default_resolution(pipe)
     if steps is not None and steps < 1:
@@ -142,6 +143,17 @@ def default_batch_size(pipe, sampler: Any, settings: SamplerSettings | None = No
         return 4
     area = (settings.height * settings.width) if settings is not None else 512 * 512
     return int(min(max(8 * 512 * 512 // area, 1), 32))
+
+
+def sampler_settings(model, options: GenerationOptions) -> tuple[SamplerSettings, int]:
+    """The sampler settings and batch size of a run on ``model`` (a :class:`~debias.core.setup.LoadedModel`): the
+    user's ``options``, else what a saved fixed model records, else the model profile's."""
+    filled = options.filled(model.audit_defaults)
+    settings = default_settings(model.pipe, model.profile.sampler, steps=filled.steps, guidance=filled.guidance,
+                                height=filled.height, width=filled.width,
+                                scheduler=model.audit_defaults.get("scheduler"))
+    batch = options.batch_size or default_batch_size(model.pipe, model.profile.sampler, settings)
+    return settings, batch
 
 
 def _profile_scheduler(pipe, name: str | None) -> str:
@@ -204,47 +216,6 @@ def generate_images(pipe, prompts: Sequence[str], seeds: Sequence[int], settings
     throughput, so the tool batches and the cache key leaves batch size out.
     """
     return _pipeline_call(pipe, prompts, seeds, settings)[0]
-
-
-PIPELINE_OPTIONS: dict[str, Any] = {"use_resolution_binning": False, "clean_caption": False}
-"""Call options fixed for every pipeline whose ``__call__`` takes them (PixArt's); see :func:`pipeline_options`."""
-
-
-def pipeline_options(pipe) -> dict[str, Any]:
-    """The :data:`PIPELINE_OPTIONS` this pipeline's ``__call__`` names (none for Stable Diffusion).
-
-    Generation and the edit's prompt capture (:func:`debias.editing.encode_conditioning`) both call the
-    pipeline with these, so an edit is computed from exactly the text and the size that generation uses:
-
-    * ``use_resolution_binning=False``: PixArt would otherwise round the requested size to the nearest
-      entry of its aspect-ratio table (and raise ``Invalid sample size`` for a transformer with no table);
-      the image is made at the height and width the cache key records.
-    * ``clean_caption=False``: caption cleaning needs beautifulsoup4 and ftfy (without them diffusers
-      warns on every call and skips it) and rewrites the text (URLs, punctuation, …), so the encoded text
-      would depend on which optional packages are installed. Without it PixArt encodes
-      ``prompt.lower().strip()``.
-    * ``max_sequence_length``: the T5 token count a family's profile names (``Sampler.text_length``;
-      FLUX.1-schnell: 256, as its card says), where the pipeline takes it; else the pipeline's own.
-    """
-    from debias.core.profiles import profile_of_pipeline
-
-    accepted = inspect.signature(pipe.__call__).parameters
-    options = {name: value for name, value in PIPELINE_OPTIONS.items() if name in accepted}
-    profile = profile_of_pipeline(pipe)
-    if profile is not None and profile.sampler.text_length and "max_sequence_length" in accepted:
-        options["max_sequence_length"] = profile.sampler.text_length
-    return options
-
-
-def call_arguments(pipe, **arguments: Any) -> dict[str, Any]:
-    """``arguments`` and :func:`pipeline_options`, less those the pipeline's ``__call__`` does not take.
-
-    Generation passes the same options to every pipeline; one without, say, ``guidance_scale`` gets the others
-    (its guidance is its own). A ``__call__`` that takes ``**kwargs`` is given everything."""
-    parameters = inspect.signature(pipe.__call__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return {**arguments, **pipeline_options(pipe)}
-    return {k: v for k, v in arguments.items() if k in parameters} | pipeline_options(pipe)
 
 
 def _pipeline_call(pipe, prompts, seeds, settings) -> tuple[np.ndarray, list[bool]]:
@@ -391,8 +362,6 @@ def _smaller_batch(batch_size: int, settings: SamplerSettings, err: BaseExceptio
 def _generate(pipe, prompts, seeds, settings, edit) -> tuple[np.ndarray, list[bool]]:
     if edit is None:
         return _pipeline_call(pipe, prompts, seeds, settings)
-    from debias.editing import conditioning_transform
-
     with conditioning_transform(pipe, edit):
         return _pipeline_call(pipe, prompts, seeds, settings)
 

@@ -8,20 +8,17 @@ from __future__ import annotations
 
 from functools import partial
 
-from debias.mini import CLASSIFIER_DIR, PIPELINE_DIR, SAMPLER, V2_CLASSIFIER_DIR, V2_PIPELINE_DIR, world, world2
 from debias.core.profiles import Profile, Sampler, register_profile
+from debias.core.prompts import ProfessionEntry, TemplateSet
+from debias.mini import CLASSIFIER_DIR, PIPELINE_DIR, SAMPLER, V2_CLASSIFIER_DIR, V2_PIPELINE_DIR, world, world2
 
 
 def _templates():
     """Tune on every photo template the world knows (its augmentations); its other templates are the test set."""
-    from debias.core.prompts import TemplateSet
-
     return TemplateSet(tuning=tuple(world.AUGMENTATIONS), test=tuple(world.TEST_TEMPLATES))
 
 
 def _professions(w=world) -> list:
-    from debias.core.prompts import ProfessionEntry
-
     return [ProfessionEntry(p.phrase, None, f"{w.__name__}:{p.name}") for p in w.PROFESSIONS]
 
 

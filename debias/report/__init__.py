@@ -17,7 +17,7 @@ page and its twins), ``build``.
 
 Human labels added after a run (``debias label``) reach the page through the results: before rendering,
 :func:`render_report` recomputes each audit's ``validity`` block from the labels in its folder and records it in
-``audit.json`` (:func:`debias.validity.refresh_validity`); the page then shows what the results hold.
+``audit.json`` (:func:`debias.results.validity.refresh_validity`); the page then shows what the results hold.
 """
 
 from debias.report.build import build_report, render_report

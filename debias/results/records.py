@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from debias.core.errors import InputError
+from debias.core.io import atomic_write_text
+from debias.results.summaries import print_audit, print_fix
 
 AUDIT_CSV_COLUMNS = ("profession", "phrase", "target", "n", "n_female", "n_male", "n_unclear", "share_female",
                      "ci_low", "ci_high", "p_value", "delta", "within_band", "planted_share", "oracle_share",
@@ -115,8 +117,6 @@ class _JsonFile:
 
     def save(self, out: str | os.PathLike) -> Path:
         """Write the result's file into the run folder ``out``, atomically."""
-        from debias.core.io import atomic_write_text
-
         return atomic_write_text(Path(out) / self.FILE, self.to_json())
 
 
@@ -257,8 +257,6 @@ class AuditResult(_JsonFile):
     def save(self, out: str | os.PathLike) -> Path:
         """``audit.json`` (everything), ``audit.csv`` (one row per profession) and, with attributes or intersections,
         ``audit_attributes.csv`` / ``audit_intersections.csv``, atomically (a stale one of an earlier run is removed)."""
-        from debias.core.io import atomic_write_text
-
         atomic_write_text(Path(out) / "audit.csv", self.to_csv())
         for name, text in (("audit_attributes.csv", self.attributes_csv()),
                            ("audit_intersections.csv", self.intersections_csv())):
@@ -269,8 +267,6 @@ class AuditResult(_JsonFile):
         return super().save(out)
 
     def print_summary(self, file=None) -> None:
-        from debias.results.summaries import print_audit
-
         print_audit(self, file or sys.stdout)
 
 
@@ -508,6 +504,4 @@ class FixResult(_JsonFile):
         return AuditResult.from_json(run_dir / self.before), AuditResult.from_json(run_dir / self.after)
 
     def print_summary(self, file=None) -> None:
-        from debias.results.summaries import print_fix
-
         print_fix(self, file or sys.stdout)

@@ -7,6 +7,8 @@ from typing import Optional, TextIO
 from rich.console import Console
 from rich.table import Table
 
+from debias.validity.record import commands_for
+
 
 def fmt(x: Optional[float], digits: int = 2) -> str:
     return "—" if x is None else f"{x:.{digits}f}"
@@ -85,8 +87,6 @@ def _print_intersection(console: Console, section: dict) -> None:
 
 def _print_validity(console: Console, v: Optional[dict], run_dir: str) -> None:
     """The human labels' verdict on the shares, or how to get one."""
-    from debias.validity.record import commands_for
-
     if not v:
         return
     if not v["has_labels"]:

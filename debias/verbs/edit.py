@@ -10,11 +10,16 @@ from typing import Any, Sequence
 
 import torch
 
+from debias import __version__
+from debias.core.errors import InputError
+from debias.core.models import find_cross_attention
+from debias.core.options import RuntimeOptions, gather
 from debias.core.profiles import DEFAULT_MODEL
+from debias.core.setup import start
 from debias.editing.apply import bake_edit
 from debias.editing.files import save_edit, save_pipeline as write_pipeline
 from debias.editing.tokens import DEFAULT_AUGMENTATIONS, edit_from_prompts
-from debias.core.errors import InputError
+from debias.report.card import write_model_card
 
 
 @dataclass
@@ -48,24 +53,21 @@ def edit(
     augmentations: Sequence[str] = DEFAULT_AUGMENTATIONS,
     out: str | os.PathLike = "edit.safetensors",
     save_pipeline: str | os.PathLike | None = None,
-    device: str | None = None,
-    dtype: str | torch.dtype | None = None,
-    threads: int | None = None,
-    allow_pickle: bool = False,
+    runtime: RuntimeOptions | None = None,
     progress: bool = False,
+    **options: Any,
 ) -> EditResult:
     """Edit ``model`` so each source prompt reads like its destination, with one λ; write the edit file ``out``.
 
     Give exactly one of ``lam`` (the solver's units; TIME uses 0.1 on SD 1.4) and ``lam_relative`` (λ over the
     mean squared norm of the source rows, comparable across models). ``save_pipeline`` also writes the edited
     model as a diffusers folder. The matrix is solved in float64; the file's weights are in the model's dtype.
+    ``runtime`` (:class:`debias.core.options.RuntimeOptions`: device, dtype, threads, allow_pickle; or each as a
+    keyword) says where the model runs.
     """
-    from debias import __version__
-    from debias.core.models import find_cross_attention
-    from debias.core.setup import start
-
+    runtime = gather({"runtime": runtime}, options, {"runtime": RuntimeOptions}, "edit")["runtime"]
     _check_edit_options(pairs, lam, lam_relative)
-    loaded = start(model, threads=threads, allow_pickle=allow_pickle, device=device, dtype=dtype).model
+    loaded = start(model, runtime).model
     pipe = loaded.pipe
     M, info = edit_from_prompts(pipe, list(pairs), lam=lam, lam_relative=lam_relative, augmentations=augmentations,
                                 progress=progress)
@@ -78,7 +80,7 @@ def edit(
                         model=loaded.spec, pairs=[(s, d) for s, d in pairs])
     if save_pipeline is not None:
         bake_edit(pipe, M)
-        result.pipeline = write_pipeline(pipe, save_pipeline, metadata={
+        result.pipeline = write_pipeline(pipe, save_pipeline, card=write_model_card, metadata={
             "kind": "edited_pipeline", "debias_version": __version__, "base_model": loaded.info(),
             "profile": loaded.profile.name, **metadata})
     return result

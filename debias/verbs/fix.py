@@ -5,37 +5,38 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
 
-import torch
-
 from debias.core.attributes import GENDER, Attribute, resolve_attribute
 from debias.core.errors import InputError
-from debias.core.memory import MemoryOptions
-from debias.core.profiles import DEFAULT_MODEL
-from debias.fixing.options import (
-    DEFAULT_CHECK_IMAGES, DEFAULT_JOINT_ROUNDS, DEFAULT_MAX_DRIFT, DEFAULT_SIDE_SEEDS,
-    DEFAULT_TEST_IMAGES, FixOptions, check_options,
+from debias.core.options import (
+    ClassifierOptions, GenerationOptions, MemoryOptions, PromptOptions, RuntimeOptions, SearchOptions, gather,
 )
+from debias.core.profiles import DEFAULT_MODEL
+from debias.core.prompts import read_professions, templates_from_option
 from debias.fixing.engine import Engine
+from debias.fixing.options import FixOptions, check_options
 from debias.fixing.record import edit_metadata, fix_record, image_counts, nothing_edited
 from debias.fixing.ship import ship_and_judge
-from debias.fixing.steps import audit_extra, audits_before, edited_attribute, plan_edits, read_classes, setup
-from debias.core.prompts import read_professions, templates_from_option
+from debias.fixing.steps import audits_before, edited_attribute, plan_edits, read_classes, setup
 from debias.report import render_report
 from debias.results.records import FixResult
+
+FIX_GROUPS = {"prompts": PromptOptions, "generation": GenerationOptions, "classification": ClassifierOptions,
+              "search": SearchOptions, "memory": MemoryOptions, "runtime": RuntimeOptions}
 
 
 def fix_run(run, opts: FixOptions, fixed: Sequence[Attribute], started: datetime, t0: float) -> FixResult:
     """The whole fix on a set-up run: audits before, the engine's rounds, the shipped edit judged; ``fix.json``."""
     attribute = edited_attribute(fixed)
-    before, tuning = audits_before(run, opts, fixed)
+    before, tuning = audits_before(run, opts)
     edits = plan_edits(run, opts, attribute, tuning)
     engine = Engine(run, opts, edits, lambda a, results: read_classes(run, a, results))
     M = engine.run_rounds()
     metadata = edit_metadata(edits, engine.preserve, opts, run) if M is not None else None
-    after, side = ship_and_judge(run, opts, M, metadata, nothing_edited(edits), **audit_extra(fixed))
+    after, side = ship_and_judge(run, opts, M, metadata, nothing_edited(edits))
     return fix_record(run, opts, fixed, edits, before, tuning, after, side, M, engine.preserve,
                       image_counts(run.cache, run.used), started, time.perf_counter() - t0)
 
@@ -64,51 +65,29 @@ def _echo(msg: str) -> None:
 def fix(
     model: Any = DEFAULT_MODEL,
     *,
-    professions: str | os.PathLike | Sequence[Any] | None = None,
     out: str | os.PathLike = "runs/fix",
-    target: float = 0.5,
-    tolerance: float = 0.05,
-    budget: int | None = None,
-    test_images: int = DEFAULT_TEST_IMAGES,
-    check_images: int = DEFAULT_CHECK_IMAGES,
-    joint_rounds: int = DEFAULT_JOINT_ROUNDS,
-    tuning_templates: Sequence[str] | None = None,
-    templates: Sequence[str] | None = None,
-    preserve: Sequence[str] | str | os.PathLike | None = None,
-    preserve_strength: float = 1.0,
-    anchor_strength: float | None = None,
-    side_prompts: Sequence[str] | None = None,
-    side_seeds: int = DEFAULT_SIDE_SEEDS,
-    seed: int = 0,
-    classifier: Any = None,
-    labels_female: Sequence[str] | None = None,
-    labels_male: Sequence[str] | None = None,
-    labels_none: Sequence[str] | None = None,
-    min_confidence: float | None = None,
-    steps: int | None = None,
-    guidance: float | None = None,
-    height: int | None = None,
-    width: int | None = None,
-    device: str | None = None,
-    dtype: str | torch.dtype | None = None,
-    memory: MemoryOptions | None = None,
     attributes: Sequence[str | Attribute] | None = None,
-    batch_size: int | None = None,
-    threads: int | None = None,
     save_pipeline: str | os.PathLike | None = None,
-    allow_pickle: bool = False,
-    max_drift: float | None = DEFAULT_MAX_DRIFT,
+    prompts: PromptOptions | None = None,
+    generation: GenerationOptions | None = None,
+    classification: ClassifierOptions | None = None,
+    search: SearchOptions | None = None,
+    memory: MemoryOptions | None = None,
+    runtime: RuntimeOptions | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = _echo,
+    **options: Any,
 ) -> FixResult:
     """Fix a model's gender shares per profession; writes the run folder ``out`` and returns the result (``fix.json``).
 
-    ``budget`` bounds the images per profession on the tuning side, the tuning audit (``check_images``) and the
-    ``joint_rounds`` rounds of :mod:`debias.fixing.engine` (never exceeded; None: 320 per class beyond the first).
+    The option groups are those of :func:`debias.audit` (``prompts``, ``generation``, ``classification``,
+    ``memory``, ``runtime``) and ``search`` (:class:`debias.fixing.options.SearchOptions`); each field may also be
+    given as a keyword of its own (``budget=480``, ``steps=20``). In ``search``: ``budget`` bounds the images per
+    profession on the tuning side, the tuning audit (``check_images``) and the ``joint_rounds`` rounds of
+    :mod:`debias.fixing.engine` (never exceeded; None: 320 per class beyond the first).
     ``tuning_templates`` are the prompts the strengths are tuned on (default: the model family's validation
-    templates); image i of a profession uses template i mod their number, so every round pools them. ``templates`` are
-    the held-out test prompts the before and after audits judge on (default: the profile's test templates); the
-    classifier, label prompts and sampler options mean what they mean for :func:`debias.audit`. ``preserve`` is a
+    templates); image i of a profession uses template i mod their number, so every round pools them. ``prompts.templates``
+    are the held-out test prompts the before and after audits judge on (default: the profile's test templates). ``preserve`` is a
     list of prompts (or a file, one per line) to keep where they are (UCE-style, c* = c); the professions
     left unedited are always preserved. ``anchor_strength`` weighs the anchors (the bare augmentation templates and
     the empty prompt, kept fixed by every edit, in the rounds and in the one that ships; 0 turns them off; None: the model
@@ -124,27 +103,35 @@ def fix(
     uniform (gender: ``target``). ``fix.json`` then holds ``attribute_fixes``.
     """
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
-    check_options(target, tolerance, budget, test_images, check_images, joint_rounds, side_seeds, anchor_strength)
+    groups = gather({"prompts": prompts, "generation": generation, "classification": classification,
+                     "search": search, "memory": memory, "runtime": runtime}, options, FIX_GROUPS, "fix")
+    check_options(groups["prompts"], groups["search"])
     # read before loading anything, so a typo fails in a second, not after a download
     fixed = fixed_attributes(attributes)
-    if isinstance(professions, (str, os.PathLike)):  # its targets may name an attribute file's attribute
-        professions = read_professions(professions, [a for a in fixed if a.name != "gender"])
-    if tuning_templates:
-        tuning_templates = templates_from_option(list(tuning_templates), "--tuning-templates")
-    if templates:
-        templates = templates_from_option(list(templates))
-    opts = FixOptions(
-        professions=professions, out=out, target=target, tolerance=tolerance, budget=budget, test_images=test_images,
-        check_images=check_images, joint_rounds=joint_rounds, tuning_templates=tuning_templates, templates=templates,
-        preserve=preserve, preserve_strength=preserve_strength, anchor_strength=anchor_strength, side_prompts=side_prompts,
-        side_seeds=side_seeds, seed=seed, classifier=classifier, labels_female=labels_female,
-        labels_male=labels_male, labels_none=labels_none, min_confidence=min_confidence, steps=steps,
-        guidance=guidance, height=height, width=width, device=device, dtype=dtype, memory=memory, batch_size=batch_size,
-        threads=threads, save_pipeline=save_pipeline, allow_pickle=allow_pickle,
-        max_drift=max_drift, progress=progress)
+    opts = FixOptions(prompts=_read_prompts(groups["prompts"], fixed),
+                      search=_read_search(groups["search"]), generation=groups["generation"],
+                      classification=groups["classification"], memory=groups["memory"], runtime=groups["runtime"],
+                      out=out, save_pipeline=save_pipeline, progress=progress)
     opts = opts.with_budget_for(edited_attribute(fixed).k)  # checked before anything loads
-    run, opts = setup(model, opts, log or (lambda _m: None))
+    run, opts = setup(model, opts, fixed, log or (lambda _m: None))
     result = fix_run(run, opts, fixed, started, t0)
     result.save(run.out)
     render_report([run.out])
     return result
+
+
+def _read_prompts(prompts: PromptOptions, fixed: Sequence[Attribute]) -> PromptOptions:
+    """The profession list file read now (its targets may name an attribute file's attribute) and the test
+    templates checked."""
+    professions = prompts.professions
+    if isinstance(professions, (str, os.PathLike)):
+        professions = read_professions(professions, [a for a in fixed if a.name != "gender"])
+    templates = templates_from_option(list(prompts.templates)) if prompts.templates else prompts.templates
+    return replace(prompts, professions=professions, templates=templates)
+
+
+def _read_search(search: SearchOptions) -> SearchOptions:
+    """The tuning templates checked (or read from their file)."""
+    if not search.tuning_templates:
+        return search
+    return replace(search, tuning_templates=templates_from_option(list(search.tuning_templates), "--tuning-templates"))
