@@ -314,13 +314,16 @@ def uce_loop(entries, out: Path, threads: int | None, target: float, defaults: d
     from debias.editing import revert_edit, save_pipeline
     from debias.generation.cache import ImageCache
     from debias.mini import SAMPLER
-    from debias.core.setup import LoadedModel, RunOptions, classifier_for, sampler_settings, start
+    from debias.classify.zero_shot import load_classifiers
+    from debias.core.options import ClassifierOptions, GenerationOptions, RuntimeOptions
+    from debias.core.setup import LoadedModel, start
+    from debias.generation.generate import sampler_settings
 
-    loaded = start("mini", threads=threads).model
+    loaded = start("mini", RuntimeOptions(threads=threads)).model
     cpu0, wall0 = time.process_time(), time.perf_counter()
     pipe = loaded.pipe
-    clf = classifier_for(loaded, RunOptions().filled(loaded))
-    settings, _ = sampler_settings(loaded, RunOptions())
+    clf = load_classifiers(loaded, ClassifierOptions().filled(loaded.audit_defaults))[0]
+    settings, _ = sampler_settings(loaded, GenerationOptions())
     cache = ImageCache(out)
     concepts = build_concepts(pipe, entries, target)
     images, iterations, status = 0, 0, "iterations_exhausted"

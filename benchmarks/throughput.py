@@ -174,17 +174,20 @@ def determinism(model, items, batch_sizes: tuple[int, ...], by_hand: dict) -> di
 
 
 def load_mini() -> dict:
-    from debias.core.setup import RunOptions, classifier_for, load_model, sampler_settings
+    from debias.classify.zero_shot import load_classifiers
+    from debias.core.options import ClassifierOptions, GenerationOptions
+    from debias.core.setup import load_model
+    from debias.generation.generate import sampler_settings
 
     loaded = load_model("mini")
-    opts = RunOptions().filled(loaded)
-    settings, batch = sampler_settings(loaded, opts)
+    settings, batch = sampler_settings(loaded, GenerationOptions())
     use_scheduler(loaded.pipe, settings.scheduler)
     from debias.core.prompts import profession_prompts
 
     templates = loaded.profile.template_set().test
     prompts = [p for e in loaded.profile.default_professions() for p in profession_prompts(e, templates)]
-    return {"pipe": loaded.pipe, "classifier": classifier_for(loaded, opts), "settings": settings, "batch": batch,
+    classifier = load_classifiers(loaded, ClassifierOptions().filled(loaded.audit_defaults))[0]
+    return {"pipe": loaded.pipe, "classifier": classifier, "settings": settings, "batch": batch,
             "oracle": loaded.profile.oracle, "prompts": prompts, "describe": "built-in mini model, mini CLIP"}
 
 
