@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import debias.fixing.ship
+import debias.fixing.steps
+import debias.generation.generate
 import debias.verbs.audit
 from audit_helpers import HalfClassifier, load_tiny, tiny_folders
 from debias.verbs.fix import fix
@@ -28,7 +31,7 @@ def _list(tmp_path: Path, text: str = "a nurse\na pilot\n") -> Path:
 
 def _poison_test_audit(monkeypatch, share: float) -> None:
     """Make the before audit on the held-out test prompts report ``share`` for every profession."""
-    real = debias.verbs.audit.audit
+    real = debias.fixing.steps.audit_stage
 
     def poisoned(*args, **kwargs):
         result = real(*args, **kwargs)
@@ -38,7 +41,7 @@ def _poison_test_audit(monkeypatch, share: float) -> None:
                 row.delta = abs(share - row.target) * 2
         return result
 
-    monkeypatch.setattr(debias.verbs.audit, "audit", poisoned)
+    monkeypatch.setattr(debias.fixing.steps, "audit_stage", poisoned)
 
 
 def _decisions(record: dict) -> list:
@@ -102,14 +105,15 @@ def test_after_audit_judges_the_edit_file_loaded_into_the_weights(tmp_path, monk
     pipe, _ = load_tiny()
     loaded, transforms = [], []
     real_load, real_transform = editing.load_edit, editing.conditioning_transform
-    monkeypatch.setattr(editing, "load_edit", lambda p, path, **kw: (loaded.append(Path(path)), real_load(p, path,
-                                                                                                          **kw))[1])
+    # the seams: the fix loads its edit file in debias.fixing.ship, generation tries an edit in debias.generation
+    monkeypatch.setattr(debias.fixing.ship, "load_edit",
+                        lambda p, path, **kw: (loaded.append(Path(path)), real_load(p, path, **kw))[1])
 
     def counting_transform(p, M):
         transforms.append(len(loaded))
         return real_transform(p, M)
 
-    monkeypatch.setattr(editing, "conditioning_transform", counting_transform)
+    monkeypatch.setattr(debias.generation.generate, "conditioning_transform", counting_transform)
     record = fix(pipe, professions=_list(tmp_path), classifier=HalfClassifier(), out=tmp_path / "run", **QUICK).to_dict()
     assert loaded == [tmp_path / "run" / "edit.safetensors"]
     assert transforms and max(transforms) == 0  # every transformed candidate came before the edit file was loaded

@@ -188,12 +188,13 @@ def test_measure_adapts_the_batch_and_still_halves_on_out_of_memory(tmp_path: Pa
 
 
 def test_start_applies_the_memory_options_and_the_run_record_names_them() -> None:
+    from debias.core.options import RuntimeOptions
     from debias.core.setup import start
 
-    plain = start(tiny_sd1(), threads=1).model
+    plain = start(tiny_sd1(), RuntimeOptions(threads=1)).model
     assert plain.memory == MemoryOptions() and "memory" not in plain.info()  # default records stay as they were
 
     options = MemoryOptions(vae_slicing=True, attention_slicing=True, adapt_batch=True)
-    loaded = start(tiny_sd1(), threads=1, memory=options).model
+    loaded = start(tiny_sd1(), RuntimeOptions(threads=1), options).model
     assert loaded.memory.adapt_batch and loaded.pipe.vae.use_slicing
     assert len(loaded.info()["memory"]) == 3 and any("adapts" in note for note in loaded.info()["memory"])
