@@ -215,7 +215,11 @@ def test_fix_skin_measures_gender_before_and_after_as_held(tmp_path: Path) -> No
                                  "of their skin targets")
     assert conclusion.index("skin mean Δ") < conclusion.index("Gender, which this fix did not edit")
     assert 'data-key="summary.fixed_attributes.0.mean_delta_after"' in html
-    assert "Gender: measured, not edited by this fix" in html
+    assert "Gender: measured, not edited by this fix" in html and "<title>Skin fix: before and after" in html
+    assert "Gender, which this fix did not edit: after the edit, " in conclusion
+    card = (tmp_path / "run" / "report.md").read_text()
+    assert f"**skin mean Δ (edited): {skin.mean_delta_before:.3f} → {skin.mean_delta_after:.3f}**" in card
+    assert card.index("skin mean Δ (edited)") < card.index("Gender, measured and not edited: **Mean Δ:")
 
 
 @pytest.mark.slow

@@ -50,9 +50,11 @@ def summarize(runs: Runs, rows: list[dict]) -> dict:
     summary["prompt_columns"] = prompt_columns(rows)
     summary["verdicts"] = verdicts(rows, suffixes, ppi=summary["headline"] == PPI_HEADLINE)
     summary["fixed_attributes"] = fixed_attributes(runs)
-    summary["conclusion"] = "".join(attribute_sentence(a) + " " for a in summary["fixed_attributes"]) + \
-        ("Gender, which this fix did not edit: " if summary["fixed_attributes"] else "") + \
-        conclusion(runs.kind, summary, rows)
+    summary["conclusion"] = conclusion(runs.kind, summary, rows)
+    if summary["fixed_attributes"]:
+        gender = summary["conclusion"]
+        summary["conclusion"] = " ".join(attribute_sentence(a) for a in summary["fixed_attributes"]) + \
+            " Gender, which this fix did not edit: " + gender[:1].lower() + gender[1:]
     return summary
 
 
