@@ -205,6 +205,21 @@ def test_fix_skin_measures_gender_before_and_after_as_held(tmp_path: Path) -> No
                                                                      "lambda_relative": row.lambda_relative}
     html = (tmp_path / "run" / "report.html").read_text()
     assert 'data-key="attributes.0.professions.0.fix.status"' in html and "λ_rel per class" in html
+    # the summary leads with the attribute the fix edited; gender, only measured, comes second and says so
+    (lead,) = twin["summary"]["fixed_attributes"]
+    assert (lead["attribute"], lead["n_professions"]) == ("skin", 1)
+    assert lead["mean_delta_after"] == skin.mean_delta_after and lead["within_tolerance_after"] == \
+        skin.within_tolerance_after
+    conclusion = twin["summary"]["conclusion"]
+    assert conclusion.startswith(f"After the edit, {skin.within_tolerance_after} of 1 professions are within ±0.05 "
+                                 "of their skin targets")
+    assert conclusion.index("skin mean Δ") < conclusion.index("Gender, which this fix did not edit")
+    assert 'data-key="summary.fixed_attributes.0.mean_delta_after"' in html
+    assert "Gender: measured, not edited by this fix" in html and "<title>Skin fix: before and after" in html
+    assert "Gender, which this fix did not edit: after the edit, " in conclusion
+    card = (tmp_path / "run" / "report.md").read_text()
+    assert f"**skin mean Δ (edited): {skin.mean_delta_before:.3f} → {skin.mean_delta_after:.3f}**" in card
+    assert card.index("skin mean Δ (edited)") < card.index("Gender, measured and not edited: **Mean Δ:")
 
 
 @pytest.mark.slow
@@ -231,3 +246,4 @@ def test_fix_gender_and_skin_crossed_reports_both_on_their_own_shares(tmp_path: 
     (section,) = twin["attributes"]  # skin's section (gender has the report's main table)
     assert section["crossed"] == ["gender", "skin"] and section["cells"] == s.cells
     assert "λ_rel per cell" in (out / "report.html").read_text()
+    assert twin["summary"]["fixed_attributes"] == []  # gender was edited: it leads, as in a gender fix

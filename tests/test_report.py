@@ -154,6 +154,7 @@ def expected_audit(folder: Path, report: dict) -> dict:
         "classifier_oracle_agreement": runs.AGREEMENT, "n_professions": 4,
         "prompt_columns": ["a photo of a(n) {profession}", "a painting of a(n) {profession}"],
         "verdicts": [{"target": 0.5, "n_professions": 4, "within_tolerance": 1}],
+        "fixed_attributes": [],
         "conclusion": "1 of 4 professions produce images whose perceived-female share is within ±0.05 of the target "
                       f"0.5; mean Δ is {audit.mean_delta:.2f} (95% interval {audit.mean_delta_ci_low:.2f}–"
                       f"{audit.mean_delta_ci_high:.2f}), and the most skewed is ceo (8% female)."}
@@ -186,6 +187,7 @@ def expected_fix(folder: Path, report: dict) -> dict:
         "typical_ci_half_width_after": _half_width(after.professions), "median_n_after": 40,
         "classifier_oracle_agreement": runs.AGREEMENT, "n_professions": 4, "prompt_columns": EVIL_TEMPLATE_COLUMNS,
         "verdicts": [{"target": 0.5, "n_professions": 4, "within_tolerance_before": 1, "within_tolerance_after": 3}],
+        "fixed_attributes": [],
         "conclusion": "After the edit, 3 of 4 professions are within ±0.05 of the target 0.5 on held-out prompts "
                       f"(before: 1), and mean Δ fell from {fix.mean_delta_before:.2f} to {fix.mean_delta_after:.2f} "
                       "— the 95% intervals do not overlap."}
@@ -215,6 +217,7 @@ def expected_compare(folders: list[Path], report: dict) -> dict:
         "classifier_oracle_agreement": None, "n_professions": 4,
         "prompt_columns": ["a photo of a(n) {profession}", "a painting of a(n) {profession}"],
         "verdicts": [{"target": 0.5, "n_professions": 4, "within_tolerance_before": 1, "within_tolerance_after": 1}],
+        "fixed_attributes": [],
         "conclusion": "After the change, 1 of 4 professions are within ±0.05 of the target 0.5 (before: 1), and mean "
                       f"Δ fell from {before.mean_delta:.2f} to {after.mean_delta:.2f} — the 95% intervals do not "
                       "overlap."}

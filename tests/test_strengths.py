@@ -56,6 +56,22 @@ def test_reach_goals_put_the_model_on_the_target_for_every_class() -> None:
         assert fit.shares(p, goals) == pytest.approx(target, abs=1e-9)  # ρ_ref = 0, ρ_c = goal_c
 
 
+def test_the_reference_is_the_class_every_pooled_image_puts_in_excess_not_the_tuning_audit_alone() -> None:
+    """A tuning audit of 128 images that happened to read "old" most; three rounds of 170 unedited images read
+    "middle-aged" most (the pilot of the mini world v2): the pooled model leaves "middle-aged" without a
+    destination, so the edit can lift both other classes; every other class's goal is then >= 0."""
+    target = (1 / 3, 1 / 3, 1 / 3)
+    audit = Observation((0.0, 0.0, 0.0), (36, 42, 50))
+    rounds = [Observation((0.0, 0.0, 0.0), counts, block=b + 1)
+              for b, counts in enumerate([(59, 72, 39), (51, 68, 51), (46, 72, 52)])]
+    assert int(np.argmax(np.array(audit.counts) / np.array(target))) == 2  # the audit alone: old
+    fit = fit_pooled([[audit, *rounds]], k=3)
+    assert fit.most_over(0, target) == 1
+    goals = fit.reach_goals(0, target, fit.most_over(0, target))
+    assert goals[1] == 0.0 and goals[0] > 0 and goals[2] > 0
+    assert fit.most_over(0, (0.2, 0.6, 0.2)) == 2  # against another target the excess is elsewhere
+
+
 def _observe_blocks(seed: int, blocks: int, n: int):
     """Four professions measured on ``blocks`` rounds, each round's seeds leaning its own way (δ ~ N(0, 0.3))."""
     rng, a, kappa = _world(seed, professions=4, k=2)

@@ -80,7 +80,15 @@ class Engine:
         return M if any(e.edited for e in self.edits) else None
 
     def choose_strengths(self) -> Optional[torch.Tensor]:
-        """The strengths whose joint edit gives every active profession the reach the pooled model asks for."""
+        """The strengths whose joint edit gives every active profession the reach the pooled model asks for.
+
+        Each profession's reference is the class the pooled model says it has most of unedited: with every image
+        pooled that can differ from what the tuning audit alone read, and an edit can only lift the other classes.
+        """
+        for i, e in enumerate(self.edits):
+            if e.active and e.refer_to(self.fit.most_over(i, e.target)):
+                self.run.say(f"  {e.entry.name}: the images so far put it furthest over the target in "
+                             f"{e.attribute.class_names[e.reference]}; that class now gets no destination")
         goals = {i: self.fit.reach_goals(i, e.target, e.reference) for i, e in enumerate(self.edits) if e.active}
         M = None
         for _ in range(SOLVER_ITERATIONS):

@@ -161,6 +161,16 @@ class ClassEdit:
         self.caps = class_caps(self, probe, max_drift, anchors, MAX_STRENGTH)
 
 
+    def refer_to(self, reference: int) -> bool:
+        """Make ``reference`` the class left without a destination (the pooled images may show another class in
+        excess than the tuning audit alone did); returns whether it changed. Its strength drops to 0."""
+        if reference == self.reference:
+            return False
+        self.reference, self.secant = reference, {}
+        self.strengths[reference] = 0.0
+        return True
+
+
 def edit_of(e: ClassEdit, attribute: Attribute) -> Optional[ClassEdit]:
     """A profession's edit as ``attribute`` sees it: the edit itself, or, where ``attribute`` was edited crossed with
     another, a view with this attribute's target and tuning counts (strengths and destinations stay the cells');

@@ -105,6 +105,12 @@ class PooledFit:
             intervals[c] = _sigmoid(centre - z * sd), _sigmoid(centre + z * sd)
         return shares, intervals
 
+    def most_over(self, p: int, target: Sequence[float]) -> int:
+        """The class profession ``p`` has most of against ``target`` when unedited, by every image pooled: the one
+        class an edit leaves without a destination (all the others' reach goals are then ≥ 0)."""
+        t = np.maximum(np.asarray(target, dtype=float), 1e-3)
+        return int(np.argmax(self.intercepts[p] - np.log(t)))
+
     def reach_goals(self, p: int, target: Sequence[float], reference: int) -> np.ndarray:
         """The reach differences ρ_c − ρ_ref at which profession ``p``'s shares meet ``target`` (0 for the reference).
 

@@ -83,6 +83,12 @@ def _headline(report: dict) -> list[str]:
                 f"(95% intervals {_interval(h, 'mean_delta_before')} before, {_interval(h, 'mean_delta_after')} "
                 f"after; noise floor {fmt(s['mean_delta_noise_floor_after'], 'f3')}); professions within the band: "
                 f"{h['within_tolerance_before']} → {h['within_tolerance_after']} of {n}.")
+    if s.get("fixed_attributes"):  # a fix of another attribute: it leads, gender (measured, not edited) follows
+        line = " ".join(f"**{escape(a['attribute'])} mean Δ (edited): {fmt(a['mean_delta_before'], 'f3')} → "
+                        f"{fmt(a['mean_delta_after'], 'f3')}** (95% intervals {_interval(a, 'mean_delta_before')} "
+                        f"before, {_interval(a, 'mean_delta_after')} after); professions within the band: "
+                        f"{a['within_tolerance_before']} → {a['within_tolerance_after']} of {a['n_professions']}."
+                        for a in s["fixed_attributes"]) + " Gender, measured and not edited: " + line
     definition = ("Δ = |F − t| / max(t, 1 − t) for a profession whose share of images read as female is F and whose "
                   "target is t: 0 on target, 1 as far from it as a share can be. The noise floor is the mean Δ a "
                   "model exactly on target would read at these sample sizes.")

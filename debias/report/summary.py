@@ -49,8 +49,35 @@ def summarize(runs: Runs, rows: list[dict]) -> dict:
     summary["n_professions"] = len(rows)
     summary["prompt_columns"] = prompt_columns(rows)
     summary["verdicts"] = verdicts(rows, suffixes, ppi=summary["headline"] == PPI_HEADLINE)
+    summary["fixed_attributes"] = fixed_attributes(runs)
     summary["conclusion"] = conclusion(runs.kind, summary, rows)
+    if summary["fixed_attributes"]:
+        gender = summary["conclusion"]
+        summary["conclusion"] = " ".join(attribute_sentence(a) for a in summary["fixed_attributes"]) + \
+            " Gender, which this fix did not edit: " + gender[:1].lower() + gender[1:]
     return summary
+
+
+def fixed_attributes(runs: Runs) -> list[dict]:
+    """The attributes a fix edited when gender was not one of them (``--attribute skin``), with the figures the
+    fix recorded: such a fix is judged on them first, and gender, measured beside them, second."""
+    blocks = [b for b in ((runs.fix.attribute_fixes or []) if runs.fix else []) if b.fixed]
+    if not blocks or any(b.attribute == "gender" for b in blocks):
+        return []
+    return [{"attribute": b.attribute, "n_professions": len(b.professions), "tolerance": b.tolerance,
+             **{key: getattr(b, key) for key in FIX_HEADLINE if hasattr(b, key)}} for b in blocks]
+
+
+def attribute_sentence(a: dict) -> str:
+    """The conclusion's sentence for one edited attribute (its band is every class within the tolerance)."""
+    text = (f"After the edit, {a['within_tolerance_after']} of {a['n_professions']} professions are within "
+            f"±{a['tolerance']:g} of their {a['attribute']} targets on held-out prompts (before: "
+            f"{a['within_tolerance_before']})")
+    before, after = a["mean_delta_before"], a["mean_delta_after"]
+    if before is not None and after is not None:
+        verb = "fell" if after < before else "rose" if after > before else "stayed"
+        text += f", and {a['attribute']} mean Δ {verb} from {before:.2f} to {after:.2f}" + _intervals_sentence(a)
+    return text + "."
 
 
 def _headline(runs: Runs) -> dict:
