@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
+import json
 import math
 import os
 from pathlib import Path
@@ -204,8 +206,6 @@ def load_pipeline(
 def check_text_to_image(pipe) -> None:
     """Refuse, with what to do, a pipeline that cannot be audited: one whose ``__call__`` takes no ``prompt``
     (unconditional or class-conditional) or that has no text encoder loaded."""
-    import inspect
-
     name = type(pipe).__name__
     if "prompt" not in inspect.signature(pipe.__call__).parameters:
         raise InputError(f"{name} cannot be audited: it takes no text prompt (an unconditional or class-conditional "
@@ -223,8 +223,6 @@ SAVED_RECORD = "debias_edit.json"  # written into a folder by --save-pipeline: h
 
 def saved_record(folder: Path) -> dict:
     """What a folder written by ``--save-pipeline`` records about how it was made (``{}`` for other folders)."""
-    import json
-
     record = folder / SAVED_RECORD
     if not record.is_file():
         return {}

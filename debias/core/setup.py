@@ -8,6 +8,7 @@ what a saved fixed model records, then from the model's profile (:mod:`debias.co
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -125,8 +126,6 @@ def _profiles_before_loading(spec: str, revision: str | None) -> list[Profile]:
 def _pipeline_class_name(spec: str, folder: Path, revision: str | None) -> str | None:
     """``_class_name`` from a folder's or a hub model's ``model_index.json``; None where it cannot be read (the
     load that follows then says what is wrong)."""
-    import json
-
     try:
         index = folder / "model_index.json" if folder.is_dir() else _hub_model_index(spec, revision)
         return json.loads(index.read_text(encoding="utf-8")).get("_class_name") if index else None

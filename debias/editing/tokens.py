@@ -10,6 +10,7 @@ rows pair in order after it (:data:`AFTER_END`, measured for T5).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -219,8 +220,6 @@ def _run_denoiser_once(pipe, prompts: list[str], projections) -> tuple[dict[str,
 
 def _encoder_hidden_states(net, args: tuple, kwargs: dict) -> torch.Tensor | None:
     """The ``encoder_hidden_states`` a denoiser call was given (by keyword or by position), detached."""
-    import inspect
-
     value = kwargs.get("encoder_hidden_states")
     if value is None:
         position = list(inspect.signature(net.forward).parameters).index("encoder_hidden_states")

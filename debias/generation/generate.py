@@ -26,6 +26,7 @@ The cache itself (keys, PNGs, index) is :mod:`debias.generation.cache`.
 
 from __future__ import annotations
 
+import sys
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Iterable, Sequence
@@ -347,8 +348,6 @@ def _smaller_batch(batch_size: int, settings: SamplerSettings, err: BaseExceptio
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     if batch_size > 1:
-        import sys
-
         print(f"out of {settings.device} memory at {batch_size} images per call; continuing with "
               f"{batch_size // 2} (set --batch-size to start there)", file=sys.stderr)
         return batch_size // 2

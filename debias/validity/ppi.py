@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from statistics import NormalDist
 from typing import Sequence
 
 import numpy as np
@@ -84,8 +85,6 @@ def z_value(level: float) -> float:
     """Two-sided normal quantile for a ``level`` interval (1.96 at 0.95)."""
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
-    from statistics import NormalDist
-
     return NormalDist().inv_cdf(0.5 + level / 2.0)
 
 
