@@ -6,7 +6,10 @@ before and after per attribute with intervals, professions within ±0.05, the si
 seconds (this process, all its threads). Runs are cached in ``OUT/<case>``, so a rerun only re-reads them.
 
 Run:  ``python benchmarks/engine.py --out runs/engine [--cases gender skin age crossed] [--threads 2]``
-Writes ``OUT/engine.json`` (committed as ``benchmarks/results/engine-mini.json``) and a table on stdout.
+Writes ``OUT/engine.json`` (committed as ``benchmarks/results/engine-mini.json``) and a table on stdout. The case
+``precise`` is the docs' precise run (budget 1,280, 1,024 test images per profession; about an hour on 2 cores):
+``--cases precise --out runs/precise-bench`` (committed as ``benchmarks/results/precise-mini.json``); with
+``--from-runs`` a finished run folder in ``OUT/<case>`` is summarised without running the fix again.
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ CASES = {
     "skin": dict(model="mini-v2", professions=V2_PROFESSIONS, attributes=["skin"]),
     "age": dict(model="mini-v2", professions=V2_PROFESSIONS, attributes=["age"]),
     "crossed": dict(model="mini-v2", professions=V2_PROFESSIONS, attributes=["gender", "skin"]),
+    # the docs' precise run: more tuning images, 1,024 held-out test images per profession
+    "precise": dict(model="mini", professions="professions/mini.txt", attributes=None, budget=1280, test_images=1024),
 }
+DEFAULT_CASES = ["gender", "skin", "age", "crossed"]
 
 
 def summary(record: dict) -> dict:
@@ -85,28 +91,35 @@ def run_case(name: str, out: Path, threads: int | None) -> dict:
     case = CASES[name]
     started = time.process_time()
     result = debias.fix(case["model"], professions=case["professions"], attributes=case["attributes"],
-                        out=out / name, test_images=128, threads=threads, progress=False)
+                        out=out / name, test_images=case.get("test_images", 128), budget=case.get("budget"),
+                        threads=threads, progress=False)
     cpu = round(time.process_time() - started, 1)
-    record = result.to_dict()
-    return {"case": name, **case, **summary(record), "mean_delta_by_template": by_template(out / name, record),
-            "cpu_seconds": cpu}
+    return recorded(name, out / name, result.to_dict(), cpu)
+
+
+def recorded(name: str, run_dir: Path, record: dict, cpu: float | None) -> dict:
+    """One case's entry: its headline numbers, mean Δ per template, the prompts' spread, and the CPU seconds."""
+    spread = {key: record.get(key) for key in ("mean_spread_before", "mean_spread_after", "mean_spread_noise_after")}
+    return {"case": name, **CASES[name], **summary(record), "mean_delta_by_template": by_template(run_dir, record),
+            "spread": spread, "cpu_seconds": cpu}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("runs/engine"))
-    ap.add_argument("--cases", nargs="+", choices=sorted(CASES), default=list(CASES))
+    ap.add_argument("--cases", nargs="+", choices=sorted(CASES), default=DEFAULT_CASES)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--templates-only", action="store_true",
-                    help="recompute only each run's mean Δ per test template from its run folder (no fix is run)")
+    ap.add_argument("--from-runs", action="store_true",
+                    help="summarise each case's finished run folder in OUT without running a fix (CPU seconds are "
+                         "then not measured: null; time the run itself, e.g. with /usr/bin/time)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "engine.json"
     runs = json.loads(path.read_text(encoding="utf-8"))["runs"] if path.is_file() else {}
     for name in args.cases:
-        if args.templates_only:
+        if args.from_runs:
             record = json.loads((args.out / name / "fix.json").read_text(encoding="utf-8"))
-            runs[name]["mean_delta_by_template"] = by_template(args.out / name, record)
+            runs[name] = recorded(name, args.out / name, record, None)
         else:
             runs[name] = run_case(name, args.out, args.threads)
         path.write_text(json.dumps({"kind": "bench-engine", "runs": runs}, indent=2) + "\n", encoding="utf-8")
@@ -119,7 +132,8 @@ def main() -> None:
             lo, hi = a["mean_delta_after_ci"]
             print(f"{name:8} {attribute:9} {a['mean_delta_before']:>13.3f} {a['mean_delta_after']:>8.3f} "
                   f"[{lo:.3f}, {hi:.3f}] {a['within_before']:>3} → {a['within_after']:<3} "
-                  f"{r['tuning_images_per_profession']:>11.0f} {r['cpu_seconds']:>7.0f} {r['side_effect']:>7.4f}")
+                  f"{r['tuning_images_per_profession']:>11.0f} {r['cpu_seconds'] or float('nan'):>7.0f} "
+                  f"{r['side_effect']:>7.4f}")
     print("\nmean Δ per held-out test template, before → after")
     for name, r in runs.items():
         for attribute, sides in r.get("mean_delta_by_template", {}).items():
