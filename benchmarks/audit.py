@@ -2,7 +2,7 @@
 
     python benchmarks/audit.py [--n 32] [--threads 1] [--weights DIR]
 
-On the built-in mini model this runs the audit's inner function (:func:`debias.generate.measure`:
+On the built-in mini model this runs the audit's inner function (:func:`debias.generation.generate.measure`:
 batched generation with one generator per image, PNG cache and index, CLIP classification, oracle)
 over every profession, with timers on the UNet's forward passes and the VAE's decode, and prints the
 share of wall time spent elsewhere (target: at most 5%). Then, in the same run and on the same
@@ -64,8 +64,8 @@ class Timers:
 
 
 def load_mini(weights: str | None):
-    from debias.classify import load_classifier
-    from debias.models import load_pipeline
+    from debias.classify.zero_shot import load_classifier
+    from debias.core.models import load_pipeline
 
     if weights is None:
         pipe = load_pipeline("mini")
@@ -77,12 +77,12 @@ def load_mini(weights: str | None):
 
 
 def main(argv: list[str] | None = None) -> None:
-    from debias.cache import ImageCache
-    from debias.generate import default_batch_size, default_settings, measure, use_scheduler, work_items
+    from debias.generation.cache import ImageCache
+    from debias.generation.generate import default_batch_size, default_settings, measure, use_scheduler, work_items
     from debias.mini import world
-    from debias.profiles import get_profile
-    from debias.prompts import profession_prompts
-    from debias.threads import set_threads
+    from debias.core.profiles import get_profile
+    from debias.core.prompts import profession_prompts
+    from debias.core.threads import set_threads
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=32, help="images per profession")

@@ -62,7 +62,7 @@ def summary(record: dict) -> dict:
 def by_template(run_dir: Path, record: dict) -> dict:
     """Mean Δ over professions per held-out test template, before and after, for every fixed attribute: where an
     edit carries and where it does not (image i of a profession uses template i mod their number)."""
-    from debias import multiclass
+    from debias.stats import multiclass
 
     fixed = [b["attribute"] for b in record.get("attribute_fixes") or [] if b["fixed"]] or ["gender"]
     out: dict = {}

@@ -25,12 +25,12 @@ from types import SimpleNamespace
 
 import torch
 
-from debias.setup import load_model
+from debias.core.setup import load_model
 from debias.editing.solver import joint_from_pins
-from debias.attributes import GENDER
+from debias.core.attributes import GENDER
 from debias.fixing.kclass import ClassEdit, class_matrix, encode_class_rows, reach
 from debias.fixing.plan import Anchors, encode_preserve_rows, kept_rows, probe_rows
-from debias.threads import set_threads
+from debias.core.threads import set_threads
 
 CALIBRATION_STEPS = 8
 

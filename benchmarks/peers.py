@@ -117,7 +117,7 @@ def saved_folder_options() -> dict[str, Any]:
     sampler, so every folder is judged alike either way. Kept in this one place so they can go once every
     saved folder carries its profile.
     """
-    from debias.profiles import get_profile
+    from debias.core.profiles import get_profile
 
     mini = get_profile("mini")
     return {"classifier": mini.classifier, "templates": list(mini.template_set().test), "steps": mini.sampler.steps,
@@ -239,7 +239,7 @@ def apply_uce(pipe, concepts: Sequence[Concept], preserved: Sequence[Concept], l
               preserve_scale: float) -> None:
     """One UCE step on the pipe's current K/V weights: every layer solved for its own value targets."""
     from debias.editing import set_kv_weights
-    from debias.models import find_cross_attention
+    from debias.core.models import find_cross_attention
 
     projections = find_cross_attention(pipe)
     C = torch.cat([ctx.rows for c in concepts for ctx in c.contexts])
@@ -255,10 +255,10 @@ def apply_uce(pipe, concepts: Sequence[Concept], preserved: Sequence[Concept], l
 def measure_ratios(pipe, clf, concepts: Sequence[Concept], iteration: int, images: int, settings, cache,
                    batch: int) -> int:
     """Generate and classify each unfrozen profession's tuning prompt on fresh tuning seeds; returns images asked."""
-    from debias import stats
-    from debias.generate import measure, work_items
-    from debias.profiles import get_profile
-    from debias.prompts import profession_prompts
+    from debias.stats import binary as stats
+    from debias.generation.generate import measure, work_items
+    from debias.core.profiles import get_profile
+    from debias.core.prompts import profession_prompts
 
     tuning = get_profile("mini").template_set().tuning
     live = [c for c in concepts if not c.frozen]
@@ -303,7 +303,7 @@ def read_stage(path: Path, inputs: dict) -> dict | None:
 
 
 def write_stage(path: Path, inputs: dict, record: dict) -> None:
-    from debias.io import atomic_write_json
+    from debias.core.io import atomic_write_json
 
     atomic_write_json(path, {"inputs": inputs, "record": record})
 
@@ -312,15 +312,18 @@ def uce_loop(entries, out: Path, threads: int | None, target: float, defaults: d
              say=print) -> dict[str, Any]:
     """UCE's debiasing loop on the mini model; saves ``out/pipeline`` and returns the record."""
     from debias.editing import revert_edit, save_pipeline
-    from debias.cache import ImageCache
+    from debias.generation.cache import ImageCache
     from debias.mini import SAMPLER
-    from debias.setup import LoadedModel, RunOptions, classifier_for, sampler_settings, start
+    from debias.classify.zero_shot import load_classifiers
+    from debias.core.options import ClassifierOptions, GenerationOptions, RuntimeOptions
+    from debias.core.setup import LoadedModel, start
+    from debias.generation.generate import sampler_settings
 
-    loaded = start("mini", threads=threads).model
+    loaded = start("mini", RuntimeOptions(threads=threads)).model
     cpu0, wall0 = time.process_time(), time.perf_counter()
     pipe = loaded.pipe
-    clf = classifier_for(loaded, RunOptions().filled(loaded))
-    settings, _ = sampler_settings(loaded, RunOptions())
+    clf = load_classifiers(loaded, ClassifierOptions().filled(loaded.audit_defaults))[0]
+    settings, _ = sampler_settings(loaded, GenerationOptions())
     cache = ImageCache(out)
     concepts = build_concepts(pipe, entries, target)
     images, iterations, status = 0, 0, "iterations_exhausted"
@@ -379,8 +382,8 @@ def ensure_fix_pipeline(fix_dir: Path) -> Path:
     if (folder / "model_index.json").is_file():
         return folder
     from debias.editing import load_edit, save_pipeline
-    from debias.models import load_pipeline
-    from debias.setup import LoadedModel
+    from debias.core.models import load_pipeline
+    from debias.core.setup import LoadedModel
 
     pipe = load_pipeline("mini")
     load_edit(pipe, fix_dir / "edit.safetensors")
@@ -405,7 +408,7 @@ def run_fix(fix_dir: Path, reuse: bool, threads: int | None) -> dict[str, Any]:
         record = debias.fix("mini", professions=PROFESSIONS, out=fix_dir, threads=threads,
                             save_pipeline=fix_dir / "pipeline", progress=False).to_dict()
         cpu, wall, source = time.process_time() - cpu0, time.perf_counter() - wall0, "this run"
-        from debias.io import atomic_write_json
+        from debias.core.io import atomic_write_json
 
         atomic_write_json(timing, {"cpu_seconds": cpu, "wall_seconds": wall})
     own_audit_wall = sum(json.loads((fix_dir / s / "audit.json").read_text(encoding="utf-8"))["wall_seconds"]
@@ -424,8 +427,8 @@ def save_base(out: Path) -> Path:
     if (folder / "model_index.json").is_file():
         return folder
     from debias.editing import save_pipeline
-    from debias.models import load_pipeline
-    from debias.setup import LoadedModel
+    from debias.core.models import load_pipeline
+    from debias.core.setup import LoadedModel
 
     pipe = load_pipeline("mini")
     return save_pipeline(pipe, folder, metadata={"kind": "unedited", "base_model": LoadedModel.of(pipe, "mini").info()})
@@ -433,7 +436,7 @@ def save_base(out: Path) -> Path:
 
 def audit_folder(folder: Path, out: Path, n: int, threads: int | None) -> dict[str, Any]:
     """The project's audit of a saved folder: test prompts, test seeds from 0, ``n`` images per profession."""
-    from debias.auditing import audit
+    from debias.verbs.audit import audit
 
     return audit(str(folder), professions=PROFESSIONS, images_per_profession=n, out=out, seed=0, threads=threads,
                  progress=False, **saved_folder_options()).to_dict()
@@ -441,11 +444,11 @@ def audit_folder(folder: Path, out: Path, n: int, threads: int | None) -> dict[s
 
 def object_images(folder: Path, out: Path, clf, seeds: int) -> tuple[np.ndarray, list[str]]:
     """The object prompts' images at seeds 0 … seeds−1 (uint8), in prompt-major order, cached in ``out``."""
-    from debias.cache import ImageCache
-    from debias.generate import default_settings, measure
+    from debias.generation.cache import ImageCache
+    from debias.generation.generate import default_settings, measure
     from debias.mini import world
-    from debias.models import load_pipeline
-    from debias.profiles import get_profile
+    from debias.core.models import load_pipeline
+    from debias.core.profiles import get_profile
 
     opts = saved_folder_options()
     pipe = load_pipeline(str(folder))
@@ -458,7 +461,7 @@ def object_images(folder: Path, out: Path, clf, seeds: int) -> tuple[np.ndarray,
 
 def side_effects(folders: dict[str, Path], out: Path, seeds: int) -> dict[str, dict]:
     """Per method: mean |Δpixel| (0–1) of the object prompts against the unedited folder, and CLIP scores."""
-    from debias.classify import load_classifier
+    from debias.classify.zero_shot import load_classifier
 
     clf = load_classifier("mini")
     images = {name: object_images(folder, out / name, clf, seeds) for name, folder in folders.items()}
@@ -477,7 +480,7 @@ def judged(record: dict) -> dict[str, Any]:
     """What the table needs from an audit record."""
     rows = [{k: p[k] for k in ("profession", "n", "n_female", "n_male", "n_unclear", "share_female", "ci_low",
                                "ci_high", "delta")} for p in record["professions"]]
-    from debias import stats
+    from debias.stats import binary as stats
 
     within = sum(stats.within_band(p["share_female"], p["target"], record["tolerance"]) for p in record["professions"])
     return {"mean_delta": record["mean_delta"], "mean_delta_ci": [record["mean_delta_ci_low"],
@@ -536,9 +539,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
 
-    from debias import stats
-    from debias.prompts import read_professions
-    from debias.threads import set_threads
+    from debias.stats import binary as stats
+    from debias.core.prompts import read_professions
+    from debias.core.threads import set_threads
 
     set_threads(args.threads)
     t0 = time.perf_counter()

@@ -43,10 +43,10 @@ from debias import editing
 from debias.editing import (DEFAULT_AUGMENTATIONS, edit_from_prompts, edit_matrix, edit_precision, edit_rows,
                             lambda_scale)
 from debias.fixing import DEFAULT_ANCHOR_STRENGTH, anchor_prompts_for
-from debias.models import load_pipeline, original_weights
-from debias.profiles import get_profile
-from debias.prompts import TIMED_TEMPLATES
-from debias.threads import set_threads
+from debias.core.models import load_pipeline, original_weights
+from debias.core.profiles import get_profile
+from debias.core.prompts import TIMED_TEMPLATES
+from debias.core.threads import set_threads
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SOURCE, DESTINATION = "a nurse", "a male nurse"

@@ -20,7 +20,7 @@ import time
 import torch
 
 from debias.editing import edit_matrix
-from debias.threads import set_threads
+from debias.core.threads import set_threads
 
 OUT_WIDTHS = [320] * 5 + [640] * 5 + [1280] * 6  # SD 1.4's 16 cross-attention layers
 D = 768

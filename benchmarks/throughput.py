@@ -5,14 +5,14 @@
 Two arms on the same pipeline object, in the same process, interleaved (the order alternates every repetition,
 and each repetition draws fresh seeds, so a slow moment of a shared machine lands on both arms):
 
-* **audit**: :func:`debias.generate.measure` as ``debias audit`` calls it — batches of the profile's batch size,
+* **audit**: :func:`debias.generation.generate.measure` as ``debias audit`` calls it — batches of the profile's batch size,
   one ``torch.Generator`` per image, PNGs and the index written to a fresh run folder, the classifier on each
   batch (and the mini world's pixel oracle);
 * **hand-written**: ``pipe(prompt, generator=torch.Generator().manual_seed(seed))`` once per image, the pixels
   rounded to 8 bits, then the same classifier called on that image.
 
 Each arm is timed with and without classification: the time inside the pipeline call
-(:func:`debias.generate._pipeline_call` for the audit, ``pipe(...)`` for the loop) is "generation", the whole
+(:func:`debias.generation.generate._pipeline_call` for the audit, ``pipe(...)`` for the loop) is "generation", the whole
 loop is "with classification". Models:
 
 * the built-in mini model with its profile's settings (DPM-Solver 10 steps, 32×32, batch 64) and mini CLIP;
@@ -20,7 +20,7 @@ loop is "with classification". Models:
   ViT-L/14 text encoder configurations) at 64×64, 2 steps, guidance 7.5 (the default profile's), batch 4 (the
   CPU default), classified by a random CLIP ViT-B/32.
 
-Determinism: the same items generated with :func:`debias.generate.generate_images` at batch sizes 1, 4, 16 (and
+Determinism: the same items generated with :func:`debias.generation.generate.generate_images` at batch sizes 1, 4, 16 (and
 64 on the mini model), compared with batch size 1: the largest difference in 8-bit levels, how many values and
 images differ, and how many labels change. The hand-written loop's images (one per call) are compared with the
 audit's at batch size 1, bit for bit. On the random SD-shaped model the labels mean nothing; its |Δ p_female|
@@ -44,9 +44,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import debias.generate as generate  # noqa: E402
-from debias.cache import ImageCache  # noqa: E402
-from debias.generate import generate_images, measure, to_uint8, use_scheduler, work_items  # noqa: E402
+import debias.generation.generate as generate  # noqa: E402
+from debias.generation.cache import ImageCache  # noqa: E402
+from debias.generation.generate import generate_images, measure, to_uint8, use_scheduler, work_items  # noqa: E402
 
 # OpenAI CLIP ViT-B/32's shape (https://huggingface.co/openai/clip-vit-base-patch32, config.json): a light image tower
 VIT_B_32 = dict(text=dict(hidden_size=512, intermediate_size=2048, num_attention_heads=8, num_hidden_layers=12),
@@ -56,7 +56,7 @@ TARGETS = {"mini": 1.5, "sd15-shaped": 1.0}  # audit images/s ÷ hand-written im
 
 
 class PipelineTimer:
-    """Seconds spent inside the audit's pipeline calls (wraps ``debias.generate._pipeline_call``)."""
+    """Seconds spent inside the audit's pipeline calls (wraps ``debias.generation.generate._pipeline_call``)."""
 
     def __init__(self):
         self.seconds = 0.0
@@ -174,24 +174,27 @@ def determinism(model, items, batch_sizes: tuple[int, ...], by_hand: dict) -> di
 
 
 def load_mini() -> dict:
-    from debias.setup import RunOptions, classifier_for, load_model, sampler_settings
+    from debias.classify.zero_shot import load_classifiers
+    from debias.core.options import ClassifierOptions, GenerationOptions
+    from debias.core.setup import load_model
+    from debias.generation.generate import sampler_settings
 
     loaded = load_model("mini")
-    opts = RunOptions().filled(loaded)
-    settings, batch = sampler_settings(loaded, opts)
+    settings, batch = sampler_settings(loaded, GenerationOptions())
     use_scheduler(loaded.pipe, settings.scheduler)
-    from debias.prompts import profession_prompts
+    from debias.core.prompts import profession_prompts
 
     templates = loaded.profile.template_set().test
     prompts = [p for e in loaded.profile.default_professions() for p in profession_prompts(e, templates)]
-    return {"pipe": loaded.pipe, "classifier": classifier_for(loaded, opts), "settings": settings, "batch": batch,
+    classifier = load_classifiers(loaded, ClassifierOptions().filled(loaded.audit_defaults))[0]
+    return {"pipe": loaded.pipe, "classifier": classifier, "settings": settings, "batch": batch,
             "oracle": loaded.profile.oracle, "prompts": prompts, "describe": "built-in mini model, mini CLIP"}
 
 
 def load_sd15(folder: Path) -> dict:
-    from debias.classify import load_classifier
-    from debias.generate import default_batch_size, default_settings
-    from debias.profiles import get_profile
+    from debias.classify.zero_shot import load_classifier
+    from debias.generation.generate import default_batch_size, default_settings
+    from debias.core.profiles import get_profile
     from rehearsal import build_sd15, save_random_clip
 
     pipe, info = build_sd15("full")
@@ -232,7 +235,7 @@ def bench(name: str, model: dict, items_per_rep: int, repeats: int, batch_sizes:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from debias.threads import set_threads
+    from debias.core.threads import set_threads
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)

@@ -37,7 +37,7 @@ GROUPS = {"portrait, at work": [0, 1], "painting, drawing": [2, 3]}
 
 def noise_floor(k: int, n: int, reps: int = 4000) -> float:
     """Mean Δ a perfectly fair world reads on n images of k classes (sampling noise alone)."""
-    from debias import multiclass
+    from debias.stats import multiclass
 
     rng, t = np.random.default_rng(0), np.full(k, 1 / k)
     return float(np.mean([multiclass.delta(rng.multinomial(n, t) / n, t) for _ in range(reps)]))
@@ -46,7 +46,7 @@ def noise_floor(k: int, n: int, reps: int = 4000) -> float:
 def drawn(out: Path, threads: int | None) -> dict:
     """Per destination prompt and test template, the class shares the classifier reads (64 images)."""
     import debias
-    from debias import multiclass
+    from debias.stats import multiclass
 
     audit = debias.audit("mini-v2", professions=DESTINATIONS, images_per_profession=64, attributes=["skin", "age"],
                          out=out / "destinations", progress=False, write_report=False, threads=threads)
@@ -101,7 +101,7 @@ def carried(pipe) -> dict:
 
 def judged(run: Path) -> dict:
     """Each fixed attribute's mean Δ on the template groups, before and after, from an engine run's audits."""
-    from debias import multiclass
+    from debias.stats import multiclass
 
     record = json.loads((run / "fix.json").read_text(encoding="utf-8"))
     fixed = [b["attribute"] for b in record.get("attribute_fixes") or [] if b["fixed"]]
@@ -129,7 +129,7 @@ def judged(run: Path) -> dict:
 def sweep(run: Path, attribute: str, scales: list[float], out: Path, threads: int | None) -> dict:
     """The shipped edit scaled, I + s (M − I), audited on the test prompts at the after audit's seeds."""
     import debias
-    from debias import multiclass
+    from debias.stats import multiclass
     from debias.editing.files import read_edit
 
     M = read_edit(run / "edit.safetensors").matrix.double()
@@ -156,7 +156,7 @@ def main() -> None:
     ap.add_argument("--sweep", type=float, nargs="*", default=[])
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
-    from debias.models import load_pipeline
+    from debias.core.models import load_pipeline
     from debias.threads import set_threads
 
     set_threads(args.threads)

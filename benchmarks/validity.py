@@ -188,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.draws < 200 or not 2 <= args.labels < args.images:
         parser.error("need --draws >= 200 and 2 <= --labels < --images")
     os.environ.setdefault("DEBIAS_NUM_THREADS", "1")
-    from debias.io import atomic_write_json
+    from debias.core.io import atomic_write_json
 
     result = run(args.pool, args.pool_size, args.draws, args.images, args.labels, args.seed)
     print_table(result)

@@ -40,11 +40,12 @@ def tiny_folders() -> tuple[Path, Path]:
 
 def load_tiny():
     """(pipeline, classifier) loaded through the package's own loaders."""
-    from debias.classify import load_classifier
-    from debias.models import load_pipeline
+    from debias.classify.zero_shot import load_classifier
+    from debias.core.options import ClassifierOptions
+    from debias.core.models import load_pipeline
 
     sd, clip = tiny_folders()
-    return load_pipeline(str(sd)), load_classifier(str(clip), labels_none=(), min_confidence=0.5)
+    return load_pipeline(str(sd)), load_classifier(str(clip), ClassifierOptions(labels_none=(), min_confidence=0.5))
 
 
 class HalfClassifier:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from debias import attributes as at
-from debias.errors import InputError
+from debias.core import attributes as at
+from debias.core.errors import InputError
 
 HAIR = """\
 # hair colour, as CLIP reads it
@@ -41,7 +41,7 @@ def test_builtins() -> None:
 
 
 def test_gender_labels_are_the_classifier_defaults() -> None:
-    from debias.classify import DEFAULT_LABELS
+    from debias.classify.zero_shot import DEFAULT_LABELS
 
     assert at.get_attribute("gender").labels() == DEFAULT_LABELS
 

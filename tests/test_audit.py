@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from audit_helpers import HalfClassifier, load_tiny, tiny_folders
-from debias.results import AuditResult  # noqa: E402
-from debias.auditing import audit
+from debias.results.records import AuditResult  # noqa: E402
+from debias.verbs.audit import audit
 from debias.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +96,7 @@ def test_sequential_stopping(tmp_path: Path) -> None:
     rec = audit(pipe, classifier=HalfClassifier(), professions=_list(tmp_path, "a nurse\na pilot\n"),
                 images_per_profession=4, out=tmp_path / "seq", steps=2, ci_width=0.55, max_images=24,
                 progress=False, prompt_set="tuning").to_dict()
-    from debias import stats
+    from debias.stats import binary as stats
 
     assert rec["stopping"]["ci_width"] == 0.55 and rec["prompt_set"] == "tuning"
     for r in rec["professions"]:
@@ -221,7 +221,7 @@ def test_cli_unknown_model_folder_and_bad_options(tmp_path: Path, capsys) -> Non
 def test_mini_model_audit_reads_the_planted_bias(tmp_path: Path) -> None:
     """On the shipped mini model the audit recovers the ordering of planted shares, and the CLIP reading
     agrees with the pixel oracle (the ground truth of what was drawn)."""
-    from debias.prompts import ProfessionEntry
+    from debias.core.prompts import ProfessionEntry
 
     entries = [ProfessionEntry("a nurse"), ProfessionEntry("a baker"), ProfessionEntry("an engineer")]
     rec = audit("mini", professions=entries, images_per_profession=32, out=tmp_path / "mini", prompt_set="tuning",

@@ -15,13 +15,13 @@ import torch
 from PIL import Image
 
 from audit_helpers import HalfClassifier, load_tiny, run_cli, tiny_folders
-from debias import multiclass
-from debias.attributes import AGE, GENDER, SKIN
-from debias.audit_attributes import plan_attributes
-from debias.auditing import audit
-from debias.classify import decide, decide_classes
-from debias.errors import InputError
-from debias.results import AuditResult
+from debias.stats import multiclass
+from debias.core.attributes import AGE, GENDER, SKIN
+from debias.auditing.attributes import plan_attributes
+from debias.verbs.audit import audit
+from debias.classify.zero_shot import decide, decide_classes
+from debias.core.errors import InputError
+from debias.results.records import AuditResult
 
 FIXTURE = Path(__file__).parent / "fixtures" / "audit_gender_only"
 VOLATILE = ("started_at", "finished_at", "wall_seconds", "hardware", "versions", "images_generated", "images_reused")
@@ -204,8 +204,8 @@ def test_audit_with_attributes_and_an_intersection(tmp_path: Path) -> None:
 
 def test_intersection_flags_readable_empty_and_tiny_cells(tmp_path: Path) -> None:
     """At 40 images, a 2 × 3 table expects 6.7 per cell: readable, and 0 where 6.7 were expected is "empty"."""
-    from debias.audit_attributes import AttributePlan, intersection_section
-    from debias.prompts import ProfessionEntry
+    from debias.auditing.attributes import AttributePlan, intersection_section
+    from debias.core.prompts import ProfessionEntry
 
     entry = ProfessionEntry("a nurse")
     gender = ["female"] * 30 + ["male"] * 10
@@ -252,14 +252,14 @@ def test_label_cache_keeps_attributes_apart(tmp_path: Path) -> None:
     edited = tmp_path / "skin.txt"
     edited.write_text("attribute: skin\n" + "".join(f"class: {c.name}\nlabel: a photo, {c.name}\ndestination: {c.destination}\n"
                                                     for c in SKIN.classes), encoding="utf-8")
-    from debias.attributes import load_attribute_file
+    from debias.core.attributes import load_attribute_file
 
     assert clip.for_attribute(load_attribute_file(edited)).cache_id != skin_id
 
 
 def test_oracle_per_attribute_from_the_profile(tmp_path: Path) -> None:
     """The mini model's profile: gender keeps its oracle; an attribute oracle registered on a profile is recorded."""
-    from debias.setup import load_model
+    from debias.core.setup import load_model
 
     loaded = load_model("mini")
     assert loaded.profile.oracle_for("gender") is loaded.profile.oracle

@@ -25,10 +25,10 @@ import pagecheck  # noqa: E402
 import runs  # noqa: E402
 from audit_helpers import HalfClassifier, load_tiny, run_cli, tiny_folders  # noqa: E402
 
-from debias.auditing import audit  # noqa: E402
-from debias.errors import InputError  # noqa: E402
+from debias.verbs.audit import audit  # noqa: E402
+from debias.core.errors import InputError  # noqa: E402
 from debias.report import render_report, twin_paths  # noqa: E402
-from debias.results import AuditResult  # noqa: E402
+from debias.results.records import AuditResult  # noqa: E402
 from debias.validity import load_run, ppi_share_of_images  # noqa: E402
 
 PROFESSIONS = ["a nurse", "a pilot"]

@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from audit_helpers import tiny_folders
-from debias.classify import DEFAULT_REAL_CLASSIFIER, Preprocess, decide, load_classifier, resolve_labels
-from debias.errors import InputError, ModelLoadError
+from debias.classify.zero_shot import DEFAULT_REAL_CLASSIFIER, Preprocess, decide, load_classifier, resolve_labels
+from debias.core.options import ClassifierOptions
+from debias.core.errors import InputError, ModelLoadError
 
 
 def test_abstain_rule() -> None:
@@ -67,7 +68,7 @@ def test_transformers_clip_matches_a_direct_computation() -> None:
 
     _, clip_dir = tiny_folders()
     female = ("a photo of a woman", "a picture of a woman")
-    clf = load_classifier(str(clip_dir), labels_female=female, labels_none=("a photo of a car",), min_confidence=0.5)
+    clf = load_classifier(str(clip_dir), ClassifierOptions(labels_female=female, labels_none=("a photo of a car",), min_confidence=0.5))
     assert clf.backend == "transformers"
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(5, 16, 16, 3), dtype=np.uint8)
@@ -96,7 +97,7 @@ def test_transformers_clip_matches_a_direct_computation() -> None:
     assert len(labels) == 5 and set(labels) <= {"female", "male", "unclear"}
     d = clf.describe()
     assert d["labels"]["female"] == list(female) and d["abstain"]["min_confidence"] == 0.5
-    assert clf.cache_id != load_classifier(str(clip_dir), min_confidence=0.7).cache_id
+    assert clf.cache_id != load_classifier(str(clip_dir), ClassifierOptions(min_confidence=0.7)).cache_id
 
 
 def test_loading_errors_say_what_to_do(tmp_path: Path, hub_cache: Path) -> None:
@@ -113,7 +114,7 @@ def test_loading_errors_say_what_to_do(tmp_path: Path, hub_cache: Path) -> None:
     with pytest.raises(InputError, match="open_clip:ARCH/PRETRAINED"):
         load_classifier("open_clip:ViT-B-32")
     with pytest.raises(InputError, match="min-confidence"):
-        load_classifier("mini", min_confidence=0.3)
+        load_classifier("mini", ClassifierOptions(min_confidence=0.3))
 
 
 def test_clip_score_ranks_the_matching_prompt_first() -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from audit_helpers import HalfClassifier, load_tiny, run_cli, tiny_folders
-from debias import generate
+from debias.generation import generate
 from debias.editing import read_edit
 
 
@@ -100,7 +100,7 @@ def test_out_of_memory_halves_the_batch_then_says_what_to_lower(tmp_path, capsys
         return real(pipe, prompts, seeds, settings, edit)
 
     monkeypatch.setattr(generate, "_generate", limited)
-    from debias.auditing import audit
+    from debias.verbs.audit import audit
 
     record = audit(pipe, classifier=HalfClassifier(), professions=_list(tmp_path), images_per_profession=5,
                    out=tmp_path / "a", steps=2, batch_size=8, progress=False).to_dict()
@@ -109,7 +109,7 @@ def test_out_of_memory_halves_the_batch_then_says_what_to_lower(tmp_path, capsys
     assert "continuing with 4" in capsys.readouterr().err
 
     monkeypatch.setattr(generate, "_generate", lambda *a: (_ for _ in ()).throw(torch.OutOfMemoryError("OOM")))
-    from debias.errors import GenerationError
+    from debias.core.errors import GenerationError
 
     with pytest.raises(GenerationError, match=r"out of cpu memory generating one 16×16 image in float32: lower "
                                               r"--height/--width \(e.g. 8\)"):
@@ -118,13 +118,13 @@ def test_out_of_memory_halves_the_batch_then_says_what_to_lower(tmp_path, capsys
 
 
 def test_attribute_options_are_declared_once_for_audit_and_fix(capsys):
-    """--attribute and --intersect are shared declarations (cli.AttributeOptions, cli.IntersectOptions): audit has
+    """--attribute and --intersect are shared declarations (flags.AttributeOptions, flags.IntersectOptions): audit has
     them, and a verb that audits (fix) takes them under the same names."""
     import typing
 
-    from debias import cli
+    from debias.cli import flags
 
-    for declared, flag in ((cli.AttributeOptions, "--attribute"), (cli.IntersectOptions, "--intersect")):
+    for declared, flag in ((flags.AttributeOptions, "--attribute"), (flags.IntersectOptions, "--intersect")):
         option = typing.get_args(declared)[1]
         assert flag in (option.default, *option.param_decls)  # typer keeps an Annotated option's name as its default
     code, out, _ = run_cli(["audit", "--help"], capsys)

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "report"))
 
 import runs  # noqa: E402
 
-from debias.profiles import builtin_names  # noqa: E402
-from debias.results import AuditResult  # noqa: E402
+from debias.core.profiles import builtin_names  # noqa: E402
+from debias.results.records import AuditResult  # noqa: E402
 
 SHELL = ("printf", "echo")  # shell commands in the examples; nothing of debias to check
 # offline runs of minutes, and the test that makes the same run smaller

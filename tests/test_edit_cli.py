@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from debias.editing import load_edit, read_edit, revert_edit
-from debias.models import find_cross_attention, fingerprint, load_pipeline
+from debias.core.models import find_cross_attention, fingerprint, load_pipeline
 from audit_helpers import run_cli
 from tiny_models import save_tiny, tiny_sd1
 

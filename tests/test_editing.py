@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from debias.editing import align_tokens, edit_matrix, joint_edit_matrix, lambda_scale
-from debias.errors import EditError
+from debias.core.errors import EditError
 
 
 def _time_reference(W: torch.Tensor, C: torch.Tensor, C_star: torch.Tensor, lam: float) -> torch.Tensor:
@@ -205,7 +205,7 @@ from debias.editing import (  # noqa: E402
     save_edit,
     save_pipeline,
 )
-from debias.models import find_cross_attention, fingerprint  # noqa: E402
+from debias.core.models import find_cross_attention, fingerprint  # noqa: E402
 from tiny_models import tiny_sd1  # noqa: E402
 
 
@@ -502,7 +502,7 @@ SHIPPED_ERROR_BOUNDS = {torch.float32: 1e-5, torch.float16: 2.8e-3, torch.bfloat
 @pytest.mark.parametrize("dtype", list(SHIPPED_ERROR_BOUNDS))
 def test_shipped_edit_error_per_dtype(nurse_edit, dtype: torch.dtype) -> None:
     from debias.editing import edit_precision, shipped_edit_error
-    from debias.models import original_weights
+    from debias.core.models import original_weights
 
     M, _ = nurse_edit
     pipe = _cast(dtype)

@@ -16,9 +16,10 @@ import pytest
 import torch
 
 from audit_helpers import HalfClassifier, load_tiny
-from debias.results import FixResult, ProfessionAudit
-from debias.fixing import TUNING_SEED_OFFSET, anchor_prompts_for, destination_phrase, fix
-from debias.attributes import GENDER
+from debias.results.records import FixResult, ProfessionAudit
+from debias.fixing import TUNING_SEED_OFFSET, anchor_prompts_for, destination_phrase
+from debias.verbs.fix import fix
+from debias.core.attributes import GENDER
 from debias.fixing.engine import outside_band, reach_of, step_towards
 from debias.fixing.kclass import ClassEdit, class_matrix, joint_class_matrix
 from debias.fixing.plan import Anchors
@@ -276,7 +277,7 @@ def test_not_reachable_is_reported_with_the_closest_share(tmp_path):
 
 
 def test_bad_options_are_user_errors(tmp_path):
-    from debias.errors import InputError
+    from debias.core.errors import InputError
 
     with pytest.raises(InputError, match="--budget"):
         fix("mini", budget=4, out=tmp_path / "x")

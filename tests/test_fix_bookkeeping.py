@@ -13,9 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import debias.auditing
+import debias.fixing.ship
+import debias.fixing.steps
+import debias.generation.generate
+import debias.verbs.audit
 from audit_helpers import HalfClassifier, load_tiny, tiny_folders
-from debias.fixing import fix
+from debias.verbs.fix import fix
 
 QUICK = dict(budget=48, test_images=8, check_images=8, joint_rounds=1, side_seeds=2, steps=2, progress=False, log=None)
 
@@ -28,7 +31,7 @@ def _list(tmp_path: Path, text: str = "a nurse\na pilot\n") -> Path:
 
 def _poison_test_audit(monkeypatch, share: float) -> None:
     """Make the before audit on the held-out test prompts report ``share`` for every profession."""
-    real = debias.auditing.audit
+    real = debias.fixing.steps.audit_stage
 
     def poisoned(*args, **kwargs):
         result = real(*args, **kwargs)
@@ -38,7 +41,7 @@ def _poison_test_audit(monkeypatch, share: float) -> None:
                 row.delta = abs(share - row.target) * 2
         return result
 
-    monkeypatch.setattr(debias.auditing, "audit", poisoned)
+    monkeypatch.setattr(debias.fixing.steps, "audit_stage", poisoned)
 
 
 def _decisions(record: dict) -> list:
@@ -102,14 +105,15 @@ def test_after_audit_judges_the_edit_file_loaded_into_the_weights(tmp_path, monk
     pipe, _ = load_tiny()
     loaded, transforms = [], []
     real_load, real_transform = editing.load_edit, editing.conditioning_transform
-    monkeypatch.setattr(editing, "load_edit", lambda p, path, **kw: (loaded.append(Path(path)), real_load(p, path,
-                                                                                                          **kw))[1])
+    # the seams: the fix loads its edit file in debias.fixing.ship, generation tries an edit in debias.generation
+    monkeypatch.setattr(debias.fixing.ship, "load_edit",
+                        lambda p, path, **kw: (loaded.append(Path(path)), real_load(p, path, **kw))[1])
 
     def counting_transform(p, M):
         transforms.append(len(loaded))
         return real_transform(p, M)
 
-    monkeypatch.setattr(editing, "conditioning_transform", counting_transform)
+    monkeypatch.setattr(debias.generation.generate, "conditioning_transform", counting_transform)
     record = fix(pipe, professions=_list(tmp_path), classifier=HalfClassifier(), out=tmp_path / "run", **QUICK).to_dict()
     assert loaded == [tmp_path / "run" / "edit.safetensors"]
     assert transforms and max(transforms) == 0  # every transformed candidate came before the edit file was loaded
@@ -134,7 +138,7 @@ def test_a_saved_fixed_model_is_audited_with_the_settings_its_fix_used(tmp_path,
     card = (saved / "README.md").read_text(encoding="utf-8")  # its model card holds the fix report's section
     assert card.startswith("---\n") and card.endswith((tmp_path / "run" / "report.md").read_text(encoding="utf-8"))
     capsys.readouterr()
-    audited = debias.auditing.audit(str(saved), professions=professions, images_per_profession=QUICK["test_images"],
+    audited = debias.verbs.audit.audit(str(saved), professions=professions, images_per_profession=QUICK["test_images"],
                                     out=tmp_path / "audit", progress=False).to_dict()
     assert f"using the settings recorded in {saved / 'debias_edit.json'}" in capsys.readouterr().err
     after = json.loads((tmp_path / "run" / "after" / "audit.json").read_text())
@@ -155,7 +159,7 @@ def test_a_saved_fixed_mini_model_audits_like_the_fix_after_audit(tmp_path, caps
     assert record["edit_file"] is not None
     capsys.readouterr()
     # no sampler, prompt or classifier option: the folder's recorded settings decide them
-    audited = debias.auditing.audit(str(saved), professions=professions, out=tmp_path / "audit", progress=False).to_dict()
+    audited = debias.verbs.audit.audit(str(saved), professions=professions, out=tmp_path / "audit", progress=False).to_dict()
     assert "(model profile 'mini')" in capsys.readouterr().err
     assert audited["model"]["profile"] == "mini" and audited["classifier"]["backend"] == "mini-clip"
     after = json.loads((out / "after" / "audit.json").read_text())

@@ -14,9 +14,9 @@ sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "report"))
 import runs  # noqa: E402
 from audit_helpers import run_cli, tiny_folders  # noqa: E402
 
-from debias.errors import InputError  # noqa: E402
-from debias.gate import GATE_EXIT_CODE, delta_interval, judge  # noqa: E402
-from debias.results import AuditResult  # noqa: E402
+from debias.core.errors import InputError  # noqa: E402
+from debias.results.gate import GATE_EXIT_CODE, delta_interval, judge  # noqa: E402
+from debias.results.records import AuditResult  # noqa: E402
 
 
 def _audit(mean=0.2, low=0.1, high=0.3, professions=runs.MINI_PROFESSIONS) -> AuditResult:

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from audit_helpers import HalfClassifier, load_tiny
-from debias.cache import ImageCache, edit_id, item_key, model_key
-from debias.generate import (
+from debias.generation.cache import ImageCache, edit_id, item_key, model_key
+from debias.generation.generate import (
     default_settings, generate_images, items_for_seeds, measure, pipeline_options, use_scheduler, work_items,
 )
 
-from debias.profiles import get_profile  # noqa: E402
+from debias.core.profiles import get_profile  # noqa: E402
 
 ITEMS = work_items(["a photo of a nurse", "a nurse working"], 0, 6) + work_items(["a photo of a pilot"], 0, 6)
 
@@ -81,9 +81,9 @@ def test_mini_model_batch_size_changes_no_label(tmp_path: Path) -> None:
     """The documented reproducibility on the shipped model: the same batch size gives bit-identical images;
     another batch size may move a few 8-bit values by one level (in half of these 8 images where this was
     measured, on one CPU thread), which changes no label."""
-    from debias.classify import load_classifier
+    from debias.classify.zero_shot import load_classifier
     from debias.mini import load_world_config
-    from debias.models import load_pipeline
+    from debias.core.models import load_pipeline
 
     pipe = load_pipeline("mini")
     settings = default_settings(pipe, get_profile("mini").sampler)
@@ -181,7 +181,7 @@ def test_keys_depend_on_everything_that_changes_an_image(tiny) -> None:
 
 
 def test_edit_is_applied_and_keyed(tiny, tmp_path: Path) -> None:
-    from debias.models import conditioning_width
+    from debias.core.models import conditioning_width
 
     pipe, clf, settings = tiny
     d = conditioning_width(pipe)
@@ -198,7 +198,7 @@ def test_edit_is_applied_and_keyed(tiny, tmp_path: Path) -> None:
 
 def test_baked_weights_change_the_model_key(tiny) -> None:
     from debias.editing import bake_edit, revert_edit
-    from debias.models import conditioning_width
+    from debias.core.models import conditioning_width
 
     pipe, _, _ = tiny
     before = model_key(pipe)

@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from debias.io import atomic_write, atomic_write_json
+from debias.core.io import atomic_write, atomic_write_json
 
 
 def test_atomic_write_json_round_trips_with_ordinary_permissions(tmp_path):

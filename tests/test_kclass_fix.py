@@ -12,15 +12,15 @@ import pytest
 import torch
 
 from debias.editing import edit_matrix
-from debias.errors import InputError
-from debias.attributes import AGE, GENDER, SKIN
+from debias.core.errors import InputError
+from debias.core.attributes import AGE, GENDER, SKIN
 from debias.fixing.kclass import (
     ClassEdit, CrossedAttribute, combined_matrix, edit_of, strongest_within, weighted_rows, within_tolerance,
 )
 from debias.fixing.kclass_record import distribution, moved_beyond_noise
 from debias.fixing.plan import Anchors
-from debias.fixing.verb import fixed_attributes
-from debias.results import AttributeFix, FixResult, HeldAttribute
+from debias.verbs.fix import fixed_attributes
+from debias.results.records import AttributeFix, FixResult, HeldAttribute
 
 
 def _rows(seed: int, n: int = 12, d: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,7 +103,7 @@ def test_the_band_and_the_distribution_of_one_profession() -> None:
 def test_attribute_blocks_are_typed_and_read_back_as_written() -> None:
     from dataclasses import asdict
 
-    from debias.results import attribute_block
+    from debias.results.records import attribute_block
 
     shares = {"counts": [50, 30, 20], "n_unclear": 4, "shares": [0.5, 0.3, 0.2], "ci_low": [0.4, 0.2, 0.1],
               "ci_high": [0.6, 0.4, 0.3], "delta": 0.25, "within_band": False}

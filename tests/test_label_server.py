@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from validity_runs import balanced, key_of, make_run  # noqa: E402
 
-from debias.errors import InputError  # noqa: E402
+from debias.core.errors import InputError  # noqa: E402
 from debias.validity import LabelStore  # noqa: E402
 from debias.validity.server import address, allowed_hosts, host_allowed, make_server  # noqa: E402
 

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from audit_helpers import HalfClassifier
-from debias.cache import ImageCache, item_key
-from debias.errors import InputError
-from debias.generate import default_settings, generate_images, measure, work_items
-from debias.memory import AdaptiveBatch, MemoryOptions, _keep_on_device, apply_memory_options, batch_size_for
-from debias.models import find_cross_attention, fingerprint
-from debias.profiles import get_profile
+from debias.generation.cache import ImageCache, item_key
+from debias.core.errors import InputError
+from debias.generation.generate import default_settings, generate_images, measure, work_items
+from debias.core.memory import AdaptiveBatch, MemoryOptions, _keep_on_device, apply_memory_options, batch_size_for
+from debias.core.models import find_cross_attention, fingerprint
+from debias.core.profiles import get_profile
 from tiny_models import BUILDERS, tiny_sd1
 
 PROMPTS, SEEDS = ["a photo of a nurse", "a doctor", "a photo of a nurse", "a doctor"], [0, 1, 2, 3]
@@ -163,7 +163,7 @@ def test_adaptive_batch_grows_once_then_only_halves() -> None:
 
 
 def test_measure_adapts_the_batch_and_still_halves_on_out_of_memory(tmp_path: Path, monkeypatch) -> None:
-    import debias.generate as generate
+    import debias.generation.generate as generate
 
     pipe = tiny_sd1()
     settings = default_settings(pipe, get_profile("default").sampler, steps=2)
@@ -188,12 +188,13 @@ def test_measure_adapts_the_batch_and_still_halves_on_out_of_memory(tmp_path: Pa
 
 
 def test_start_applies_the_memory_options_and_the_run_record_names_them() -> None:
-    from debias.setup import start
+    from debias.core.options import RuntimeOptions
+    from debias.core.setup import start
 
-    plain = start(tiny_sd1(), threads=1).model
+    plain = start(tiny_sd1(), RuntimeOptions(threads=1)).model
     assert plain.memory == MemoryOptions() and "memory" not in plain.info()  # default records stay as they were
 
     options = MemoryOptions(vae_slicing=True, attention_slicing=True, adapt_batch=True)
-    loaded = start(tiny_sd1(), threads=1, memory=options).model
+    loaded = start(tiny_sd1(), RuntimeOptions(threads=1), options).model
     assert loaded.memory.adapt_batch and loaded.pipe.vae.use_slicing
     assert len(loaded.info()["memory"]) == 3 and any("adapts" in note for note in loaded.info()["memory"])

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from debias.attributes import AGE, GENDER, SKIN
+from debias.core.attributes import AGE, GENDER, SKIN
 from debias.mini import world, world2
 
 # (agreement, r(planted, CLIP)) floors for the shipped mini-v2 weights, under what docs/mini-model.md measured at

@@ -22,9 +22,9 @@ from debias.editing import (
     MATRIX_KEY, align_tokens, bake_edit, conditioning_transform, edit_from_prompts, edit_rows, encode_conditioning,
     load_edit, prompt_tokens, read_edit, revert_edit, save_edit,
 )
-from debias.errors import EditError, InputError
-from debias.profiles import MMDIT_ANCHOR_STRENGTH, get_profile
-from debias.models import conditioning_width, denoiser, find_text_projections, fingerprint, model_family
+from debias.core.errors import EditError, InputError
+from debias.core.profiles import MMDIT_ANCHOR_STRENGTH, get_profile
+from debias.core.models import conditioning_width, denoiser, find_text_projections, fingerprint, model_family
 from tiny_models import clip_tokenizer, t5_tokenizer, tiny_flux, tiny_hunyuan_dit, tiny_sd1, tiny_sd3
 
 QUICK = dict(budget=48, test_images=8, check_images=8, joint_rounds=1, side_seeds=2, steps=2, progress=False, log=None,
@@ -211,8 +211,8 @@ def test_edit_files_load_with_plain_diffusers_and_refuse_the_other_family(tmp_pa
 
 
 def test_the_family_profile_is_chosen_from_the_pipeline() -> None:
-    from debias.generate import default_settings, use_scheduler
-    from debias.setup import LoadedModel
+    from debias.generation.generate import default_settings, use_scheduler
+    from debias.core.setup import LoadedModel
 
     chosen = {name: LoadedModel.of(_pipe(name)).profile for name in ("sd3", "flux", "flux-dev")}
     assert {k: p.name for k, p in chosen.items()} == {"sd3": "sd3-medium", "flux": "flux.1-schnell",
@@ -230,7 +230,7 @@ def test_the_family_profile_is_chosen_from_the_pipeline() -> None:
     assert LoadedModel.of(sd35).profile.name == "sd3.5-large"
     sd35.register_to_config(_name_or_path="stabilityai/stable-diffusion-3.5-large-turbo")
     assert LoadedModel.of(sd35).profile.name == "sd3.5-large-turbo"
-    from debias.profiles import get_profile
+    from debias.core.profiles import get_profile
 
     # the default profile's DPM-Solver is for diffusion models: a flow-matching pipeline keeps its own
     assert default_settings(_pipe("flux"), get_profile("default").sampler).scheduler == "FlowMatchEulerDiscreteScheduler"
@@ -238,7 +238,7 @@ def test_the_family_profile_is_chosen_from_the_pipeline() -> None:
 
 def test_an_unsupported_family_is_audited_but_fix_and_edit_fail_early(tmp_path: Path) -> None:
     import debias
-    from debias.auditing import audit
+    from debias.verbs.audit import audit
 
     pipe = tiny_hunyuan_dit()
     professions = tmp_path / "professions.txt"
@@ -260,7 +260,7 @@ def test_an_unsupported_family_is_audited_but_fix_and_edit_fail_early(tmp_path: 
 def test_pipelines_without_a_prompt_or_a_text_encoder_cannot_be_audited(tmp_path: Path) -> None:
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-    from debias.auditing import audit
+    from debias.verbs.audit import audit
 
     torch.manual_seed(0)
     unconditional = DDPMPipeline(unet=UNet2DModel(sample_size=8, block_out_channels=(32, 32), norm_num_groups=8,
@@ -277,8 +277,9 @@ def test_pipelines_without_a_prompt_or_a_text_encoder_cannot_be_audited(tmp_path
 def test_generation_passes_only_the_options_a_pipeline_takes() -> None:
     from diffusers import StableDiffusionPipeline
 
-    from debias.generate import call_arguments, default_settings, generate_images
-    from debias.profiles import get_profile
+    from debias.core.pipeline import call_arguments
+    from debias.generation.generate import default_settings, generate_images
+    from debias.core.profiles import get_profile
 
     class NoGuidance(StableDiffusionPipeline):
         """A pipeline whose ``__call__`` has no ``guidance_scale`` and no ``negative_prompt``."""
@@ -329,7 +330,7 @@ def test_the_anchor_weight_is_the_users_else_the_familys() -> None:
 
 
 def test_a_gpu_loads_each_family_in_its_own_half_precision(tmp_path: Path) -> None:
-    from debias.setup import gpu_dtype
+    from debias.core.setup import gpu_dtype
     from tiny_models import save_tiny
 
     for name, expected in (("flux", torch.bfloat16), ("sd3", torch.float16)):
@@ -340,8 +341,9 @@ def test_a_gpu_loads_each_family_in_its_own_half_precision(tmp_path: Path) -> No
 
 
 def test_schnell_reads_256_t5_tokens_as_its_card_says_in_generation_and_edit_alike() -> None:
-    from debias.generate import default_settings, pipeline_options
-    from debias.profiles import profile_of_pipeline
+    from debias.core.pipeline import pipeline_options
+    from debias.generation.generate import default_settings
+    from debias.core.profiles import profile_of_pipeline
 
     for name, length in (("flux", 256), ("flux-dev", None)):
         pipe = _pipe(name)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from debias.editing import bake_edit, conditioning_transform, encode_conditioning, revert_edit
-from debias.errors import ModelLoadError
-from debias.models import conditioning_width, denoiser, find_cross_attention, fingerprint, load_pipeline
+from debias.core.errors import ModelLoadError
+from debias.core.models import conditioning_width, denoiser, find_cross_attention, fingerprint, load_pipeline
 from tiny_models import BUILDERS, save_tiny, tiny_sd1
 
 # model → (conditioning width, number of to_k + to_v layers that read it)
@@ -139,7 +139,7 @@ def test_fingerprint_is_stable_and_identifies_weights() -> None:
 
 
 def test_weights_summary_survives_dtypes_and_tells_models_apart() -> None:
-    from debias.models import WEIGHTS_TOLERANCE, compare_weights, weights_distance, weights_summary
+    from debias.core.models import WEIGHTS_TOLERANCE, compare_weights, weights_distance, weights_summary
 
     base = weights_summary(tiny_sd1())
     assert base == weights_summary(tiny_sd1()) and base["dtype"] == "float32"
@@ -155,7 +155,7 @@ def test_weights_summary_survives_dtypes_and_tells_models_apart() -> None:
 
 
 def test_weights_distance_estimates_the_relative_frobenius_distance() -> None:
-    from debias.models import weights_distance, weights_summary
+    from debias.core.models import weights_distance, weights_summary
 
     pipe = tiny_sd1()
     first = find_cross_attention(pipe)[0]
@@ -179,7 +179,7 @@ def test_load_local_folder(sd1_folder: Path) -> None:
     pipe = load_pipeline(str(sd1_folder))
     assert type(pipe).__name__ == "StableDiffusionPipeline"
     assert fingerprint(pipe) == fingerprint(tiny_sd1())
-    from debias.setup import LoadedModel
+    from debias.core.setup import LoadedModel
 
     info = LoadedModel.of(pipe).info()  # described from where diffusers loaded it: no attribute of ours on the pipe
     assert info == {"spec": str(sd1_folder), "fingerprint": fingerprint(pipe), "revision": None,
@@ -223,8 +223,8 @@ def test_missing_folder_and_non_pipeline_folder(tmp_path: Path) -> None:
 
 
 def test_a_registered_built_in_model_loads_from_its_folder(sd1_folder: Path) -> None:
-    from debias.profiles import _REGISTRY, Profile, register_profile
-    from debias.setup import LoadedModel, load_model
+    from debias.core.profiles import _REGISTRY, Profile, register_profile
+    from debias.core.setup import LoadedModel, load_model
 
     folder = {"path": sd1_folder}
     register_profile(Profile(name="tiny-builtin", description="a test", builtin_folder=lambda: folder["path"]))
@@ -249,7 +249,7 @@ def test_a_registered_built_in_model_loads_from_its_folder(sd1_folder: Path) -> 
     ],
 )
 def test_load_failures_are_explained(error_name: str, text: str, expected: str) -> None:
-    from debias.models import _explain_load_failure
+    from debias.core.models import _explain_load_failure
 
     cause = type(error_name, (Exception,), {})(text)
     try:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from debias import multiclass as mc
-from debias import stats
+from debias.stats import multiclass as mc
+from debias.stats import binary as stats
 
 # statsmodels 0.15 multinomial_proportions_confint(counts, 0.05, method=...), rounded to 1e-10
 REFERENCE = {

@@ -17,10 +17,10 @@ import torch
 from PIL import Image
 
 from audit_helpers import HalfClassifier
-from debias.auditing import audit
+from debias.verbs.audit import audit
 from debias.editing import edit_rows, encode_conditioning, prompt_tokens
-from debias.generate import default_settings, generate_images
-from debias.models import find_cross_attention
+from debias.generation.generate import default_settings, generate_images
+from debias.core.models import find_cross_attention
 from tiny_models import tiny_pixart
 
 CLEANING_WORDS = ("bs4", "beautifulsoup", "ftfy", "clean_caption", "Invalid sample size")
@@ -32,7 +32,7 @@ def pipe():
 
 
 def _settings(pipe, guidance: float = 1.0):
-    from debias.profiles import get_profile
+    from debias.core.profiles import get_profile
 
     return default_settings(pipe, get_profile("default").sampler, steps=2, guidance=guidance)
 

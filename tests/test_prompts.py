@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from debias import prompts
-from debias.errors import InputError
+from debias.core import prompts
+from debias.core.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,7 +72,7 @@ def test_shipped_timed_list_matches_csv() -> None:
 
 def test_mini_profile_professions_and_templates() -> None:
     from debias.mini import world
-    from debias.profiles import get_profile
+    from debias.core.profiles import get_profile
 
     profile = get_profile("mini")
     entries = profile.default_professions()

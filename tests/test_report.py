@@ -23,9 +23,9 @@ import pagecheck  # noqa: E402
 import runs  # noqa: E402
 
 import debias  # noqa: E402
-from debias.errors import InputError  # noqa: E402
+from debias.core.errors import InputError  # noqa: E402
 from debias.report import STATUS_TEXT, markdown_path, render_report, thumbnail, twin_paths  # noqa: E402
-from debias.results import AuditResult, FixResult, ProfessionAudit  # noqa: E402
+from debias.results.records import AuditResult, FixResult, ProfessionAudit  # noqa: E402
 
 EVIL_TEMPLATE_COLUMNS = ["a photo of a(n) {profession}", 'a "painting" of a(n) {profession} & friends']
 
@@ -436,7 +436,7 @@ def test_cli_report(rendered, tmp_path, capsys):
 
 
 def test_charts_are_inline_pngs_and_skip_empty_searches():
-    from debias import charts
+    from debias.report import charts
 
     def png_size(uri: str) -> tuple[int, int]:
         assert uri.startswith("data:image/png;base64,")
@@ -593,9 +593,9 @@ def test_markdown_twin_sits_beside_the_page(rendered, tmp_path):
 def _add_attributes(audit_dir: Path, shift: int, evil: bool = False) -> AuditResult:
     """Give a saved audit a skin section and a gender × skin intersection, built by the audit's own functions from
     labels made up per image (``shift`` moves them, so before and after differ)."""
-    from debias.attributes import SKIN, Attribute, AttributeClass
-    from debias.audit_attributes import AttributePlan, attribute_section, intersection_section, profession_section
-    from debias.prompts import ProfessionEntry
+    from debias.core.attributes import SKIN, Attribute, AttributeClass
+    from debias.auditing.attributes import AttributePlan, attribute_section, intersection_section, profession_section
+    from debias.core.prompts import ProfessionEntry
 
     skin = SKIN
     if evil:  # free text of an attribute file: its description and prompts
@@ -694,7 +694,7 @@ def test_attribute_text_is_escaped_and_gender_only_reports_have_no_sections(attr
 
 
 def test_class_share_chart_draws_sides_and_targets():
-    from debias import charts
+    from debias.report import charts
 
     uri = charts.class_share_chart(["nurse", "ceo $x"], ["light", "medium", "dark"],
                                    [("before", [[0.2, 0.3, 0.5], None]), ("after", [[0.3, 0.3, 0.4], [0.1, 0.1, 0.8]])],

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from debias import stats
+from debias.stats import binary as stats
 
 
 @pytest.mark.parametrize("k,n", [(0, 10), (3, 10), (10, 10), (58, 63), (50, 100), (1, 400), (200, 400)])

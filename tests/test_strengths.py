@@ -1,4 +1,4 @@
-"""The pooled model of class shares against an edit's reach (debias.strengths): pure math on simulated worlds."""
+"""The pooled model of class shares against an edit's reach (debias.fixing.strengths): pure math on simulated worlds."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from debias.strengths import Observation, _softmax, fit_pooled
+from debias.fixing.strengths import Observation, _softmax, fit_pooled
 
 
 def _world(seed: int, professions: int, k: int, slope: float = 5.0, spread: float = 0.3):

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from validity_runs import balanced, key_of, make_run  # noqa: E402
 
-from debias.errors import InputError  # noqa: E402
-from debias.stats import wilson_interval  # noqa: E402
+from debias.core.errors import InputError  # noqa: E402
+from debias.stats.binary import wilson_interval  # noqa: E402
 from debias.validity import (  # noqa: E402
     LabelRecord, LabelStore, agreement, classifier_share, cohens_kappa, confusion, draw_sample, error_rate,
     flag_professions, holm, human_share, import_labels_csv, labeller_kappas, labels_needed, load_run, ppi_share,
@@ -528,7 +528,7 @@ def test_mean_delta_of_shares():
 
 
 def test_compare_classifiers_by_hand():
-    from debias.stats import mean_delta_interval
+    from debias.stats.binary import mean_delta_interval
     from debias.validity import compare_classifiers
 
     primary = ["female"] * 6 + ["male"] * 4 + ["unclear"] * 2

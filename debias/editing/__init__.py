@@ -2,7 +2,7 @@
 
 TIME (Orgad et al., 2023) edits each cross-attention projection ``W`` (``to_k`` and ``to_v``, the
 layers that read the text conditioning; for MMDiT models such as SD3 and FLUX, the one text input
-projection ``context_embedder``: :mod:`~debias.editing.layers`) so that the source prompt's tokens ``c_i`` are mapped where
+projection ``context_embedder``: :mod:`~debias.core.layers`) so that the source prompt's tokens ``c_i`` are mapped where
 the destination prompt's aligned tokens ``c*_i`` used to go, while staying close to ``W``::
 
     minimise  Σ_i w_i ‖W′ c_i − W c*_i‖²  +  λ ‖W′ − W‖²_F
@@ -21,11 +21,11 @@ transforming embeddings (:func:`conditioning_transform`) and the final model bak
 The package keeps the math pure and apart from the pipeline plumbing:
 
 * :mod:`~debias.editing.solver` — the edit matrix for one or many edits, the joint edit, λ's scale (pure);
-* :mod:`~debias.editing.layers` — finding the layers an edit changes, by what they are, and the model family;
+* :mod:`~debias.core.layers` — finding the layers an edit changes, by what they are, and the model family;
 * :mod:`~debias.editing.tokens` — token alignment (pure) and encoding prompts into edit rows;
 * :mod:`~debias.editing.apply` — baking, reverting, transforming the conditioning, the shipped edit's precision;
 * :mod:`~debias.editing.files` — edit files and saved pipelines;
-* :mod:`~debias.editing.verb` — :func:`edit`, the API behind ``debias edit``.
+* the verb :func:`debias.edit` (``debias edit``) is :mod:`debias.verbs.edit`; this package never imports a verb.
 """
 
 from debias.editing.apply import (
@@ -38,11 +38,10 @@ from debias.editing.tokens import (
     DEFAULT_AUGMENTATIONS, align_tokens, edit_from_prompts, edit_rows, encode_conditioning, pipeline_text,
     prompt_tokens, token_segments,
 )
-from debias.editing.verb import EditResult, edit
 
 __all__ = [
-    "DEFAULT_AUGMENTATIONS", "MATRIX_KEY", "EditResult", "LoadedEdit", "align_tokens", "bake_edit",
-    "baked_weight", "check_lambda", "check_matrix", "conditioning_transform", "edit", "edit_from_prompts",
+    "DEFAULT_AUGMENTATIONS", "MATRIX_KEY", "LoadedEdit", "align_tokens", "bake_edit",
+    "baked_weight", "check_lambda", "check_matrix", "conditioning_transform", "edit_from_prompts",
     "edit_matrix", "edit_precision", "edit_rows", "edited_weights", "encode_conditioning", "is_edited",
     "joint_edit_matrix", "lambda_scale", "load_edit", "pipeline_text", "prompt_tokens", "read_edit", "revert_edit",
     "save_edit", "save_pipeline", "set_kv_weights", "shipped_edit_error", "token_segments",

@@ -10,14 +10,13 @@ from typing import Iterator, Sequence
 
 import torch
 
-from debias.editing.state import edit_state
+from debias.core.edit_state import edit_state
+from debias.core.errors import EditError
+from debias.core.models import denoiser, find_cross_attention, original_weights
 from debias.editing.tokens import encode_conditioning
-from debias.errors import EditError
 
 
 def check_matrix(pipe, M: torch.Tensor) -> list:
-    from debias.models import find_cross_attention
-
     projections = find_cross_attention(pipe)
     d = projections[0].in_features
     if not isinstance(M, torch.Tensor) or M.shape != (d, d):
@@ -45,8 +44,6 @@ def baked_weight(W: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
 
 def edited_weights(pipe, M: torch.Tensor) -> dict[str, torch.Tensor]:
     """``W @ M`` for every edited weight, from the original weights, in the weights' dtype (:func:`baked_weight`)."""
-    from debias.models import original_weights
-
     check_matrix(pipe, M)
     return {name: baked_weight(W, M) for name, W in original_weights(pipe).items()}
 
@@ -56,7 +53,7 @@ def bake_edit(pipe, M: torch.Tensor) -> None:
     text input projection (``context_embedder``) of SD3 and FLUX; its bias is left as it is (``W′c + b``).
 
     ``W`` is always the original weight (baking twice does not compound); the originals are kept on
-    pipeline's :class:`~debias.editing.state.EditState` so :func:`revert_edit` restores them bit for bit.
+    pipeline's :class:`~debias.core.edit_state.EditState` so :func:`revert_edit` restores them bit for bit.
     """
     projections = check_matrix(pipe, M)
     new = edited_weights(pipe, M)
@@ -77,8 +74,6 @@ def set_kv_weights(pipe, projections, new: dict[str, torch.Tensor], M: torch.Ten
 
 def revert_edit(pipe) -> None:
     """Restore the original weights saved by :func:`bake_edit` / :func:`load_edit` (bit-exact)."""
-    from debias.models import find_cross_attention
-
     state = edit_state(pipe)
     if state.originals is None:
         return
@@ -110,8 +105,6 @@ def conditioning_transform(pipe, M: torch.Tensor) -> Iterator[None]:
         with conditioning_transform(pipe, M):
             images = pipe(prompts, generator=generators).images
     """
-    from debias.models import denoiser
-
     projections = check_matrix(pipe, M)
     state = edit_state(pipe)
     if state.transform_active:
@@ -227,8 +220,6 @@ def shipped_edit_error(pipe, M: torch.Tensor, prompts: Sequence[str]) -> float:
     (:func:`edit_precision`): e.g. 0.01 means the shipped model differs from the one the edit was tuned
     on by 1% of what the edit does.
     """
-    from debias.models import original_weights
-
     check_matrix(pipe, M)
     conditioning = encode_conditioning(pipe, prompts)
     rows = conditioning.reshape(-1, conditioning.shape[-1])

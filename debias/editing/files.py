@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
+from debias import __version__
+from debias.core.errors import EditError
+from debias.core.io import atomic_write_bytes, atomic_write_json
+from debias.core.models import compare_weights, denoiser, fingerprint, model_family, weights_summary
 from debias.editing.apply import check_matrix, edited_weights, set_kv_weights
-from debias.errors import EditError
 
 MATRIX_KEY = "debias.edit_matrix"
 """Key of the compact d×d matrix inside an edit file (ignored by ``load_state_dict(strict=False)``)."""
@@ -50,16 +55,13 @@ def save_edit(path: str | Path, pipe, M: torch.Tensor, *, metadata: dict[str, An
     ``pipe.unet.load_state_dict(sd, strict=False)`` (``pipe.transformer…`` for transformers) applies it as
     UCE's files do; the compact ``M`` is stored under ``"debias.edit_matrix"``. The safetensors
     metadata (strings; structures JSON-encoded) records the method, the model ``family``
-    (:func:`debias.models.model_family`), the base model ``spec``, ``revision`` and fingerprint of the original
+    (:func:`debias.core.models.model_family`), the base model ``spec``, ``revision`` and fingerprint of the original
     weights, their dtype-independent description (``base_weights``,
-    :func:`debias.models.weights_summary`, which :func:`load_edit` checks), the debias version, and
+    :func:`debias.core.models.weights_summary`, which :func:`load_edit` checks), the debias version, and
     whatever the caller passes (λ per edit, prompts, ...). The weights are ``W @ M`` rounded once to
     the model's dtype (:func:`baked_weight`).
     """
 
-    from debias import __version__
-    from debias.io import atomic_write_bytes
-    from debias.models import denoiser, fingerprint, model_family, weights_summary
 
     tensors = {f"{name}.weight": w.detach().to("cpu").contiguous() for name, w in edited_weights(pipe, M).items()}
     tensors[MATRIX_KEY] = M.detach().to("cpu").contiguous()
@@ -126,9 +128,9 @@ def load_edit(pipe, path: str | Path, *, bake: bool = True, check_fingerprint: b
     """Read an edit file, check it was made for this model, and (by default) bake it into ``pipe``.
 
     An edit of one model is meaningless on another, but the same model in float16 or bfloat16 is the
-    same model: the file's ``base_weights`` (:func:`debias.models.weights_summary`) must match this
+    same model: the file's ``base_weights`` (:func:`debias.core.models.weights_summary`) must match this
     pipe's original K/V weights in names, shapes and values up to
-    :data:`debias.models.WEIGHTS_TOLERANCE`, whatever either dtype. Files without that description must
+    :data:`debias.core.models.WEIGHTS_TOLERANCE`, whatever either dtype. Files without that description must
     match the exact fingerprint. A refusal says what differs.
 
     On the very weights the file was made from (same fingerprint) the stored edited weights are copied
@@ -139,8 +141,6 @@ def load_edit(pipe, path: str | Path, *, bake: bool = True, check_fingerprint: b
     Raises:
         EditError: missing or foreign file, or a different base model.
     """
-    from debias.models import fingerprint, model_family
-
     edit = read_edit(path)
     exact = edit.metadata.get("fingerprint") == fingerprint(pipe)
     if check_fingerprint and not exact:
@@ -161,8 +161,6 @@ def load_edit(pipe, path: str | Path, *, bake: bool = True, check_fingerprint: b
 
 def _check_base_weights(pipe, edit: LoadedEdit, ours: dict[str, Any]) -> None:
     """Refuse an edit whose base weights are not this pipe's (in any dtype), naming what differs."""
-    from debias.models import compare_weights, weights_summary
-
     meta = edit.metadata
     summary = meta.get("base_weights")
     if isinstance(summary, dict):
@@ -191,18 +189,15 @@ def _spec_difference(meta: dict[str, Any], this: dict[str, Any]) -> str:
     return f" ({'; '.join(parts)})" if parts else ""
 
 
-def save_pipeline(pipe, folder: str | Path, *, metadata: dict[str, Any] | None = None) -> Path:
+def save_pipeline(pipe, folder: str | Path, *, metadata: dict[str, Any] | None = None,
+                  card: Callable[[Path], Any] | None = None) -> Path:
     """Write the (edited) pipeline as a diffusers folder (safetensors) that ``from_pretrained`` loads.
 
     The folder is written next to its destination and moved into place, so a crash leaves either the
-    old folder or the new one. ``debias_edit.json`` in it records how it was made.
+    old folder or the new one. ``debias_edit.json`` in it records how it was made. ``card(folder)`` writes its
+    model card before it moves (the verbs pass :func:`debias.report.card.write_model_card`; this library knows
+    nothing of reports).
     """
-    import shutil
-    import tempfile
-
-    from debias.io import atomic_write_json
-    from debias.report.card import write_model_card
-
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()) and not (folder / "model_index.json").is_file():
         raise EditError(f"--save-pipeline {folder}: the folder exists and is not a diffusers pipeline; "
@@ -213,7 +208,8 @@ def save_pipeline(pipe, folder: str | Path, *, metadata: dict[str, Any] | None =
         pipe.save_pretrained(tmp, safe_serialization=True)
         if metadata is not None:
             atomic_write_json(tmp / "debias_edit.json", metadata)
-        write_model_card(tmp)  # README.md for a hub; a fix's report adds its bias section later
+        if card is not None:
+            card(tmp)  # README.md for a hub; a fix's report adds its bias section later
         old = None
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old")

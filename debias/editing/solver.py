@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from debias.errors import EditError
+from debias.core.errors import EditError
 
 
 def _check_rows(name: str, rows: torch.Tensor, d: int | None = None) -> torch.Tensor:

@@ -10,14 +10,18 @@ rows pair in order after it (:data:`AFTER_END`, measured for T5).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import torch
 
+from debias.core.edit_state import edit_state
+from debias.core.errors import EditError
+from debias.core.models import EDITABLE_FAMILIES, denoiser, find_text_projections, model_family
+from debias.core.pipeline import call_arguments, pipeline_options
+from debias.core.profiles import DEFAULT_AUGMENTATIONS  # the templates an edit also applies inside (re-exported)
 from debias.editing.solver import check_lambda, edit_matrix, lambda_scale
-from debias.errors import EditError
-from debias.profiles import DEFAULT_AUGMENTATIONS  # the templates an edit also applies inside (re-exported)
 
 
 _END_TOKENS = ("<|endoftext|>", "</s>", "[SEP]", "<eos>")
@@ -149,8 +153,6 @@ def encode_conditioning(pipe, prompts: Sequence[str]) -> torch.Tensor:
         EditError: a model no edit applies to (the message names those that can be edited), or layers that
             receive different conditioning (e.g. per-layer ``norm_cross``) or one built inside the denoiser.
     """
-    from debias.editing.state import edit_state
-    from debias.models import find_text_projections
 
     prompts = list(prompts)
     if not prompts:
@@ -180,8 +182,6 @@ def _run_denoiser_once(pipe, prompts: list[str], projections) -> tuple[dict[str,
     """Call the pipeline on ``prompts`` until its first denoiser call; return the input of every edited layer
     and the tensor the conditioning transform changes (caption projection output, else the denoiser's
     ``encoder_hidden_states``)."""
-    from debias.generate import call_arguments
-    from debias.models import denoiser
 
     net = denoiser(pipe)
     seen: dict[str, torch.Tensor] = {}
@@ -220,8 +220,6 @@ def _run_denoiser_once(pipe, prompts: list[str], projections) -> tuple[dict[str,
 
 def _encoder_hidden_states(net, args: tuple, kwargs: dict) -> torch.Tensor | None:
     """The ``encoder_hidden_states`` a denoiser call was given (by keyword or by position), detached."""
-    import inspect
-
     value = kwargs.get("encoder_hidden_states")
     if value is None:
         position = list(inspect.signature(net.forward).parameters).index("encoder_hidden_states")
@@ -233,7 +231,6 @@ def _check_reads_what_is_transformed(pipe, read: torch.Tensor, given: torch.Tens
     """Refuse a model whose edited layers read a conditioning the denoiser builds inside its forward (e.g. one
     that concatenates a second text encoder's projected rows): transforming what it is given would not be the
     edit, and the rows could not be told apart by tokenizer."""
-    from debias.models import EDITABLE_FAMILIES, denoiser, model_family
 
     if given is not None and given.shape == read.shape and torch.allclose(given.to(read.dtype), read, rtol=1e-5,
                                                                           atol=1e-6):
@@ -254,7 +251,6 @@ def pipeline_text(pipe, prompt: str) -> str:
     passes: lower-cased and stripped); token alignment must read the tokens that were encoded, or an
     upper-case word the vocabulary splits differently would misplace every row after it.
     """
-    from debias.generate import pipeline_options
 
     preprocess = getattr(pipe, "_text_preprocessing", None)
     if not callable(preprocess):
@@ -291,7 +287,7 @@ prompts moved up to 27% (SD3) and 20% (FLUX) of the way to their destination whi
 unrelated prompts moved 1.5–33 times it, because an edit fitted on a few word rows acts freely on the hundreds
 of unedited padding rows, which lie close to them. "all" was never worse. The fix's anchors (all rows of the bare
 templates) pin these padding rows too, which is why MMDiT profiles weigh them 10 rather than 100
-(:data:`debias.profiles.MMDIT_ANCHOR_STRENGTH`, ``benchmarks/mmdit_anchors.py``)."""
+(:data:`debias.core.profiles.MMDIT_ANCHOR_STRENGTH`, ``benchmarks/mmdit_anchors.py``)."""
 
 
 def token_segments(pipe, length: int) -> list[TokenSegment]:

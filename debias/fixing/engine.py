@@ -3,7 +3,7 @@
 One loop serves every attribute: gender (k = 2), skin tone or age (k = 3), two attributes crossed (their cells).
 Each round::
 
-    goals      the pooled model (debias.strengths) says what reach each profession needs: ρ_c − ρ_ref per class
+    goals      the pooled model (debias.fixing.strengths) says what reach each profession needs: ρ_c − ρ_ref per class
     strengths  the strengths whose *joint* edit gives every profession that reach (matrices only, no images)
     measure    every profession, edited or not, on the tuning prompts under that joint edit
     fit        the model again, with these images added to all earlier ones (the tuning audit is the ρ = 0 point)
@@ -30,13 +30,13 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from debias import multiclass
+from debias.stats import multiclass
 from debias.fixing.kclass import ALREADY, ClassEdit, class_matrix, joint_class_matrix, reach
 from debias.fixing.options import JOINT_PIN_LAMBDA_RELATIVE, FixOptions
 from debias.fixing.plan import encode_preserve_rows, preserve_prompt_list
-from debias.generate import work_items
-from debias.prompts import profession_prompts
-from debias.strengths import Observation, PooledFit, fit_pooled
+from debias.generation.generate import work_items
+from debias.core.prompts import profession_prompts
+from debias.fixing.strengths import Observation, PooledFit, fit_pooled
 
 MIN_STRENGTH = 1e-4
 MAX_UNCLEAR_INCREASE = 0.25  # a round whose unclear rate rises this far above the unedited one is too strong

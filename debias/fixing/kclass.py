@@ -33,11 +33,11 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from debias import multiclass
-from debias.attributes import GENDER, Attribute, AttributeClass
-from debias.editing.solver import conditioning_drift
+from debias.core.attributes import GENDER, Attribute, AttributeClass
+from debias.editing.solver import conditioning_drift, edit_matrix, joint_from_pins, lambda_scale
 from debias.fixing.options import UNEDITED
 from debias.fixing.plan import Anchors, kept_rows, profession_edit_rows
+from debias.stats import multiclass
 
 MAX_STRENGTH = 1e4  # w = 1 / λ_rel: the strongest edit is λ_rel 1e-4
 
@@ -61,7 +61,7 @@ class Cell:
 @dataclass(frozen=True)
 class CrossedAttribute:
     """Two attributes fixed together, as one attribute whose classes are their cells (first-attribute-major, the
-    order of :func:`debias.multiclass.joint_counts`): ``female_light, female_medium, …, male_dark``."""
+    order of :func:`debias.stats.multiclass.joint_counts`): ``female_light, female_medium, …, male_dark``."""
 
     first: Attribute
     second: Attribute
@@ -204,8 +204,6 @@ def combined_matrix(parts: Sequence[tuple[torch.Tensor, torch.Tensor, float]], s
     The anchors weigh β · Σ w (β: their strength against one edit row at weight 1), so with one block of
     weight w this is exactly the binary fix's edit at λ_rel = 1 / w.
     """
-    from debias.editing import edit_matrix
-
     stacked = weighted_rows(parts)
     if stacked is None:
         return None
@@ -255,8 +253,6 @@ def joint_class_matrix(edits: Sequence[ClassEdit], preserve_rows: Optional[torch
                        preserve_strength: float, anchors: Optional[Anchors], pin: float) -> Optional[torch.Tensor]:
     """One M for every edited profession: each profession's rows pinned where its own edit (every class's weighted
     destination) takes them; preserve rows and anchors kept in place (None: nothing is edited)."""
-    from debias.editing.solver import joint_from_pins
-
     pins = []
     for e in edits:
         parts = [(C, S, w) for (C, S), w in zip(e.rows, e.strengths) if w > 0]
@@ -284,8 +280,6 @@ def reach(M: torch.Tensor, rows: Sequence[tuple[torch.Tensor, torch.Tensor]]) ->
 # -------------------------------------------------------------------------------------------------- rows
 def encode_class_rows(pipe, edit: ClassEdit, augmentations) -> None:
     """Each class's (C, C*) rows for "profession → profession with that class", and the profession's λ scale."""
-    from debias.editing import lambda_scale
-
     edit.rows = [profession_edit_rows(pipe, edit.entry.phrase, d, augmentations) for d in edit.destinations()]
     edit.scale = lambda_scale(edit.rows[0][0])
 

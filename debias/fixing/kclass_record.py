@@ -2,7 +2,7 @@
 
 Fixed attributes: each profession's target, destinations, status, the strengths per round and shipped, and its class shares
 with simultaneous 95% intervals (Goodman) before and after on the held-out test prompts, Δ and the band; mean Δ
-before and after with bootstrap intervals (:func:`debias.multiclass.mean_delta_interval`). Attributes the audits
+before and after with bootstrap intervals (:func:`debias.stats.multiclass.mean_delta_interval`). Attributes the audits
 read but the fix does not edit (gender, when only skin is fixed): per profession the largest change of a class
 share, against the noise of two independent samples of those sizes (95%, Bonferroni over the classes). The
 before and after images share their seeds, so the differences are paired and this noise bound is conservative:
@@ -17,11 +17,11 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy.stats import norm
 
-from debias import multiclass
-from debias.attributes import Attribute
+from debias.stats import multiclass
+from debias.core.attributes import Attribute
 from debias.fixing.kclass import ALREADY, ClassEdit, class_counts, edit_of, within_tolerance
 from debias.fixing.options import NOT_TARGETED
-from debias.results import AttributeFix, AttributeFixRow, ClassShares, HeldAttribute, HeldAttributeRow
+from debias.results.records import AttributeFix, AttributeFixRow, ClassShares, HeldAttribute, HeldAttributeRow
 
 BAND_RULE = "within the band when every class share is within tolerance of its target: max_c |p_c - t_c| <= tolerance"
 NOISE_RULE = ("moved when some class share changed by more than z * sqrt(p_b (1 - p_b) / n_b + p_a (1 - p_a) / n_a), "

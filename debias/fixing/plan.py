@@ -14,6 +14,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from debias.editing.tokens import edit_rows, encode_conditioning
+
 GENDER_WORDS = {"female": "female", "male": "male"}
 
 
@@ -38,15 +40,11 @@ class Anchors:
 
 
 def profession_edit_rows(pipe, source: str, destination: str, augmentations) -> tuple[torch.Tensor, torch.Tensor]:
-    from debias.editing import edit_rows
-
     C, C_star = edit_rows(pipe, source, destination, augmentations)
     return C.double(), C_star.double()
 
 
 def probe_rows(pipe, prompts: Sequence[str]) -> torch.Tensor:
-    from debias.editing import encode_conditioning
-
     emb = encode_conditioning(pipe, list(prompts))
     return emb.reshape(-1, emb.shape[-1]).double()
 

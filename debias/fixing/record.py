@@ -8,13 +8,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from debias import __version__, stats
-from debias.attributes import GENDER, Attribute
-from debias.cache import edit_id
+from debias import __version__
+from debias.core.attributes import GENDER, Attribute
+from debias.core.environment import hardware_info, package_versions
 from debias.fixing.kclass import ALREADY, ClassEdit, edit_of
 from debias.fixing.kclass_record import attribute_fixes, edit_status
 from debias.fixing.options import JOINT_PIN_LAMBDA_RELATIVE, NOT_TARGETED, TUNING_SEED_OFFSET
-from debias.results import AuditResult, FixResult, ProfessionAudit, ProfessionFix
+from debias.generation.cache import edit_id
+from debias.results.records import AuditResult, FixResult, ProfessionAudit, ProfessionFix
+from debias.stats import binary as stats
 
 FIX_STAGES = ("before", "tuning", "joint", "after", "side_effects")
 
@@ -138,8 +140,6 @@ def fix_record(run, opts, fixed: Sequence[Attribute], edits: Sequence[ClassEdit]
                started: datetime, wall: float) -> FixResult:
     """``fix.json``: the settings, the edit, before/after per profession with intervals, side effects, images;
     gender's rows always (fixed or measured), and an ``attribute_fixes`` block when another attribute is fixed."""
-    from debias.auditing import hardware_info, package_versions
-
     tolerance, settings, out = opts.tolerance, run.settings, run.out
     rows = []
     for e in edits:

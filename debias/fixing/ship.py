@@ -13,24 +13,23 @@ import numpy as np
 import torch
 
 from debias import __version__
-from debias.cache import edit_id
+from debias.core.setup import LoadedModel
+from debias.editing.apply import revert_edit
+from debias.editing.files import load_edit, save_edit, save_pipeline
 from debias.editing.solver import conditioning_drift
 from debias.fixing.options import FixOptions
 from debias.fixing.record import file_sha256
-from debias.report.card import note_saved_pipeline
-from debias.results import AuditResult
-from debias.setup import LoadedModel
+from debias.generation.cache import edit_id
+from debias.report.card import note_saved_pipeline, write_model_card
+from debias.results.records import AuditResult
 
 
 def ship_and_judge(run, opts: FixOptions, M: Optional[torch.Tensor], metadata: Optional[dict],
-                   why_nothing: str, **audit_extra) -> tuple[AuditResult, dict]:
+                   why_nothing: str) -> tuple[AuditResult, dict]:
     """Write the edit file, then audit the test prompts at the same seeds with that file loaded into the weights
-    (as a user gets it) and measure the side effects the same way; returns ``(after audit, side effects)``.
-    ``audit_extra`` goes to the after audit (an attribute fix's attributes)."""
+    (as a user gets it) and measure the side effects the same way; returns ``(after audit, side effects)``."""
     edit_file, edit_info = run.out / "edit.safetensors", None
     if M is not None:
-        from debias.editing import save_edit
-
         # same edit, same bytes: reruns keep the hash
         save_edit(edit_file, run.pipe, M, metadata=metadata, spec=run.model.spec, revision=run.model.revision)
         edit_info = {"path": "../edit.safetensors", "sha256": file_sha256(edit_file), "matrix_sha256": edit_id(M),
@@ -38,11 +37,11 @@ def ship_and_judge(run, opts: FixOptions, M: Optional[torch.Tensor], metadata: O
     else:
         run.say(f"fix: nothing to edit: {why_nothing}. No edit file is written and the model is unchanged.")
         edit_file.unlink(missing_ok=True)  # an earlier run's edit would no longer describe this run
-    items = side_items(run.probe_prompts, opts.side_seeds, opts.seed) if M is not None else []
+    items = side_items(run.probe_prompts, opts.search.side_seeds, opts.seed) if M is not None else []
     plain = run.measure(items, "side_effects", "side effects: unedited")
     run.say(f"fix: auditing after the edit ({opts.test_images} images each, same seeds)")
     with shipped(run.model, edit_file if M is not None else None):
-        after = run.audit("after", opts.test_images, "test", opts.seed, edit_info=edit_info, **audit_extra)
+        after = run.audit("after", opts.test_images, "test", opts.seed, edit_info=edit_info)
         edited = run.measure(items, "side_effects", "side effects: edited")
         if opts.save_pipeline is not None and M is not None:
             save_fixed_pipeline(run.pipe, opts.save_pipeline, run.model.info(), metadata,
@@ -52,7 +51,7 @@ def ship_and_judge(run, opts: FixOptions, M: Optional[torch.Tensor], metadata: O
         run.say(f"fix: no pipeline written to {opts.save_pipeline}: nothing was edited, so the base model is the "
                 "fixed one")
     note_saved_pipeline(run.out, opts.save_pipeline if M is not None else None)  # its card comes with the report
-    side = side_effects(run, run.probe_prompts, opts.side_seeds, plain, edited)
+    side = side_effects(run, run.probe_prompts, opts.search.side_seeds, plain, edited)
     if M is not None and run.probe is not None:
         side["conditioning_drift"] = conditioning_drift(M, run.probe)
     side["max_drift"] = opts.max_drift
@@ -104,8 +103,6 @@ def shipped(model: LoadedModel, edit_file: Optional[Path]):
     if edit_file is None:
         yield model.pipe
         return
-    from debias.editing import load_edit, revert_edit
-
     load_edit(model.pipe, edit_file, spec=model.spec, revision=model.revision)
     try:
         yield model.pipe
@@ -116,11 +113,9 @@ def shipped(model: LoadedModel, edit_file: Optional[Path]):
 def save_fixed_pipeline(pipe, folder, base_model: dict, metadata: dict, defaults: dict) -> None:
     """The edited model (its weights as loaded now) as a diffusers folder that records how it was made, and the
     settings its after audit used (``audit_defaults``), which an audit of the folder takes as its defaults."""
-    from debias.editing import save_pipeline as save_pipe
-
-    save_pipe(pipe, folder, metadata={"kind": "edited_pipeline", "debias_version": __version__,
-                                      "base_model": base_model, "profile": base_model.get("profile"),
-                                      "audit_defaults": defaults, **metadata})
+    save_pipeline(pipe, folder, card=write_model_card,
+                  metadata={"kind": "edited_pipeline", "debias_version": __version__, "base_model": base_model,
+                            "profile": base_model.get("profile"), "audit_defaults": defaults, **metadata})
 
 
 def audit_defaults(run, opts: FixOptions, after: AuditResult) -> dict:
@@ -129,5 +124,5 @@ def audit_defaults(run, opts: FixOptions, after: AuditResult) -> dict:
     settings = run.settings
     return {"scheduler": settings.scheduler, "steps": settings.steps, "guidance": settings.guidance,
             "height": settings.height, "width": settings.width, "templates": list(after.templates),
-            "classifier": opts.classifier if isinstance(opts.classifier, str) else None,
-            "min_confidence": opts.min_confidence}
+            "classifier": opts.classification.primary if isinstance(opts.classification.primary, str) else None,
+            "min_confidence": opts.classification.min_confidence}

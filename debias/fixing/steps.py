@@ -2,7 +2,7 @@
 :mod:`.engine`, shipping and judging the edit :mod:`.ship`).
 
 Every step reads and writes the shared :class:`FixRun` and the professions' :class:`~debias.fixing.kclass.ClassEdit`;
-:func:`debias.fixing.verb.fix` calls them in order. Every decision (destination, left unedited, strengths, joiners)
+:func:`debias.verbs.fix.fix` calls them in order. Every decision (destination, left unedited, strengths, joiners)
 reads the tuning prompts and seeds only; the before audit on the test prompts is compared with the after audit and
 nothing else.
 """
@@ -16,14 +16,18 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from debias.attributes import GENDER, Attribute
-from debias.audit_attributes import profession_target
+from debias.auditing.attributes import AttributePlan, plan_attributes, profession_target, read_labels
+from debias.auditing.stage import Instruments, StagePlan, audit_stage
+from debias.classify.zero_shot import load_classifiers
+from debias.core.attributes import GENDER, Attribute
+from debias.core.setup import LoadedModel
+from debias.core.setup import professions_for, start, templates_for
 from debias.fixing.kclass import ALREADY, ClassEdit, CrossedAttribute, class_counts, encode_class_rows, within_tolerance
 from debias.fixing.options import DEFAULT_ANCHOR_STRENGTH, FixOptions, tuning_templates_for
 from debias.fixing.plan import Anchors, anchor_prompts_for, probe_rows
-from debias.generate import measure
-from debias.results import AuditResult
-from debias.setup import LoadedModel
+from debias.generation.cache import ImageCache
+from debias.generation.generate import measure, sampler_settings
+from debias.results.records import AuditResult
 
 
 @dataclass
@@ -46,10 +50,13 @@ class FixRun:
     anchors: Optional[Anchors]
     probe_prompts: tuple[str, ...]  # unrelated prompts: the drift limit and the side-effect check
     probe: Optional[torch.Tensor]
-    audit_options: dict  # what the before, tuning and after audits share
     others: list  # further classifiers: the before and after audits compare them with the primary (clf)
     threads: int
     dist: Any
+    target: float
+    tolerance: float
+    tuning_templates: Optional[tuple[str, ...]]  # the tuning audit's templates as the user gave them (None: the profile's)
+    attribute_plan: AttributePlan = field(default_factory=AttributePlan)  # what every audit reads beyond gender
     used: Counter = field(default_factory=Counter)  # images read per stage (see image_counts)
     attribute_classifiers: dict = field(default_factory=dict)  # attribute name -> its classifier (not gender)
 
@@ -61,19 +68,24 @@ class FixRun:
     def oracle(self):
         return self.model.profile.oracle
 
-    def audit(self, name: str, n: int, prompt_set: str, seed: int, **extra) -> AuditResult:
-        """One of the fix's audits (``before``, ``tuning``, ``after``) in ``out/name``, counted under ``name``."""
-        from debias.auditing import audit
-
-        options = dict(self.audit_options)
-        if prompt_set == "test" and self.test_templates:
-            options["templates"] = self.test_templates
-        if prompt_set == "test" and self.others:
-            options["classifier"] = [self.clf, *self.others]
-        result = audit(self.model, professions=self.entries, images_per_profession=n, out=self.out / name,
-                       prompt_set=prompt_set, seed=seed, stage=name, **{**options, **extra})
+    def audit(self, name: str, n: int, prompt_set: str, seed: int, edit_info: Optional[dict] = None) -> AuditResult:
+        """One of the fix's audits (``before``, ``tuning``, ``after``) in ``out/name``, counted under ``name``: the
+        test audits on the held-out templates, compared with the further classifiers; the tuning audit on the
+        tuning templates. ``edit_info`` describes the edit in the weights (the after audit)."""
+        test = prompt_set == "test"
+        templates, prompt_set = templates_for(self.model, self.test_templates if test else self.tuning_templates,
+                                              prompt_set)
+        plan = StagePlan(entries=self.entries, templates=templates, prompt_set=prompt_set, n=n, seed=seed,
+                         target=self.target, tolerance=self.tolerance, attributes=self.attribute_plan)
+        result = audit_stage(self.instruments(), plan, self.out / name, others=self.others if test else (),
+                             stage=name, edit_info=edit_info)
         self.used[name] = result.images_read
         return result
+
+    def instruments(self) -> Instruments:
+        """What an audit stage measures with: this run's model, classifier, sampler, cache and processes."""
+        return Instruments(model=self.model, classifier=self.clf, settings=self.settings, batch=self.batch,
+                           cache=self.cache, dist=self.dist, threads=self.threads, progress=self.progress)
 
     def measure(self, items: Sequence[tuple[str, int]], stage: str, description: str) -> list:
         """Generate (or reuse) and classify ``items`` with the pipeline as it is now, counted under ``stage``."""
@@ -85,7 +97,7 @@ class FixRun:
 
     def generate(self, items: Sequence[tuple[str, int]], *, stage: str, description: str,
                  edit: Optional[torch.Tensor] = None) -> list:
-        """:func:`debias.generate.measure` with this run's pipeline, classifier, sampler, cache and batching."""
+        """:func:`debias.generation.generate.measure` with this run's pipeline, classifier, sampler, cache and batching."""
         return measure(self.pipe, self.clf, items, settings=self.settings, cache=self.cache, edit=edit,
                        batch_size=self.batch, oracle=self.oracle, progress=self.progress, description=description,
                        stage=stage, adapt_batch=self.model.memory.adapt_batch)
@@ -93,46 +105,43 @@ class FixRun:
 
 # ------------------------------------------------------------------------------------------------ setup
 def anchor_strength_for(given: Optional[float], profile) -> float:
-    """The anchors' weight: the user's, else the model family's (MMDiT: less, see debias.profiles), else 100."""
+    """The anchors' weight: the user's, else the model family's (MMDiT: less, see debias.core.profiles), else 100."""
     if given is not None:
         return given
     return profile.anchor_strength if profile.anchor_strength is not None else DEFAULT_ANCHOR_STRENGTH
 
 
-def setup(model: Any, opts: FixOptions, say: Callable[[str], None]) -> tuple[FixRun, FixOptions]:
+def setup(model: Any, opts: FixOptions, fixed: Sequence[Attribute],
+          say: Callable[[str], None]) -> tuple[FixRun, FixOptions]:
     """Load the model and classifier, choose sampling and prompts, and encode the rows every edit keeps fixed.
 
     Returns the run and the options with what a saved fixed model records filled in where they were unset."""
-    from debias.cache import ImageCache
-    from debias.auditing import load_classifiers, split_classifiers
-    from debias.setup import professions_for, sampler_settings, start, templates_for
-
-    begun = start(model, threads=opts.threads, allow_pickle=opts.allow_pickle, device=opts.device, dtype=opts.dtype,
-                  memory=opts.memory)
-    loaded, run_opts = begun.model, opts.run_options().filled(begun.model)
-    clf, others = load_classifiers(loaded, run_opts, split_classifiers(opts.classifier)[1])
-    opts = replace(opts, steps=run_opts.steps, guidance=run_opts.guidance, height=run_opts.height,
-                   width=run_opts.width, classifier=run_opts.classifier, min_confidence=run_opts.min_confidence)
-    settings, batch = sampler_settings(loaded, run_opts)
+    begun = start(model, opts.runtime, opts.memory)
+    loaded = begun.model
+    classification = opts.classification.filled(loaded.audit_defaults)
+    clf, others = load_classifiers(loaded, classification)
+    opts = replace(opts, generation=opts.generation.filled(loaded.audit_defaults),
+                   classification=replace(classification, classifier=classification.primary))
+    settings, batch = sampler_settings(loaded, opts.generation)
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     cache = ImageCache(out)
-    test_templates = templates_for(loaded, opts.templates, "test")[0]
-    tuning = tuning_templates_for(opts.tuning_templates, loaded.profile.template_set().tuning, test_templates)
+    test_templates = templates_for(loaded, opts.prompts.templates, "test")[0]
+    tuning = tuning_templates_for(opts.search.tuning_templates, loaded.profile.template_set().tuning, test_templates)
     augmentations = loaded.profile.augmentations
-    opts = replace(opts, anchor_strength=anchor_strength_for(opts.anchor_strength, loaded.profile))
+    opts = replace(opts, search=replace(opts.search,
+                                        anchor_strength=anchor_strength_for(opts.anchor_strength, loaded.profile)))
     anchor_prompts = anchor_prompts_for(augmentations) if opts.anchor_strength > 0 else []
     anchors = Anchors(probe_rows(loaded.pipe, anchor_prompts), opts.anchor_strength) if anchor_prompts else None
-    probe_prompts = tuple(opts.side_prompts or loaded.profile.side_prompts)
+    probe_prompts = tuple(opts.search.side_prompts or loaded.profile.side_prompts)
     probe = probe_rows(loaded.pipe, probe_prompts) if opts.max_drift is not None and probe_prompts else None
-    audit_options = dict(classifier=clf, target=opts.target, tolerance=opts.tolerance, batch_size=batch,
-                         steps=opts.steps, guidance=opts.guidance, height=opts.height, width=opts.width,
-                         threads=begun.threads, cache=cache, progress=opts.progress)
     return FixRun(model=loaded, clf=clf, settings=settings, cache=cache, batch=batch, say=say, progress=opts.progress,
-                  out=out, entries=professions_for(loaded, opts.professions), templates=tuning,
-                  test_templates=tuple(opts.templates) if opts.templates else None, augmentations=augmentations,
-                  anchor_prompts=anchor_prompts, anchors=anchors, probe_prompts=probe_prompts, probe=probe,
-                  audit_options=audit_options, others=others, threads=begun.threads, dist=begun.dist), opts
+                  out=out, entries=professions_for(loaded, opts.prompts.professions), templates=tuning,
+                  test_templates=tuple(opts.prompts.templates) if opts.prompts.templates else None,
+                  augmentations=augmentations, anchor_prompts=anchor_prompts, anchors=anchors,
+                  probe_prompts=probe_prompts, probe=probe, others=others, threads=begun.threads, dist=begun.dist,
+                  target=opts.target, tolerance=opts.tolerance, tuning_templates=opts.search.tuning_templates,
+                  attribute_plan=plan_attributes(**audit_extra(fixed))), opts
 
 
 # ----------------------------------------------------------------------------------------------- before
@@ -152,15 +161,13 @@ def audit_extra(fixed: Sequence[Attribute]) -> dict:
     return extra
 
 
-def audits_before(run: FixRun, opts: FixOptions, fixed: Sequence[Attribute]) -> tuple[AuditResult, AuditResult]:
+def audits_before(run: FixRun, opts: FixOptions) -> tuple[AuditResult, AuditResult]:
     """The test audit (a judge only) and the tuning audit (where every decision comes from), unedited."""
-    extra = audit_extra(fixed)
-    read = ", ".join(["gender"] + [a.name for a in extra.get("attributes", [])])
+    read = ", ".join(["gender"] + [a.name for a in run.attribute_plan.attributes])
     run.say(f"fix: auditing {len(run.entries)} professions before the edit ({opts.test_images} images each, test "
             f"prompts; {read})")
-    before = run.audit("before", opts.test_images, "test", opts.seed, **extra)
-    tuning = run.audit("tuning", opts.check_images, "tuning", opts.tuning_seed, templates=opts.tuning_templates,
-                       **extra)
+    before = run.audit("before", opts.test_images, "test", opts.seed)
+    tuning = run.audit("tuning", opts.check_images, "tuning", opts.tuning_seed)
     return before, tuning
 
 
@@ -232,6 +239,4 @@ def read_classes(run: FixRun, attribute: Attribute | CrossedAttribute, results) 
     classifier = attribute_classifier(run, attribute)
     if classifier is None:
         return [r.label for r in results]
-    from debias.audit_attributes import read_labels
-
     return read_labels(run.cache, [classifier], [r.key for r in results], dist=run.dist)[0][attribute.name]

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from debias.core.errors import DebiasError
+
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 PIPELINE_DIR = WEIGHTS_DIR / "pipeline"
 CLASSIFIER_DIR = WEIGHTS_DIR / "classifier"
@@ -31,8 +33,6 @@ SAMPLER: dict[str, Any] = {"scheduler": "DPMSolverMultistepScheduler", "steps": 
 
 def load_world_config(path: str | Path | None = None) -> dict[str, Any]:
     """The shipped ``world.json``: professions, planted shares, templates, sampler, measurements."""
-    from ..errors import DebiasError
-
     path = Path(path) if path else WORLD_JSON
     try:
         return json.loads(path.read_text(encoding="utf-8"))

@@ -5,9 +5,9 @@ share the pixel-rule oracle reads off generated images, the share the mini CLIP 
 agreement on generated people, and the generation speed. The same functions serve ``train.py``
 (its closing measurements) and the tests.
 
-Images are made and read the way an audit makes and reads them: :func:`debias.generate.generate_images`
+Images are made and read the way an audit makes and reads them: :func:`debias.generation.generate.generate_images`
 (image i of a prompt from its own generator seeded ``seed + i``) and the zero-shot classifier of
-:func:`debias.classify.load_classifier`, here without abstaining (``min_confidence=0.5``) so that every
+:func:`debias.classify.zero_shot.load_classifier`, here without abstaining (``min_confidence=0.5``) so that every
 image counts towards the "clip" share.
 """
 
@@ -19,12 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
-from . import world
+from ..core.io import atomic_write, atomic_write_json
+from ..core.options import ClassifierOptions
+from ..core.threads import set_threads
+from . import CLASSIFIER_DIR, SAMPLER, V2_WEIGHTS_DIR, WEIGHTS_DIR, world, world2
 
 
 def sampler_settings(pipe, steps: int = 10, guidance: float = 1.0):
     """The package's sampler settings for the mini pipeline: its own scheduler, 32×32, float32 on the CPU."""
-    from ..generate import SamplerSettings
+    # deferred, like torch in this module: the pipeline stack loads only when a model is evaluated
+    from ..generation.generate import SamplerSettings
 
     return SamplerSettings(scheduler=type(pipe.scheduler).__name__, steps=int(steps), guidance=float(guidance),
                            height=world.SIZE, width=world.SIZE, dtype="float32", device="cpu")
@@ -33,7 +37,8 @@ def sampler_settings(pipe, steps: int = 10, guidance: float = 1.0):
 def generate(pipe, prompt: str, n: int, seed: int = 0, steps: int = 10, guidance: float = 1.0,
              batch_size: int = 64) -> np.ndarray:
     """``n`` images of one prompt as uint8 [n,32,32,3]; image i uses seed ``seed + i``, as in an audit."""
-    from ..generate import generate_images
+    # deferred, like torch in this module: the pipeline stack loads only when a model is evaluated
+    from ..generation.generate import generate_images
 
     settings = sampler_settings(pipe, steps, guidance)
     out = []
@@ -45,10 +50,10 @@ def generate(pipe, prompt: str, n: int, seed: int = 0, steps: int = 10, guidance
 
 def load_mini_classifier(folder: str | Path | None = None):
     """The package's zero-shot classifier on a mini CLIP folder (default: the shipped one), reading every image."""
-    from ..classify import load_classifier
-    from . import CLASSIFIER_DIR
+    # deferred, like torch in this module: the pipeline stack loads only when a model is evaluated
+    from ..classify.zero_shot import load_classifier
 
-    return load_classifier(str(folder or CLASSIFIER_DIR), min_confidence=0.5)
+    return load_classifier(str(folder or CLASSIFIER_DIR), ClassifierOptions(min_confidence=0.5))
 
 
 def measure_professions(pipe, classifier, n: int = 64, seed: int = 0, steps: int = 10,
@@ -96,8 +101,6 @@ def measure_attributes(pipe, classifier, n: int = 64, seed: int = 0, template: s
     The summary per attribute pools the professions: agreement, and the correlation of CLIP's class shares with
     the planted ones (and with the oracle's) over professions × classes.
     """
-    from . import world2
-
     rows = []
     professions = list(professions or world2.PROFESSIONS)
     readers = {name: (classifier if name == "gender" else classifier.for_attribute(attr))
@@ -181,6 +184,7 @@ def lambda_sweep(pipe, source: str = "a nurse", destination: str = "a male nurse
     and of the destination itself. Same seeds at every λ (common random numbers), so the curve is
     smooth; λ = inf is the unedited model.
     """
+    # deferred, like torch in this module: the pipeline stack loads only when a model is evaluated
     from ..editing import conditioning_transform, edit_from_prompts
 
     def share(prompt: str) -> float:
@@ -212,8 +216,6 @@ def sample_grid(pipe, path: str | Path, per_row: int = 10, seed: int = 0, steps:
     """Save a PNG grid: one row per profession (tuning template) plus one of objects."""
     from PIL import Image
 
-    from ..io import atomic_write
-
     rows = [generate(pipe, world.TUNING_TEMPLATE.format(p.phrase), per_row, seed, steps, guidance)
             for p in world.PROFESSIONS]
     objects = [generate(pipe, prompt, per_row // len(world.OBJECT_PROMPTS) + 1, seed, steps, guidance)
@@ -229,8 +231,6 @@ def load(weights: str | Path | None = None, v2: bool = False):
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from . import V2_WEIGHTS_DIR, WEIGHTS_DIR
-
     root = Path(weights) if weights else (V2_WEIGHTS_DIR if v2 else WEIGHTS_DIR)
     pipe = StableDiffusionPipeline.from_pretrained(root / "pipeline", dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
@@ -238,9 +238,6 @@ def load(weights: str | Path | None = None, v2: bool = False):
 
 
 def main(argv: list[str] | None = None) -> None:
-    from ..threads import set_threads
-    from . import SAMPLER
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=200, help="images per profession")
     ap.add_argument("--weights", default=None, help="a mini-model folder (default: the shipped weights)")
@@ -264,8 +261,6 @@ def main(argv: list[str] | None = None) -> None:
         measured = measure_attributes(pipe, classifier, n=args.n, seed=args.seed, steps=steps, guidance=guidance)
         print(format_attributes(measured))
         if args.json:
-            from ..io import atomic_write_json
-
             print(f"wrote {atomic_write_json(args.json, measured)}")
         return
     rows, ips = measure_professions(pipe, classifier, n=args.n, seed=args.seed, steps=steps, guidance=guidance)

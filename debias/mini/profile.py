@@ -1,4 +1,4 @@
-"""The built-in mini models' profiles: their sampler, world, classifier and pixel oracles (see debias.profiles).
+"""The built-in mini models' profiles: their sampler, world, classifier and pixel oracles (see debias.core.profiles).
 
 ``mini`` is the first world (gender only); ``mini-v2`` the world whose people also carry a skin tone and an age,
 with an oracle for each (:mod:`debias.mini.world2`).
@@ -8,20 +8,17 @@ from __future__ import annotations
 
 from functools import partial
 
+from debias.core.profiles import Profile, Sampler, register_profile
+from debias.core.prompts import ProfessionEntry, TemplateSet
 from debias.mini import CLASSIFIER_DIR, PIPELINE_DIR, SAMPLER, V2_CLASSIFIER_DIR, V2_PIPELINE_DIR, world, world2
-from debias.profiles import Profile, Sampler, register_profile
 
 
 def _templates():
     """Tune on every photo template the world knows (its augmentations); its other templates are the test set."""
-    from debias.prompts import TemplateSet
-
     return TemplateSet(tuning=tuple(world.AUGMENTATIONS), test=tuple(world.TEST_TEMPLATES))
 
 
 def _professions(w=world) -> list:
-    from debias.prompts import ProfessionEntry
-
     return [ProfessionEntry(p.phrase, None, f"{w.__name__}:{p.name}") for p in w.PROFESSIONS]
 
 

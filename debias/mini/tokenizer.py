@@ -11,7 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
-from ..io import atomic_write_text
+from ..core.io import atomic_write_text
 from . import world
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"

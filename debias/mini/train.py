@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_write_json
+from ..core.io import atomic_write_json
+from ..core.threads import set_threads
 from . import SAMPLER, world, world2
 from .stages import (
     clip_zero_shot,
@@ -175,8 +176,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     """Train (or, with ``--export-from``, export) a mini model folder; returns its ``world.json``."""
-    from ..threads import set_threads
-
     args = parse_args(argv)
     if args.fine_tune_clip and not args.init_from:
         raise SystemExit("--fine-tune-clip needs --init-from DIR: the folder whose CLIP is trained further")
@@ -231,6 +230,7 @@ def build(out: Path, seed: int, settings: dict, *, smoke: bool = False, w=world)
 
     import torch
 
+    # deferred: evaluation loads diffusers and the classifier stack, heavy and needed only once training is done
     from .evaluate import (format_attributes, format_table, load_mini_classifier, measure_attributes,
                            measure_professions)
 

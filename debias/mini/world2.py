@@ -9,7 +9,7 @@ female shares); on top of it each person is drawn with
 from planted shares that differ between professions and from uniform. In one profession two attributes are
 correlated on purpose: older pilots are mostly men (``female_by_age``), so an intersection audit has a known
 joint distribution to find. The classes and the words of the captions are those of the built-in attributes
-(:mod:`debias.attributes`): captions say "a photo of a pilot with dark skin", "an elderly pilot", and the label
+(:mod:`debias.core.attributes`): captions say "a photo of a pilot with dark skin", "an elderly pilot", and the label
 prompts an audit reads with ("a photo of a dark-skinned person") are captions too, so the tiny CLIP learns
 to name what the audit asks about. Pure numpy; the pixel-rule oracle reads all three attributes back.
 """
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from debias.attributes import AGE, GENDER, SKIN, Attribute
+from debias.core.attributes import AGE, GENDER, SKIN, Attribute
 
 from . import world
 from .world import (AUGMENTATIONS, BACKGROUND, OBJECT_PROMPTS, OBJECTS, SIZE, TEST_TEMPLATES, TRAIN_TEMPLATES,

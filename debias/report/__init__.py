@@ -7,7 +7,7 @@ Three kinds, chosen from the folders given:
 * two audit folders (first before, then after) -> ``compare``.
 
 Nothing here generates an image or loads a model, so a report can be rebuilt anywhere from a copied run
-folder. The report reads :class:`~debias.results.AuditResult` / :class:`~debias.results.FixResult` and
+folder. The report reads :class:`~debias.results.records.AuditResult` / :class:`~debias.results.records.FixResult` and
 recomputes none of their figures. Every number the page shows is in the ``report.json`` twin written beside
 the HTML, under the results' names; the twin adds only descriptions of them (typical precision, the
 conclusion). Modules: ``runs`` (finding and reading), ``rows`` (one row per profession), ``summary`` (headline,
@@ -17,7 +17,7 @@ page and its twins), ``build``.
 
 Human labels added after a run (``debias label``) reach the page through the results: before rendering,
 :func:`render_report` recomputes each audit's ``validity`` block from the labels in its folder and records it in
-``audit.json`` (:func:`debias.validity.refresh_validity`); the page then shows what the results hold.
+``audit.json`` (:func:`debias.results.validity.refresh_validity`); the page then shows what the results hold.
 """
 
 from debias.report.build import build_report, render_report

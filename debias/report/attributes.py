@@ -1,7 +1,7 @@
 """The report's attribute sections: each attribute beyond gender, and each intersection, as the audits recorded them.
 
 An audit run with ``--attribute`` / ``--intersect`` holds an ``attributes`` and an ``intersections`` block
-(:mod:`debias.audit_attributes`). Here they become the twin's ``attributes`` and ``intersections``: per attribute,
+(:mod:`debias.auditing.attributes`). Here they become the twin's ``attributes`` and ``intersections``: per attribute,
 one row per profession with each side's numbers (``audit``, or ``before`` / ``after`` for a fix or a comparison),
 copied, never recomputed. A report of audits without attributes has neither key, so it is the report it was.
 """

@@ -17,7 +17,8 @@ from debias.report import summary as _summary, validity as _validity
 from debias.report.card import refresh_saved_pipeline_card
 from debias.report.render import default_out, write_report
 from debias.report.runs import read_runs
-from debias.results import AuditResult
+from debias.results.records import AuditResult
+from debias.results.validity import refresh_validity
 
 # the twin's layout; 2: the results' within_band flags and has_oracle (was a model flag); 3: human labels
 # (summary.validity, summary.headline, the rows' label columns) and other classifiers (summary.classifiers)
@@ -86,9 +87,7 @@ def render_report(run_dirs: Sequence[str | Path], out: str | Path | None = None,
 
 def refresh_labels(run_dirs: Sequence[str | Path]) -> None:
     """Recompute the ``validity`` block of every audit a report of ``run_dirs`` shows from the labels in its folder
-    (:func:`debias.validity.record.refresh_validity`); nothing is generated and no model is loaded."""
-    from debias.validity.record import refresh_validity
-
+    (:func:`debias.results.validity.refresh_validity`); nothing is generated and no model is loaded."""
     runs = read_runs(run_dirs)  # a broken file fails here, with the report's errors
     for side, audit in runs.audits.items():
         if runs.files[side].name == AuditResult.FILE:

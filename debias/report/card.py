@@ -19,8 +19,10 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
-from debias.report.words import STATUS_TEXT, fmt
+from debias.core.io import atomic_write_json, atomic_write_text
+from debias.core.profiles import builtin_names
 from debias.report.validity import headline
+from debias.report.words import STATUS_TEXT, fmt
 from debias.validity.record import PPI_HEADLINE
 
 CARD_FILE = "README.md"  # a model card is the README of a model's folder
@@ -278,8 +280,6 @@ def _is_hub_id(spec: str) -> bool:
 def _license(base: Optional[str]) -> Optional[str]:
     """The base model's license where it can be known offline: a built-in model's, or the one in the YAML of the
     base model's own card (a local folder, or the hub cache when that card was downloaded); else None."""
-    from debias.profiles import builtin_names
-
     if base is None:
         return None
     if base in builtin_names():
@@ -303,8 +303,6 @@ def _license(base: Optional[str]) -> Optional[str]:
 def write_model_card(folder: str | os.PathLike, report: Optional[dict] = None) -> Path:
     """Write ``folder/README.md``, the model card of a saved pipeline, from its ``debias_edit.json`` and a report's
     JSON twin (None: the card says how to measure the model); atomically."""
-    from debias.io import atomic_write_text
-
     folder = Path(folder)
     record = folder / "debias_edit.json"
     metadata = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else None
@@ -314,8 +312,6 @@ def write_model_card(folder: str | os.PathLike, report: Optional[dict] = None) -
 def note_saved_pipeline(run_dir: str | os.PathLike, folder: Optional[str | os.PathLike]) -> None:
     """Record in a fix's run folder which folder ``--save-pipeline`` wrote (None: none, and an earlier note goes), so
     each report of the fix also refreshes that folder's model card."""
-    from debias.io import atomic_write_json
-
     pointer = Path(run_dir) / POINTER_FILE
     if folder is None:
         pointer.unlink(missing_ok=True)

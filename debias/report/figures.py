@@ -1,6 +1,6 @@
 """The report's charts, drawn from the rows of its JSON twin (so a chart can only show what the twin holds).
 
-:mod:`debias.charts` draws from plain numbers; this module picks those numbers out of the rows. It imports
+:mod:`debias.report.charts` draws from plain numbers; this module picks those numbers out of the rows. It imports
 matplotlib only when a report is rendered, which keeps ``import debias.report`` light.
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 
 def share_chart(report: dict) -> str | None:
     """Share female with its interval per profession (before and after for a paired report), or None without rows."""
-    from debias import charts
+    from debias.report import charts  # heavy: matplotlib loads only when a report has figures to draw
 
     s, rows = report["summary"], report["professions"]
     if not rows:
@@ -44,7 +44,7 @@ def search_chart(row: dict, tolerance: float) -> str | None:
     The x axis is relative λ where the rounds and the choice record it (it is comparable across models), else
     absolute λ. The dotted line is the unedited share on the tuning prompts the rounds ran on.
     """
-    from debias import charts
+    from debias.report import charts  # heavy: matplotlib loads only when a report has figures to draw
 
     points: list[dict[str, Any]] = row["search"]
     relative = row.get("lambda_relative") is not None or any(p.get("lambda_relative") for p in points)
@@ -60,7 +60,7 @@ def search_chart(row: dict, tolerance: float) -> str | None:
 
 def attribute_charts(report: dict) -> list[str]:
     """One stacked-bar chart of class shares per attribute block (each side's bar, the target ticked)."""
-    from debias import charts
+    from debias.report import charts  # heavy: matplotlib loads only when a report has figures to draw
 
     out = []
     for block in report.get("attributes", []):

@@ -12,7 +12,7 @@ import re
 from dataclasses import asdict
 from typing import Any, Sequence
 
-from debias.results import AuditResult, FixResult, ProfessionAudit, ProfessionFix
+from debias.results.records import AuditResult, FixResult, ProfessionAudit, ProfessionFix
 
 # audit.json fields an audit row shows, in the order of its columns
 AUDIT_FIELDS = ("target", "n", "n_female", "n_male", "n_unclear", "share_female", "ci_low", "ci_high", "p_value",

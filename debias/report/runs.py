@@ -1,7 +1,7 @@
-"""Finding and reading the run files a report is rendered from, as the typed results of :mod:`debias.results`.
+"""Finding and reading the run files a report is rendered from, as the typed results of :mod:`debias.results.records`.
 
 A report takes one audit folder, one fix folder, or two audit folders (before, then after). Every file is read
-into an :class:`~debias.results.AuditResult` or :class:`~debias.results.FixResult`, so the report sees exactly the
+into an :class:`~debias.results.records.AuditResult` or :class:`~debias.results.records.FixResult`, so the report sees exactly the
 fields the verbs wrote and recomputes none of them. A file that is broken, cut short, or written by another
 version of debias fails here, with a message saying what to do, rather than giving a page with numbers missing.
 """
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from debias.errors import InputError
-from debias.results import AuditResult, FixResult
+from debias.core.errors import InputError
+from debias.results.records import AuditResult, FixResult
 
 RERUN = "rerun the command that wrote it (debias audit / debias fix with the same --out); finished images are cached"
 

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 from debias.report import validity as _validity
 from debias.report.rows import prompt_columns
 from debias.report.runs import Runs
-from debias.results import AuditResult
+from debias.results.records import AuditResult
 from debias.validity.record import PPI_HEADLINE
 
 UNCLEAR_WARN_SHARE = 0.2  # warn when more than this share of a profession's images is unclear

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from debias.report.runs import Runs
-from debias.results import AuditResult
+from debias.results.records import AuditResult
 from debias.validity.record import PPI_HEADLINE, commands_for
 
 # flat row column -> (field of a validity row, key inside it); None: the field itself

@@ -8,7 +8,7 @@
 * :mod:`~debias.validity.server`: ``debias label``, the local labelling page.
 * :mod:`~debias.validity.summary`: :func:`validity_for_run`, all of the above for one run folder.
 * :mod:`~debias.validity.record`: :func:`validity_block`, the ``validity`` field an audit's result keeps, and
-  :func:`refresh_validity`, which recomputes it after labelling (``debias report`` calls it).
+  :func:`debias.results.validity.refresh_validity`, which recomputes it after labelling (``debias report`` calls it).
 * :mod:`~debias.validity.compare` (pure): a second classifier against the audit's primary one.
 
 Importing this package loads neither torch nor a browser.
@@ -27,7 +27,7 @@ from debias.validity.ppi import (
     ppi_share_of_images,
 )
 from debias.validity.compare import compare_classifiers
-from debias.validity.record import refresh_validity, validity_block
+from debias.validity.record import validity_block
 from debias.validity.summary import RunValidity, validity_for_run
 
 __all__ = [
@@ -35,6 +35,6 @@ __all__ = [
     "LabelSample", "LabelStore", "Rate", "RunImages", "RunValidity", "ShareInterval", "agreement", "classifier_share",
     "cohens_kappa", "compare_classifiers", "confusion", "consensus", "draw_sample", "error_rate",
     "flag_professions", "holm", "human_share", "import_labels_csv", "labeller_kappas", "labels_needed", "load_run",
-    "ppi_share", "ppi_share_of_images", "read_labels_csv", "refresh_validity", "sample_for_run", "validity_block",
+    "ppi_share", "ppi_share_of_images", "read_labels_csv", "sample_for_run", "validity_block",
     "validity_for_run",
 ]

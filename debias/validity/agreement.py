@@ -31,7 +31,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from debias.stats import Z95, wilson_interval
+from debias.stats.binary import Z95, wilson_interval
 
 GENDERS = ("female", "male")
 CLASSES = ("female", "male", "unclear")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from debias import stats
+from debias.stats import binary as stats
 from debias.validity.agreement import GENDERS, Rate, cohens_kappa, holm
 
 DISAGREEMENT_TEST = ("exact McNemar test (two-sided binomial at ½ on the images the two classifiers read as "

@@ -41,8 +41,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from debias.errors import InputError
-from debias.io import atomic_write_json
+from debias.core.errors import InputError
+from debias.core.io import atomic_write_json
 from debias.validity.ppi import LABELS_FOR_10
 
 LABELS = ("female", "male", "unclear", "no_person")

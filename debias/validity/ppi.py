@@ -40,11 +40,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from statistics import NormalDist
 from typing import Sequence
 
 import numpy as np
 
-from debias.stats import wilson_interval
+from debias.stats.binary import wilson_interval
 
 Label = str | int | bool | None  # "female" / "male" / anything else; or 1 (female) / 0 (male) / None
 
@@ -84,8 +85,6 @@ def z_value(level: float) -> float:
     """Two-sided normal quantile for a ``level`` interval (1.96 at 0.95)."""
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
-    from statistics import NormalDist
-
     return NormalDist().inv_cdf(0.5 + level / 2.0)
 
 
@@ -236,7 +235,7 @@ def ppi_share_of_images(predicted: dict[str, Label], human: dict[str, Label], *,
 
 
 def wilson_share(labels: Sequence[Label], *, method: str, labelled: bool) -> ShareInterval:
-    """Female share of ``labels`` with the 95% Wilson interval (``debias.stats``), unclear ones excluded."""
+    """Female share of ``labels`` with the 95% Wilson interval (``debias.stats.binary``), unclear ones excluded."""
     f, g = indicators(labels)
     k, m = int(f.sum()), int(g.sum())
     low, high = wilson_interval(k, m)

@@ -7,26 +7,20 @@ professions with its interval. Without labels the block says so, with the label 
 classifier's error rate and the commands that add labels, so the report can tell the reader how to check.
 
 Labels are added after an audit ran, so the block can be refreshed without generating anything:
-:func:`refresh_validity` recomputes it from the folder's ``audit.json`` and ``labels/`` and rewrites
+:func:`debias.results.validity.refresh_validity` recomputes it from the folder's ``audit.json`` and ``labels/`` and rewrites
 ``audit.json`` when it changed. ``debias report RUN_DIR`` does this before it renders (the one way to pick up
 new labels; a rerun of the audit, all cached, computes the same block).
 """
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from debias import stats
-from debias.errors import InputError
+from debias.stats import binary as stats
 from debias.validity.summary import validity_for_run
-
-if TYPE_CHECKING:
-    from debias.results import AuditResult
 
 MEAN_DELTA_METHOD = (
     "mean over professions of Δ from the prediction-powered shares; 95% interval from a parametric bootstrap "
@@ -52,7 +46,7 @@ def mean_delta_of_shares(shares: Sequence[tuple[float, float, float, float]], *,
     """Mean Δ over professions from ``(estimate, ci_low, ci_high, target)`` each, with a bootstrap interval.
 
     The prediction-powered shares come with intervals, not counts, so the bootstrap of
-    :func:`debias.stats.mean_delta_interval` (binomial redraws) cannot be used; each share is redrawn from a
+    :func:`debias.stats.binary.mean_delta_interval` (binomial redraws) cannot be used; each share is redrawn from a
     normal with the standard error its interval implies, clipped to [0, 1]. The seed is fixed so the same shares
     always give the same interval. Returns ``(None, None, None)`` without shares.
     """
@@ -112,24 +106,3 @@ def validity_block(run_dir: str | os.PathLike, audit_record: dict) -> dict:
         "unlabelled_professions": [name for name in measured if name not in labelled] if with_ppi else [],
         "note": v["note"], "overall": v["overall"], "professions": rows,
     }
-
-
-def refresh_validity(run_dir: str | os.PathLike, result: AuditResult | None = None) -> AuditResult:
-    """Recompute the validity block of the audit in ``run_dir`` from its labels; rewrite ``audit.json`` if it
-    changed. ``result`` is the folder's :class:`~debias.results.AuditResult` when the caller has read it already.
-    Returns the (possibly updated) result. Nothing is generated."""
-    from debias.results import AuditResult
-
-    run_dir = Path(run_dir)
-    result = result if result is not None else AuditResult.from_json(run_dir)
-    if not any(row.samples for row in result.professions):
-        return result  # nothing a person could label
-    block = json.loads(json.dumps(validity_block(run_dir, result.to_dict())))  # as read back from the file
-    if block != result.validity:
-        result.validity = block
-        try:
-            result.save(run_dir)
-        except OSError as err:
-            raise InputError(f"{run_dir}/audit.json: cannot record the labels' validity ({err.strerror}); copy the "
-                             "run folder somewhere writable and run debias report there.") from None
-    return result

@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Iterable
 from urllib.parse import parse_qs, urlsplit
 
-from debias.errors import InputError
+from debias.core.errors import InputError
 from debias.validity.labels import (
     LabelSample, LabelStore, RunImages, check_label, check_labeller, load_run, sample_for_run,
 )
