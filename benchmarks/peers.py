@@ -483,9 +483,14 @@ def judged(record: dict) -> dict[str, Any]:
     from debias.stats import binary as stats
 
     within = sum(stats.within_band(p["share_female"], p["target"], record["tolerance"]) for p in record["professions"])
+    # how unevenly the held-out prompts are treated: each profession's SD across them, and sampling alone's
+    spreads = [stats.prompt_spread(p["by_prompt"]) for p in record["professions"]]
+    measured = [(s, n) for s, n in spreads if s is not None]
     return {"mean_delta": record["mean_delta"], "mean_delta_ci": [record["mean_delta_ci_low"],
                                                                    record["mean_delta_ci_high"]],
             "noise_floor": record["mean_delta_noise_floor"], "within_tolerance": within, "professions": rows,
+            "mean_spread": float(np.mean([s for s, _ in measured])) if measured else None,
+            "mean_spread_noise": float(np.mean([n for _, n in measured])) if measured else None,
             "wall_seconds": record["wall_seconds"]}
 
 

@@ -129,16 +129,20 @@ def judged(run: Path) -> dict:
 def sweep(run: Path, attribute: str, scales: list[float], out: Path, threads: int | None) -> dict:
     """The shipped edit scaled, I + s (M − I), audited on the test prompts at the after audit's seeds."""
     import debias
-    from debias.stats import multiclass
+    from debias.core.setup import load_model
+    from debias.editing.apply import bake_edit
     from debias.editing.files import read_edit
+    from debias.stats import multiclass
 
     M = read_edit(run / "edit.safetensors").matrix.double()
     eye = torch.eye(M.shape[0], dtype=M.dtype)
+    model = load_model("mini-v2")
     result = {}
-    for s in scales:
-        audit = debias.audit("mini-v2", professions=PROFESSIONS, images_per_profession=128, attributes=[attribute],
-                             edit=(eye + s * (M - eye)).float(), out=out / f"sweep-{attribute}-{s:g}",
-                             progress=False, write_report=False, threads=threads)
+    for s in scales:  # baked into the weights, as a user loads an edit (each scale its own run folder and cache)
+        bake_edit(model.pipe, (eye + s * (M - eye)).float())
+        audit = debias.audit(model, professions=PROFESSIONS, images_per_profession=128, attributes=[attribute],
+                             out=out / f"sweep-{attribute}-{s:g}", progress=False, write_report=False,
+                             threads=threads)
         section = audit.attribute(attribute)
         T = len(audit.templates)
         by_template = [float(np.mean([multiclass.delta(multiclass.shares(multiclass.count_labels(
@@ -157,7 +161,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     from debias.core.models import load_pipeline
-    from debias.threads import set_threads
+    from debias.core.threads import set_threads
 
     set_threads(args.threads)
     record = {"kind": "bench-transfer", "noise_floor": {"k3_n64": noise_floor(3, 64), "k3_n128": noise_floor(3, 128),
