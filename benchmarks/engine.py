@@ -9,7 +9,9 @@ Run:  ``python benchmarks/engine.py --out runs/engine [--cases gender skin age c
 Writes ``OUT/engine.json`` (committed as ``benchmarks/results/engine-mini.json``) and a table on stdout. The case
 ``precise`` is the docs' precise run (budget 1,280, 1,024 test images per profession; about an hour on 2 cores):
 ``--cases precise --out runs/precise-bench`` (committed as ``benchmarks/results/precise-mini.json``); with
-``--from-runs`` a finished run folder in ``OUT/<case>`` is summarised without running the fix again.
+``--from-runs`` a finished run folder in ``OUT/<case>`` is summarised without running the fix again. The case
+``photo-only-512`` tunes on "a photo of …" alone and judges on 512 test images (committed as
+``benchmarks/results/photo-only-mini.json``), beside ``benchmarks/peers.py``'s judge of the default fix there.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ CASES = {
     "crossed": dict(model="mini-v2", professions=V2_PROFESSIONS, attributes=["gender", "skin"]),
     # the docs' precise run: more tuning images, 1,024 held-out test images per profession
     "precise": dict(model="mini", professions="professions/mini.txt", attributes=None, budget=1280, test_images=1024),
+    # the demo tuned on "a photo of …" alone, judged at 512 test images: the prompts' spread against several templates
+    "photo-only-512": dict(model="mini", professions="professions/mini.txt", attributes=None, test_images=512,
+                           tuning_templates=["a photo of {}"]),
 }
 DEFAULT_CASES = ["gender", "skin", "age", "crossed"]
 
@@ -92,7 +97,7 @@ def run_case(name: str, out: Path, threads: int | None) -> dict:
     started = time.process_time()
     result = debias.fix(case["model"], professions=case["professions"], attributes=case["attributes"],
                         out=out / name, test_images=case.get("test_images", 128), budget=case.get("budget"),
-                        threads=threads, progress=False)
+                        tuning_templates=case.get("tuning_templates"), threads=threads, progress=False)
     cpu = round(time.process_time() - started, 1)
     return recorded(name, out / name, result.to_dict(), cpu)
 
