@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +65,7 @@ def drawn(out: Path, threads: int | None) -> dict:
 def carried(pipe) -> dict:
     """Reach on each test template's rows of an edit tuned on the tuning rows (tuning reach 0.4), per edit."""
     from debias.editing import lambda_scale
-    from debias.fixing.kclass import combined_matrix, reach
+    from debias.fixing.kclass import combined_matrix, reach, strongest_within
     from debias.fixing.plan import Anchors, anchor_prompts_for, probe_rows, profession_edit_rows
     from debias.mini import world
 
@@ -76,25 +77,26 @@ def carried(pipe) -> dict:
         C, S = profession_edit_rows(pipe, src, dst, [template])
         return C[bare:], S[bare:]
 
-    def at_tuning_reach(C, S, src, dst, level=0.4):
-        lo, hi, scale = -12.0, 6.0, lambda_scale(C)
-        for _ in range(40):
-            mid = (lo + hi) / 2
-            M = combined_matrix([(C, S, float(np.exp(mid)))], scale, anchors)
-            lo, hi = (mid, hi) if reach(M, [template_rows(src, dst, tuning[0])])[0] < level else (lo, mid)
-        return M
+    def at_tuning_reach(C, S, tuning_rows, level=0.4):
+        """The edit whose reach on the first tuning template's rows is ``level`` (reach rises with the strength)."""
+        scale = lambda_scale(C)
 
-    out: dict = {}
+        def matrix(log_w: float):
+            return combined_matrix([(C, S, math.exp(log_w))], scale, anchors)
+
+        return matrix(math.log(strongest_within(lambda x: reach(matrix(x), [tuning_rows])[0], -12.0, 6.0, level)))
+
     pairs = [("a librarian", "a librarian with dark skin"), ("a pilot", "a pilot with dark skin"),
              ("a librarian", "an elderly librarian"), ("a nurse", "a female nurse")]
+    rows = {pair: {t: template_rows(*pair, t) for t in tuning + test} for pair in pairs}  # encoded once
+    out: dict = {}
     for label, contexts in (("tuning templates", tuning), ("tuning templates + other contexts",
                                                            tuning + EXTRA_CONTEXTS)):
         per_pair = {}
         for src, dst in pairs:
             C, S = profession_edit_rows(pipe, src, dst, contexts)
-            M = at_tuning_reach(C, S, src, dst)
-            per_pair[f"{src} → {dst}"] = {t: round(float(reach(M, [template_rows(src, dst, t)])[0]), 3)
-                                          for t in tuning + test}
+            M = at_tuning_reach(C, S, rows[src, dst][tuning[0]])
+            per_pair[f"{src} → {dst}"] = {t: round(float(reach(M, [r])[0]), 3) for t, r in rows[src, dst].items()}
         out[label] = per_pair
     return out
 

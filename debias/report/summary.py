@@ -27,6 +27,8 @@ FIX_SHOWN_ELSEWHERE = {"kind", "professions", "side_effects", "before", "after"}
 FIX_HEADLINE = ("mean_delta_before", "mean_delta_before_ci_low", "mean_delta_before_ci_high", "mean_delta_after",
                 "mean_delta_after_ci_low", "mean_delta_after_ci_high", "mean_delta_noise_floor_after",
                 "within_tolerance_before", "within_tolerance_after")
+# an attribute fix records the same figures, less the noise floor
+ATTRIBUTE_HEADLINE = tuple(key for key in FIX_HEADLINE if key != "mean_delta_noise_floor_after")
 
 
 def summarize(runs: Runs, rows: list[dict]) -> dict:
@@ -65,7 +67,7 @@ def fixed_attributes(runs: Runs) -> list[dict]:
     if not blocks or any(b.attribute == "gender" for b in blocks):
         return []
     return [{"attribute": b.attribute, "n_professions": len(b.professions), "tolerance": b.tolerance,
-             **{key: getattr(b, key) for key in FIX_HEADLINE if hasattr(b, key)}} for b in blocks]
+             **{key: getattr(b, key) for key in ATTRIBUTE_HEADLINE}} for b in blocks]
 
 
 def attribute_sentence(a: dict) -> str:
