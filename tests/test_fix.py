@@ -17,7 +17,7 @@ import torch
 
 from audit_helpers import HalfClassifier, load_tiny
 from debias.results.records import FixResult, ProfessionAudit
-from debias.fixing import TUNING_SEED_OFFSET, anchor_prompts_for, destination_phrase
+from debias.fixing import TUNING_SEED_OFFSET, anchor_prompts_for, destination_phrase, edit_contexts
 from debias.verbs.fix import fix
 from debias.core.attributes import GENDER
 from debias.fixing.engine import outside_band, reach_of, step_towards
@@ -73,6 +73,47 @@ def test_destination_phrase_follows_the_article():
 def test_anchor_prompts_are_the_bare_templates_and_the_empty_prompt():
     templates = ("a photo of {}", "an image of {}", "{} at work", "a photo of  {}")
     assert anchor_prompts_for(templates) == ["a photo of", "an image of", "at work", ""]
+
+
+def test_edit_contexts_add_the_tuning_templates_the_augmentations_lack():
+    augmentations = ("A photo of {}", "An image of {}")
+    tuning = ("a photo of {}", "A sketch of {}", "{} smiling", "a sketch of {}")
+    assert edit_contexts(augmentations, tuning) == ("A photo of {}", "An image of {}", "A sketch of {}", "{} smiling")
+    assert edit_contexts(augmentations, ()) == augmentations
+
+
+def test_a_tuning_style_among_the_edit_contexts_is_reached_further():
+    """Fitted on the photo framings alone, an edit at reach 0.4 on "a photo of a doctor" reaches "a painting of a
+    doctor" 0.32 of the way; with the painting among its contexts, 0.37."""
+    import math
+
+    from debias.core.setup import load_model
+    from debias.editing import lambda_scale
+    from debias.fixing.kclass import combined_matrix, reach, strongest_within
+    from debias.fixing.plan import Anchors, probe_rows, profession_edit_rows
+    from debias.mini import world
+
+    pipe = load_model("mini").pipe
+    photos, painting = list(world.AUGMENTATIONS), "a painting of {}"
+    bare = profession_edit_rows(pipe, "a doctor", "a female doctor", [])[0].shape[0]
+
+    def rows(template: str):
+        C, S = profession_edit_rows(pipe, "a doctor", "a female doctor", [template])
+        return C[bare:], S[bare:]
+
+    def painting_reach(contexts: tuple[str, ...]) -> float:
+        anchors = Anchors(probe_rows(pipe, anchor_prompts_for(contexts)), 100.0)
+        C, S = profession_edit_rows(pipe, "a doctor", "a female doctor", contexts)
+
+        def matrix(x: float):
+            return combined_matrix([(C, S, math.exp(x))], lambda_scale(C), anchors)
+
+        M = matrix(math.log(strongest_within(lambda x: reach(matrix(x), [rows(photos[0])])[0], -12.0, 6.0, 0.4)))
+        return float(reach(M, [rows(painting)])[0])
+
+    alone, with_style = painting_reach(tuple(photos)), painting_reach(edit_contexts(photos, [*photos, painting]))
+    assert 0.25 < alone < 0.34  # measured 0.319
+    assert with_style > 0.36 and with_style - alone > 0.04  # measured 0.371
 
 
 def _edit(seed: int, strength: float, reference: int = 0) -> ClassEdit:
@@ -298,6 +339,9 @@ def test_the_rounds_pool_every_tuning_template(tmp_path):
     record = fix(pipe, professions=_list(tmp_path), classifier=HalfClassifier(), out=tmp_path / "run",
                  tuning_templates=templates, **QUICK).to_dict()
     assert record["tuning_templates"] == templates
+    # the edit's rows and anchors are encoded in the tuning templates too
+    assert record["augmentations"] == ["A photo of {}", "An image of {}", "A picture of {}", "{} smiling"]
+    assert "smiling" in record["anchors"]["prompts"]
     edited = [p for p in record["professions"] if p["destination"]]
     assert edited, "the stand-in classifier should leave at least one profession off target"
     index = [json.loads(line) for line in (tmp_path / "run" / "index" / "rank0.jsonl").read_text().splitlines()]

@@ -5,8 +5,9 @@ two attributes fixed together are one attribute of their cells. Steps (cached in
 interrupted run redoes nothing finished)::
 
     before   audit every profession on the held-out test prompts (before/) and on the tuning prompts (tuning/:
-             validation templates that neither the edit nor the test set contains); the tuning side (this audit
-             and the rounds) uses seeds disjoint from the test seeds (TUNING_SEED_OFFSET)
+             templates the test set does not contain; the edit's rows are encoded in them as well as in the
+             profile's augmentations); the tuning side (this audit and the rounds) uses seeds disjoint from the
+             test seeds (TUNING_SEED_OFFSET)
     plan     per profession, a destination per class ("a male X", "a X with dark skin"); one that lies within the
              band on the tuning prompts is left unedited, the others edit every class they have too little of
     rounds   every strength tuned together inside the joint edit that ships (debias.fixing.engine): each round
@@ -31,11 +32,11 @@ from debias.fixing.options import (
     DEFAULT_ANCHOR_STRENGTH, DEFAULT_BUDGET_PER_CLASS, DEFAULT_CHECK_IMAGES, DEFAULT_JOINT_ROUNDS, DEFAULT_MAX_DRIFT,
     DEFAULT_SIDE_SEEDS, DEFAULT_TEST_IMAGES, JOINT_PIN_LAMBDA_RELATIVE, TUNING_SEED_OFFSET, FixOptions,
 )
-from debias.fixing.plan import anchor_prompts_for, destination_phrase
+from debias.fixing.plan import anchor_prompts_for, destination_phrase, edit_contexts
 from debias.fixing.record import image_counts
 
 __all__ = [
     "DEFAULT_ANCHOR_STRENGTH", "DEFAULT_BUDGET_PER_CLASS", "DEFAULT_CHECK_IMAGES", "DEFAULT_JOINT_ROUNDS",
     "DEFAULT_MAX_DRIFT", "DEFAULT_SIDE_SEEDS", "DEFAULT_TEST_IMAGES", "JOINT_PIN_LAMBDA_RELATIVE", "TUNING_SEED_OFFSET",
-    "FixOptions", "anchor_prompts_for", "destination_phrase", "image_counts",
+    "FixOptions", "anchor_prompts_for", "destination_phrase", "edit_contexts", "image_counts",
 ]

@@ -25,6 +25,18 @@ def destination_phrase(entry_phrase: str, side: str) -> str:
     return f"a {GENDER_WORDS[side]} {name}"
 
 
+def edit_contexts(augmentations: Sequence[str], tuning: Sequence[str]) -> tuple[str, ...]:
+    """The templates an edit's rows are encoded in: the profile's augmentations, then each tuning template not
+    among them (compared without case).
+
+    λ_p is judged on the tuning templates' images, so the edit is fitted on their rows too: a tuning style the
+    augmentations lack (TIMED's "A sketch of {}") would otherwise be reached only as far as an edit carries to an
+    unseen context, and the search would spend images making up for it."""
+    seen = {t.lower() for t in augmentations}
+    extra = [t for t in tuning if t.lower() not in seen and not seen.add(t.lower())]
+    return tuple(augmentations) + tuple(extra)
+
+
 def anchor_prompts_for(augmentations: Sequence[str]) -> list[str]:
     """The bare templates ("a photo of {}" → "a photo of") and the empty prompt: context that every prompt shares."""
     prompts = [t.replace("{}", " ").strip() for t in augmentations] + [""]

@@ -24,7 +24,7 @@ from debias.core.setup import LoadedModel
 from debias.core.setup import professions_for, start, templates_for
 from debias.fixing.kclass import ALREADY, ClassEdit, CrossedAttribute, class_counts, encode_class_rows, within_tolerance
 from debias.fixing.options import DEFAULT_ANCHOR_STRENGTH, FixOptions, tuning_templates_for
-from debias.fixing.plan import Anchors, anchor_prompts_for, probe_rows
+from debias.fixing.plan import Anchors, anchor_prompts_for, edit_contexts, probe_rows
 from debias.generation.cache import ImageCache
 from debias.generation.generate import measure, sampler_settings
 from debias.results.records import AuditResult
@@ -45,7 +45,7 @@ class FixRun:
     entries: list
     templates: tuple[str, ...]  # the tuning templates
     test_templates: Optional[tuple[str, ...]]  # the held-out test templates the user gave (None: the profile's)
-    augmentations: tuple[str, ...]
+    augmentations: tuple[str, ...]  # the edit rows' templates: the profile's augmentations and the tuning templates
     anchor_prompts: list[str]
     anchors: Optional[Anchors]
     probe_prompts: tuple[str, ...]  # unrelated prompts: the drift limit and the side-effect check
@@ -128,7 +128,7 @@ def setup(model: Any, opts: FixOptions, fixed: Sequence[Attribute],
     cache = ImageCache(out)
     test_templates = templates_for(loaded, opts.prompts.templates, "test")[0]
     tuning = tuning_templates_for(opts.search.tuning_templates, loaded.profile.template_set().tuning, test_templates)
-    augmentations = loaded.profile.augmentations
+    augmentations = edit_contexts(loaded.profile.augmentations, tuning)
     opts = replace(opts, search=replace(opts.search,
                                         anchor_strength=anchor_strength_for(opts.anchor_strength, loaded.profile)))
     anchor_prompts = anchor_prompts_for(augmentations) if opts.anchor_strength > 0 else []
