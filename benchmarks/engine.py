@@ -12,6 +12,9 @@ Writes ``OUT/engine.json`` (committed as ``benchmarks/results/engine-mini.json``
 ``--from-runs`` a finished run folder in ``OUT/<case>`` is summarised without running the fix again. The case
 ``photo-only-512`` tunes on "a photo of …" alone and judges on 512 test images (committed as
 ``benchmarks/results/photo-only-mini.json``), beside ``benchmarks/peers.py``'s judge of the default fix there.
+The cases ``style-painting-512`` and ``style-drawing-512`` move one style from the test templates into the tuning
+templates (and so into the edit's rows) and judge the other style, held out, on 512 test images (committed as
+``benchmarks/results/style-mini.json``): whether tuning on a style carries to another.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 V2_PROFESSIONS = ["a librarian", "a pilot", "a nurse"]
+PHOTOS = ["a photo of {}", "an image of {}", "a picture of {}"]  # the mini world's tuning templates
 CASES = {
     "gender": dict(model="mini", professions="professions/mini.txt", attributes=None),
     "skin": dict(model="mini-v2", professions=V2_PROFESSIONS, attributes=["skin"]),
@@ -34,6 +38,13 @@ CASES = {
     # the demo tuned on "a photo of …" alone, judged at 512 test images: the prompts' spread against several templates
     "photo-only-512": dict(model="mini", professions="professions/mini.txt", attributes=None, test_images=512,
                            tuning_templates=["a photo of {}"]),
+    # a style among the tuning templates (and so the edit's rows), another style held out: does tuning on one carry?
+    "style-painting-512": dict(model="mini", professions="professions/mini.txt", attributes=None, test_images=512,
+                               tuning_templates=[*PHOTOS, "a painting of {}"],
+                               templates=["a portrait of {}", "{} at work", "a drawing of {}"]),
+    "style-drawing-512": dict(model="mini", professions="professions/mini.txt", attributes=None, test_images=512,
+                              tuning_templates=[*PHOTOS, "a drawing of {}"],
+                              templates=["a portrait of {}", "{} at work", "a painting of {}"]),
 }
 DEFAULT_CASES = ["gender", "skin", "age", "crossed"]
 
@@ -97,7 +108,8 @@ def run_case(name: str, out: Path, threads: int | None) -> dict:
     started = time.process_time()
     result = debias.fix(case["model"], professions=case["professions"], attributes=case["attributes"],
                         out=out / name, test_images=case.get("test_images", 128), budget=case.get("budget"),
-                        tuning_templates=case.get("tuning_templates"), threads=threads, progress=False)
+                        tuning_templates=case.get("tuning_templates"), templates=case.get("templates"),
+                        threads=threads, progress=False)
     cpu = round(time.process_time() - started, 1)
     return recorded(name, out / name, result.to_dict(), cpu)
 
