@@ -334,8 +334,8 @@ def test_bad_target_lines_name_the_file_and_line(tmp_path: Path) -> None:
     pipe, _ = load_tiny()
     for text, message in [("a nurse\na pilot | skin=0.5,0.5\n", r"professions.txt:2: skin has 3 classes"),
                           ("a nurse | skin=0.5,0.3,0.3\n", r"professions.txt:1: skin shares sum to 1.1"),
-                          ("a nurse | hair=0.5,0.5\n", r"professions.txt:1: unknown option 'hair'"),
-                          ("a nurse | target=0.3; gender=0.3,0.7\n", r"professions.txt:1: a second gender target")]:
+                          ("a nurse | hair=0.5,0.5\n", r"professions.txt:1: unknown attribute 'hair'"),
+                          ("a nurse | target=0.3; gender=0.3,0.7\n", r"professions.txt:1: a second target for 'gender'")]:
         with pytest.raises(InputError, match=message):
             audit(pipe, classifier=PixelAttributes(), professions=_list(tmp_path, text), attributes=["skin"],
                   out=tmp_path / "x", progress=False)

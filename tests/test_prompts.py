@@ -29,7 +29,7 @@ def test_parse_list_with_comments_blanks_and_targets(tmp_path: Path) -> None:
         ("a nurse\nnurse\n", 2, "must start with its article"),
         ("a nurse | target=1.5\n", 1, "outside [0, 1]"),
         ("a nurse | target=high\n", 1, "not a number"),
-        ("a nurse | weight=2\n", 1, "unknown option 'weight'"),
+        ("a nurse | weight=2\n", 1, "unknown attribute 'weight'"),
         ("a nurse | target 0.4\n", 1, "key=value"),
         ("a nurse | a | b\n", 1, "more than one '|'"),
         ("a photo of {}\n", 1, "braces"),

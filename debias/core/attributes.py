@@ -373,8 +373,8 @@ def parse_targets(text: str, attributes: Mapping[str, Attribute] | Iterable[Attr
             continue
         match = _TARGET.match(part)
         if not match:
-            raise InputError(f"{where}: cannot read {part!r}; write 'attribute=share,share,...' and separate "
-                             f"attributes with ';', {_EXAMPLE}")
+            raise InputError(f"{where}: cannot read {part!r}; options are written key=value: 'target=F' or "
+                             f"'attribute=share,share,...', separated by ';', {_EXAMPLE}")
         name, values = match.group(1), match.group(2)
         if name.lower() == "target":
             name, shares = "gender", _binary_target(values, where)
@@ -394,7 +394,8 @@ def _known_attribute(name: str, known: Mapping[str, Attribute], where: str) -> A
     close = difflib.get_close_matches(name, list(known), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     listed = ", ".join(known) if known else "none"
-    raise InputError(f"{where}: unknown attribute {name!r} (this audit reads: {listed}).{hint}")
+    raise InputError(f"{where}: unknown attribute {name!r} (this audit reads: {listed}; 'target=F' is gender's "
+                     f"share of 'female'; add attributes with --attribute FILE).{hint}")
 
 
 def _numbers(values: str, where: str, name: str) -> list[float]:
@@ -430,6 +431,7 @@ def _shares(values: str, attribute: Attribute, where: str) -> tuple[float, ...]:
 def _binary_target(values: str, where: str) -> tuple[float, float]:
     numbers = _numbers(values, where, "target")
     if len(numbers) != 1 or not 0.0 <= numbers[0] <= 1.0:
-        raise InputError(f"{where}: 'target' is one share of 'female' in [0, 1], e.g. 'target=0.4'; "
-                         f"for other attributes write e.g. 'skin=0.5,0.3,0.2'")
+        given = f"{numbers[0]} is outside [0, 1]" if len(numbers) == 1 else f"{values.strip()!r} is not one number"
+        raise InputError(f"{where}: target {given}; 'target' is one share of 'female' in [0, 1], e.g. "
+                         f"'target=0.4'; for other attributes write e.g. 'skin=0.5,0.3,0.2'")
     return numbers[0], 1.0 - numbers[0]

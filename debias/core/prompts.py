@@ -36,7 +36,6 @@ and two styles other than photos, "A sketch of {}" and "A 3D render of {}"; a mo
 from __future__ import annotations
 
 import csv
-import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -93,46 +92,11 @@ TIMED_TEMPLATES = TemplateSet(
 
 
 # --------------------------------------------------------------------------------- profession lists
-_KEY_VALUE = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9_-]*)\s*=\s*(\S.*?)\s*$")
-
-
 def _parse_options(text: str, where: str, attributes: Sequence[Attribute] = ()) -> tuple[float | None, tuple]:
     """Gender's target and the other attributes' targets from the text after ``|`` (format: module docstring)."""
-    known = {**builtin_attributes(), **{a.name: a for a in attributes}}
-    target, others = None, {}
-    for part in (p.strip() for p in text.split(";")):
-        if not part:
-            continue
-        match = _KEY_VALUE.match(part)
-        if not match:
-            raise InputError(f"{where}: cannot read {part!r}; options are written 'key=value', e.g. "
-                             f"'a nurse | target=0.4' or 'a CEO | skin=0.5,0.3,0.2; gender=0.5,0.5'")
-        key, value = match.group(1), match.group(2)
-        if key.lower() not in ("target", *known):
-            raise InputError(f"{where}: unknown option {key!r}; write 'target=F' (the share of 'female') or "
-                             f"'attribute=share,...' for an attribute this audit reads "
-                             f"({', '.join(known)}; add others with --attribute FILE)")
-        if key.lower() in ("target", "gender"):
-            if target is not None:
-                raise InputError(f"{where}: a second gender target ('target=F' and 'gender=F,M' are the same); "
-                                 f"give one")
-            gender = key.lower() == "gender"
-            target = parse_targets(part, known, where)["gender"][0] if gender else _binary_target(value.rstrip(", "), where)
-        elif key in others:
-            raise InputError(f"{where}: a second target for {key!r}; give each attribute once")
-        else:
-            others[key] = parse_targets(part, known, where)[key]
-    return target, tuple(others.items())
-
-
-def _binary_target(value: str, where: str) -> float:
-    try:
-        target = float(value)
-    except ValueError:
-        raise InputError(f"{where}: target {value!r} is not a number; write e.g. 'target=0.4'") from None
-    if not 0.0 <= target <= 1.0:
-        raise InputError(f"{where}: target {target} is outside [0, 1]; it is a share of 'female'")
-    return target
+    targets = parse_targets(text, {**builtin_attributes(), **{a.name: a for a in attributes}}, where)
+    gender = targets.pop("gender", None)
+    return (None if gender is None else gender[0]), tuple(targets.items())
 
 
 def _parse_line(raw: str, where: str, attributes: Sequence[Attribute] = ()) -> ProfessionEntry | None:
