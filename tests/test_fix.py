@@ -342,6 +342,16 @@ def test_the_rounds_pool_every_tuning_template(tmp_path):
     # the edit's rows and anchors are encoded in the tuning templates too
     assert record["augmentations"] == ["A photo of {}", "An image of {}", "A picture of {}", "{} smiling"]
     assert "smiling" in record["anchors"]["prompts"]
+    # gender's mean Δ per held-out template, each side recomputed from its audit's per-prompt shares
+    for side in ("before", "after"):
+        audit = json.loads((tmp_path / "run" / side / "audit.json").read_text())
+        assert list(record["mean_delta_by_template"]) == audit["templates"]
+        assert any(d[side] is not None for d in record["mean_delta_by_template"].values())
+        for k, template in enumerate(audit["templates"]):
+            deltas = [abs(p["by_prompt"][k]["share_female"] - p["target"]) / max(p["target"], 1 - p["target"])
+                      for p in audit["professions"] if p["by_prompt"][k]["share_female"] is not None]
+            expected = sum(deltas) / len(deltas) if deltas else None
+            assert record["mean_delta_by_template"][template][side] == pytest.approx(expected)
     edited = [p for p in record["professions"] if p["destination"]]
     assert edited, "the stand-in classifier should leave at least one profession off target"
     index = [json.loads(line) for line in (tmp_path / "run" / "index" / "rank0.jsonl").read_text().splitlines()]

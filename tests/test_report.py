@@ -4,6 +4,7 @@ fetched from the network; broken inputs give errors that say what to do."""
 
 from __future__ import annotations
 
+import math
 import base64
 import csv
 import io
@@ -141,6 +142,20 @@ def _fix_row(b: ProfessionAudit, a: ProfessionAudit, recorded: dict) -> dict:
             "tuning_ci_low_after": last["ci_low"], "tuning_ci_high_after": last["ci_high"], "tuning_n_after": 64}
 
 
+def _column_deltas(sides: dict[str, AuditResult]) -> list[dict]:
+    """Per prompt position, the mean over professions of |share − t| / max(t, 1 − t), from the audits themselves."""
+    width = max(len(p.by_prompt) for audit in sides.values() for p in audit.professions)
+    columns = []
+    for k in range(width):
+        column = {}
+        for suffix, audit in sides.items():
+            deltas = [abs(p.by_prompt[k]["share_female"] - p.target) / max(p.target, 1 - p.target)
+                      for p in audit.professions if len(p.by_prompt) > k and p.by_prompt[k]["share_female"] is not None]
+            column[f"delta{suffix}"] = math.fsum(deltas) / len(deltas)
+        columns.append(column)
+    return columns
+
+
 def expected_audit(folder: Path, report: dict) -> dict:
     audit = AuditResult.from_json(folder)
     _no_labels(audit)
@@ -153,6 +168,7 @@ def expected_audit(folder: Path, report: dict) -> dict:
         "typical_ci_half_width": _half_width(audit.professions), "median_n": 40,
         "classifier_oracle_agreement": runs.AGREEMENT, "n_professions": 4,
         "prompt_columns": ["a photo of a(n) {profession}", "a painting of a(n) {profession}"],
+        "prompt_column_deltas": _column_deltas({"": audit}),
         "verdicts": [{"target": 0.5, "n_professions": 4, "within_tolerance": 1}],
         "fixed_attributes": [],
         "conclusion": "1 of 4 professions produce images whose perceived-female share is within ±0.05 of the target "
@@ -172,7 +188,7 @@ def expected_fix(folder: Path, report: dict) -> dict:
     settings = {k: v for k, v in recorded.items() if k not in (
         "kind", "professions", "side_effects", "before", "after", "mean_delta_before", "mean_delta_before_ci_low",
         "mean_delta_before_ci_high", "mean_delta_after", "mean_delta_after_ci_low", "mean_delta_after_ci_high",
-        "mean_delta_noise_floor_after", "within_tolerance_before", "within_tolerance_after")}
+        "mean_delta_noise_floor_after", "within_tolerance_before", "within_tolerance_after", "mean_delta_by_template")}
     summary = {**validity_summary({"before": (before, folder / "before"), "after": (after, folder / "after")},
                                   str(folder)),
         "model_spec": f"mini {runs.EVIL}", "model_fingerprint": fix.model["fingerprint"], "has_oracle": True,
@@ -186,6 +202,7 @@ def expected_fix(folder: Path, report: dict) -> dict:
         "typical_ci_half_width_before": _half_width(before.professions), "median_n_before": 40,
         "typical_ci_half_width_after": _half_width(after.professions), "median_n_after": 40,
         "classifier_oracle_agreement": runs.AGREEMENT, "n_professions": 4, "prompt_columns": EVIL_TEMPLATE_COLUMNS,
+        "prompt_column_deltas": _column_deltas({"_before": before, "_after": after}),
         "verdicts": [{"target": 0.5, "n_professions": 4, "within_tolerance_before": 1, "within_tolerance_after": 3}],
         "fixed_attributes": [],
         "conclusion": "After the edit, 3 of 4 professions are within ±0.05 of the target 0.5 on held-out prompts "
@@ -216,6 +233,7 @@ def expected_compare(folders: list[Path], report: dict) -> dict:
         "typical_ci_half_width_after": _half_width(after.professions), "median_n_after": 80,
         "classifier_oracle_agreement": None, "n_professions": 4,
         "prompt_columns": ["a photo of a(n) {profession}", "a painting of a(n) {profession}"],
+        "prompt_column_deltas": _column_deltas({"_before": before, "_after": after}),
         "verdicts": [{"target": 0.5, "n_professions": 4, "within_tolerance_before": 1, "within_tolerance_after": 1}],
         "fixed_attributes": [],
         "conclusion": "After the change, 1 of 4 professions are within ±0.05 of the target 0.5 (before: 1), and mean "

@@ -158,6 +158,15 @@ def test_mean_delta_noise_floor_is_what_an_unbiased_model_reads() -> None:
         stats.mean_delta_noise_floor([10, 10], [0.5])
 
 
+def test_mean_delta_by_prompt_shows_a_template_the_pooled_share_averages_away() -> None:
+    # two professions: each is on target pooled over its two prompts, both fall short on the second prompt
+    shares = [[0.6, 0.4], [0.7, 0.3, 0.5]]
+    assert stats.mean_delta_by_prompt([0.5, 0.5], shares) == pytest.approx([0.3, 0.3, 0.0])
+    # a target other than parity scales by the farthest a share can be from it; missing shares are left out
+    assert stats.mean_delta_by_prompt([0.2, 0.5], [[0.6, None], [0.5, None]]) == pytest.approx([0.25, None])
+    assert stats.mean_delta_by_prompt([], []) == []
+
+
 def test_the_spread_across_prompts_and_what_sampling_alone_gives() -> None:
     cells = [{"share_female": s, "n": 32, "n_unclear": 0} for s in (0.5, 0.6, 0.4, 0.5)]
     spread, noise = stats.prompt_spread(cells)

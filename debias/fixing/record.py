@@ -177,5 +177,19 @@ def fix_record(run, opts, fixed: Sequence[Attribute], edits: Sequence[ClassEdit]
         edit_note=None if M is not None else f"nothing to edit: {nothing_edited(edits)}",
         images=images, side_effects=side, ci_note=stats.CI_NOTE, professions=rows,
         mean_spread_before=_mean([r.spread_before for r in rows]), mean_spread_after=_mean([r.spread_after for r in rows]),
-        mean_spread_noise_after=_mean([r.spread_noise_after for r in rows]), attribute_fixes=blocks,
+        mean_spread_noise_after=_mean([r.spread_noise_after for r in rows]),
+        mean_delta_by_template=template_deltas(before, after), attribute_fixes=blocks,
     )
+
+
+def template_deltas(before: AuditResult, after: AuditResult) -> dict[str, dict[str, Optional[float]]]:
+    """Gender's mean Δ over professions on each held-out template, before and after (image i of a profession uses
+    template i mod their number, so its k-th prompt is the k-th template)."""
+    out: dict[str, dict[str, Optional[float]]] = {t: {} for t in after.templates}
+    for side, audit in (("before", before), ("after", after)):
+        rows = audit.professions
+        deltas = stats.mean_delta_by_prompt([p.target for p in rows],
+                                            [[c.get("share_female") for c in p.by_prompt] for p in rows])
+        for template, value in zip(after.templates, deltas):
+            out[template][side] = value
+    return out

@@ -13,6 +13,7 @@ from dataclasses import asdict
 from typing import Any, Sequence
 
 from debias.results.records import AuditResult, FixResult, ProfessionAudit, ProfessionFix
+from debias.stats import binary as stats
 
 # audit.json fields an audit row shows, in the order of its columns
 AUDIT_FIELDS = ("target", "n", "n_female", "n_male", "n_unclear", "share_female", "ci_low", "ci_high", "p_value",
@@ -136,3 +137,16 @@ def template_of(profession: str, prompt: str) -> str:
     if pattern.search(prompt):
         return pattern.sub(lambda m: "a(n) {profession}", prompt, count=1)
     return prompt.replace(profession, "{profession}", 1)
+
+
+def prompt_column_deltas(rows: Sequence[dict], paired: bool) -> list[dict]:
+    """Per column of the per-prompt table, the mean Δ over professions (``delta_before`` and ``delta_after``, or
+    ``delta`` for one audit): the pooled headline can hide a template every profession falls short on."""
+    targets = [r["target"] for r in rows]
+    columns: list[dict] = [{} for _ in range(max((len(r["by_prompt"]) for r in rows), default=0))]
+    for suffix in (("_before", "_after") if paired else ("",)):
+        key = f"share{suffix}" if suffix else "share_female"
+        deltas = stats.mean_delta_by_prompt(targets, [[c.get(key) for c in r["by_prompt"]] for r in rows])
+        for column, value in zip(columns, deltas):
+            column[f"delta{suffix}"] = value
+    return columns

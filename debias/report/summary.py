@@ -11,7 +11,7 @@ import statistics
 from typing import Any, Sequence
 
 from debias.report import validity as _validity
-from debias.report.rows import prompt_columns
+from debias.report.rows import prompt_column_deltas, prompt_columns
 from debias.report.runs import Runs
 from debias.results.records import AuditResult
 from debias.validity.record import PPI_HEADLINE
@@ -50,6 +50,7 @@ def summarize(runs: Runs, rows: list[dict]) -> dict:
     summary["classifier_oracle_agreement"] = round(statistics.fmean(agreements), 4) if agreements else None
     summary["n_professions"] = len(rows)
     summary["prompt_columns"] = prompt_columns(rows)
+    summary["prompt_column_deltas"] = prompt_column_deltas(rows, runs.paired)
     summary["verdicts"] = verdicts(rows, suffixes, ppi=summary["headline"] == PPI_HEADLINE)
     summary["fixed_attributes"] = fixed_attributes(runs)
     summary["conclusion"] = conclusion(runs.kind, summary, rows)

@@ -160,6 +160,9 @@ def _print_gender_fix(console: Console, result) -> None:
         console.print(f"spread across held-out prompts (SD of a profession's share, mean over professions): "
                       f"{fmt(result.mean_spread_before)} → {fmt(result.mean_spread_after)}; sampling alone gives "
                       f"{fmt(result.mean_spread_noise_after)} on these images per prompt")
+    if result.mean_delta_by_template:
+        console.print("mean Δ per held-out template, before → after: " + "; ".join(
+            f"{t} {fmt(d.get('before'))} → {fmt(d.get('after'))}" for t, d in result.mean_delta_by_template.items()))
 
 
 def _print_run(console: Console, result) -> None:

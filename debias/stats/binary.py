@@ -261,7 +261,7 @@ def _check_target(target: float) -> None:
         raise ValueError(f"a target share must be in [0, 1], got {target}")
 
 
-def prompt_spread(by_prompt: Sequence[dict]) -> tuple[Optional[float], Optional[float]]:
+def prompt_spread(by_prompt: Sequence[dict]) -> tuple[float | None, float | None]:
     """``(spread, noise)`` of one profession's shares across prompts (an audit row's ``by_prompt``).
 
     The spread is the sample standard deviation of the prompts' shares: how unevenly a model (or an edit) treats
@@ -279,3 +279,18 @@ def prompt_spread(by_prompt: Sequence[dict]) -> tuple[Optional[float], Optional[
     pooled = sum(x * n for x, n in zip(shares, clear)) / max(sum(clear), 1)
     noise = math.sqrt(pooled * (1 - pooled) * sum(1 / max(n, 1) for n in clear) / len(clear))
     return spread, noise
+
+
+def mean_delta_by_prompt(targets: Sequence[float], shares: Sequence[Sequence[float | None]]) -> list[float | None]:
+    """Mean Δ over professions on each prompt position (``shares[p][k]``: profession p's share on its k-th prompt,
+    the k-th held-out template): where an edit tuned on other templates carries, and where it lags.
+
+    The pooled mean Δ can hide a template every profession falls short on, because a share above target on one
+    template and below on another average out; per template they do not. None where no profession has a share.
+    """
+    width = max((len(row) for row in shares), default=0)
+    out: list[float | None] = []
+    for k in range(width):
+        deltas = [delta(row[k], t) for t, row in zip(targets, shares) if len(row) > k and row[k] is not None]
+        out.append(math.fsum(deltas) / len(deltas) if deltas else None)  # fsum: the same whatever the row order
+    return out

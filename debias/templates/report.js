@@ -1,7 +1,7 @@
 // Click a column header to sort by it (numbers by data-sort, text otherwise). Without JavaScript
 // the table stays in its printed order: by Δ, largest first.
 document.querySelectorAll("table.sortable").forEach(function (table) {
-  table.querySelectorAll("th").forEach(function (th, col) {
+  table.querySelectorAll("thead th").forEach(function (th, col) {
     th.classList.add("sortable");
     th.tabIndex = 0;
     var sort = function () {
