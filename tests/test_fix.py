@@ -23,6 +23,7 @@ from debias.core.attributes import GENDER
 from debias.fixing.engine import outside_band, reach_of, step_towards
 from debias.fixing.kclass import ClassEdit, class_matrix, joint_class_matrix
 from debias.fixing.plan import Anchors
+from debias.stats import binary
 
 TIMING = ("started_at", "finished_at", "wall_seconds", "images", "hardware")
 QUICK = dict(budget=48, test_images=8, check_images=8, joint_rounds=1, side_seeds=2, steps=2, progress=False, log=None)
@@ -352,6 +353,10 @@ def test_the_rounds_pool_every_tuning_template(tmp_path):
                       for p in audit["professions"] if p["by_prompt"][k]["share_female"] is not None]
             expected = sum(deltas) / len(deltas) if deltas else None
             assert record["mean_delta_by_template"][template][side] == pytest.approx(expected)
+            if side == "after":  # a perfect model on the classified images of this template
+                classified = [p["by_prompt"][k]["n"] - p["by_prompt"][k]["n_unclear"] for p in audit["professions"]]
+                floor = binary.mean_delta_noise_floor(classified, [p["target"] for p in audit["professions"]])
+                assert record["mean_delta_by_template"][template]["noise_floor_after"] == pytest.approx(floor)
     edited = [p for p in record["professions"] if p["destination"]]
     assert edited, "the stand-in classifier should leave at least one profession off target"
     index = [json.loads(line) for line in (tmp_path / "run" / "index" / "rank0.jsonl").read_text().splitlines()]

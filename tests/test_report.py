@@ -4,19 +4,21 @@ fetched from the network; broken inputs give errors that say what to do."""
 
 from __future__ import annotations
 
-import math
 import base64
 import csv
 import io
 import json
+import math
 import re
 import shutil
 import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
+from scipy.stats import binom
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "report"))
 
@@ -113,7 +115,7 @@ def _audit_row(p: ProfessionAudit) -> dict:
             "p_value": p.p_value, "delta": p.delta, "within_band": p.within_band, "planted_share": p.planted_share,
             "oracle_share": p.oracle_share, "prompts": p.prompts,
             "by_prompt": [{"prompt": c["prompt"], "share_female": c["share_female"], "ci_low": c["ci_low"],
-                           "ci_high": c["ci_high"], "n": c["n"]} for c in p.by_prompt],
+                           "ci_high": c["ci_high"], "n": c["n"], "n_unclear": c["n_unclear"]} for c in p.by_prompt],
             "samples": _samples(p, None)}
 
 
@@ -126,8 +128,9 @@ def _side(p: ProfessionAudit, side: str) -> dict:
 
 def _paired_row(b: ProfessionAudit, a: ProfessionAudit) -> dict:
     by_prompt = [{"prompt": cb["prompt"], "share_before": cb["share_female"], "ci_low_before": cb["ci_low"],
-                  "ci_high_before": cb["ci_high"], "n_before": cb["n"], "share_after": ca["share_female"],
-                  "ci_low_after": ca["ci_low"], "ci_high_after": ca["ci_high"], "n_after": ca["n"]}
+                  "ci_high_before": cb["ci_high"], "n_before": cb["n"], "n_unclear_before": cb["n_unclear"],
+                  "share_after": ca["share_female"], "ci_low_after": ca["ci_low"], "ci_high_after": ca["ci_high"],
+                  "n_after": ca["n"], "n_unclear_after": ca["n_unclear"]}
                  for cb, ca in zip(b.by_prompt, a.by_prompt, strict=True)]
     return {"profession": b.profession, "target": b.target, **_side(b, "before"), **_side(a, "after"),
             "planted_share": b.planted_share, "prompts_before": b.prompts, "prompts_after": a.prompts,
@@ -152,6 +155,12 @@ def _column_deltas(sides: dict[str, AuditResult]) -> list[dict]:
             deltas = [abs(p.by_prompt[k]["share_female"] - p.target) / max(p.target, 1 - p.target)
                       for p in audit.professions if len(p.by_prompt) > k and p.by_prompt[k]["share_female"] is not None]
             column[f"delta{suffix}"] = math.fsum(deltas) / len(deltas)
+            floors = []  # a perfect model's mean Δ on each profession's classified images of this prompt
+            for p in audit.professions:
+                n, t = p.by_prompt[k]["n"] - p.by_prompt[k]["n_unclear"], p.target
+                if n:
+                    floors.append(sum(binom.pmf(j, n, t) * abs(j / n - t) for j in range(n + 1)) / max(t, 1 - t))
+            column[f"noise_floor{suffix}"] = pytest.approx(float(np.mean(floors)))
         columns.append(column)
     return columns
 

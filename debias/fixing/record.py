@@ -183,8 +183,9 @@ def fix_record(run, opts, fixed: Sequence[Attribute], edits: Sequence[ClassEdit]
 
 
 def template_deltas(before: AuditResult, after: AuditResult) -> dict[str, dict[str, Optional[float]]]:
-    """Gender's mean Δ over professions on each held-out template, before and after (image i of a profession uses
-    template i mod their number, so its k-th prompt is the k-th template)."""
+    """Gender's mean Δ over professions on each held-out template, before and after, and what a perfect model would
+    read on the after audit's images of it (image i of a profession uses template i mod their number, so its k-th
+    prompt is the k-th template)."""
     out: dict[str, dict[str, Optional[float]]] = {t: {} for t in after.templates}
     for side, audit in (("before", before), ("after", after)):
         rows = audit.professions
@@ -192,4 +193,8 @@ def template_deltas(before: AuditResult, after: AuditResult) -> dict[str, dict[s
                                             [[c.get("share_female") for c in p.by_prompt] for p in rows])
         for template, value in zip(after.templates, deltas):
             out[template][side] = value
+    for k, template in enumerate(after.templates):
+        cells = [(p.by_prompt[k]["n"] - p.by_prompt[k].get("n_unclear", 0), p.target)
+                 for p in after.professions if len(p.by_prompt) > k]
+        out[template]["noise_floor_after"] = stats.mean_delta_noise_floor([n for n, _ in cells], [t for _, t in cells])
     return out

@@ -22,7 +22,7 @@ AUDIT_FIELDS = ("target", "n", "n_female", "n_male", "n_unclear", "share_female"
 SIDE_FIELDS = {"share_female": "share", "ci_low": "ci_low", "ci_high": "ci_high", "delta": "delta",
                "p_value": "p_value", "n": "n", "n_female": "n_female", "n_male": "n_male", "n_unclear": "n_unclear",
                "oracle_share": "oracle_share", "within_band": "within_band"}
-PROMPT_FIELDS = ("share_female", "ci_low", "ci_high", "n")
+PROMPT_FIELDS = ("share_female", "ci_low", "ci_high", "n", "n_unclear")
 # fix.json row fields that are not one number each: the rounds are shown as a chart, the rest stays in fix.json
 FIX_LISTS = ("joint", "search", "search_unedited")
 
@@ -141,12 +141,17 @@ def template_of(profession: str, prompt: str) -> str:
 
 def prompt_column_deltas(rows: Sequence[dict], paired: bool) -> list[dict]:
     """Per column of the per-prompt table, the mean Δ over professions (``delta_before`` and ``delta_after``, or
-    ``delta`` for one audit): the pooled headline can hide a template every profession falls short on."""
+    ``delta`` for one audit) and what a perfect model would read on as many images (``noise_floor…``): the pooled
+    headline can hide a template every profession falls short on, and a column has a fraction of its images."""
     targets = [r["target"] for r in rows]
     columns: list[dict] = [{} for _ in range(max((len(r["by_prompt"]) for r in rows), default=0))]
     for suffix in (("_before", "_after") if paired else ("",)):
-        key = f"share{suffix}" if suffix else "share_female"
-        deltas = stats.mean_delta_by_prompt(targets, [[c.get(key) for c in r["by_prompt"]] for r in rows])
-        for column, value in zip(columns, deltas):
+        share, n = (f"share{suffix}", f"n{suffix}") if suffix else ("share_female", "n")
+        deltas = stats.mean_delta_by_prompt(targets, [[c.get(share) for c in r["by_prompt"]] for r in rows])
+        for k, (column, value) in enumerate(zip(columns, deltas)):
+            unclear = f"n_unclear{suffix}"
+            cells = [((c.get(n) or 0) - (c.get(unclear) or 0), r["target"])
+                     for r in rows if len(r["by_prompt"]) > k for c in [r["by_prompt"][k]]]
             column[f"delta{suffix}"] = value
+            column[f"noise_floor{suffix}"] = stats.mean_delta_noise_floor([c[0] for c in cells], [c[1] for c in cells])
     return columns
