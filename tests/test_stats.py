@@ -160,10 +160,16 @@ def test_mean_delta_noise_floor_is_what_an_unbiased_model_reads() -> None:
 
 def test_mean_delta_by_prompt_shows_a_template_the_pooled_share_averages_away() -> None:
     # two professions: each is on target pooled over its two prompts, both fall short on the second prompt
-    shares = [[0.6, 0.4], [0.7, 0.3, 0.5]]
-    assert stats.mean_delta_by_prompt([0.5, 0.5], shares) == pytest.approx([0.3, 0.3, 0.0])
+    cells = [[(0.6, 100), (0.4, 100)], [(0.7, 100), (0.3, 100), (0.5, 400)]]
+    got = stats.mean_delta_by_prompt([0.5, 0.5], cells)
+    assert [d for d, _ in got] == pytest.approx([0.3, 0.3, 0.0])
+    # beside each, a perfect model's mean Δ on that prompt's images: about 0.8/√n at t = ½
+    assert [f for _, f in got] == pytest.approx([stats.mean_delta_noise_floor([100, 100])] * 2
+                                                + [stats.mean_delta_noise_floor([400])])
+    assert got[2][1] == pytest.approx(0.8 / 20, rel=0.02)
     # a target other than parity scales by the farthest a share can be from it; missing shares are left out
-    assert stats.mean_delta_by_prompt([0.2, 0.5], [[0.6, None], [0.5, None]]) == pytest.approx([0.25, None])
+    got = stats.mean_delta_by_prompt([0.2, 0.5], [[(0.6, 10), (None, 0)], [(0.5, 10), (None, 0)]])
+    assert got[0][0] == pytest.approx(0.25) and got[1] == (None, None)
     assert stats.mean_delta_by_prompt([], []) == []
 
 

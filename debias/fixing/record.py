@@ -188,13 +188,11 @@ def template_deltas(before: AuditResult, after: AuditResult) -> dict[str, dict[s
     prompt is the k-th template)."""
     out: dict[str, dict[str, Optional[float]]] = {t: {} for t in after.templates}
     for side, audit in (("before", before), ("after", after)):
-        rows = audit.professions
-        deltas = stats.mean_delta_by_prompt([p.target for p in rows],
-                                            [[c.get("share_female") for c in p.by_prompt] for p in rows])
-        for template, value in zip(after.templates, deltas):
+        cells = [[(c.get("share_female"), c["n"] - c.get("n_unclear", 0)) for c in p.by_prompt]
+                 for p in audit.professions]
+        for template, (value, floor) in zip(after.templates,
+                                            stats.mean_delta_by_prompt([p.target for p in audit.professions], cells)):
             out[template][side] = value
-    for k, template in enumerate(after.templates):
-        cells = [(p.by_prompt[k]["n"] - p.by_prompt[k].get("n_unclear", 0), p.target)
-                 for p in after.professions if len(p.by_prompt) > k]
-        out[template]["noise_floor_after"] = stats.mean_delta_noise_floor([n for n, _ in cells], [t for _, t in cells])
+            if side == "after":
+                out[template]["noise_floor_after"] = floor
     return out

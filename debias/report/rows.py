@@ -141,17 +141,13 @@ def template_of(profession: str, prompt: str) -> str:
 
 def prompt_column_deltas(rows: Sequence[dict], paired: bool) -> list[dict]:
     """Per column of the per-prompt table, the mean Δ over professions (``delta_before`` and ``delta_after``, or
-    ``delta`` for one audit) and what a perfect model would read on as many images (``noise_floor…``): the pooled
-    headline can hide a template every profession falls short on, and a column has a fraction of its images."""
-    targets = [r["target"] for r in rows]
+    ``delta`` for one audit) and what a perfect model would read on as many images (``noise_floor…``)."""
     columns: list[dict] = [{} for _ in range(max((len(r["by_prompt"]) for r in rows), default=0))]
     for suffix in (("_before", "_after") if paired else ("",)):
-        share, n = (f"share{suffix}", f"n{suffix}") if suffix else ("share_female", "n")
-        deltas = stats.mean_delta_by_prompt(targets, [[c.get(share) for c in r["by_prompt"]] for r in rows])
-        for k, (column, value) in enumerate(zip(columns, deltas)):
-            unclear = f"n_unclear{suffix}"
-            cells = [((c.get(n) or 0) - (c.get(unclear) or 0), r["target"])
-                     for r in rows if len(r["by_prompt"]) > k for c in [r["by_prompt"][k]]]
-            column[f"delta{suffix}"] = value
-            column[f"noise_floor{suffix}"] = stats.mean_delta_noise_floor([c[0] for c in cells], [c[1] for c in cells])
+        share = f"share{suffix}" if suffix else "share_female"
+        classified = [[(c.get(f"n{suffix}") or 0) - (c.get(f"n_unclear{suffix}") or 0) for c in r["by_prompt"]]
+                      for r in rows]
+        cells = [[(c.get(share), n) for c, n in zip(r["by_prompt"], ns)] for r, ns in zip(rows, classified)]
+        for column, (value, floor) in zip(columns, stats.mean_delta_by_prompt([r["target"] for r in rows], cells)):
+            column.update({f"delta{suffix}": value, f"noise_floor{suffix}": floor})
     return columns

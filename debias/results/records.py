@@ -480,7 +480,8 @@ class FixResult(_JsonFile):
     mean_spread_before: Optional[float] = None
     mean_spread_after: Optional[float] = None
     mean_spread_noise_after: Optional[float] = None
-    # gender's mean Δ over professions on each held-out template: {template: {"before": Δ, "after": Δ}}
+    # gender's mean Δ over professions on each held-out template, and a perfect model's on the after audit's images:
+    # {template: {"before": Δ, "after": Δ, "noise_floor_after": Δ}}
     mean_delta_by_template: Optional[dict] = None
     # the attributes of a fix other than gender alone: each fixed one, then each measured only
     # (debias.fixing.kclass_record); absent from the file when None

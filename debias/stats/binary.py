@@ -281,16 +281,20 @@ def prompt_spread(by_prompt: Sequence[dict]) -> tuple[float | None, float | None
     return spread, noise
 
 
-def mean_delta_by_prompt(targets: Sequence[float], shares: Sequence[Sequence[float | None]]) -> list[float | None]:
-    """Mean Δ over professions on each prompt position (``shares[p][k]``: profession p's share on its k-th prompt,
-    the k-th held-out template): where an edit tuned on other templates carries, and where it lags.
+def mean_delta_by_prompt(
+    targets: Sequence[float], cells: Sequence[Sequence[tuple[float | None, int]]],
+) -> list[tuple[float | None, float | None]]:
+    """Per prompt position, the mean Δ over professions and what a perfect model would read on as many images.
 
-    The pooled mean Δ can hide a template every profession falls short on, because a share above target on one
-    template and below on another average out; per template they do not. None where no profession has a share.
+    ``cells[p][k]`` is profession p's (share, classified images) on its k-th prompt, the k-th held-out template. The
+    pooled mean Δ can hide a template every profession falls short on, because a share above target on one template
+    and below on another average out; per template they do not, and each has a fraction of the images, hence the
+    noise floor (:func:`mean_delta_noise_floor`) beside it. None where no profession has a share (or an image).
     """
-    width = max((len(row) for row in shares), default=0)
-    out: list[float | None] = []
-    for k in range(width):
-        deltas = [delta(row[k], t) for t, row in zip(targets, shares) if len(row) > k and row[k] is not None]
-        out.append(math.fsum(deltas) / len(deltas) if deltas else None)  # fsum: the same whatever the row order
+    out: list[tuple[float | None, float | None]] = []
+    for k in range(max((len(row) for row in cells), default=0)):
+        column = [(row[k], t) for t, row in zip(targets, cells) if len(row) > k]
+        deltas = [delta(share, t) for (share, _), t in column if share is not None]
+        floor = mean_delta_noise_floor([n for (_, n), _ in column], [t for _, t in column]) if column else None
+        out.append((math.fsum(deltas) / len(deltas) if deltas else None, floor))  # fsum: the same in any order
     return out
