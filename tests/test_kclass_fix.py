@@ -117,7 +117,8 @@ def test_attribute_blocks_are_typed_and_read_back_as_written() -> None:
              "tolerance": 0.05, "band_rule": "…", "interval_method": "goodman", "mean_delta_before": 0.25,
              "mean_delta_before_ci_low": 0.2, "mean_delta_before_ci_high": 0.3, "mean_delta_after": 0.1,
              "mean_delta_after_ci_low": 0.05, "mean_delta_after_ci_high": 0.2, "within_tolerance_before": 0,
-             "within_tolerance_after": 0, "professions": [row]}
+             "within_tolerance_after": 0, "professions": [row],
+             "mean_delta_by_template": {"a portrait of {}": {"before": 0.3, "after": 0.1}}}
     block = attribute_block(fixed, "fix.json: attribute_fixes[0]")
     assert isinstance(block, AttributeFix) and block.professions[0].after.counts == [43, 43, 42]
     assert asdict(block) == fixed  # the file's keys, in the file's order
@@ -195,6 +196,16 @@ def test_fix_skin_measures_gender_before_and_after_as_held(tmp_path: Path) -> No
     assert sum(held.counts_before) + held.n_unclear_before == 24
     assert isinstance(held.moved, bool) and held.noise > 0
     assert np.isfinite(skin.mean_delta_before)
+    # skin's mean Δ per held-out template, from the labels of the images of each (image i: template i mod 4)
+    for side in ("before", "after"):
+        audit = json.loads((tmp_path / "run" / side / "audit.json").read_text())
+        (section,) = [a for a in audit["attributes"] if a["attribute"] == "skin"]
+        labels, templates = section["professions"][0]["labels"], audit["templates"]
+        assert list(skin.mean_delta_by_template) == templates
+        for j, template in enumerate(templates):
+            counts = [labels[j::len(templates)].count(c) for c in ("light", "medium", "dark")]
+            expected = max(abs(c / sum(counts) - 1 / 3) for c in counts) / (2 / 3)
+            assert skin.mean_delta_by_template[template][side] == pytest.approx(expected)
     # fix.json holds the same, and reads back into the same typed blocks, byte for byte
     saved = (tmp_path / "run" / "fix.json").read_text()
     assert FixResult.from_json(tmp_path / "run").to_json() == saved == result.to_json()
@@ -239,6 +250,11 @@ def test_fix_gender_and_skin_crossed_reports_both_on_their_own_shares(tmp_path: 
     assert g.strengths == s.strengths and g.target == [0.5, 0.5] and s.target == pytest.approx([1 / 3] * 3)
     for row in (g, s):  # each judged on its own shares in the after audit
         assert sum(row.after.counts) + row.after.n_unclear == 24
+    # gender's per-template Δ comes from the after audit's per-prompt counts
+    after_row = json.loads((out / "after" / "audit.json").read_text())["professions"][0]
+    for cell, template in zip(after_row["by_prompt"], gender.mean_delta_by_template):
+        assert gender.mean_delta_by_template[template]["after"] == pytest.approx(
+            abs(cell["n_female"] / (cell["n_female"] + cell["n_male"]) - 0.5) / 0.5)
     assert [r["round"] for r in g.rounds] == [0, 1, 2] and len(g.rounds[0]["counts"]) == 6
     after = json.loads((out / "after" / "audit.json").read_text())
     assert [section["attributes"] for section in after["intersections"]] == [["gender", "skin"]]

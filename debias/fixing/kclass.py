@@ -298,6 +298,16 @@ def class_counts(audit, attribute: Attribute | CrossedAttribute, phrase: str) ->
     return tuple(row["counts"]), row["n_unclear"]
 
 
+def template_counts(audit, attribute: Attribute, phrase: str) -> list[tuple[int, ...]]:
+    """Counts per class of one profession on each held-out template, in the audit's template order (image i of a
+    profession uses template i mod their number): gender from its per-prompt rows, others from their labels."""
+    if attribute.name == GENDER.name:
+        return [(int(c["n_female"]), int(c["n_male"])) for c in audit.row(phrase).by_prompt]
+    row = next(r for r in audit.attribute(attribute.name)["professions"] if r["phrase"] == phrase)
+    step = len(audit.templates)
+    return [tuple(multiclass.count_labels(row["labels"][j::step], attribute.class_names)[0]) for j in range(step)]
+
+
 def within_tolerance(counts: Sequence[int], target: Sequence[float], tolerance: float) -> Optional[bool]:
     """The audit's band rule: every class share within ``tolerance`` of its target (None: nothing read)."""
     deviation = multiclass.max_deviation(multiclass.shares(counts), target)

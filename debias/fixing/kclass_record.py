@@ -19,7 +19,7 @@ from scipy.stats import norm
 
 from debias.stats import multiclass
 from debias.core.attributes import Attribute
-from debias.fixing.kclass import ALREADY, ClassEdit, class_counts, edit_of, within_tolerance
+from debias.fixing.kclass import ALREADY, ClassEdit, class_counts, edit_of, template_counts, within_tolerance
 from debias.fixing.options import NOT_TARGETED
 from debias.results.records import AttributeFix, AttributeFixRow, ClassShares, HeldAttribute, HeldAttributeRow
 
@@ -85,7 +85,21 @@ def fixed_block(attribute: Attribute, edits: Sequence[ClassEdit], before, after,
         interval_method="goodman", mean_delta_before=mean_b, mean_delta_before_ci_low=low_b,
         mean_delta_before_ci_high=high_b, mean_delta_after=mean_a, mean_delta_after_ci_low=low_a,
         mean_delta_after_ci_high=high_a, within_tolerance_before=sum(bool(r.before.within_band) for r in rows),
-        within_tolerance_after=sum(bool(r.after.within_band) for r in rows), professions=rows)
+        within_tolerance_after=sum(bool(r.after.within_band) for r in rows), professions=rows,
+        mean_delta_by_template=template_deltas(attribute, edits, before, after))
+
+
+def template_deltas(attribute: Attribute, edits: Sequence[ClassEdit], before, after) -> dict[str, dict]:
+    """The attribute's mean Δ over professions on each held-out template, before and after: where the edit carries
+    and where it lags, which the pooled mean Δ averages away."""
+    out: dict[str, dict] = {t: {} for t in after.templates}
+    for side, audit in (("before", before), ("after", after)):
+        counts = [template_counts(audit, attribute, e.entry.phrase) for e in edits]
+        for j, template in enumerate(after.templates):
+            deltas = [multiclass.delta(multiclass.shares(c[j]), e.target) for c, e in zip(counts, edits) if len(c) > j]
+            deltas = [d for d in deltas if d is not None]
+            out[template][side] = float(np.mean(deltas)) if deltas else None
+    return out
 
 
 def moved_beyond_noise(before: Sequence[int], after: Sequence[int]) -> tuple[Optional[float], Optional[float]]:

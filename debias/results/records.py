@@ -380,6 +380,8 @@ class AttributeFix:
     within_tolerance_before: int
     within_tolerance_after: int
     professions: list[AttributeFixRow]
+    # the mean Δ over professions on each held-out template: {template: {"before": Δ, "after": Δ}}
+    mean_delta_by_template: Optional[dict] = None
 
 
 @dataclass
