@@ -24,7 +24,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 
 V2_PROFESSIONS = ["a librarian", "a pilot", "a nurse"]
 PHOTOS = ["a photo of {}", "an image of {}", "a picture of {}"]  # the mini world's tuning templates
@@ -77,27 +76,20 @@ def summary(record: dict) -> dict:
 
 def by_template(run_dir: Path, record: dict) -> dict:
     """Mean Δ over professions per held-out test template, before and after, for every fixed attribute: where an
-    edit carries and where it does not (image i of a profession uses template i mod their number)."""
-    from debias.stats import multiclass
+    edit carries and where it does not (the fix's own ``template_deltas``, recomputed from the run's audits so that
+    run folders written before fix.json recorded them read the same)."""
+    from debias.core.attributes import builtin_attributes
+    from debias.fixing.kclass_record import template_deltas
+    from debias.results.records import AuditResult
 
-    fixed = [b["attribute"] for b in record.get("attribute_fixes") or [] if b["fixed"]] or ["gender"]
+    before, after = (AuditResult.from_json(run_dir / side / "audit.json") for side in ("before", "after"))
+    blocks = [b for b in record.get("attribute_fixes") or [] if b["fixed"]]
+    fixed = {b["attribute"]: [(p["phrase"], p["target"]) for p in b["professions"]] for b in blocks} or {
+        "gender": [(p["phrase"], (p["target"], 1 - p["target"])) for p in record["professions"]]}
     out: dict = {}
-    for side in ("before", "after"):
-        audit = json.loads((run_dir / side / "audit.json").read_text(encoding="utf-8"))
-        templates = audit["templates"]
-        for attribute in fixed:
-            if attribute == "gender":
-                rows = [[[c["n_female"], c["n_male"]] for c in p["by_prompt"]] for p in audit["professions"]]
-                targets = [(p["target"], 1 - p["target"]) for p in audit["professions"]]
-            else:
-                section = next(s for s in audit["attributes"] if s["attribute"] == attribute)
-                rows = [[multiclass.count_labels(p["labels"][j::len(templates)], section["classes"])[0]
-                         for j in range(len(templates))] for p in section["professions"]]
-                targets = [p["target"] for p in section["professions"]]
-            deltas = [[multiclass.delta(multiclass.shares(c), t) for c in per] for per, t in zip(rows, targets)]
-            out.setdefault(attribute, {})[side] = {
-                template: float(np.mean([d[j] for d in deltas if d[j] is not None]))
-                for j, template in enumerate(templates)}
+    for name, targets in fixed.items():
+        deltas = template_deltas(builtin_attributes()[name], targets, before, after)
+        out[name] = {side: {t: d[side] for t, d in deltas.items()} for side in ("before", "after")}
     return out
 
 

@@ -86,17 +86,21 @@ def fixed_block(attribute: Attribute, edits: Sequence[ClassEdit], before, after,
         mean_delta_before_ci_high=high_b, mean_delta_after=mean_a, mean_delta_after_ci_low=low_a,
         mean_delta_after_ci_high=high_a, within_tolerance_before=sum(bool(r.before.within_band) for r in rows),
         within_tolerance_after=sum(bool(r.after.within_band) for r in rows), professions=rows,
-        mean_delta_by_template=template_deltas(attribute, edits, before, after))
+        mean_delta_by_template=template_deltas(attribute, [(e.entry.phrase, e.target) for e in edits], before, after))
 
 
-def template_deltas(attribute: Attribute, edits: Sequence[ClassEdit], before, after) -> dict[str, dict]:
-    """The attribute's mean Δ over professions on each held-out template, before and after: where the edit carries
-    and where it lags, which the pooled mean Δ averages away."""
+def template_deltas(attribute: Attribute, targets: Sequence[tuple[str, Sequence[float]]], before,
+                    after) -> dict[str, dict]:
+    """The attribute's mean Δ over professions (``(phrase, target)`` each) on each held-out template, before and
+    after: where the edit carries and where it lags, which the pooled mean Δ averages away."""
     out: dict[str, dict] = {t: {} for t in after.templates}
     for side, audit in (("before", before), ("after", after)):
-        counts = [template_counts(audit, attribute, e.entry.phrase) for e in edits]
         for j, template in enumerate(after.templates):
-            deltas = [multiclass.delta(multiclass.shares(c[j]), e.target) for c, e in zip(counts, edits) if len(c) > j]
+            deltas = []
+            for phrase, target in targets:
+                counts = template_counts(audit, attribute, phrase)
+                if len(counts) > j:
+                    deltas.append(multiclass.delta(multiclass.shares(counts[j]), target))
             deltas = [d for d in deltas if d is not None]
             out[template][side] = float(np.mean(deltas)) if deltas else None
     return out
