@@ -17,7 +17,7 @@ from debias.core.io import atomic_write_json, atomic_write_text
 from debias.report.attributes import heat
 from debias.report.card import bias_section
 from debias.report.words import STATUS_TEXT, fmt
-from debias.results.records import csv_table
+from debias.results.files import csv_table
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 # settings that differ between any two runs and say nothing about whether the runs are comparable
