@@ -24,7 +24,8 @@ from validity_runs import balanced, key_of, make_run  # noqa: E402
 
 from debias.core.errors import InputError  # noqa: E402
 from debias.validity import LabelStore  # noqa: E402
-from debias.validity.server import address, allowed_hosts, host_allowed, make_server  # noqa: E402
+from debias.validity.guards import allowed_hosts, host_allowed  # noqa: E402
+from debias.validity.server import address, make_server  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -24,7 +24,8 @@ time). Every request must name an allowed host (localhost, a loopback address, t
 be JSON from the page's own origin.
 
 **What it serves.** Only PNG files inside the run folder: an image's path from ``audit.json`` must be relative,
-without ``..``, and is opened component by component without following a symbolic link (:func:`read_run_png`).
+without ``..``, and is opened component by component without following a symbolic link
+(:func:`~debias.validity.guards.read_run_png`).
 
 **How it reads requests.** The standard library's parser, with the framing decided here: a POST needs a
 Content-Length of at most 64 KiB (411 for none or for chunked bodies, 413 above); its body is read in full
@@ -39,14 +40,11 @@ from __future__ import annotations
 
 import errno
 import hmac
-import ipaddress
 import json
-import os
 import re
 import secrets
 import socket
 import socketserver
-import stat
 import sys
 import threading
 from http import HTTPStatus
@@ -56,6 +54,7 @@ from typing import Iterable
 from urllib.parse import parse_qs, urlsplit
 
 from debias.core.errors import InputError
+from debias.validity.guards import allowed_hosts, host_allowed, is_loopback, read_run_png
 from debias.validity.labels import (
     LabelSample, LabelStore, RunImages, check_label, check_labeller, load_run, sample_for_run,
 )
@@ -67,8 +66,6 @@ HISTORY = 200            # ids the page can step back through
 MAX_BODY = 1 << 16       # bytes of a POST body (the page sends under 100)
 TIMEOUT = 15.0           # seconds a connection may stay silent (mid-request or idle between requests)
 MAX_CONNECTIONS = 32     # connections served at once (a browser opens about six)
-MAX_IMAGE = 64 << 20     # bytes of one image
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NOT_LOGGED_IN = ("not logged in: open the address with ?token=… that debias label printed in its terminal "
                  "(a restarted server prints a new one)")
 
@@ -141,7 +138,7 @@ class LabelSession:
             self.skipped.append(item_id)
 
     def image(self, item_id: str) -> bytes:
-        """The image's PNG bytes, if it is a PNG file inside the run folder (see :func:`read_run_png`)."""
+        """The image's PNG bytes, if it is a PNG file inside the run folder (guards.read_run_png)."""
         return read_run_png(self.run.run_dir, self.run.images[self._key(item_id)].image)
 
     def _key(self, item_id: str) -> str:
@@ -149,48 +146,6 @@ class LabelSession:
         if item is None:
             raise KeyError(item_id)
         return item.key
-
-
-def read_run_png(root: str | os.PathLike, relative: str) -> bytes:
-    """The PNG at ``relative`` (a path as ``audit.json`` gives it) inside the folder ``root``.
-
-    ``PermissionError`` when the path is absolute, climbs out with ``..``, resolves outside ``root``, passes
-    through a symbolic link (any component, the file included: each is opened with ``O_NOFOLLOW`` beneath the
-    one before), or is not a regular file starting with the PNG signature. Why: ``audit.json`` and ``images/``
-    are files anyone with write access to the run can change, and the server must not hand out other files.
-    """
-    base, path = Path(root).resolve(), Path(relative.replace("\\", "/"))
-    if path.is_absolute() or ".." in path.parts or not path.parts or not (base / path).resolve().is_relative_to(base):
-        raise PermissionError(f"{relative}: not a path inside the run folder")
-    fd = _open_beneath(base, path.parts)
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise PermissionError(f"{relative}: not a regular file")
-        data = fh.read(MAX_IMAGE + 1)
-    if len(data) > MAX_IMAGE or not data.startswith(PNG_SIGNATURE):
-        raise PermissionError(f"{relative}: not a PNG image")
-    return data
-
-
-def _open_beneath(base: Path, parts: tuple[str, ...]) -> int:
-    """Open ``base/parts…`` for reading, refusing a symbolic link at any step (``ELOOP`` / ``ENOTDIR``)."""
-    if os.open not in os.supports_dir_fd or not hasattr(os, "O_NOFOLLOW"):  # no openat: check, then open
-        path = base
-        for part in parts:
-            path = path / part
-            if path.is_symlink():
-                raise PermissionError(f"{path}: a symbolic link")
-        return os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-    folder = os.open(base, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        for part in parts[:-1]:
-            inner = os.open(part, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_DIRECTORY", 0), dir_fd=folder)
-            os.close(folder)
-            folder = inner
-        # O_NONBLOCK: a FIFO planted under the image's name must not hold the thread
-        return os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
-    finally:
-        os.close(folder)
 
 
 def render_page(session: LabelSession, nonce: str) -> str:
@@ -373,49 +328,6 @@ class LabelHandler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-# ------------------------------------------------------------------------------------------ host names
-def allowed_hosts(host: str, extra: Iterable[str] = ()) -> frozenset[str]:
-    """The host names requests may name: localhost, the bound address (unless it is every address: 0.0.0.0,
-    ::), and ``extra`` (``--allow-host``). Loopback addresses are always allowed (:func:`host_allowed`)."""
-    names = {"localhost", *(_canonical(name) for name in extra)}
-    if not _is_wildcard(host):
-        names.add(_canonical(host))
-    return frozenset(names)
-
-
-def host_allowed(header: str, allowed: frozenset[str]) -> bool:
-    """Whether a Host header (``name[:port]``) names an allowed host: a page on another name reaching this
-    server through DNS rebinding sends that other name, and is refused."""
-    try:
-        name = urlsplit("//" + header.strip()).hostname or ""
-    except ValueError:  # "[::1" and the like
-        return False
-    name = _canonical(name)
-    return bool(name) and (name in allowed or _is_loopback(name))
-
-
-def _canonical(name: str) -> str:
-    name = name.strip().strip("[]").lower().rstrip(".")
-    try:
-        return str(ipaddress.ip_address(name))
-    except ValueError:
-        return name
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
-def _is_wildcard(host: str) -> bool:
-    try:
-        return not host or ipaddress.ip_address(host.strip("[]")).is_unspecified
-    except ValueError:
-        return False
-
-
 # ------------------------------------------------------------------------------------------ the server
 class LabelServer(ThreadingHTTPServer):
     """The HTTP server of one labelling session: its secrets, its allowed hosts, its bounded threads."""
@@ -431,7 +343,7 @@ class LabelServer(ThreadingHTTPServer):
         self.token = secrets.token_urlsafe(32)         # in the printed address
         self.cookie_value = secrets.token_urlsafe(32)  # what the browser holds once the token is shown
         self.allowed = allowed_hosts(host, allow_host)
-        self.loopback = _is_loopback(host)
+        self.loopback = is_loopback(host)
         self.request_timeout = timeout
         self._slots = threading.BoundedSemaphore(max_connections)
         super().__init__((host, port), LabelHandler)
