@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from debias.cli.app import LABELLING, SERVER, app
-from debias.validity.labels import import_labels_csv
+from debias.validity.label_import import import_labels_csv
 from debias.validity.server import serve
 
 

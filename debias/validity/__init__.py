@@ -18,9 +18,9 @@ from debias.validity.agreement import (
     FLAG_TEST, Confusion, Kappa, Rate, agreement, cohens_kappa, confusion, error_rate, flag_professions, holm,
     labeller_kappas,
 )
+from debias.validity.label_import import LabelImport, import_labels_csv, read_labels_csv
 from debias.validity.labels import (
-    LABELS, LabelImport, LabelRecord, LabelSample, LabelStore, RunImages, consensus, draw_sample, import_labels_csv,
-    load_run, read_labels_csv, sample_for_run,
+    LABELS, LabelRecord, LabelSample, LabelStore, RunImages, consensus, draw_sample, load_run, sample_for_run,
 )
 from debias.validity.ppi import (
     LABELS_FOR_05, LABELS_FOR_10, ShareInterval, classifier_share, human_share, labels_needed, ppi_share,
