@@ -214,8 +214,11 @@ def test_fix_skin_measures_gender_before_and_after_as_held(tmp_path: Path) -> No
     (section,) = twin["attributes"]
     assert section["fixed"] and section["professions"][0]["fix"] == {"status": row.status,
                                                                      "lambda_relative": row.lambda_relative}
+    # and skin's mean Δ per held-out template, as fix.json has it, on the page by its key
+    assert section["by_template"] == [{"template": t, **d} for t, d in skin.mean_delta_by_template.items()]
     html = (tmp_path / "run" / "report.html").read_text()
     assert 'data-key="attributes.0.professions.0.fix.status"' in html and "λ_rel per class" in html
+    assert 'data-key="attributes.0.by_template.3.after"' in html and "<code>a drawing of {}</code>" in html
     # the summary leads with the attribute the fix edited; gender, only measured, comes second and says so
     (lead,) = twin["summary"]["fixed_attributes"]
     assert (lead["attribute"], lead["n_professions"]) == ("skin", 1)

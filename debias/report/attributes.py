@@ -76,6 +76,7 @@ def _add_fix(block: dict, fix) -> None:
     if fixed is None:
         return
     by_phrase = {r.phrase: r for r in fixed.professions}
+    block["by_template"] = [{"template": t, **d} for t, d in (fixed.mean_delta_by_template or {}).items()]
     block["crossed"] = fixed.crossed  # fixed together with another attribute: strengths are per cell
     block["cells"] = next((r.cells for r in fixed.professions if r.cells), None)
     for row in block["professions"]:
