@@ -161,8 +161,11 @@ def _print_gender_fix(console: Console, result) -> None:
                       f"{fmt(result.mean_spread_before)} → {fmt(result.mean_spread_after)}; sampling alone gives "
                       f"{fmt(result.mean_spread_noise_after)} on these images per prompt")
     if result.mean_delta_by_template:
+        by_template = result.mean_delta_by_template
+        floors = [d["noise_floor_after"] for d in by_template.values() if d.get("noise_floor_after") is not None]
+        floor = f" (a perfect model would read about {fmt(max(floors))} on one template's images)" if floors else ""
         console.print("mean Δ per held-out template, before → after: " + "; ".join(
-            f"{t} {fmt(d.get('before'))} → {fmt(d.get('after'))}" for t, d in result.mean_delta_by_template.items()))
+            f"{t} {fmt(d.get('before'))} → {fmt(d.get('after'))}" for t, d in by_template.items()) + floor)
 
 
 def _print_run(console: Console, result) -> None:
