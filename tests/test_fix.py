@@ -357,6 +357,16 @@ def test_the_rounds_pool_every_tuning_template(tmp_path):
                 classified = [p["by_prompt"][k]["n"] - p["by_prompt"][k]["n_unclear"] for p in audit["professions"]]
                 floor = binary.mean_delta_noise_floor(classified, [p["target"] for p in audit["professions"]])
                 assert record["mean_delta_by_template"][template]["noise_floor_after"] == pytest.approx(floor)
+    # the printed summary gives the spread and each template's mean Δ beside what sampling alone would read
+    import io
+
+    printed = io.StringIO()
+    FixResult.from_json(tmp_path / "run").print_summary(printed)
+    text = " ".join(printed.getvalue().split())
+    assert "spread across held-out prompts" in text and "sampling alone gives" in text
+    first = next(iter(record["mean_delta_by_template"].items()))
+    assert f"mean Δ per held-out template, before → after: {first[0]} " in text
+    assert "a perfect model would read about" in text
     edited = [p for p in record["professions"] if p["destination"]]
     assert edited, "the stand-in classifier should leave at least one profession off target"
     index = [json.loads(line) for line in (tmp_path / "run" / "index" / "rank0.jsonl").read_text().splitlines()]
