@@ -10,7 +10,8 @@ import typer
 
 from debias.cli.app import LABELLING, SERVER, app
 from debias.validity.label_import import import_labels_csv
-from debias.validity.server import serve
+from debias.validity.ppi import LABELS_FOR_05, LABELS_FOR_10
+from debias.validity.server import DEFAULT_PORT, serve
 
 
 @app.command("label")
@@ -21,8 +22,9 @@ def label_command(
         None, "--labeller", rich_help_panel=LABELLING,
         help="Your name, saved with each label (default: your user name)."),
     per_profession: int = typer.Option(
-        93, "--per-profession", rich_help_panel=LABELLING,
-        help="Images to label per profession (93 pins the classifier's error rate to ±0.10, 381 to ±0.05)."),
+        LABELS_FOR_10, "--per-profession", rich_help_panel=LABELLING,
+        help=f"Images to label per profession ({LABELS_FOR_10} pins the classifier's error rate to ±0.10, "
+             f"{LABELS_FOR_05} to ±0.05)."),
     seed: int = typer.Option(
         0, "--seed", rich_help_panel=LABELLING,
         help="Seed of the random sample and its order (the same seed gives the same sample)."),
@@ -30,7 +32,7 @@ def label_command(
         None, "--import", rich_help_panel=LABELLING,
         help="Import labels from a CSV (header image,label,labeller) and exit; no server."),
     port: int = typer.Option(
-        8765, "--port", rich_help_panel=SERVER,
+        DEFAULT_PORT, "--port", rich_help_panel=SERVER,
         help="Port to listen on; a port in use is an error (0: any free port)."),
     host: str = typer.Option(
         "127.0.0.1", "--host", rich_help_panel=SERVER,

@@ -89,18 +89,15 @@ def fixed_block(attribute: Attribute, edits: Sequence[ClassEdit], before, after,
         mean_delta_by_template=template_deltas(attribute, [(e.entry.phrase, e.target) for e in edits], before, after))
 
 
-def template_deltas(attribute: Attribute, targets: Sequence[tuple[str, Sequence[float]]], before,
+def template_deltas(attribute: Attribute, professions: Sequence[tuple[str, Sequence[float]]], before,
                     after) -> dict[str, dict]:
-    """The attribute's mean Δ over professions (``(phrase, target)`` each) on each held-out template, before and
+    """The attribute's mean Δ over ``professions`` (``(phrase, target)`` each) on each held-out template, before and
     after: where the edit carries and where it lags, which the pooled mean Δ averages away."""
     out: dict[str, dict] = {t: {} for t in after.templates}
     for side, audit in (("before", before), ("after", after)):
+        counts = [(template_counts(audit, attribute, phrase), target) for phrase, target in professions]
         for j, template in enumerate(after.templates):
-            deltas = []
-            for phrase, target in targets:
-                counts = template_counts(audit, attribute, phrase)
-                if len(counts) > j:
-                    deltas.append(multiclass.delta(multiclass.shares(counts[j]), target))
+            deltas = [multiclass.delta(multiclass.shares(c[j]), target) for c, target in counts if len(c) > j]
             deltas = [d for d in deltas if d is not None]
             out[template][side] = float(np.mean(deltas)) if deltas else None
     return out

@@ -31,10 +31,11 @@ def edit_contexts(augmentations: Sequence[str], tuning: Sequence[str]) -> tuple[
 
     λ_p is judged on the tuning templates' images, so the edit is fitted on their rows too: a tuning style the
     augmentations lack (TIMED's "A sketch of {}") would otherwise be reached only as far as an edit carries to an
-    unseen context, and the search would spend images making up for it."""
-    seen = {t.lower() for t in augmentations}
-    extra = [t for t in tuning if t.lower() not in seen and not seen.add(t.lower())]
-    return tuple(augmentations) + tuple(extra)
+    unseen context."""
+    contexts = {t.lower(): t for t in augmentations}
+    for template in tuning:
+        contexts.setdefault(template.lower(), template)
+    return tuple(contexts.values())
 
 
 def anchor_prompts_for(augmentations: Sequence[str]) -> list[str]:

@@ -11,8 +11,8 @@ from typing import Any, Optional, Sequence
 from debias import __version__
 from debias.core.attributes import GENDER, Attribute
 from debias.core.environment import hardware_info, package_versions
-from debias.fixing.kclass import ALREADY, ClassEdit, edit_of
-from debias.fixing.kclass_record import attribute_fixes, edit_status
+from debias.fixing.kclass import ALREADY, ClassEdit, edit_of, template_counts
+from debias.fixing.kclass_record import attribute_fixes, edit_status, template_deltas
 from debias.fixing.options import JOINT_PIN_LAMBDA_RELATIVE, NOT_TARGETED, TUNING_SEED_OFFSET
 from debias.generation.cache import edit_id
 from debias.results.records import AuditResult, FixResult, ProfessionAudit, ProfessionFix
@@ -178,21 +178,18 @@ def fix_record(run, opts, fixed: Sequence[Attribute], edits: Sequence[ClassEdit]
         images=images, side_effects=side, ci_note=stats.CI_NOTE, professions=rows,
         mean_spread_before=_mean([r.spread_before for r in rows]), mean_spread_after=_mean([r.spread_after for r in rows]),
         mean_spread_noise_after=_mean([r.spread_noise_after for r in rows]),
-        mean_delta_by_template=template_deltas(before, after), attribute_fixes=blocks,
+        mean_delta_by_template=gender_template_deltas(rows, before, after), attribute_fixes=blocks,
     )
 
 
-def template_deltas(before: AuditResult, after: AuditResult) -> dict[str, dict[str, Optional[float]]]:
-    """Gender's mean Δ over professions on each held-out template, before and after, and what a perfect model would
-    read on the after audit's images of it (image i of a profession uses template i mod their number, so its k-th
-    prompt is the k-th template)."""
-    out: dict[str, dict[str, Optional[float]]] = {t: {} for t in after.templates}
-    for side, audit in (("before", before), ("after", after)):
-        cells = [[(c.get("share_female"), c["n"] - c.get("n_unclear", 0)) for c in p.by_prompt]
-                 for p in audit.professions]
-        for template, (value, floor) in zip(after.templates,
-                                            stats.mean_delta_by_prompt([p.target for p in audit.professions], cells)):
-            out[template][side] = value
-            if side == "after":
-                out[template]["noise_floor_after"] = floor
+def gender_template_deltas(rows: Sequence[ProfessionFix], before: AuditResult,
+                           after: AuditResult) -> dict[str, dict[str, Optional[float]]]:
+    """Gender's mean Δ per held-out template, before and after (:func:`~debias.fixing.kclass_record.template_deltas`
+    with gender as the k = 2 attribute), and what a perfect model would read on the after audit's images of each."""
+    out = template_deltas(GENDER, [(r.phrase, (r.target, 1.0 - r.target)) for r in rows], before, after)
+    counts = [template_counts(after, GENDER, r.phrase) for r in rows]
+    for k, template in enumerate(after.templates):
+        classified = [(sum(c[k]), r.target) for c, r in zip(counts, rows) if len(c) > k]
+        out[template]["noise_floor_after"] = stats.mean_delta_noise_floor([n for n, _ in classified],
+                                                                          [t for _, t in classified])
     return out
